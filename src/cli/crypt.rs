@@ -1,0 +1,160 @@
+//! `lazycrypt encrypt` and `lazycrypt decrypt`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::common::{Bars, TransportArgs, image_ref, key_ring};
+use crate::crypto::image::{self, LayerChange, Selection};
+use crate::crypto::{KeyRing, Recipient};
+use crate::oci::platform::Platform;
+use crate::oci::transport::{ImageDest, ImageSource, RawManifest, open_dest, open_source};
+
+/// Layer and platform selection, as imgcrypt's `--layer` and `--platform`.
+#[derive(Args, Clone)]
+pub struct SelectArgs {
+    /// Only this layer index (repeatable; -1 is the top layer). Default: all layers.
+    #[arg(long = "layer", value_name = "N", allow_negative_numbers = true)]
+    pub layers: Vec<i64>,
+    /// Only this platform, OS/ARCH[/VARIANT]. Default: all platforms.
+    #[arg(long)]
+    pub platform: Option<String>,
+}
+
+impl SelectArgs {
+    fn selection(&self) -> Result<Selection> {
+        let platform = self.platform.as_deref().map(Platform::parse).transpose()?;
+        Ok(Selection {
+            layers: self.layers.clone(),
+            platform,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct EncryptArgs {
+    /// jwe:PUBKEY, pkcs7:CERT, pgp:KEYFILE or provider:NAME[:ARG] (repeatable).
+    #[arg(
+        long = "recipient",
+        short = 'r',
+        value_name = "SCHEME:VALUE",
+        required = true
+    )]
+    pub recipients: Vec<String>,
+    /// A private key (FILE[:pass=PW|:file=F]) that unwraps already encrypted layers, to add recipients.
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<String>,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Source image: oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST].
+    pub src: String,
+    /// Destination image.
+    pub dst: String,
+}
+
+#[derive(Args)]
+pub struct DecryptArgs {
+    /// Private key FILE[:pass=PW|:file=F|:fd=N], or provider:NAME (repeatable).
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<String>,
+    /// Also use every key in this directory (like ctd-decoder).
+    #[arg(long)]
+    pub decryption_keys_path: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+    pub src: String,
+    pub dst: String,
+}
+
+pub fn encrypt(a: EncryptArgs) -> Result<()> {
+    let mut recipients = Vec::new();
+    for r in &a.recipients {
+        recipients.extend(Recipient::parse(r)?);
+    }
+    let ring = key_ring(&a.keys, None)?;
+    run(
+        &a.src,
+        &a.dst,
+        &a.transport,
+        a.json,
+        "encrypting",
+        |src, dst, bars, where_| {
+            Ok(image::encrypt(
+                src,
+                dst,
+                &recipients,
+                &ring,
+                &a.select.selection()?,
+                bars,
+                where_,
+            )?)
+        },
+    )
+}
+
+pub fn decrypt(a: DecryptArgs) -> Result<()> {
+    let ring: KeyRing = key_ring(&a.keys, a.decryption_keys_path.as_deref())?;
+    run(
+        &a.src,
+        &a.dst,
+        &a.transport,
+        a.json,
+        "decrypting",
+        |src, dst, bars, where_| {
+            Ok(image::decrypt(
+                src,
+                dst,
+                &ring,
+                &a.select.selection()?,
+                bars,
+                where_,
+            )?)
+        },
+    )
+}
+
+fn run<F>(src: &str, dst: &str, t: &TransportArgs, json: bool, verb: &str, op: F) -> Result<()>
+where
+    F: FnOnce(
+        &dyn ImageSource,
+        &dyn ImageDest,
+        &Bars,
+        &str,
+    ) -> Result<(RawManifest, Vec<LayerChange>)>,
+{
+    let (sref, dref) = (image_ref(src)?, image_ref(dst)?);
+    let opts = t.options();
+    let source = open_source(&sref, &opts)?;
+    let dest = open_dest(&dref, &opts)?;
+    let bars = Bars::new();
+    let (root, changes) =
+        op(source.as_ref(), dest.as_ref(), &bars, src).with_context(|| format!("{verb} {src}"))?;
+    if json {
+        let layers: Vec<_> = changes
+            .iter()
+            .map(|c| serde_json::json!({"platform": c.platform, "index": c.index, "from": c.from, "to": c.to, "action": c.action}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"image": dst, "digest": root.digest.to_string(), "layers": layers})
+        );
+    } else {
+        for c in &changes {
+            println!(
+                "{} layer {} ({}) {} -> {}",
+                c.action, c.index, c.platform, c.from, c.to
+            );
+        }
+        println!("wrote {dst} ({})", root.digest);
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The `lazycrypt` command line.
+
+mod build;
+mod common;
+mod crypt;
+mod demo;
+mod layerinfo;
+mod stream;
+
+use clap::{Parser, Subcommand};
+
+/// Run ocicrypt-encrypted OCI images without plaintext at rest.
+#[derive(Parser)]
+#[command(name = "lazycrypt", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Encrypt an image's layers to recipients (or add recipients to encrypted layers).
+    Encrypt(crypt::EncryptArgs),
+    /// Decrypt an image's encrypted layers.
+    Decrypt(crypt::DecryptArgs),
+    /// Show each layer's digest, platform, size, encryption and recipients.
+    Layerinfo(layerinfo::Args),
+    /// Decrypt one layer blob from stdin to stdout, as containerd's stream processor (ctd-decoder).
+    StreamDecrypt(stream::Args),
+    /// Build a plain image from directories, one layer each.
+    Build(build::Args),
+    /// Generate keys and an image, then encrypt, inspect, decrypt and verify it.
+    Demo(demo::Args),
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LAZYCRYPT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pgp=error")),
+        )
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Encrypt(a) => crypt::encrypt(a),
+        Command::Decrypt(a) => crypt::decrypt(a),
+        Command::Layerinfo(a) => layerinfo::run(a),
+        Command::StreamDecrypt(a) => stream::run(a),
+        Command::Build(a) => build::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            // One line: what failed and why, outermost context first.
+            eprintln!("lazycrypt: {}", format!("{e:#}").replace('\n', " "));
+            1
+        }
+    }
+}

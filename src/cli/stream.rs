@@ -1,0 +1,125 @@
+//! `lazycrypt stream-decrypt`: a drop-in for imgcrypt's `ctd-decoder`, the
+//! stream processor containerd runs to decrypt layers on unpack.
+//!
+//! Encrypted blob on stdin, decrypted blob on stdout. containerd names the
+//! input media type in `STREAM_PROCESSOR_MEDIATYPE` and passes a payload on
+//! fd 3: a protobuf `google.protobuf.Any` whose value is the JSON
+//! `{"DecryptConfig":{"Parameters":{…}},"Descriptor":{…}}` (the layer's
+//! annotations carry the wrapped keys; the parameters may carry keys too).
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::Args as ClapArgs;
+use prost::Message;
+use zeroize::Zeroizing;
+
+use super::common::key_ring;
+use crate::crypto::image::layer_keys;
+use crate::crypto::keys::parse_key_file;
+use crate::crypto::{KeyRing, cipher::LayerKey};
+use crate::oci::{Descriptor, media};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Directory of private keys (like ctd-decoder's).
+    #[arg(long)]
+    pub decryption_keys_path: Option<PathBuf>,
+    /// Read the payload from this file instead of fd 3 (for testing).
+    #[arg(long, hide = true)]
+    pub payload: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mt = std::env::var("STREAM_PROCESSOR_MEDIATYPE").unwrap_or_default();
+    let payload =
+        read_payload(a.payload.as_ref()).context("reading the stream processor payload")?;
+    let Some(payload) = payload else {
+        bail!("no payload on fd 3: the layer descriptor with its encryption annotations is needed");
+    };
+    let any = prost_types::Any::decode(&payload[..]).context("payload is not a protobuf Any")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&any.value).context("payload value is not JSON")?;
+    let desc: Descriptor = serde_json::from_value(v["Descriptor"].clone())
+        .context("payload has no valid Descriptor")?;
+    if !mt.is_empty()
+        && !media::is_encrypted(&mt)
+        && !media::is_encrypted(&desc.media_type().to_string())
+    {
+        bail!("media type {mt} is not encrypted");
+    }
+    let mut ring = key_ring(&[], a.decryption_keys_path.as_deref())?;
+    add_parameters(&mut ring, &v["DecryptConfig"]["Parameters"])?;
+
+    let layer = desc.digest().to_string();
+    let annotations = desc.annotations().clone().unwrap_or_default();
+    let (opts, pubopts) = layer_keys(&annotations, &ring, &layer)?;
+    let key = LayerKey::from_options(&opts);
+    let mut plain = key.decrypt_reader(io::stdin(), &pubopts.hmac, Some(&opts.digest), &layer);
+    let mut out = io::stdout().lock();
+    // Bytes before a failed HMAC may already be out; containerd discards the
+    // unpack on our non-zero exit, as with ctd-decoder.
+    io::copy(&mut plain, &mut out).with_context(|| format!("decrypting layer {layer}"))?;
+    out.flush()?;
+    Ok(())
+}
+
+fn read_payload(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>> {
+    let p = match path {
+        Some(p) => p.clone(),
+        None => {
+            let fd3 = PathBuf::from("/proc/self/fd/3");
+            if !fd3.exists() {
+                return Ok(None);
+            }
+            fd3
+        }
+    };
+    let mut buf = Vec::new();
+    std::fs::File::open(&p)?.read_to_end(&mut buf)?;
+    Ok(if buf.is_empty() { None } else { Some(buf) })
+}
+
+/// Keys containerd passes in the DecryptConfig (Go `[][]byte`, so base64 strings).
+fn add_parameters(ring: &mut KeyRing, params: &serde_json::Value) -> Result<()> {
+    let list = |k: &str| -> Vec<Zeroizing<Vec<u8>>> {
+        params[k]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|s| s.as_str())
+                    .filter_map(|s| B64.decode(s).ok())
+                    .map(Zeroizing::new)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (keys_k, pw_k) in [
+        ("privkeys", "privkeys-passwords"),
+        ("gpg-privatekeys", "gpg-privatekeys-passwords"),
+    ] {
+        let pws = list(pw_k);
+        for (i, k) in list(keys_k).iter().enumerate() {
+            let pw = Zeroizing::new(
+                pws.get(i)
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default(),
+            );
+            let pw_opt = (!pw.is_empty()).then_some(pw.as_str());
+            let keys = parse_key_file(k, pw_opt)
+                .map_err(|e| anyhow::anyhow!("payload {keys_k}[{i}]: {e}"))?;
+            for km in keys {
+                ring.add(km, &pw);
+            }
+        }
+    }
+    for (i, c) in list("x509s").iter().enumerate() {
+        for km in parse_key_file(c, None).map_err(|e| anyhow::anyhow!("payload x509s[{i}]: {e}"))? {
+            ring.add(km, &Zeroizing::new(String::new()));
+        }
+    }
+    Ok(())
+}

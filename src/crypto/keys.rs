@@ -1,0 +1,429 @@
+//! Key files: PEM (PKCS#1, PKCS#8, encrypted PKCS#8, SEC1, SPKI, X.509), DER,
+//! JWK and OpenPGP key rings, and the `FILE[:pass=…|:file=…|:fd=…]` syntax
+//! imgcrypt uses. All private material zeroizes on drop (the `rsa`, `p256`…
+//! and `pgp` key types do so themselves).
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use der::{Decode, Encode};
+use pkcs8::DecodePrivateKey;
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs1::DecodeRsaPublicKey;
+use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
+use spki::DecodePublicKey;
+use zeroize::Zeroizing;
+
+use super::Error;
+
+/// An RSA or EC private key (JWE, PKCS#7).
+pub enum PrivateKey {
+    Rsa(Box<RsaPrivateKey>),
+    P256(p256::SecretKey),
+    P384(p384::SecretKey),
+    P521(p521::SecretKey),
+}
+
+/// An RSA or EC public key to encrypt to (JWE).
+#[derive(Clone, Debug)]
+pub enum PublicKey {
+    /// With `true` when a JWK asked for `RSA-OAEP-256`.
+    Rsa(Box<RsaPublicKey>, bool),
+    P256(p256::PublicKey),
+    P384(p384::PublicKey),
+    P521(p521::PublicKey),
+}
+
+/// An X.509 certificate with an RSA key (PKCS#7 recipients).
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    /// DER of the issuer Name and of the serial INTEGER, for IssuerAndSerialNumber.
+    pub issuer_der: Vec<u8>,
+    pub serial_der: Vec<u8>,
+    pub public: RsaPublicKey,
+}
+
+/// Everything a key file can hold.
+pub enum KeyMaterial {
+    Private(PrivateKey),
+    Public(PublicKey),
+    Certificate(Certificate),
+    PgpSecret(Box<pgp::composed::SignedSecretKey>),
+    PgpPublic(Box<pgp::composed::SignedPublicKey>),
+}
+
+impl KeyMaterial {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KeyMaterial::Private(_) => "private key",
+            KeyMaterial::Public(_) => "public key",
+            KeyMaterial::Certificate(_) => "certificate",
+            KeyMaterial::PgpSecret(_) => "OpenPGP secret key",
+            KeyMaterial::PgpPublic(_) => "OpenPGP public key",
+        }
+    }
+}
+
+/// A key file argument: path and optional password, as `FILE:pass=PW`,
+/// `FILE:file=PWFILE` or `FILE:fd=N` (imgcrypt's syntax).
+pub struct KeyArg {
+    pub path: PathBuf,
+    pub password: Option<Zeroizing<String>>,
+}
+
+impl KeyArg {
+    pub fn parse(arg: &str) -> Result<Self, Error> {
+        for (marker, kind) in [(":pass=", 0), (":file=", 1), (":fd=", 2)] {
+            if let Some(i) = arg.rfind(marker) {
+                let path = PathBuf::from(&arg[..i]);
+                let v = &arg[i + marker.len()..];
+                let password = match kind {
+                    0 => Zeroizing::new(v.to_string()),
+                    1 => read_password(Path::new(v))?,
+                    _ => {
+                        let fd: u32 = v
+                            .parse()
+                            .map_err(|_| Error::BadKey(format!("{arg}: fd= wants a number")))?;
+                        read_password(&PathBuf::from(format!("/proc/self/fd/{fd}")))?
+                    }
+                };
+                return Ok(KeyArg {
+                    path,
+                    password: Some(password),
+                });
+            }
+        }
+        Ok(KeyArg {
+            path: PathBuf::from(arg),
+            password: None,
+        })
+    }
+
+    /// Reads and parses the file.
+    pub fn load(&self) -> Result<Vec<KeyMaterial>, Error> {
+        let data = Zeroizing::new(
+            std::fs::read(&self.path)
+                .map_err(|e| Error::BadKey(format!("{}: {e}", self.path.display())))?,
+        );
+        parse_key_file(&data, self.password.as_deref().map(|s| s.as_str()))
+            .map_err(|e| Error::BadKey(format!("{}: {e}", self.path.display())))
+    }
+}
+
+fn read_password(p: &Path) -> Result<Zeroizing<String>, Error> {
+    let s = std::fs::read_to_string(p)
+        .map_err(|e| Error::BadKey(format!("password file {}: {e}", p.display())))?;
+    Ok(Zeroizing::new(s.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// Parses whatever keys a file holds; fails when it holds none.
+pub fn parse_key_file(data: &[u8], password: Option<&str>) -> Result<Vec<KeyMaterial>, String> {
+    let trimmed = trim_ascii(data);
+    if trimmed.starts_with(b"{") {
+        return parse_jwk(trimmed).map(|k| vec![k]);
+    }
+    if trimmed.starts_with(b"-----BEGIN PGP") {
+        return parse_pgp(data, password);
+    }
+    if trimmed.starts_with(b"-----BEGIN") {
+        let text = std::str::from_utf8(data).map_err(|_| "PEM file is not text".to_string())?;
+        let blocks = pem_blocks(text)?;
+        let mut out = Vec::new();
+        for b in &blocks {
+            out.push(parse_pem_block(b, password)?);
+        }
+        if out.is_empty() {
+            return Err("no PEM blocks".into());
+        }
+        return Ok(out);
+    }
+    if let Ok(k) = parse_der(data, password) {
+        return Ok(vec![k]);
+    }
+    if data.first().is_some_and(|b| b & 0x80 != 0) {
+        if let Ok(k) = parse_pgp(data, password) {
+            return Ok(k);
+        }
+    }
+    Err("not a recognised key: want PEM, DER, JWK or an OpenPGP key export".into())
+}
+
+fn trim_ascii(d: &[u8]) -> &[u8] {
+    let start = d
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(d.len());
+    &d[start..]
+}
+
+struct PemBlock {
+    label: String,
+    legacy_encrypted: bool,
+    der: Zeroizing<Vec<u8>>,
+}
+
+fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(label) = line
+            .trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        else {
+            continue;
+        };
+        let end = format!("-----END {label}-----");
+        let mut body = Zeroizing::new(String::new());
+        let mut legacy_encrypted = false;
+        let mut closed = false;
+        for l in lines.by_ref() {
+            let l = l.trim();
+            if l == end {
+                closed = true;
+                break;
+            }
+            if l.contains(':') {
+                legacy_encrypted |= l.starts_with("Proc-Type:") && l.contains("ENCRYPTED");
+                continue;
+            }
+            body.push_str(l);
+        }
+        if !closed {
+            return Err(format!("PEM block {label:?} has no END line"));
+        }
+        let der = Zeroizing::new(
+            B64.decode(body.as_bytes())
+                .map_err(|e| format!("PEM block {label:?}: bad base64: {e}"))?,
+        );
+        out.push(PemBlock {
+            label: label.to_string(),
+            legacy_encrypted,
+            der,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_pem_block(b: &PemBlock, password: Option<&str>) -> Result<KeyMaterial, String> {
+    if b.legacy_encrypted {
+        return Err(format!(
+            "{}: legacy OpenSSL-encrypted PEM (DEK-Info) is not supported; convert it with `openssl pkcs8 -topk8`",
+            b.label
+        ));
+    }
+    match b.label.as_str() {
+        "PRIVATE KEY" => parse_pkcs8(&b.der).map(KeyMaterial::Private),
+        "ENCRYPTED PRIVATE KEY" => decrypt_pkcs8(&b.der, password).map(KeyMaterial::Private),
+        "RSA PRIVATE KEY" => RsaPrivateKey::from_pkcs1_der(&b.der)
+            .map(|k| KeyMaterial::Private(PrivateKey::Rsa(Box::new(k))))
+            .map_err(|e| format!("RSA PRIVATE KEY: {e}")),
+        "EC PRIVATE KEY" => parse_sec1(&b.der).map(KeyMaterial::Private),
+        "PUBLIC KEY" => parse_spki(&b.der).map(KeyMaterial::Public),
+        "RSA PUBLIC KEY" => RsaPublicKey::from_pkcs1_der(&b.der)
+            .map(|k| KeyMaterial::Public(PublicKey::Rsa(Box::new(k), false)))
+            .map_err(|e| format!("RSA PUBLIC KEY: {e}")),
+        "CERTIFICATE" => parse_certificate(&b.der).map(KeyMaterial::Certificate),
+        other => Err(format!("unsupported PEM block {other:?}")),
+    }
+}
+
+fn parse_der(d: &[u8], password: Option<&str>) -> Result<KeyMaterial, String> {
+    if let Ok(k) = parse_pkcs8(d) {
+        return Ok(KeyMaterial::Private(k));
+    }
+    if let Ok(k) = RsaPrivateKey::from_pkcs1_der(d) {
+        return Ok(KeyMaterial::Private(PrivateKey::Rsa(Box::new(k))));
+    }
+    if let Ok(k) = parse_sec1(d) {
+        return Ok(KeyMaterial::Private(k));
+    }
+    if let Ok(k) = parse_spki(d) {
+        return Ok(KeyMaterial::Public(k));
+    }
+    if let Ok(c) = parse_certificate(d) {
+        return Ok(KeyMaterial::Certificate(c));
+    }
+    if pkcs8::EncryptedPrivateKeyInfo::from_der(d).is_ok() {
+        return decrypt_pkcs8(d, password).map(KeyMaterial::Private);
+    }
+    Err("not a DER key".into())
+}
+
+fn parse_pkcs8(d: &[u8]) -> Result<PrivateKey, String> {
+    if let Ok(k) = RsaPrivateKey::from_pkcs8_der(d) {
+        return Ok(PrivateKey::Rsa(Box::new(k)));
+    }
+    if let Ok(k) = p256::SecretKey::from_pkcs8_der(d) {
+        return Ok(PrivateKey::P256(k));
+    }
+    if let Ok(k) = p384::SecretKey::from_pkcs8_der(d) {
+        return Ok(PrivateKey::P384(k));
+    }
+    if let Ok(k) = p521::SecretKey::from_pkcs8_der(d) {
+        return Ok(PrivateKey::P521(k));
+    }
+    Err("PRIVATE KEY: not an RSA or NIST P-256/P-384/P-521 key".into())
+}
+
+fn decrypt_pkcs8(d: &[u8], password: Option<&str>) -> Result<PrivateKey, String> {
+    let Some(pw) = password else {
+        return Err("the private key is password protected; give the password as FILE:pass=… or FILE:file=…".into());
+    };
+    let info = pkcs8::EncryptedPrivateKeyInfo::from_der(d)
+        .map_err(|e| format!("ENCRYPTED PRIVATE KEY: {e}"))?;
+    let doc = info
+        .decrypt(pw)
+        .map_err(|_| "wrong password for the encrypted private key".to_string())?;
+    parse_pkcs8(doc.as_bytes())
+}
+
+fn parse_sec1(d: &[u8]) -> Result<PrivateKey, String> {
+    if let Ok(k) = p256::SecretKey::from_sec1_der(d) {
+        return Ok(PrivateKey::P256(k));
+    }
+    if let Ok(k) = p384::SecretKey::from_sec1_der(d) {
+        return Ok(PrivateKey::P384(k));
+    }
+    if let Ok(k) = p521::SecretKey::from_sec1_der(d) {
+        return Ok(PrivateKey::P521(k));
+    }
+    Err("EC PRIVATE KEY: not a NIST P-256/P-384/P-521 key".into())
+}
+
+fn parse_spki(d: &[u8]) -> Result<PublicKey, String> {
+    if let Ok(k) = RsaPublicKey::from_public_key_der(d) {
+        return Ok(PublicKey::Rsa(Box::new(k), false));
+    }
+    if let Ok(k) = p256::PublicKey::from_public_key_der(d) {
+        return Ok(PublicKey::P256(k));
+    }
+    if let Ok(k) = p384::PublicKey::from_public_key_der(d) {
+        return Ok(PublicKey::P384(k));
+    }
+    if let Ok(k) = p521::PublicKey::from_public_key_der(d) {
+        return Ok(PublicKey::P521(k));
+    }
+    Err("PUBLIC KEY: not an RSA or NIST P-256/P-384/P-521 key".into())
+}
+
+fn parse_certificate(d: &[u8]) -> Result<Certificate, String> {
+    let cert = x509_cert::Certificate::from_der(d).map_err(|e| format!("CERTIFICATE: {e}"))?;
+    let tbs = &cert.tbs_certificate;
+    let spki = tbs
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| format!("CERTIFICATE: {e}"))?;
+    let public = RsaPublicKey::from_public_key_der(&spki)
+        .map_err(|_| "CERTIFICATE: PKCS#7 recipients need an RSA certificate".to_string())?;
+    Ok(Certificate {
+        issuer_der: tbs
+            .issuer
+            .to_der()
+            .map_err(|e| format!("CERTIFICATE: {e}"))?,
+        serial_der: tbs
+            .serial_number
+            .to_der()
+            .map_err(|e| format!("CERTIFICATE: {e}"))?,
+        public,
+    })
+}
+
+fn parse_pgp(data: &[u8], password: Option<&str>) -> Result<Vec<KeyMaterial>, String> {
+    let _ = password; // Secret keys are unlocked when used, with the password given then.
+    super::pgp::parse_keys(data)
+}
+
+fn parse_jwk(d: &[u8]) -> Result<KeyMaterial, String> {
+    let v: serde_json::Value = serde_json::from_slice(d).map_err(|e| format!("JWK: {e}"))?;
+    let field = |k: &str| -> Result<Zeroizing<Vec<u8>>, String> {
+        let s = v[k].as_str().ok_or_else(|| format!("JWK: missing {k:?}"))?;
+        B64URL
+            .decode(s.trim_end_matches('='))
+            .map(Zeroizing::new)
+            .map_err(|e| format!("JWK: {k:?} is not base64url: {e}"))
+    };
+    let big = |k: &str| field(k).map(|b| BigUint::from_bytes_be(&b));
+    let has_d = v.get("d").is_some();
+    match v["kty"].as_str() {
+        Some("RSA") => {
+            let (n, e) = (big("n")?, big("e")?);
+            if has_d {
+                let primes = match (big("p"), big("q")) {
+                    (Ok(p), Ok(q)) => vec![p, q],
+                    _ => vec![],
+                };
+                let k = RsaPrivateKey::from_components(n, e, big("d")?, primes)
+                    .map_err(|e| format!("JWK: {e}"))?;
+                Ok(KeyMaterial::Private(PrivateKey::Rsa(Box::new(k))))
+            } else {
+                let k = RsaPublicKey::new(n, e).map_err(|e| format!("JWK: {e}"))?;
+                Ok(KeyMaterial::Public(PublicKey::Rsa(
+                    Box::new(k),
+                    v["alg"].as_str() == Some("RSA-OAEP-256"),
+                )))
+            }
+        }
+        Some("EC") => {
+            let crv = v["crv"].as_str().unwrap_or("");
+            let (x, y) = (field("x")?, field("y")?);
+            let mut sec1 = vec![4u8];
+            sec1.extend_from_slice(&x);
+            sec1.extend_from_slice(&y);
+            let bad = |e: &dyn std::fmt::Display| format!("JWK: bad {crv} key: {e}");
+            if has_d {
+                let d = field("d")?;
+                Ok(KeyMaterial::Private(match crv {
+                    "P-256" => {
+                        PrivateKey::P256(p256::SecretKey::from_slice(&d).map_err(|e| bad(&e))?)
+                    }
+                    "P-384" => {
+                        PrivateKey::P384(p384::SecretKey::from_slice(&d).map_err(|e| bad(&e))?)
+                    }
+                    "P-521" => {
+                        PrivateKey::P521(p521::SecretKey::from_slice(&d).map_err(|e| bad(&e))?)
+                    }
+                    _ => return Err(format!("JWK: unsupported curve {crv:?}")),
+                }))
+            } else {
+                Ok(KeyMaterial::Public(match crv {
+                    "P-256" => PublicKey::P256(
+                        p256::PublicKey::from_sec1_bytes(&sec1).map_err(|e| bad(&e))?,
+                    ),
+                    "P-384" => PublicKey::P384(
+                        p384::PublicKey::from_sec1_bytes(&sec1).map_err(|e| bad(&e))?,
+                    ),
+                    "P-521" => PublicKey::P521(
+                        p521::PublicKey::from_sec1_bytes(&sec1).map_err(|e| bad(&e))?,
+                    ),
+                    _ => return Err(format!("JWK: unsupported curve {crv:?}")),
+                }))
+            }
+        }
+        other => Err(format!("JWK: unsupported kty {other:?}")),
+    }
+}
+
+/// Loads every key in a directory tree, like `ctd-decoder --decryption-keys-path`.
+/// Files that hold no usable key (or need a password) are skipped.
+pub fn load_dir(dir: &Path) -> Result<Vec<KeyMaterial>, Error> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| Error::BadKey(format!("keys directory {}: {e}", d.display())))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(data) = std::fs::read(&p).map(Zeroizing::new) {
+                match parse_key_file(&data, None) {
+                    Ok(keys) => out.extend(keys),
+                    Err(err) => tracing::debug!("skipping {}: {err}", p.display()),
+                }
+            }
+        }
+    }
+    Ok(out)
+}

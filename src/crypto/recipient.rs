@@ -1,0 +1,133 @@
+//! Who to encrypt to (`--recipient`), and the keys we hold to decrypt (`--key`).
+
+use pgp::composed::{SignedPublicKey, SignedSecretKey};
+use zeroize::Zeroizing;
+
+use super::Error;
+use super::keyprovider::ProviderConfig;
+use super::keys::{Certificate, KeyArg, KeyMaterial, PrivateKey, PublicKey};
+
+/// One `--recipient SCHEME:VALUE`.
+pub enum Recipient {
+    Jwe(PublicKey),
+    Pkcs7(Certificate),
+    Pgp(Box<SignedPublicKey>),
+    /// `provider:NAME[:ARG]`; the keyprovider named in the ocicrypt config.
+    Provider {
+        name: String,
+        arg: Option<String>,
+    },
+}
+
+impl Recipient {
+    /// Parses `jwe:PUB`, `pkcs7:CERT`, `pgp:KEYFILE` or `provider:NAME[:ARG]`.
+    pub fn parse(spec: &str) -> Result<Vec<Recipient>, Error> {
+        let (scheme, value) = spec.split_once(':').ok_or_else(|| {
+            Error::BadKey(format!(
+                "recipient {spec:?}: want jwe:FILE, pkcs7:FILE, pgp:FILE or provider:NAME"
+            ))
+        })?;
+        let load = |what: &str| -> Result<Vec<KeyMaterial>, Error> {
+            KeyArg {
+                path: value.into(),
+                password: None,
+            }
+            .load()
+            .map_err(|e| Error::BadKey(format!("recipient {scheme}: {what}: {e}")))
+        };
+        let wrong = |k: &KeyMaterial, want: &str| {
+            Error::BadKey(format!(
+                "recipient {spec}: the file holds a {}, not {want}",
+                k.kind()
+            ))
+        };
+        match scheme {
+            "jwe" => load("public key")?
+                .into_iter()
+                .map(|k| match k {
+                    KeyMaterial::Public(p) => Ok(Recipient::Jwe(p)),
+                    other => Err(wrong(&other, "a public key")),
+                })
+                .collect(),
+            "pkcs7" => load("certificate")?
+                .into_iter()
+                .map(|k| match k {
+                    KeyMaterial::Certificate(c) => Ok(Recipient::Pkcs7(c)),
+                    other => Err(wrong(&other, "an X.509 certificate")),
+                })
+                .collect(),
+            "pgp" => load("OpenPGP public key")?
+                .into_iter()
+                .map(|k| match k {
+                    KeyMaterial::PgpPublic(p) => Ok(Recipient::Pgp(p)),
+                    other => Err(wrong(&other, "an OpenPGP public key (gpg --export)")),
+                })
+                .collect(),
+            "provider" => {
+                let (name, arg) = match value.split_once(':') {
+                    Some((n, a)) => (n.to_string(), Some(a.to_string())),
+                    None => (value.to_string(), None),
+                };
+                if name.is_empty() {
+                    return Err(Error::BadKey(format!(
+                        "recipient {spec:?}: empty provider name"
+                    )));
+                }
+                Ok(vec![Recipient::Provider { name, arg }])
+            }
+            other => Err(Error::BadKey(format!(
+                "recipient {spec:?}: unknown scheme {other:?} (jwe, pkcs7, pgp, provider)"
+            ))),
+        }
+    }
+}
+
+/// The keys a decryption may use: `--key` files, a keys directory, keyproviders.
+#[derive(Default)]
+pub struct KeyRing {
+    pub private: Vec<PrivateKey>,
+    pub certs: Vec<Certificate>,
+    pub pgp: Vec<(SignedSecretKey, Zeroizing<String>)>,
+    /// Keyproviders that may be asked to unwrap (`--key provider:NAME`).
+    pub providers: Vec<String>,
+    pub provider_config: Option<ProviderConfig>,
+}
+
+impl KeyRing {
+    /// Adds one `--key` argument: `FILE[:pass=…]` or `provider:NAME`.
+    pub fn add_arg(&mut self, arg: &str) -> Result<(), Error> {
+        if let Some(name) = arg.strip_prefix("provider:") {
+            self.providers
+                .push(name.split(':').next().unwrap_or(name).to_string());
+            return Ok(());
+        }
+        let ka = KeyArg::parse(arg)?;
+        let pw = ka
+            .password
+            .clone()
+            .unwrap_or_else(|| Zeroizing::new(String::new()));
+        for k in ka.load()? {
+            self.add(k, &pw);
+        }
+        Ok(())
+    }
+
+    /// Adds parsed key material; public keys add nothing to decrypt with.
+    pub fn add(&mut self, k: KeyMaterial, password: &Zeroizing<String>) {
+        match k {
+            KeyMaterial::Private(p) => self.private.push(p),
+            KeyMaterial::Certificate(c) => self.certs.push(c),
+            KeyMaterial::PgpSecret(s) => self.pgp.push((*s, password.clone())),
+            KeyMaterial::Public(_) | KeyMaterial::PgpPublic(_) => {}
+        }
+    }
+
+    /// How many keys are held, for error messages.
+    pub fn len(&self) -> usize {
+        self.private.len() + self.pgp.len() + self.providers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,201 @@
+//! Image references in skopeo's transport syntax.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::Error;
+
+/// Where an image lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// `oci:DIR[:TAG]`: an OCI image layout directory.
+    Layout { dir: PathBuf, tag: Option<String> },
+    /// `docker://HOST/REPO[:TAG|@DIGEST]`: an OCI distribution registry.
+    Registry(RegistryRef),
+}
+
+/// A repository on a registry, and a tag or digest in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRef {
+    /// `host[:port]`, as in URLs (`docker.io` means Docker Hub).
+    pub host: String,
+    pub repo: String,
+    /// A tag or a `sha256:` digest.
+    pub reference: String,
+}
+
+impl RegistryRef {
+    /// The API endpoint host (Docker Hub's differs from its name).
+    pub fn api_host(&self) -> &str {
+        if self.host == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            &self.host
+        }
+    }
+
+    /// Is the reference a digest rather than a tag?
+    pub fn is_digest(&self) -> bool {
+        self.reference.starts_with("sha256:")
+    }
+
+    /// Parses the part after `docker://`.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::BadReference(format!("docker://{s}: {why}"));
+        if s.is_empty() {
+            return Err(bad("empty reference"));
+        }
+        let (name, reference) = match s.split_once('@') {
+            Some((n, d)) => {
+                super::digest::parse(d).map_err(|_| bad("invalid digest after '@'"))?;
+                (n, d.to_string())
+            }
+            None => {
+                // A ':' after the last '/' starts a tag; one before it is a port.
+                let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
+                match s[slash..].rfind(':') {
+                    Some(i) => (&s[..slash + i], s[slash + i + 1..].to_string()),
+                    None => (s, "latest".to_string()),
+                }
+            }
+        };
+        let (host, repo) = match name.split_once('/') {
+            Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => {
+                (h.to_string(), r.to_string())
+            }
+            _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
+            _ => ("docker.io".to_string(), format!("library/{name}")),
+        };
+        let repo_ok = !repo.is_empty()
+            && repo.split('/').all(|c| {
+                !c.is_empty()
+                    && c.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            });
+        if !repo_ok {
+            return Err(bad(
+                "repository names are lowercase letters, digits, '.', '_', '-' and '/'",
+            ));
+        }
+        let tag_ok = reference.starts_with("sha256:")
+            || (!reference.is_empty()
+                && reference.len() <= 128
+                && reference
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+        if !tag_ok {
+            return Err(bad("invalid tag"));
+        }
+        Ok(RegistryRef {
+            host,
+            repo,
+            reference,
+        })
+    }
+}
+
+impl ImageRef {
+    /// Parses `oci:DIR[:TAG]` or `docker://…`.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        if let Some(rest) = s.strip_prefix("docker://") {
+            return Ok(ImageRef::Registry(RegistryRef::parse(rest)?));
+        }
+        if let Some(rest) = s.strip_prefix("oci:") {
+            if rest.is_empty() {
+                return Err(Error::BadReference(format!("{s}: missing directory")));
+            }
+            let (dir, tag) = match rest.rsplit_once(':') {
+                Some((d, t)) if !t.contains('/') && !d.is_empty() => (d, Some(t.to_string())),
+                _ => (rest, None),
+            };
+            if tag.as_deref() == Some("") {
+                return Err(Error::BadReference(format!("{s}: empty tag")));
+            }
+            return Ok(ImageRef::Layout {
+                dir: PathBuf::from(dir),
+                tag,
+            });
+        }
+        Err(Error::BadReference(format!(
+            "{s}: unknown transport (use oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST])"
+        )))
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageRef::Layout { dir, tag: Some(t) } => write!(f, "oci:{}:{t}", dir.display()),
+            ImageRef::Layout { dir, tag: None } => write!(f, "oci:{}", dir.display()),
+            ImageRef::Registry(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+impl fmt::Display for RegistryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sep = if self.is_digest() { '@' } else { ':' };
+        write!(
+            f,
+            "docker://{}/{}{sep}{}",
+            self.host, self.repo, self.reference
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(s: &str) -> RegistryRef {
+        match ImageRef::parse(s).unwrap() {
+            ImageRef::Registry(r) => r,
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn parses_skopeo_syntax() {
+        let r = reg("docker://127.0.0.1:5000/a/b:v1");
+        assert_eq!(
+            (r.host.as_str(), r.repo.as_str(), r.reference.as_str()),
+            ("127.0.0.1:5000", "a/b", "v1")
+        );
+        let r = reg("docker://127.0.0.1:5000/app");
+        assert_eq!(r.reference, "latest");
+        assert_eq!(reg("docker://busybox").repo, "library/busybox");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = reg(&format!("docker://localhost/x@{d}"));
+        assert!(r.is_digest());
+        assert_eq!(r.to_string(), format!("docker://localhost/x@{d}"));
+        assert_eq!(
+            ImageRef::parse("oci:/tmp/x:v2").unwrap(),
+            ImageRef::Layout {
+                dir: "/tmp/x".into(),
+                tag: Some("v2".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("oci:rel/dir").unwrap(),
+            ImageRef::Layout {
+                dir: "rel/dir".into(),
+                tag: None
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_references() {
+        for s in [
+            "x",
+            "oci:",
+            "docker://",
+            "docker://h.io/UPPER",
+            "docker://h.io/a@sha256:12",
+            "docker://h.io/a:b@c",
+        ] {
+            assert!(ImageRef::parse(s).is_err(), "{s}");
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! An OCI distribution registry client (`docker://`): manifests, blobs,
+//! `Range` reads, chunked uploads, and anonymous / basic / bearer-token auth.
+//!
+//! Blocking on purpose: the byte paths that use it (copies, FUSE reads) are
+//! blocking, and a blocking client needs no async runtime underneath.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ureq::http::{self, Response};
+
+use super::digest::{self, Digest};
+use super::reference::RegistryRef;
+use super::transport::{ImageDest, ImageSource, RawManifest};
+use super::{Descriptor, Error, MAX_MANIFEST, media};
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Speak plain HTTP (for registries on loopback).
+    pub plain_http: bool,
+    /// `USER[:PASSWORD]`, overriding the auth files.
+    pub creds: Option<String>,
+}
+
+/// A repository on a registry.
+pub struct Registry {
+    r: RegistryRef,
+    base: String,
+    agent: ureq::Agent,
+    basic: Option<String>,
+    /// The `Authorization` value that last worked.
+    auth: Mutex<Option<String>>,
+}
+
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+const TRIES: u32 = 4;
+
+enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    Stream(&'a mut dyn Read),
+}
+
+impl Registry {
+    /// A client for `r`; credentials come from `opts.creds` or the auth files.
+    pub fn new(r: RegistryRef, opts: &RegistryOptions) -> Result<Self, Error> {
+        let scheme = if opts.plain_http { "http" } else { "https" };
+        let base = format!("{scheme}://{}", r.api_host());
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .user_agent(concat!("lazycrypt/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        let basic = match &opts.creds {
+            Some(c) => Some(B64.encode(if c.contains(':') {
+                c.clone()
+            } else {
+                format!("{c}:")
+            })),
+            None => auth_file_credentials(&r.host),
+        };
+        Ok(Registry {
+            r,
+            base,
+            agent,
+            basic,
+            auth: Mutex::new(None),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.r.repo)
+    }
+
+    fn what(&self, method: &str, path: &str) -> String {
+        format!(
+            "registry {}: {method} /v2/{}/{path}",
+            self.r.host, self.r.repo
+        )
+    }
+
+    /// Sends a request, authenticating on 401 and retrying transient failures.
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        mut body: Body<'_>,
+        what: &str,
+    ) -> Result<Response<ureq::Body>, Error> {
+        let replayable = !matches!(body, Body::Stream(_));
+        let mut authed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut b = http::Request::builder().method(method).uri(url);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            if let Some(a) = self.auth.lock().expect("lock").clone() {
+                b = b.header("Authorization", a);
+            }
+            let res = match &mut body {
+                Body::Empty => {
+                    let req = b
+                        .body(())
+                        .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
+                    self.agent.run(req)
+                }
+                Body::Bytes(bytes) => {
+                    let req = b
+                        .body(*bytes)
+                        .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
+                    self.agent.run(req)
+                }
+                Body::Stream(r) => {
+                    let req = b
+                        .body(ureq::SendBody::from_reader(*r))
+                        .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
+                    self.agent.run(req)
+                }
+            };
+            let res = match res {
+                Ok(r) => r,
+                Err(e) if replayable && attempt < TRIES => {
+                    tracing::warn!("{what}: {e}; retrying");
+                    backoff(attempt);
+                    continue;
+                }
+                Err(e) => return Err(Error::Registry(format!("{what}: {e}"))),
+            };
+            let status = res.status().as_u16();
+            if status == 401 && !authed {
+                let challenge = header(&res, "www-authenticate").unwrap_or_default();
+                self.authenticate(&challenge, what)?;
+                authed = true;
+                if replayable {
+                    continue;
+                }
+            }
+            if replayable && (status >= 500 || status == 429) && attempt < TRIES {
+                tracing::warn!("{what}: HTTP {status}; retrying");
+                backoff(attempt);
+                continue;
+            }
+            return Ok(res);
+        }
+    }
+
+    /// Answers a `WWW-Authenticate` challenge (Basic or Bearer token).
+    fn authenticate(&self, challenge: &str, what: &str) -> Result<(), Error> {
+        let (scheme, params) = parse_challenge(challenge);
+        let value = match scheme.to_ascii_lowercase().as_str() {
+            "basic" => match &self.basic {
+                Some(b) => format!("Basic {b}"),
+                None => {
+                    return Err(Error::Registry(format!(
+                        "{what}: 401 Unauthorized and no credentials (use --creds or docker login)"
+                    )));
+                }
+            },
+            "bearer" => {
+                let realm = params
+                    .iter()
+                    .find(|(k, _)| k == "realm")
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| {
+                        Error::Registry(format!("{what}: bearer challenge without realm"))
+                    })?;
+                let mut q = Vec::new();
+                for key in ["service", "scope"] {
+                    if let Some((_, v)) = params.iter().find(|(k, _)| k == key) {
+                        q.push(format!("{key}={}", urlencode(v)));
+                    }
+                }
+                let url = if q.is_empty() {
+                    realm.clone()
+                } else {
+                    format!("{realm}?{}", q.join("&"))
+                };
+                let mut req = self.agent.get(&url);
+                if let Some(b) = &self.basic {
+                    req = req.header("Authorization", format!("Basic {b}"));
+                }
+                let mut res = req.call().map_err(|e| {
+                    Error::Registry(format!("{what}: token request to {realm}: {e}"))
+                })?;
+                if !res.status().is_success() {
+                    return Err(Error::Registry(format!(
+                        "{what}: token request to {realm}: HTTP {}",
+                        res.status().as_u16()
+                    )));
+                }
+                let v: serde_json::Value = res
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_json()
+                    .map_err(|e| Error::Registry(format!("{what}: token response: {e}")))?;
+                let token = v["token"]
+                    .as_str()
+                    .or(v["access_token"].as_str())
+                    .ok_or_else(|| {
+                        Error::Registry(format!("{what}: token response has no token"))
+                    })?;
+                format!("Bearer {token}")
+            }
+            _ => {
+                return Err(Error::Registry(format!(
+                    "{what}: 401 Unauthorized with unsupported challenge {challenge:?}"
+                )));
+            }
+        };
+        *self.auth.lock().expect("lock") = Some(value);
+        Ok(())
+    }
+
+    /// Turns a non-success response into a one-line error.
+    fn check(
+        &self,
+        mut res: Response<ureq::Body>,
+        what: &str,
+        ok: &[u16],
+    ) -> Result<Response<ureq::Body>, Error> {
+        let status = res.status();
+        if ok.contains(&status.as_u16()) {
+            return Ok(res);
+        }
+        let body = res
+            .body_mut()
+            .with_config()
+            .limit(64 << 10)
+            .read_to_string()
+            .unwrap_or_default();
+        let detail = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let e = v["errors"].as_array()?.first()?.clone();
+                Some(format!(
+                    " ({}: {})",
+                    e["code"].as_str().unwrap_or("?"),
+                    e["message"].as_str().unwrap_or("")
+                ))
+            })
+            .unwrap_or_default();
+        let text = format!(
+            "{what}: HTTP {} {}{detail}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        Err(if status.as_u16() == 404 {
+            Error::NotFound(text)
+        } else {
+            Error::Registry(text)
+        })
+    }
+
+    fn get_manifest(&self, reference: &str, expect: Option<&Digest>) -> Result<RawManifest, Error> {
+        let path = format!("manifests/{reference}");
+        let what = self.what("GET", &path);
+        let res = self.send(
+            "GET",
+            &self.url(&path),
+            &[("Accept", MANIFEST_ACCEPT)],
+            Body::Empty,
+            &what,
+        )?;
+        let mut res = self.check(res, &what, &[200])?;
+        let ct = header(&res, "content-type").unwrap_or_default();
+        let bytes = res
+            .body_mut()
+            .with_config()
+            .limit(MAX_MANIFEST)
+            .read_to_vec()
+            .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
+        let d = digest::of(&bytes);
+        if let Some(want) = expect {
+            if &d != want {
+                return Err(Error::Malformed(format!(
+                    "{what}: manifest has digest {d}, want {want}"
+                )));
+            }
+        }
+        let mut media_type = ct.split(';').next().unwrap_or("").trim().to_string();
+        if !media::is_manifest(&media_type) && !media::is_index(&media_type) {
+            media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+                .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
+        }
+        Ok(RawManifest {
+            media_type,
+            digest: d,
+            bytes,
+        })
+    }
+}
+
+impl ImageSource for Registry {
+    fn root(&self) -> Result<RawManifest, Error> {
+        let expect = if self.r.is_digest() {
+            Some(digest::parse(&self.r.reference)?)
+        } else {
+            None
+        };
+        self.get_manifest(&self.r.reference, expect.as_ref())
+    }
+
+    fn manifest(&self, desc: &Descriptor) -> Result<RawManifest, Error> {
+        self.get_manifest(&desc.digest().to_string(), Some(desc.digest()))
+    }
+
+    fn blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, Error> {
+        let path = format!("blobs/{}", desc.digest());
+        let what = self.what("GET", &path);
+        let res = self.send("GET", &self.url(&path), &[], Body::Empty, &what)?;
+        let res = self.check(res, &what, &[200])?;
+        let reader = res.into_body().into_reader();
+        Ok(Box::new(ErrorContext {
+            inner: reader,
+            what,
+        }))
+    }
+
+    fn blob_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let path = format!("blobs/{}", desc.digest());
+        let what = self.what("GET", &path);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let range = format!("bytes={offset}-{}", offset + len - 1);
+        let res = self.send(
+            "GET",
+            &self.url(&path),
+            &[("Range", &range)],
+            Body::Empty,
+            &what,
+        )?;
+        let res = self.check(res, &what, &[200, 206])?;
+        let whole = res.status().as_u16() == 200;
+        let mut r = res.into_body().into_reader();
+        if whole {
+            // The server ignored Range: skip to the offset.
+            io::copy(&mut (&mut r).take(offset), &mut io::sink())
+                .map_err(|e| Error::io(what.clone(), e))?;
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        r.take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(what.clone(), e))?;
+        if buf.len() as u64 != len {
+            return Err(Error::Registry(format!(
+                "{what}: short range read: {} of {len} bytes at {offset}",
+                buf.len()
+            )));
+        }
+        Ok(buf)
+    }
+}
+
+impl ImageDest for Registry {
+    fn has_blob(&self, d: &Digest) -> Result<bool, Error> {
+        let path = format!("blobs/{d}");
+        let what = self.what("HEAD", &path);
+        let res = self.send("HEAD", &self.url(&path), &[], Body::Empty, &what)?;
+        match res.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => self.check(res, &what, &[200]).map(|_| true),
+        }
+    }
+
+    fn put_blob(&self, data: &mut dyn Read, _media_type: &str) -> Result<(Digest, u64), Error> {
+        let what = self.what("POST", "blobs/uploads/");
+        let res = self.send(
+            "POST",
+            &self.url("blobs/uploads/"),
+            &[("Content-Length", "0")],
+            Body::Empty,
+            &what,
+        )?;
+        let res = self.check(res, &what, &[202])?;
+        let loc = self.location(&res, &what)?;
+
+        let what = self.what("PATCH", "blobs/uploads/…");
+        let mut hashing = HashingReader::new(data);
+        let res = self.send(
+            "PATCH",
+            &loc,
+            &[("Content-Type", "application/octet-stream")],
+            Body::Stream(&mut hashing),
+            &what,
+        );
+        // A failing source (say, an HMAC mismatch at EOF) surfaces as a send error: report the source's.
+        if let Some(e) = hashing.error.take() {
+            return Err(Error::io("reading the blob to upload".to_string(), e));
+        }
+        let res = self.check(res?, &what, &[202, 204])?;
+        let loc = self.location(&res, &what)?;
+        let (d, n) = hashing.finish();
+
+        let what = self.what("PUT", "blobs/uploads/…");
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let url = format!("{loc}{sep}digest={}", urlencode(&d.to_string()));
+        let res = self.send("PUT", &url, &[("Content-Length", "0")], Body::Empty, &what)?;
+        self.check(res, &what, &[201, 204])?;
+        Ok((d, n))
+    }
+
+    fn put_manifest(&self, m: &RawManifest) -> Result<(), Error> {
+        self.put_manifest_as(m, &m.digest.to_string())
+    }
+
+    fn commit(&self, root: &RawManifest) -> Result<(), Error> {
+        if self.r.is_digest() {
+            if root.digest.to_string() != self.r.reference {
+                return Err(Error::BadReference(format!(
+                    "{}: cannot write an image with digest {} under another digest",
+                    self.r, root.digest
+                )));
+            }
+            return self.put_manifest(root);
+        }
+        self.put_manifest_as(root, &self.r.reference.clone())
+    }
+
+    fn abort(&self) {
+        // Unreferenced blobs are the registry's garbage collector's job.
+    }
+}
+
+impl Registry {
+    fn put_manifest_as(&self, m: &RawManifest, reference: &str) -> Result<(), Error> {
+        let path = format!("manifests/{reference}");
+        let what = self.what("PUT", &path);
+        let res = self.send(
+            "PUT",
+            &self.url(&path),
+            &[("Content-Type", &m.media_type)],
+            Body::Bytes(&m.bytes),
+            &what,
+        )?;
+        self.check(res, &what, &[200, 201, 202])?;
+        Ok(())
+    }
+
+    fn location(&self, res: &Response<ureq::Body>, what: &str) -> Result<String, Error> {
+        let loc = header(res, "location")
+            .ok_or_else(|| Error::Registry(format!("{what}: no Location header")))?;
+        Ok(
+            if loc.starts_with("http://") || loc.starts_with("https://") {
+                loc
+            } else if loc.starts_with('/') {
+                format!("{}{loc}", self.base)
+            } else {
+                format!("{}/v2/{}/blobs/uploads/{loc}", self.base, self.r.repo)
+            },
+        )
+    }
+}
+
+/// Hashes an upload stream and keeps the source's own error.
+struct HashingReader<'a> {
+    inner: &'a mut dyn Read,
+    hasher: sha2::Sha256,
+    len: u64,
+    error: Option<io::Error>,
+}
+
+impl<'a> HashingReader<'a> {
+    fn new(inner: &'a mut dyn Read) -> Self {
+        use sha2::Digest as _;
+        HashingReader {
+            inner,
+            hasher: sha2::Sha256::new(),
+            len: 0,
+            error: None,
+        }
+    }
+
+    fn finish(self) -> (Digest, u64) {
+        use sha2::Digest as _;
+        let d = digest::parse(&format!("sha256:{}", hex::encode(self.hasher.finalize())))
+            .expect("digest");
+        (d, self.len)
+    }
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest as _;
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.len += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.error = Some(e);
+                Err(copy)
+            }
+        }
+    }
+}
+
+/// Prefixes read errors of a response body with the request they came from.
+struct ErrorContext<R> {
+    inner: R,
+    what: String,
+}
+
+impl<R: Read> Read for ErrorContext<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.what)))
+    }
+}
+
+fn backoff(attempt: u32) {
+    std::thread::sleep(Duration::from_millis(
+        100 * 4u64.pow(attempt.saturating_sub(1)),
+    ));
+}
+
+fn header(res: &Response<ureq::Body>, name: &str) -> Option<String> {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Splits `Bearer realm="…",service="…"` into the scheme and its parameters.
+fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
+    let h = h.trim();
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    let mut params = Vec::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let Some((k, after)) = rest.split_once('=') else {
+            break;
+        };
+        let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let (v, after) = if let Some(q) = after.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (q[..end].to_string(), &q[end + 1..]),
+                None => (q.to_string(), ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (after[..end].trim().to_string(), &after[end..]),
+                None => (after.trim().to_string(), ""),
+            }
+        };
+        params.push((k, v));
+        rest = after.trim_start_matches([',', ' ']);
+    }
+    (scheme.to_string(), params)
+}
+
+/// `user:password` (base64) for `host` from the files skopeo and docker use.
+fn auth_file_credentials(host: &str) -> Option<String> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Ok(p) = std::env::var("REGISTRY_AUTH_FILE") {
+        files.push(p.into());
+    }
+    if let Ok(d) = std::env::var("XDG_RUNTIME_DIR") {
+        files.push(PathBuf::from(d).join("containers/auth.json"));
+    }
+    if let Ok(d) = std::env::var("DOCKER_CONFIG") {
+        files.push(PathBuf::from(d).join("config.json"));
+    }
+    if let Ok(h) = std::env::var("HOME") {
+        files.push(PathBuf::from(h).join(".docker/config.json"));
+    }
+    let keys: Vec<String> = if host == "docker.io" {
+        vec![
+            "docker.io".into(),
+            "https://index.docker.io/v1/".into(),
+            "registry-1.docker.io".into(),
+        ]
+    } else {
+        vec![
+            host.to_string(),
+            format!("https://{host}"),
+            format!("http://{host}"),
+        ]
+    };
+    files.iter().find_map(|f| {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f).ok()?).ok()?;
+        keys.iter()
+            .find_map(|k| v["auths"][k]["auth"].as_str().map(str::to_string))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenges() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(s, "Bearer");
+        assert_eq!(p[0], ("realm".into(), "https://auth.example/token".into()));
+        assert_eq!(p[2], ("scope".into(), "repository:a/b:pull,push".into()));
+        assert_eq!(
+            urlencode("repository:a/b:pull"),
+            "repository%3Aa%2Fb%3Apull"
+        );
+    }
+}
