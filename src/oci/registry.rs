@@ -128,10 +128,15 @@ impl Registry {
             };
             let res = match res {
                 Ok(r) => r,
-                Err(e) if replayable && attempt < TRIES => {
+                Err(e) if replayable && attempt < TRIES && transient(&e) => {
                     tracing::warn!("{what}: {e}; retrying");
                     backoff(attempt);
                     continue;
+                }
+                Err(e) if self.base.starts_with("https") && tls_failure(&e) => {
+                    return Err(Error::Registry(format!(
+                        "{what}: TLS failed ({e}); if this registry speaks plain HTTP, use --plain-http"
+                    )));
                 }
                 Err(e) => return Err(Error::Registry(format!("{what}: {e}"))),
             };
@@ -521,6 +526,34 @@ impl<R: Read> Read for ErrorContext<R> {
         self.inner
             .read(buf)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.what)))
+    }
+}
+
+/// Failures worth another try: the connection, not the conversation.
+fn transient(e: &ureq::Error) -> bool {
+    use io::ErrorKind::*;
+    match e {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | TimedOut
+                | UnexpectedEof
+                | BrokenPipe
+                | Interrupted
+        ),
+        ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed => true,
+        _ => false,
+    }
+}
+
+/// A TLS handshake that failed, typically against a plain-HTTP registry.
+fn tls_failure(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io.kind() == io::ErrorKind::InvalidData,
+        _ => false,
     }
 }
 

@@ -1,0 +1,326 @@
+//! Shared test helpers: real keys (openssl, gpg), real images (`lazycrypt
+//! build`), a real registry (Debian's docker-registry) and skopeo.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lazycrypt");
+
+/// A temporary directory that lives as long as the value.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("lazycrypt-test-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Runs a command, returning its output; panics only if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    out
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail; returns stderr, which must be one line and no panic.
+pub fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{cmd:?} unexpectedly succeeded");
+    assert!(!err.contains("panicked"), "{cmd:?} panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.contains(" WARN ")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{cmd:?} should print one error line, got: {err}"
+    );
+    err
+}
+
+pub fn lazycrypt() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("OCICRYPT_KEYPROVIDER_CONFIG");
+    c
+}
+
+pub fn skopeo() -> Command {
+    let mut c = Command::new("skopeo");
+    c.arg("--insecure-policy");
+    c
+}
+
+/// An RSA key pair and a self-signed certificate for it, made by openssl.
+pub struct RsaKeys {
+    pub private: PathBuf,
+    pub public: PathBuf,
+    pub cert: PathBuf,
+}
+
+pub fn rsa_keys(dir: &Path, name: &str) -> RsaKeys {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let cert = dir.join(format!("{name}.crt"));
+    ok(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&private)
+        .arg("2048"));
+    ok(Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public));
+    ok(Command::new("openssl")
+        .args(["req", "-x509", "-new", "-days", "30", "-subj"])
+        .arg(format!("/CN={name}"))
+        .arg("-key")
+        .arg(&private)
+        .arg("-out")
+        .arg(&cert));
+    RsaKeys {
+        private,
+        public,
+        cert,
+    }
+}
+
+/// An EC key pair on `curve` (e.g. prime256v1): the private key as PKCS#8,
+/// which is the PEM form Go ocicrypt reads (it skips SEC1 `EC PRIVATE KEY`).
+/// The SEC1 form is written beside it as `NAME.sec1.pem`.
+pub fn ec_keys(dir: &Path, name: &str, curve: &str) -> (PathBuf, PathBuf) {
+    let sec1 = dir.join(format!("{name}.sec1.pem"));
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    ok(Command::new("openssl")
+        .args(["ecparam", "-genkey", "-noout", "-name", curve, "-out"])
+        .arg(&sec1));
+    ok(Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
+        .arg(&sec1)
+        .arg("-out")
+        .arg(&private));
+    ok(Command::new("openssl")
+        .args(["ec", "-pubout", "-in"])
+        .arg(&sec1)
+        .arg("-out")
+        .arg(&public));
+    (private, public)
+}
+
+/// An OpenPGP key (RSA signing primary + RSA encryption subkey) made by gpg:
+/// returns (GNUPGHOME, user id, binary public export, binary secret export).
+pub fn pgp_keys(dir: &Path, name: &str) -> (PathBuf, String, PathBuf, PathBuf) {
+    let home = dir.join(format!("gnupg-{name}"));
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let uid = format!("{name}@example.com");
+    let gpg = || {
+        let mut c = Command::new("gpg");
+        c.env("GNUPGHOME", &home).args([
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ]);
+        c
+    };
+    ok(gpg().args(["--quick-gen-key", &uid, "rsa2048", "sign", "never"]));
+    let colons = ok(gpg().args(["--with-colons", "--list-keys", &uid]));
+    let fpr = colons
+        .lines()
+        .find(|l| l.starts_with("fpr"))
+        .and_then(|l| l.split(':').nth(9))
+        .unwrap()
+        .to_string();
+    ok(gpg().args(["--quick-add-key", &fpr, "rsa2048", "encr", "never"]));
+    let public = dir.join(format!("{name}.gpg.pub"));
+    let secret = dir.join(format!("{name}.gpg.sec"));
+    std::fs::write(&public, run(gpg().args(["--export", &uid])).stdout).unwrap();
+    std::fs::write(
+        &secret,
+        run(gpg().args(["--export-secret-keys", &uid])).stdout,
+    )
+    .unwrap();
+    (home, uid, public, secret)
+}
+
+/// Builds a plain image at `oci:DIR:TAG` with `n` layers of generated files.
+pub fn build_image(dir: &Path, tag: &str, n: usize) -> String {
+    let rootfs = dir.join(format!("rootfs-{tag}"));
+    let mut cmd = lazycrypt();
+    cmd.arg("build");
+    for i in 0..n {
+        let l = rootfs.join(format!("layer{i}"));
+        std::fs::create_dir_all(l.join("data")).unwrap();
+        std::fs::write(
+            l.join("data").join(format!("file{i}.txt")),
+            format!("layer {i} of {tag}\n").repeat(500),
+        )
+        .unwrap();
+        let noise: Vec<u8> = (0..100_000u32)
+            .map(|x| (x.wrapping_mul(2654435761) >> (i + 7)) as u8)
+            .collect();
+        std::fs::write(l.join(format!("blob{i}.bin")), noise).unwrap();
+        cmd.arg("--layer").arg(&l);
+    }
+    let image = format!("oci:{}:{tag}", dir.join("images").display());
+    ok(cmd.arg(&image));
+    image
+}
+
+/// The manifest of `oci:DIR:TAG` (single-platform images).
+pub fn layout_manifest(image: &str) -> Value {
+    let (dir, tag) = split_layout(image);
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str())
+        .unwrap_or_else(|| panic!("no tag {tag} in {image}"))
+        .clone();
+    let d = entry["digest"].as_str().unwrap();
+    serde_json::from_slice(&std::fs::read(blob_path(&dir, d)).unwrap()).unwrap()
+}
+
+pub fn split_layout(image: &str) -> (PathBuf, String) {
+    let rest = image.strip_prefix("oci:").unwrap();
+    let (d, t) = rest.rsplit_once(':').unwrap();
+    (PathBuf::from(d), t.to_string())
+}
+
+pub fn blob_path(dir: &Path, digest: &str) -> PathBuf {
+    dir.join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// Layer digests of a single-platform layout image.
+pub fn layer_digests(image: &str) -> Vec<String> {
+    layout_manifest(image)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub fn layer_types(image: &str) -> Vec<String> {
+    layout_manifest(image)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Rewrites the manifest of `oci:DIR:TAG` in place through `f`.
+pub fn edit_manifest(image: &str, f: impl FnOnce(&mut Value)) {
+    let (dir, tag) = split_layout(image);
+    let mut m = layout_manifest(image);
+    f(&mut m);
+    let bytes = serde_json::to_vec(&m).unwrap();
+    let d = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    std::fs::write(blob_path(&dir, &d), &bytes).unwrap();
+    let ip = dir.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&ip).unwrap()).unwrap();
+    for e in index["manifests"].as_array_mut().unwrap() {
+        if e["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str() {
+            e["digest"] = Value::String(d.clone());
+            e["size"] = Value::from(bytes.len());
+        }
+    }
+    std::fs::write(ip, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Debian's docker-registry on 127.0.0.1, killed on drop.
+pub struct Registry {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With `htpasswd`: basic auth against that file.
+    pub fn start_with(htpasswd: Option<&Path>) -> Self {
+        let dir = tmp();
+        let port = free_port();
+        let auth = match htpasswd {
+            Some(p) => format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                p.display()
+            ),
+            None => String::new(),
+        };
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            dir.path().join("data").display()
+        );
+        let cfg_path = dir.path().join("config.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting docker-registry (apt-get install docker-registry)");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn image(&self, repo: &str) -> String {
+        format!("docker://{}/{repo}", self.addr)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,312 @@
+//! ocicrypt interoperability with skopeo (Go ocicrypt), both directions, on
+//! OCI layouts: layer digests after decryption equal the originals'.
+
+mod common;
+
+use common::*;
+
+fn skopeo_encrypt(src: &str, dst: &str, recipients: &[String]) {
+    let mut c = skopeo();
+    c.arg("copy");
+    for r in recipients {
+        c.arg("--encryption-key").arg(r);
+    }
+    ok(c.arg(src).arg(dst));
+}
+
+fn skopeo_decrypt(src: &str, dst: &str, keys: &[&std::path::Path]) {
+    let mut c = skopeo();
+    c.arg("copy");
+    for k in keys {
+        c.arg("--decryption-key").arg(k);
+    }
+    ok(c.arg(src).arg(dst));
+}
+
+fn lc_decrypt(src: &str, dst: &str, keys: &[&std::path::Path]) {
+    let mut c = lazycrypt();
+    c.arg("decrypt");
+    for k in keys {
+        c.arg("--key").arg(k);
+    }
+    ok(c.arg(src).arg(dst));
+}
+
+fn assert_all_encrypted(image: &str) {
+    for t in layer_types(image) {
+        assert!(t.ends_with("+encrypted"), "{image}: layer type {t}");
+    }
+}
+
+#[test]
+fn skopeo_jwe_rsa_and_ec_images_decrypt_with_lazycrypt() {
+    let d = tmp();
+    let plain = build_image(d.path(), "plain", 2);
+    let rsa = rsa_keys(d.path(), "rsa");
+    let (ec, ec_pub) = ec_keys(d.path(), "ec", "prime256v1");
+    for (tag, recipient, key) in [("rsa", &rsa.public, &rsa.private), ("ec", &ec_pub, &ec)] {
+        let enc = format!("oci:{}/enc:{tag}", d.path().display());
+        skopeo_encrypt(&plain, &enc, &[format!("jwe:{}", recipient.display())]);
+        assert_all_encrypted(&enc);
+        let out = format!("oci:{}/dec:{tag}", d.path().display());
+        lc_decrypt(&enc, &out, &[key]);
+        assert_eq!(layer_digests(&out), layer_digests(&plain), "jwe {tag}");
+    }
+}
+
+#[test]
+fn skopeo_three_recipients_each_key_decrypts() {
+    let d = tmp();
+    let plain = build_image(d.path(), "plain", 1);
+    let a = rsa_keys(d.path(), "a");
+    let b = rsa_keys(d.path(), "b");
+    let (c, c_pub) = ec_keys(d.path(), "c", "secp384r1");
+    let enc = format!("oci:{}/enc:three", d.path().display());
+    skopeo_encrypt(
+        &plain,
+        &enc,
+        &[
+            format!("jwe:{}", a.public.display()),
+            format!("jwe:{}", b.public.display()),
+            format!("jwe:{}", c_pub.display()),
+        ],
+    );
+    for (i, key) in [&a.private, &b.private, &c].iter().enumerate() {
+        let out = format!("oci:{}/dec{i}:x", d.path().display());
+        lc_decrypt(&enc, &out, &[key]);
+        assert_eq!(layer_digests(&out), layer_digests(&plain), "recipient {i}");
+    }
+}
+
+#[test]
+fn skopeo_pkcs7_image_decrypts_with_key_and_certificate() {
+    let d = tmp();
+    let plain = build_image(d.path(), "plain", 2);
+    let k = rsa_keys(d.path(), "p7");
+    let enc = format!("oci:{}/enc:p7", d.path().display());
+    skopeo_encrypt(&plain, &enc, &[format!("pkcs7:{}", k.cert.display())]);
+    let out = format!("oci:{}/dec:p7", d.path().display());
+    lc_decrypt(&enc, &out, &[&k.private, &k.cert]);
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+}
+
+#[test]
+fn skopeo_pgp_image_decrypts_with_secret_key_export() {
+    let d = tmp();
+    let plain = build_image(d.path(), "plain", 2);
+    let (home, uid, _public, secret) = pgp_keys(d.path(), "alice");
+    let enc = format!("oci:{}/enc:pgp", d.path().display());
+    // skopeo resolves pgp recipients through gpg's key ring.
+    ok(skopeo().env("GNUPGHOME", &home).args([
+        "copy",
+        "--encryption-key",
+        &format!("pgp:{uid}"),
+        &plain,
+        &enc,
+    ]));
+    assert_all_encrypted(&enc);
+    let out = format!("oci:{}/dec:pgp", d.path().display());
+    lc_decrypt(&enc, &out, &[&secret]);
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+}
+
+#[test]
+fn lazycrypt_images_decrypt_with_skopeo_for_every_scheme() {
+    let d = tmp();
+    let plain = build_image(d.path(), "plain", 2);
+    let rsa = rsa_keys(d.path(), "rsa");
+    let (ec, ec_pub) = ec_keys(d.path(), "ec", "prime256v1");
+    let (_home, _uid, pgp_pub, pgp_sec) = pgp_keys(d.path(), "bob");
+    let cases: Vec<(&str, String, Vec<&std::path::Path>)> = vec![
+        (
+            "jwe-rsa",
+            format!("jwe:{}", rsa.public.display()),
+            vec![&rsa.private],
+        ),
+        ("jwe-ec", format!("jwe:{}", ec_pub.display()), vec![&ec]),
+        (
+            "pkcs7",
+            format!("pkcs7:{}", rsa.cert.display()),
+            vec![&rsa.private, &rsa.cert],
+        ),
+        ("pgp", format!("pgp:{}", pgp_pub.display()), vec![&pgp_sec]),
+    ];
+    for (tag, recipient, keys) in cases {
+        let enc = format!("oci:{}/enc:{tag}", d.path().display());
+        ok(lazycrypt().args(["encrypt", "--recipient", &recipient, &plain, &enc]));
+        assert_all_encrypted(&enc);
+        let out = format!("oci:{}/skopeo-dec:{tag}", d.path().display());
+        // An empty GNUPGHOME: skopeo must use the exported secret key we hand it.
+        let mut c = skopeo();
+        c.env("GNUPGHOME", d.path().join("no-gnupg")).arg("copy");
+        for k in &keys {
+            c.arg("--decryption-key").arg(k);
+        }
+        ok(c.arg(&enc).arg(&out));
+        assert_eq!(layer_digests(&out), layer_digests(&plain), "{tag}");
+    }
+}
+
+#[test]
+fn added_recipients_work_for_both_tools() {
+    let d = tmp();
+    let plain = build_image(d.path(), "plain", 2);
+    let a = rsa_keys(d.path(), "a");
+    let b = rsa_keys(d.path(), "b");
+    let (_h, _u, c_pub, c_sec) = pgp_keys(d.path(), "carol");
+
+    // lazycrypt encrypts to A, then adds B (jwe) and C (pgp) with A's key: data is not re-encrypted.
+    let enc = format!("oci:{}/enc:a", d.path().display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "-r",
+        &format!("jwe:{}", a.public.display()),
+        &plain,
+        &enc,
+    ]));
+    let more = format!("oci:{}/enc:abc", d.path().display());
+    ok(lazycrypt()
+        .args([
+            "encrypt",
+            "-r",
+            &format!("jwe:{}", b.public.display()),
+            "-r",
+            &format!("pgp:{}", c_pub.display()),
+        ])
+        .arg("--key")
+        .arg(&a.private)
+        .args([&enc, &more]));
+    assert_eq!(
+        layer_digests(&more),
+        layer_digests(&enc),
+        "adding recipients must keep the ciphertext"
+    );
+    let m = layout_manifest(&more);
+    let jwe = m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.jwe"]
+        .as_str()
+        .unwrap();
+    assert_eq!(jwe.split(',').count(), 2, "the new JWE entry is appended");
+    for (who, keys) in [
+        ("a", vec![a.private.as_path()]),
+        ("b", vec![b.private.as_path()]),
+        ("c", vec![c_sec.as_path()]),
+    ] {
+        let out = format!("oci:{}/sk-{who}:x", d.path().display());
+        let mut c = skopeo();
+        c.env("GNUPGHOME", d.path().join("no-gnupg")).arg("copy");
+        for k in &keys {
+            c.arg("--decryption-key").arg(k);
+        }
+        ok(c.arg(&more).arg(&out));
+        assert_eq!(
+            layer_digests(&out),
+            layer_digests(&plain),
+            "skopeo with {who}"
+        );
+        let out = format!("oci:{}/lc-{who}:x", d.path().display());
+        lc_decrypt(&more, &out, &keys);
+        assert_eq!(
+            layer_digests(&out),
+            layer_digests(&plain),
+            "lazycrypt with {who}"
+        );
+    }
+
+    // skopeo encrypts to A; lazycrypt adds B; skopeo decrypts with B.
+    let sk = format!("oci:{}/sk-enc:a", d.path().display());
+    skopeo_encrypt(&plain, &sk, &[format!("jwe:{}", a.public.display())]);
+    let skb = format!("oci:{}/sk-enc:ab", d.path().display());
+    ok(lazycrypt()
+        .args(["encrypt", "-r", &format!("jwe:{}", b.public.display())])
+        .arg("--key")
+        .arg(&a.private)
+        .args([&sk, &skb]));
+    let out = format!("oci:{}/sk-enc-dec:b", d.path().display());
+    skopeo_decrypt(&skb, &out, &[&b.private]);
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+}
+
+#[test]
+fn layer_and_platform_selection() {
+    let d = tmp();
+    let plain = build_image(d.path(), "plain", 3);
+    let k = rsa_keys(d.path(), "k");
+    let enc = format!("oci:{}/enc:top", d.path().display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        "--layer",
+        "-1",
+        &plain,
+        &enc,
+    ]));
+    let types = layer_types(&enc);
+    assert!(
+        !types[0].ends_with("+encrypted") && !types[1].ends_with("+encrypted"),
+        "{types:?}"
+    );
+    assert!(types[2].ends_with("+encrypted"), "{types:?}");
+    let out = format!("oci:{}/dec:top", d.path().display());
+    lc_decrypt(&enc, &out, &[&k.private]);
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+
+    let err = fails(lazycrypt().args([
+        "encrypt",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        "--platform",
+        "plan9/mips",
+        &plain,
+        &format!("oci:{}/x:y", d.path().display()),
+    ]));
+    assert!(err.contains("no manifest for platform plan9/mips"), "{err}");
+}
+
+#[test]
+fn layerinfo_lists_schemes_recipients_and_key_status() {
+    let d = tmp();
+    let plain = build_image(d.path(), "plain", 2);
+    let k = rsa_keys(d.path(), "k");
+    let other = rsa_keys(d.path(), "other");
+    let enc = format!("oci:{}/enc:x", d.path().display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        "-r",
+        &format!("pkcs7:{}", k.cert.display()),
+        &plain,
+        &enc,
+    ]));
+    let table = ok(lazycrypt().args(["layerinfo", &enc]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].contains("DIGEST")
+            && lines[0].contains("ENCRYPTION")
+            && lines[0].contains("RECIPIENTS")
+    );
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[1].contains("jwe,pkcs7") && lines[1].contains("jwe:RSA-OAEP"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(lazycrypt()
+        .arg("layerinfo")
+        .arg("--json")
+        .arg("--key")
+        .arg(&other.private)
+        .arg(&enc)))
+    .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    assert_eq!(json[0]["key"], "missing");
+    assert_eq!(json[0]["digest"].as_str().unwrap(), layer_digests(&enc)[0]);
+    let json: serde_json::Value = serde_json::from_str(&ok(lazycrypt()
+        .arg("layerinfo")
+        .arg("--json")
+        .arg("--key")
+        .arg(&k.private)
+        .arg(&enc)))
+    .unwrap();
+    assert_eq!(json[1]["key"], "ok");
+}
