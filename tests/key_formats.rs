@@ -1,0 +1,154 @@
+//! Key files in every form imgcrypt users have them: PEM PKCS#1, PKCS#8,
+//! encrypted PKCS#8 (`:pass=`, `:file=`), SEC1, DER, and JWK (including a
+//! JWK that asks for RSA-OAEP-256, checked against skopeo).
+
+mod common;
+
+use std::process::Command;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use common::*;
+use rsa::pkcs8::DecodePrivateKey;
+use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+
+fn roundtrip(d: &std::path::Path, plain: &str, recipient: &str, key_arg: &str, tag: &str) {
+    let enc = format!("oci:{}/enc:{tag}", d.display());
+    ok(lazycrypt().args(["encrypt", "-r", recipient, plain, &enc]));
+    let out = format!("oci:{}/dec:{tag}", d.display());
+    ok(lazycrypt().args(["decrypt", "--key", key_arg, &enc, &out]));
+    assert_eq!(layer_digests(&out), layer_digests(plain), "{tag}");
+}
+
+#[test]
+fn pem_der_and_password_forms() {
+    let d = tmp();
+    let p = d.path();
+    let plain = build_image(p, "plain", 1);
+    let k = rsa_keys(p, "k");
+    let rcpt = format!("jwe:{}", k.public.display());
+
+    let pkcs1 = p.join("pkcs1.pem");
+    ok(Command::new("openssl")
+        .args(["rsa", "-traditional", "-in"])
+        .arg(&k.private)
+        .arg("-out")
+        .arg(&pkcs1));
+    assert!(
+        std::fs::read_to_string(&pkcs1)
+            .unwrap()
+            .contains("BEGIN RSA PRIVATE KEY")
+    );
+    roundtrip(p, &plain, &rcpt, pkcs1.to_str().unwrap(), "pkcs1");
+
+    let der = p.join("key.der");
+    ok(Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
+        .arg(&k.private)
+        .arg("-out")
+        .arg(&der));
+    roundtrip(p, &plain, &rcpt, der.to_str().unwrap(), "der");
+
+    let enc_key = p.join("enc.pem");
+    ok(Command::new("openssl")
+        .args([
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:hunter2",
+            "-in",
+        ])
+        .arg(&k.private)
+        .arg("-out")
+        .arg(&enc_key));
+    roundtrip(
+        p,
+        &plain,
+        &rcpt,
+        &format!("{}:pass=hunter2", enc_key.display()),
+        "encpass",
+    );
+    let pwfile = p.join("pw.txt");
+    std::fs::write(&pwfile, "hunter2\n").unwrap();
+    roundtrip(
+        p,
+        &plain,
+        &rcpt,
+        &format!("{}:file={}", enc_key.display(), pwfile.display()),
+        "encfile",
+    );
+
+    let enc = format!("oci:{}/enc:encpass", p.display());
+    let err = fails(
+        lazycrypt()
+            .arg("decrypt")
+            .arg("--key")
+            .arg(&enc_key)
+            .args([&enc, &format!("oci:{}/x:1", p.display())]),
+    );
+    assert!(
+        err.contains("password protected") && err.contains("pass="),
+        "{err}"
+    );
+    let err = fails(lazycrypt().args([
+        "decrypt",
+        "--key",
+        &format!("{}:pass=nope", enc_key.display()),
+        &enc,
+        &format!("oci:{}/x:2", p.display()),
+    ]));
+    assert!(err.contains("wrong password"), "{err}");
+    assert!(
+        !err.contains("nope"),
+        "the password must not be echoed: {err}"
+    );
+
+    let (ec8, ec_pub) = ec_keys(p, "ec", "secp521r1");
+    let ec_rcpt = format!("jwe:{}", ec_pub.display());
+    roundtrip(p, &plain, &ec_rcpt, ec8.to_str().unwrap(), "ec-pkcs8");
+    roundtrip(
+        p,
+        &plain,
+        &ec_rcpt,
+        p.join("ec.sec1.pem").to_str().unwrap(),
+        "ec-sec1",
+    );
+}
+
+#[test]
+fn jwk_keys_including_rsa_oaep_256_interoperate_with_skopeo() {
+    let d = tmp();
+    let p = d.path();
+    let plain = build_image(p, "plain", 1);
+    let k = rsa_keys(p, "k");
+    let key = rsa::RsaPrivateKey::read_pkcs8_pem_file(&k.private).unwrap();
+    let b = |n: &rsa::BigUint| B64URL.encode(n.to_bytes_be());
+    let public =
+        serde_json::json!({"kty": "RSA", "alg": "RSA-OAEP-256", "n": b(key.n()), "e": b(key.e())});
+    let private = serde_json::json!({
+        "kty": "RSA", "n": b(key.n()), "e": b(key.e()), "d": b(key.d()),
+        "p": b(&key.primes()[0]), "q": b(&key.primes()[1]),
+    });
+    let (pub_jwk, priv_jwk) = (p.join("pub.jwk"), p.join("priv.jwk"));
+    std::fs::write(&pub_jwk, public.to_string()).unwrap();
+    std::fs::write(&priv_jwk, private.to_string()).unwrap();
+
+    roundtrip(
+        p,
+        &plain,
+        &format!("jwe:{}", pub_jwk.display()),
+        priv_jwk.to_str().unwrap(),
+        "jwk",
+    );
+    let enc = format!("oci:{}/enc:jwk", p.display());
+    let info = ok(lazycrypt().args(["layerinfo", &enc]));
+    assert!(info.contains("jwe:RSA-OAEP-256"), "{info}");
+    let out = format!("oci:{}/skopeo:jwk", p.display());
+    ok(skopeo()
+        .args(["copy", "--decryption-key"])
+        .arg(&k.private)
+        .args([&enc, &out]));
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+}

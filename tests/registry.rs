@@ -1,0 +1,280 @@
+//! The same interop through a real registry (`docker://`), registry auth,
+//! and registry failures as one-line errors.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+
+#[test]
+fn encrypt_to_registry_and_decrypt_from_it_with_both_tools() {
+    let d = tmp();
+    let reg = Registry::start();
+    let plain = build_image(d.path(), "plain", 2);
+    let k = rsa_keys(d.path(), "k");
+    let (ec, ec_pub) = ec_keys(d.path(), "ec", "prime256v1");
+
+    // lazycrypt: layout → registry, encrypted; skopeo decrypts from the registry.
+    let remote = reg.image("app/enc:v1");
+    ok(lazycrypt().args([
+        "encrypt",
+        "--plain-http",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &plain,
+        &remote,
+    ]));
+    let out = format!("oci:{}/skopeo:x", d.path().display());
+    ok(skopeo()
+        .args(["copy", "--src-tls-verify=false", "--decryption-key"])
+        .arg(&k.private)
+        .args([&remote, &out]));
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+
+    // skopeo: layout → registry, encrypted; lazycrypt decrypts registry → registry, then reads it back.
+    let sk = reg.image("app/sk:v1");
+    ok(skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        "--encryption-key",
+        &format!("jwe:{}", ec_pub.display()),
+        &plain,
+        &sk,
+    ]));
+    let dec = reg.image("app/dec:v1");
+    ok(lazycrypt()
+        .args(["decrypt", "--plain-http", "--key"])
+        .arg(&ec)
+        .args([&sk, &dec]));
+    let back = format!("oci:{}/back:x", d.path().display());
+    ok(skopeo().args(["copy", "--src-tls-verify=false", &dec, &back]));
+    assert_eq!(layer_digests(&back), layer_digests(&plain));
+
+    // By digest, too.
+    let digest = serde_json::from_str::<serde_json::Value>(&ok(lazycrypt()
+        .args(["decrypt", "--json", "--plain-http", "--key"])
+        .arg(&ec)
+        .args([&sk, &reg.image("app/dec:v2")])))
+    .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info = ok(lazycrypt().args([
+        "layerinfo",
+        "--json",
+        "--plain-http",
+        &reg.image(&format!("app/dec@{digest}")),
+    ]));
+    let layers: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(layers.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn basic_auth_with_creds_and_a_clear_401_without() {
+    let d = tmp();
+    let htpasswd = d.path().join("htpasswd");
+    ok(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["tester", "s3cret"]));
+    let reg = Registry::start_with(Some(&htpasswd));
+    let plain = build_image(d.path(), "plain", 1);
+    let k = rsa_keys(d.path(), "k");
+    let remote = reg.image("auth/enc:v1");
+    let rcpt = format!("jwe:{}", k.public.display());
+
+    let err = fails(lazycrypt().env("HOME", d.path()).args([
+        "encrypt",
+        "--plain-http",
+        "-r",
+        &rcpt,
+        &plain,
+        &remote,
+    ]));
+    assert!(err.contains("401 Unauthorized and no credentials"), "{err}");
+    let err = fails(lazycrypt().env("HOME", d.path()).args([
+        "encrypt",
+        "--plain-http",
+        "--creds",
+        "tester:wrong",
+        "-r",
+        &rcpt,
+        &plain,
+        &remote,
+    ]));
+    assert!(err.contains("HTTP 401"), "{err}");
+
+    ok(lazycrypt().args([
+        "encrypt",
+        "--plain-http",
+        "--creds",
+        "tester:s3cret",
+        "-r",
+        &rcpt,
+        &plain,
+        &remote,
+    ]));
+    // Credentials from ~/.docker/config.json, as docker login writes them.
+    let home = d.path().join("home");
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "tester:s3cret");
+    std::fs::write(
+        home.join(".docker/config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let out = format!("oci:{}/dec:x", d.path().display());
+    ok(lazycrypt()
+        .env("HOME", &home)
+        .args(["decrypt", "--plain-http", "--key"])
+        .arg(&k.private)
+        .args([&remote, &out]));
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+}
+
+#[test]
+fn missing_repository_and_tag_are_404s_that_say_where() {
+    let reg = Registry::start();
+    let err = fails(lazycrypt().args(["layerinfo", "--plain-http", &reg.image("nope/nothing:v9")]));
+    assert!(err.contains(&format!("registry {}", reg.addr)), "{err}");
+    assert!(
+        err.contains("/v2/nope/nothing/manifests/v9: HTTP 404"),
+        "{err}"
+    );
+    let err = fails(lazycrypt().args(["layerinfo", &reg.image("nope/nothing:v9")]));
+    assert!(err.contains("use --plain-http"), "{err}");
+}
+
+/// A loopback HTTP server that answers every request with `respond`, and counts them.
+fn fake_server(
+    respond: impl Fn(&str, &str) -> String + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let respond = Arc::new(respond);
+    std::thread::spawn(move || {
+        for s in l.incoming().take(64) {
+            let Ok(mut s) = s else { continue };
+            h.fetch_add(1, Ordering::SeqCst);
+            let respond = respond.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap_or(0);
+                let mut auth = String::new();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    let lower = h.to_ascii_lowercase();
+                    if lower.starts_with("authorization:") {
+                        auth = h[14..].trim().to_string();
+                    }
+                    if lower.starts_with("content-length:") {
+                        len = h[15..].trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let resp = respond(line.trim(), &auth);
+                let _ = s.write_all(resp.as_bytes());
+            });
+        }
+    });
+    (addr, hits)
+}
+
+#[test]
+fn server_errors_are_retried_then_reported_in_one_line() {
+    let (addr, hits) = fake_server(|_, _| {
+        let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"backend down"}]}"#;
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    });
+    let err = fails(lazycrypt().args([
+        "layerinfo",
+        "--plain-http",
+        &format!("docker://{addr}/x/y:z"),
+    ]));
+    assert!(
+        err.contains("HTTP 503 Service Unavailable (UNAVAILABLE: backend down)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("registry {addr}: GET /v2/x/y/manifests/z")),
+        "{err}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 4, "one try and three retries");
+}
+
+#[test]
+fn bearer_token_flow() {
+    // A registry double: /token hands out a token for the scope it is asked;
+    // the manifest endpoint demands it and then serves an empty image.
+    let manifest = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let (addr, _) = {
+        let port_holder = Arc::new(std::sync::Mutex::new(String::new()));
+        let ph = port_holder.clone();
+        let srv = fake_server(move |line, auth| {
+            let addr = ph.lock().unwrap().clone();
+            let reply = |status: &str, headers: &str, body: &str| {
+                format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            if line.starts_with("GET /token?") {
+                assert!(
+                    line.contains("service=test-registry")
+                        && line.contains("scope=repository%3Aa%2Fb%3Apull"),
+                    "{line}"
+                );
+                assert_eq!(auth, "Basic dTpw", "token request carries --creds");
+                return reply(
+                    "200 OK",
+                    "Content-Type: application/json\r\n",
+                    r#"{"token":"tok123"}"#,
+                );
+            }
+            if auth != "Bearer tok123" {
+                let h = format!(
+                    "WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"test-registry\",scope=\"repository:a/b:pull\"\r\n"
+                );
+                return reply("401 Unauthorized", &h, "");
+            }
+            if line.starts_with("GET /v2/a/b/manifests/t") {
+                return reply(
+                    "200 OK",
+                    "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n",
+                    manifest,
+                );
+            }
+            if line.starts_with("GET /v2/a/b/blobs/") {
+                return reply("200 OK", "", "{}");
+            }
+            reply("404 Not Found", "", "")
+        });
+        *port_holder.lock().unwrap() = srv.0.clone();
+        srv
+    };
+    let out = ok(lazycrypt().args([
+        "layerinfo",
+        "--json",
+        "--plain-http",
+        "--creds",
+        "u:p",
+        &format!("docker://{addr}/a/b:t"),
+    ]));
+    assert_eq!(out.trim(), "[]");
+}

@@ -1,0 +1,362 @@
+//! `stream-decrypt` fed as containerd feeds a stream processor, and the
+//! keyprovider protocol through cmd and gRPC test doubles.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::*;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+/// Runs `stream-decrypt` with the encrypted blob on stdin, the media type in
+/// the environment and `payload` on fd 3, as containerd does.
+fn stream_decrypt(
+    args: &[&str],
+    blob: &Path,
+    payload: &[u8],
+    media_type: &str,
+) -> std::process::Output {
+    let d = tmp();
+    let pfile = d.path().join("payload");
+    std::fs::write(&pfile, payload).unwrap();
+    let fd3 = std::fs::File::open(&pfile).unwrap();
+    let raw = fd3.as_raw_fd();
+    let mut c = lazycrypt();
+    c.arg("stream-decrypt")
+        .args(args)
+        .env("STREAM_PROCESSOR_MEDIATYPE", media_type);
+    c.stdin(std::fs::File::open(blob).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = c.output().unwrap();
+    drop(fd3);
+    out
+}
+
+/// The payload imgcrypt puts on fd 3: an Any wrapping the JSON payload.
+fn payload(descriptor: &serde_json::Value, params: serde_json::Value) -> Vec<u8> {
+    let value = serde_json::to_vec(
+        &serde_json::json!({"DecryptConfig": {"Parameters": params}, "Descriptor": descriptor}),
+    )
+    .unwrap();
+    prost_types::Any {
+        type_url: "github.com/containerd/imgcrypt/images/encryption.Payload".into(),
+        value,
+    }
+    .encode_to_vec()
+}
+
+fn encrypted_layer(d: &Path, recipient: &str) -> (String, String, serde_json::Value, PathBuf) {
+    let plain = build_image(d, "plain", 1);
+    let enc = format!("oci:{}/enc:x", d.display());
+    ok(lazycrypt().args(["encrypt", "-r", recipient, &plain, &enc]));
+    let desc = layout_manifest(&enc)["layers"][0].clone();
+    let blob = blob_path(&split_layout(&enc).0, desc["digest"].as_str().unwrap());
+    (plain, enc, desc, blob)
+}
+
+#[test]
+fn stream_decrypt_as_a_containerd_stream_processor() {
+    let d = tmp();
+    let k = rsa_keys(d.path(), "k");
+    let (plain, _enc, desc, blob) =
+        encrypted_layer(d.path(), &format!("jwe:{}", k.public.display()));
+    let want = layer_digests(&plain)[0].clone();
+    let mt = desc["mediaType"].as_str().unwrap().to_string();
+
+    // Keys from a keys directory, like ctd-decoder --decryption-keys-path.
+    let keys = d.path().join("keys");
+    std::fs::create_dir_all(keys.join("nested")).unwrap();
+    std::fs::copy(&k.private, keys.join("nested/k.pem")).unwrap();
+    std::fs::write(keys.join("README"), "not a key").unwrap();
+    let out = stream_decrypt(
+        &["--decryption-keys-path", keys.to_str().unwrap()],
+        &blob,
+        &payload(&desc, serde_json::json!({})),
+        &mt,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        format!("sha256:{}", hex::encode(Sha256::digest(&out.stdout))),
+        want
+    );
+
+    // Keys passed by containerd in the payload's DecryptConfig.
+    let params = serde_json::json!({"privkeys": [B64.encode(std::fs::read(&k.private).unwrap())], "privkeys-passwords": [""]});
+    let out = stream_decrypt(&[], &blob, &payload(&desc, params), &mt);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        format!("sha256:{}", hex::encode(Sha256::digest(&out.stdout))),
+        want
+    );
+
+    // No key: non-zero exit, imgcrypt's message on stderr.
+    let out = stream_decrypt(&[], &blob, &payload(&desc, serde_json::json!({})), &mt);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing private key needed for decryption")
+    );
+
+    // A tampered blob fails with the layer named, never exit 0.
+    let bad = d.path().join("tampered");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&bad, bytes).unwrap();
+    let out = stream_decrypt(
+        &["--decryption-keys-path", keys.to_str().unwrap()],
+        &bad,
+        &payload(&desc, serde_json::json!({})),
+        &mt,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(desc["digest"].as_str().unwrap()) && err.contains("HMAC mismatch"),
+        "{err}"
+    );
+}
+
+fn provider_config(d: &Path, body: &str) -> PathBuf {
+    let p = d.join("ocicrypt-keyprovider.json");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn keyprovider_cmd_wraps_and_unwraps_through_the_protocol() {
+    let d = tmp();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keyprovider.py");
+    let cfg = provider_config(
+        d.path(),
+        &format!(
+            r#"{{"key-providers":{{"testkp":{{"cmd":{{"path":"{}","args":[]}}}}}}}}"#,
+            script.display()
+        ),
+    );
+    let plain = build_image(d.path(), "plain", 2);
+    let enc = format!("oci:{}/enc:kp", d.path().display());
+    ok(lazycrypt().env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg).args([
+        "encrypt",
+        "-r",
+        "provider:testkp",
+        &plain,
+        &enc,
+    ]));
+    let ann = &layout_manifest(&enc)["layers"][0]["annotations"];
+    let wrapped = B64
+        .decode(
+            ann["org.opencontainers.image.enc.keys.provider.testkp"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(
+        wrapped.starts_with(b"KPTEST1:"),
+        "the annotation is what the provider returned"
+    );
+
+    let out = format!("oci:{}/dec:kp", d.path().display());
+    ok(lazycrypt().env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg).args([
+        "decrypt",
+        "--key",
+        "provider:testkp",
+        &enc,
+        &out,
+    ]));
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+
+    // Not asked to use the provider → imgcrypt's missing-key error; no output.
+    let none = format!("oci:{}/none:kp", d.path().display());
+    let err = fails(
+        lazycrypt()
+            .env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg)
+            .args(["decrypt", &enc, &none]),
+    );
+    assert!(
+        err.contains("missing private key needed for decryption"),
+        "{err}"
+    );
+    assert!(!d.path().join("none").exists());
+    // A provider the config does not name.
+    let err = fails(lazycrypt().env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg).args([
+        "encrypt",
+        "-r",
+        "provider:other",
+        &plain,
+        &none,
+    ]));
+    assert!(
+        err.contains("keyprovider \"other\" is not in the provider config"),
+        "{err}"
+    );
+    // A provider that fails.
+    let broken = provider_config(
+        d.path(),
+        r#"{"key-providers":{"testkp":{"cmd":{"path":"/bin/false"}}}}"#,
+    );
+    let err = fails(
+        lazycrypt()
+            .env("OCICRYPT_KEYPROVIDER_CONFIG", &broken)
+            .args(["decrypt", "--key", "provider:testkp", &enc, &none]),
+    );
+    assert!(
+        err.contains("keyprovider \"testkp\" (/bin/false): exit status: 1"),
+        "{err}"
+    );
+}
+
+mod grpc_double {
+    use lazycrypt::crypto::keyprovider::pb::key_provider_service_server::{
+        KeyProviderService, KeyProviderServiceServer,
+    };
+    use lazycrypt::crypto::keyprovider::pb::{
+        KeyProviderKeyWrapProtocolInput as In, KeyProviderKeyWrapProtocolOutput as Out,
+    };
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    /// Reverses the options and prefixes a marker: a protocol double, not encryption.
+    pub struct Double;
+
+    fn field(v: &serde_json::Value, path: &[&str]) -> Result<Vec<u8>, Status> {
+        let mut v = v;
+        for p in path {
+            v = &v[*p];
+        }
+        let s = v
+            .as_str()
+            .ok_or_else(|| Status::invalid_argument(format!("missing {path:?}")))?;
+        B64.decode(s)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    #[tonic::async_trait]
+    impl KeyProviderService for Double {
+        async fn wrap_key(&self, req: Request<In>) -> Result<Response<Out>, Status> {
+            let v: serde_json::Value =
+                serde_json::from_slice(&req.into_inner().key_provider_key_wrap_protocol_input)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            assert_eq!(v["op"], "keywrap");
+            assert!(v["keywrapparams"]["ec"]["Parameters"]["grpckp"].is_array());
+            let mut opts = field(&v, &["keywrapparams", "optsdata"])?;
+            opts.reverse();
+            let ann = [b"GRPC:".as_slice(), &opts].concat();
+            let out = serde_json::json!({"keywrapresults": {"annotation": B64.encode(ann)}});
+            Ok(Response::new(Out {
+                key_provider_key_wrap_protocol_output: serde_json::to_vec(&out).unwrap(),
+            }))
+        }
+
+        async fn un_wrap_key(&self, req: Request<In>) -> Result<Response<Out>, Status> {
+            let v: serde_json::Value =
+                serde_json::from_slice(&req.into_inner().key_provider_key_wrap_protocol_input)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            assert_eq!(v["op"], "keyunwrap");
+            let ann = field(&v, &["keyunwrapparams", "annotation"])?;
+            let mut opts = ann
+                .strip_prefix(b"GRPC:")
+                .ok_or_else(|| Status::not_found("not ours"))?
+                .to_vec();
+            opts.reverse();
+            let out = serde_json::json!({"keyunwrapresults": {"optsdata": B64.encode(opts)}});
+            Ok(Response::new(Out {
+                key_provider_key_wrap_protocol_output: serde_json::to_vec(&out).unwrap(),
+            }))
+        }
+    }
+
+    /// Serves the double on a loopback port in a background runtime.
+    pub fn start() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        l.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                tonic::transport::Server::builder()
+                    .add_service(KeyProviderServiceServer::new(Double))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                    .await
+                    .unwrap();
+            });
+        });
+        addr
+    }
+}
+
+#[test]
+fn keyprovider_grpc_wraps_and_unwraps_through_the_protocol() {
+    let d = tmp();
+    let addr = grpc_double::start();
+    let cfg = provider_config(
+        d.path(),
+        &format!(r#"{{"key-providers":{{"grpckp":{{"grpc":"{addr}"}}}}}}"#),
+    );
+    let plain = build_image(d.path(), "plain", 1);
+    let enc = format!("oci:{}/enc:g", d.path().display());
+    ok(lazycrypt().env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg).args([
+        "encrypt",
+        "-r",
+        "provider:grpckp",
+        &plain,
+        &enc,
+    ]));
+    let out = format!("oci:{}/dec:g", d.path().display());
+    ok(lazycrypt().env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg).args([
+        "decrypt",
+        "--key",
+        "provider:grpckp",
+        &enc,
+        &out,
+    ]));
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+
+    let dead = provider_config(
+        d.path(),
+        &format!(
+            r#"{{"key-providers":{{"grpckp":{{"grpc":"127.0.0.1:{}"}}}}}}"#,
+            free_port()
+        ),
+    );
+    let err = fails(lazycrypt().env("OCICRYPT_KEYPROVIDER_CONFIG", &dead).args([
+        "decrypt",
+        "--key",
+        "provider:grpckp",
+        &enc,
+        &format!("oci:{}/x:y", d.path().display()),
+    ]));
+    assert!(
+        err.contains("keyprovider \"grpckp\" (grpc 127.0.0.1:") && err.contains("connect"),
+        "{err}"
+    );
+}
