@@ -38,14 +38,14 @@ pub fn run(a: Args) -> Result<()> {
     for pi in &image.manifests {
         for (i, l) in pi.manifest.layers().iter().enumerate() {
             let ann = l.annotations().clone().unwrap_or_default();
-            let encrypted = media::is_encrypted(&l.media_type().to_string());
+            let encrypted = media::is_encrypted(l.media_type().as_ref());
             let schemes = envelope::schemes(&ann);
             let mut recipients = Vec::new();
             for s in &schemes {
                 recipients.extend(describe_recipients(s, &ann[&format!("{KEYS_PREFIX}{s}")]));
             }
             let key = ring.as_ref().filter(|_| encrypted).map(|ring| {
-                match envelope::unwrap(&ann, ring, &l.digest().to_string()) {
+                match envelope::unwrap(&ann, ring, l.digest().as_ref()) {
                     Ok(_) => "ok".to_string(),
                     Err(crate::crypto::Error::MissingKey(_)) => "missing".to_string(),
                     Err(e) => format!("error: {e}"),

@@ -47,7 +47,7 @@ pub fn run(a: Args) -> Result<()> {
         .context("payload has no valid Descriptor")?;
     if !mt.is_empty()
         && !media::is_encrypted(&mt)
-        && !media::is_encrypted(&desc.media_type().to_string())
+        && !media::is_encrypted(desc.media_type().as_ref())
     {
         bail!("media type {mt} is not encrypted");
     }

@@ -56,7 +56,7 @@ pub fn encrypt(
         }
         let mut annotations = d.annotations().clone().unwrap_or_default();
         let (new, action) = if media::is_encrypted(&mt) {
-            let opts = envelope::unwrap(&annotations, ring, &d.digest().to_string()).map_err(
+            let opts = envelope::unwrap(&annotations, ring, d.digest().as_ref()).map_err(
                 |e| match e {
                     Error::MissingKey(m) => Error::MissingKey(format!(
                         "{m}; layer {} is already encrypted: give --key to add recipients",

@@ -141,11 +141,10 @@ pub fn parse_key_file(data: &[u8], password: Option<&str>) -> Result<Vec<KeyMate
     if let Ok(k) = parse_der(data, password) {
         return Ok(vec![k]);
     }
-    if data.first().is_some_and(|b| b & 0x80 != 0) {
-        if let Ok(k) = parse_pgp(data, password) {
+    if data.first().is_some_and(|b| b & 0x80 != 0)
+        && let Ok(k) = parse_pgp(data, password) {
             return Ok(k);
         }
-    }
     Err("not a recognised key: want PEM, DER, JWK or an OpenPGP key export".into())
 }
 

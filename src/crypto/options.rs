@@ -118,11 +118,10 @@ impl PrivateOptions {
     /// The 16-byte initial counter block.
     pub fn nonce(&self) -> [u8; 16] {
         let mut n = [0u8; 16];
-        if let Some(v) = self.cipheroptions.get("nonce") {
-            if v.len() == 16 {
+        if let Some(v) = self.cipheroptions.get("nonce")
+            && v.len() == 16 {
                 n.copy_from_slice(v);
             }
-        }
         n
     }
 

@@ -82,11 +82,10 @@ fn copy_inner<E: From<Error>>(
     where_: &str,
 ) -> Result<RawManifest, E> {
     let image = Image::load(src, where_)?;
-    if let Some(f) = filter {
-        if !image.manifests.iter().any(|m| Image::selected(m, Some(f))) {
+    if let Some(f) = filter
+        && !image.manifests.iter().any(|m| Image::selected(m, Some(f))) {
             return Err(Error::NotFound(format!("{where_}: no manifest for platform {f}")).into());
         }
-    }
     let mut new_manifests = Vec::new();
     for pi in &image.manifests {
         let selected = Image::selected(pi, filter);
@@ -149,7 +148,7 @@ pub fn copy_blob(
         Some(d.size()),
         format!("blob {}", d.digest()),
     );
-    dst.put_blob(&mut r, &d.media_type().to_string())?;
+    dst.put_blob(&mut r, d.media_type().as_ref())?;
     Ok(())
 }
 

@@ -152,7 +152,7 @@ impl ImageSource for Layout {
 
     fn manifest(&self, desc: &Descriptor) -> Result<RawManifest, Error> {
         self.read_manifest(
-            &desc.media_type().to_string(),
+            desc.media_type().as_ref(),
             desc.digest(),
             Some(desc.size()),
         )

@@ -285,13 +285,12 @@ impl Registry {
             .read_to_vec()
             .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
         let d = digest::of(&bytes);
-        if let Some(want) = expect {
-            if &d != want {
+        if let Some(want) = expect
+            && &d != want {
                 return Err(Error::Malformed(format!(
                     "{what}: manifest has digest {d}, want {want}"
                 )));
             }
-        }
         let mut media_type = ct.split(';').next().unwrap_or("").trim().to_string();
         if !media::is_manifest(&media_type) && !media::is_index(&media_type) {
             media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -318,7 +317,7 @@ impl ImageSource for Registry {
     }
 
     fn manifest(&self, desc: &Descriptor) -> Result<RawManifest, Error> {
-        self.get_manifest(&desc.digest().to_string(), Some(desc.digest()))
+        self.get_manifest(desc.digest().as_ref(), Some(desc.digest()))
     }
 
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, Error> {
@@ -412,14 +411,14 @@ impl ImageDest for Registry {
 
         let what = self.what("PUT", "blobs/uploads/…");
         let sep = if loc.contains('?') { '&' } else { '?' };
-        let url = format!("{loc}{sep}digest={}", urlencode(&d.to_string()));
+        let url = format!("{loc}{sep}digest={}", urlencode(d.as_ref()));
         let res = self.send("PUT", &url, &[("Content-Length", "0")], Body::Empty, &what)?;
         self.check(res, &what, &[201, 204])?;
         Ok((d, n))
     }
 
     fn put_manifest(&self, m: &RawManifest) -> Result<(), Error> {
-        self.put_manifest_as(m, &m.digest.to_string())
+        self.put_manifest_as(m, m.digest.as_ref())
     }
 
     fn commit(&self, root: &RawManifest) -> Result<(), Error> {

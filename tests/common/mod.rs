@@ -22,11 +22,11 @@ pub fn tmp() -> tempfile::TempDir {
 
 /// Runs a command, returning its output; panics only if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
+    
+    cmd
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    out
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 /// Runs a command that must succeed; returns stdout.
