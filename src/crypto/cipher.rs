@@ -222,14 +222,15 @@ impl Stage for Sha256Stage {
             hex::encode(std::mem::take(&mut self.hasher).finalize())
         );
         if let Some((want, what)) = &self.expect
-            && !want.eq_ignore_ascii_case(&got) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "layer {what}: decrypted data has digest {got}, but the private options say {want}"
-                    ),
-                ));
-            }
+            && !want.eq_ignore_ascii_case(&got)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "layer {what}: decrypted data has digest {got}, but the private options say {want}"
+                ),
+            ));
+        }
         if let Some(out) = &self.out {
             *out.lock().map_err(|_| io::Error::other("poisoned"))? = Some(got);
         }

@@ -56,15 +56,14 @@ pub fn encrypt(
         }
         let mut annotations = d.annotations().clone().unwrap_or_default();
         let (new, action) = if media::is_encrypted(&mt) {
-            let opts = envelope::unwrap(&annotations, ring, d.digest().as_ref()).map_err(
-                |e| match e {
+            let opts =
+                envelope::unwrap(&annotations, ring, d.digest().as_ref()).map_err(|e| match e {
                     Error::MissingKey(m) => Error::MissingKey(format!(
                         "{m}; layer {} is already encrypted: give --key to add recipients",
                         d.digest()
                     )),
                     other => other,
-                },
-            )?;
+                })?;
             envelope::merge(&mut annotations, envelope::wrap(recipients, &opts, ring)?);
             crate::oci::copy::copy_blob(ctx.src, ctx.dst, d, ctx.progress)?;
             let mut nd = d.clone();

@@ -142,9 +142,10 @@ pub fn parse_key_file(data: &[u8], password: Option<&str>) -> Result<Vec<KeyMate
         return Ok(vec![k]);
     }
     if data.first().is_some_and(|b| b & 0x80 != 0)
-        && let Ok(k) = parse_pgp(data, password) {
-            return Ok(k);
-        }
+        && let Ok(k) = parse_pgp(data, password)
+    {
+        return Ok(k);
+    }
     Err("not a recognised key: want PEM, DER, JWK or an OpenPGP key export".into())
 }
 

@@ -119,9 +119,10 @@ impl PrivateOptions {
     pub fn nonce(&self) -> [u8; 16] {
         let mut n = [0u8; 16];
         if let Some(v) = self.cipheroptions.get("nonce")
-            && v.len() == 16 {
-                n.copy_from_slice(v);
-            }
+            && v.len() == 16
+        {
+            n.copy_from_slice(v);
+        }
         n
     }
 

@@ -83,9 +83,10 @@ fn copy_inner<E: From<Error>>(
 ) -> Result<RawManifest, E> {
     let image = Image::load(src, where_)?;
     if let Some(f) = filter
-        && !image.manifests.iter().any(|m| Image::selected(m, Some(f))) {
-            return Err(Error::NotFound(format!("{where_}: no manifest for platform {f}")).into());
-        }
+        && !image.manifests.iter().any(|m| Image::selected(m, Some(f)))
+    {
+        return Err(Error::NotFound(format!("{where_}: no manifest for platform {f}")).into());
+    }
     let mut new_manifests = Vec::new();
     for pi in &image.manifests {
         let selected = Image::selected(pi, filter);

@@ -115,12 +115,13 @@ impl<R: Read> Read for VerifyingReader<R> {
             return Ok(n);
         }
         if let Some(l) = self.expected_len
-            && self.len != l {
-                return Err(bad(format!(
-                    "{} is truncated: {} of {l} bytes",
-                    self.what, self.len
-                )));
-            }
+            && self.len != l
+        {
+            return Err(bad(format!(
+                "{} is truncated: {} of {l} bytes",
+                self.what, self.len
+            )));
+        }
         let got = from_hasher(std::mem::take(&mut self.hasher));
         if got != self.expected {
             return Err(bad(format!(

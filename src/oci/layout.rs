@@ -151,11 +151,7 @@ impl ImageSource for Layout {
     }
 
     fn manifest(&self, desc: &Descriptor) -> Result<RawManifest, Error> {
-        self.read_manifest(
-            desc.media_type().as_ref(),
-            desc.digest(),
-            Some(desc.size()),
-        )
+        self.read_manifest(desc.media_type().as_ref(), desc.digest(), Some(desc.size()))
     }
 
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, Error> {

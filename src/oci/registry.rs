@@ -286,11 +286,12 @@ impl Registry {
             .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
         let d = digest::of(&bytes);
         if let Some(want) = expect
-            && &d != want {
-                return Err(Error::Malformed(format!(
-                    "{what}: manifest has digest {d}, want {want}"
-                )));
-            }
+            && &d != want
+        {
+            return Err(Error::Malformed(format!(
+                "{what}: manifest has digest {d}, want {want}"
+            )));
+        }
         let mut media_type = ct.split(';').next().unwrap_or("").trim().to_string();
         if !media::is_manifest(&media_type) && !media::is_index(&media_type) {
             media_type = serde_json::from_slice::<serde_json::Value>(&bytes)

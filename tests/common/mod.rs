@@ -22,9 +22,7 @@ pub fn tmp() -> tempfile::TempDir {
 
 /// Runs a command, returning its output; panics only if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
-    
-    cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
