@@ -310,3 +310,34 @@ fn layerinfo_lists_schemes_recipients_and_key_status() {
     .unwrap();
     assert_eq!(json[1]["key"], "ok");
 }
+
+#[test]
+fn uncompressed_layers_skopeo_compresses_while_encrypting_decrypt_like_skopeo() {
+    // skopeo gzips an uncompressed layer on the way into an encrypted image, and
+    // ocicrypt then records the *uncompressed* digest in the private options.
+    // The HMAC still authenticates the blob; the result must match skopeo's own.
+    let d = tmp();
+    let root = d.path().join("rootfs");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("f.txt"), "uncompressed layer\n".repeat(10_000)).unwrap();
+    let plain = format!("oci:{}/plain:tar", d.path().display());
+    ok(lazycrypt()
+        .args(["build", "--no-gzip", "--layer"])
+        .arg(&root)
+        .arg(&plain));
+    assert!(layer_types(&plain)[0].ends_with(".tar"));
+    let k = rsa_keys(d.path(), "k");
+    let enc = format!("oci:{}/enc:tar", d.path().display());
+    skopeo_encrypt(&plain, &enc, &[format!("jwe:{}", k.public.display())]);
+    assert!(
+        layer_types(&enc)[0].ends_with("tar+gzip+encrypted"),
+        "{:?}",
+        layer_types(&enc)
+    );
+    let ours = format!("oci:{}/ours:x", d.path().display());
+    let theirs = format!("oci:{}/theirs:x", d.path().display());
+    lc_decrypt(&enc, &ours, &[&k.private]);
+    skopeo_decrypt(&enc, &theirs, &[&k.private]);
+    assert_eq!(layer_digests(&ours), layer_digests(&theirs));
+    assert_eq!(layer_types(&ours), layer_types(&theirs));
+}
