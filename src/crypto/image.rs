@@ -130,7 +130,7 @@ pub fn decrypt(
         let mut plain = key.decrypt_reader(ctx.open()?, &pubopts.hmac, None, &layer);
         let (got, size) = ctx.dst.put_blob(&mut plain, &media::decrypted(&mt))?;
         drop(plain);
-        note_digest(&layer, &got.to_string(), &opts.digest);
+        note_digest(&layer, got.as_ref(), &opts.digest);
         let mut kept: HashMap<String, String> = annotations;
         kept.retain(|k, _| !k.starts_with(envelope::KEYS_PREFIX) && k != PUBOPTS);
         let mut nd = Descriptor::new(MediaType::from(media::decrypted(&mt).as_str()), size, got);
