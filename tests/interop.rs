@@ -341,3 +341,159 @@ fn uncompressed_layers_skopeo_compresses_while_encrypting_decrypt_like_skopeo() 
     assert_eq!(layer_digests(&ours), layer_digests(&theirs));
     assert_eq!(layer_types(&ours), layer_types(&theirs));
 }
+
+/// Builds linux/amd64 and linux/arm64 images and an index over both, tagged `multi`.
+fn multi_platform_image(dir: &std::path::Path) -> String {
+    let layout = dir.join("multi");
+    let mut entries = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let root = dir.join(format!("rootfs-{arch}"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("arch.txt"), format!("{arch}\n").repeat(2000)).unwrap();
+        let img = format!("oci:{}:{arch}", layout.display());
+        ok(lazycrypt()
+            .args(["build", "--platform", &format!("linux/{arch}"), "--layer"])
+            .arg(&root)
+            .arg(&img));
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let e = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == arch)
+            .unwrap()
+            .clone();
+        entries.push(serde_json::json!({
+            "mediaType": e["mediaType"], "digest": e["digest"], "size": e["size"],
+            "platform": {"os": "linux", "architecture": arch},
+        }));
+    }
+    let idx = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})).unwrap();
+    let d = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&idx))
+    );
+    std::fs::write(blob_path(&layout, &d), &idx).unwrap();
+    let ip = layout.join("index.json");
+    let mut top: serde_json::Value = serde_json::from_slice(&std::fs::read(&ip).unwrap()).unwrap();
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": idx.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(ip, serde_json::to_vec(&top).unwrap()).unwrap();
+    format!("oci:{}:multi", layout.display())
+}
+
+/// (platform, manifest digest, layer media types) for each entry of an index image.
+fn index_entries(image: &str) -> Vec<(String, String, Vec<String>)> {
+    let (dir, tag) = split_layout(image);
+    let top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let e = top["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str())
+        .unwrap();
+    let idx: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob_path(&dir, e["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    idx["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let man: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(blob_path(&dir, m["digest"].as_str().unwrap())).unwrap(),
+            )
+            .unwrap();
+            let types = man["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["mediaType"].as_str().unwrap().to_string())
+                .collect();
+            (
+                m["platform"]["architecture"].as_str().unwrap().to_string(),
+                m["digest"].as_str().unwrap().to_string(),
+                types,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn multi_platform_index_with_platform_selection() {
+    let d = tmp();
+    let multi = multi_platform_image(d.path());
+    let k = rsa_keys(d.path(), "k");
+    let before = index_entries(&multi);
+
+    let arm = format!("oci:{}/enc:arm", d.path().display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        "--platform",
+        "linux/arm64",
+        &multi,
+        &arm,
+    ]));
+    let after = index_entries(&arm);
+    assert_eq!(after[0], before[0], "amd64 is untouched, byte for byte");
+    assert_ne!(after[1].1, before[1].1);
+    assert!(
+        after[1].2.iter().all(|t| t.ends_with("+encrypted")),
+        "{after:?}"
+    );
+
+    let all = format!("oci:{}/enc:all", d.path().display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &multi,
+        &all,
+    ]));
+    assert!(
+        index_entries(&all)
+            .iter()
+            .all(|(_, _, t)| t.iter().all(|t| t.ends_with("+encrypted")))
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(lazycrypt().args(["layerinfo", "--json", &all]))).unwrap();
+    let platforms: Vec<&str> = info
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["platform"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+
+    let dec = format!("oci:{}/dec:all", d.path().display());
+    lc_decrypt(&all, &dec, &[&k.private]);
+    assert_eq!(
+        index_entries(&dec),
+        before,
+        "decryption restores every manifest exactly"
+    );
+
+    // skopeo reads the multi-platform encrypted index we wrote.
+    let sk = format!("oci:{}/skopeo:all", d.path().display());
+    ok(skopeo()
+        .args(["copy", "--all", "--decryption-key"])
+        .arg(&k.private)
+        .args([&all, &sk]));
+    assert_eq!(
+        index_entries(&sk)
+            .iter()
+            .map(|e| e.2.clone())
+            .collect::<Vec<_>>(),
+        before.iter().map(|e| e.2.clone()).collect::<Vec<_>>()
+    );
+}

@@ -278,3 +278,54 @@ fn bearer_token_flow() {
     ]));
     assert_eq!(out.trim(), "[]");
 }
+
+#[test]
+fn docker_v2s2_images_encrypt_to_oci_types() {
+    let d = tmp();
+    let reg = Registry::start();
+    let plain = build_image(d.path(), "plain", 2);
+    let docker = reg.image("docker/img:v1");
+    ok(skopeo().args([
+        "copy",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        &plain,
+        &docker,
+    ]));
+    let raw = ok(skopeo().args(["inspect", "--raw", "--tls-verify=false", &docker]));
+    assert!(
+        raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw}"
+    );
+
+    let k = rsa_keys(d.path(), "k");
+    let enc = format!("oci:{}/enc:docker", d.path().display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "--plain-http",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &docker,
+        &enc,
+    ]));
+    let m = layout_manifest(&enc);
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    assert!(
+        layer_types(&enc)
+            .iter()
+            .all(|t| t == "application/vnd.oci.image.layer.v1.tar+gzip+encrypted"),
+        "{:?}",
+        layer_types(&enc)
+    );
+    let out = format!("oci:{}/dec:docker", d.path().display());
+    ok(skopeo()
+        .args(["copy", "--decryption-key"])
+        .arg(&k.private)
+        .args([&enc, &out]));
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+}
