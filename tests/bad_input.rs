@@ -45,10 +45,7 @@ impl Fixture {
         let (out, path) = self.out(name);
         let mut c = lazycrypt();
         c.arg("decrypt");
-        for k in keys {
-            c.arg("--key").arg(k);
-        }
-        let err = fails(c.arg(&self.enc).arg(&out));
+        let err = fails(with_keys(&mut c, "--key", keys).arg(&self.enc).arg(&out));
         assert!(!path.exists(), "{name}: no output image may be left behind");
         err
     }

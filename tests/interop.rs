@@ -14,22 +14,20 @@ fn skopeo_encrypt(src: &str, dst: &str, recipients: &[String]) {
     ok(c.arg(src).arg(dst));
 }
 
+/// skopeo with an empty GNUPGHOME: it must use the key files it is given.
 fn skopeo_decrypt(src: &str, dst: &str, keys: &[&std::path::Path]) {
+    let home = tmp();
     let mut c = skopeo();
-    c.arg("copy");
-    for k in keys {
-        c.arg("--decryption-key").arg(k);
-    }
-    ok(c.arg(src).arg(dst));
+    c.env("GNUPGHOME", home.path()).arg("copy");
+    ok(with_keys(&mut c, "--decryption-key", keys)
+        .arg(src)
+        .arg(dst));
 }
 
 fn lc_decrypt(src: &str, dst: &str, keys: &[&std::path::Path]) {
     let mut c = lazycrypt();
     c.arg("decrypt");
-    for k in keys {
-        c.arg("--key").arg(k);
-    }
-    ok(c.arg(src).arg(dst));
+    ok(with_keys(&mut c, "--key", keys).arg(src).arg(dst));
 }
 
 fn assert_all_encrypted(image: &str) {
@@ -136,13 +134,7 @@ fn lazycrypt_images_decrypt_with_skopeo_for_every_scheme() {
         ok(lazycrypt().args(["encrypt", "--recipient", &recipient, &plain, &enc]));
         assert_all_encrypted(&enc);
         let out = format!("oci:{}/skopeo-dec:{tag}", d.path().display());
-        // An empty GNUPGHOME: skopeo must use the exported secret key we hand it.
-        let mut c = skopeo();
-        c.env("GNUPGHOME", d.path().join("no-gnupg")).arg("copy");
-        for k in &keys {
-            c.arg("--decryption-key").arg(k);
-        }
-        ok(c.arg(&enc).arg(&out));
+        skopeo_decrypt(&enc, &out, &keys);
         assert_eq!(layer_digests(&out), layer_digests(&plain), "{tag}");
     }
 }
@@ -192,12 +184,7 @@ fn added_recipients_work_for_both_tools() {
         ("c", vec![c_sec.as_path()]),
     ] {
         let out = format!("oci:{}/sk-{who}:x", d.path().display());
-        let mut c = skopeo();
-        c.env("GNUPGHOME", d.path().join("no-gnupg")).arg("copy");
-        for k in &keys {
-            c.arg("--decryption-key").arg(k);
-        }
-        ok(c.arg(&more).arg(&out));
+        skopeo_decrypt(&more, &out, &keys);
         assert_eq!(
             layer_digests(&out),
             layer_digests(&plain),
@@ -355,15 +342,7 @@ fn multi_platform_image(dir: &std::path::Path) -> String {
             .args(["build", "--platform", &format!("linux/{arch}"), "--layer"])
             .arg(&root)
             .arg(&img));
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let e = index["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == arch)
-            .unwrap()
-            .clone();
+        let e = index_entry(&layout, arch);
         entries.push(serde_json::json!({
             "mediaType": e["mediaType"], "digest": e["digest"], "size": e["size"],
             "platform": {"os": "linux", "architecture": arch},
@@ -391,27 +370,14 @@ fn multi_platform_image(dir: &std::path::Path) -> String {
 /// (platform, manifest digest, layer media types) for each entry of an index image.
 fn index_entries(image: &str) -> Vec<(String, String, Vec<String>)> {
     let (dir, tag) = split_layout(image);
-    let top: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let e = top["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str())
-        .unwrap();
-    let idx: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(blob_path(&dir, e["digest"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
+    let idx = read_json_blob(&dir, index_entry(&dir, &tag)["digest"].as_str().unwrap());
     idx["manifests"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| {
-            let man: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(blob_path(&dir, m["digest"].as_str().unwrap())).unwrap(),
-            )
-            .unwrap();
+            let digest = m["digest"].as_str().unwrap().to_string();
+            let man = read_json_blob(&dir, &digest);
             let types = man["layers"]
                 .as_array()
                 .unwrap()
@@ -420,7 +386,7 @@ fn index_entries(image: &str) -> Vec<(String, String, Vec<String>)> {
                 .collect();
             (
                 m["platform"]["architecture"].as_str().unwrap().to_string(),
-                m["digest"].as_str().unwrap().to_string(),
+                digest,
                 types,
             )
         })

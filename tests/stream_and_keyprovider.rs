@@ -48,6 +48,16 @@ fn stream_decrypt(
     out
 }
 
+/// The digest of what a successful `stream-decrypt` wrote to stdout.
+fn decrypted_digest(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("sha256:{}", hex::encode(Sha256::digest(&out.stdout)))
+}
+
 /// The payload imgcrypt puts on fd 3: an Any wrapping the JSON payload.
 fn payload(descriptor: &serde_json::Value, params: serde_json::Value) -> Vec<u8> {
     let value = serde_json::to_vec(
@@ -90,28 +100,12 @@ fn stream_decrypt_as_a_containerd_stream_processor() {
         &payload(&desc, serde_json::json!({})),
         &mt,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        format!("sha256:{}", hex::encode(Sha256::digest(&out.stdout))),
-        want
-    );
+    assert_eq!(decrypted_digest(&out), want);
 
     // Keys passed by containerd in the payload's DecryptConfig.
     let params = serde_json::json!({"privkeys": [B64.encode(std::fs::read(&k.private).unwrap())], "privkeys-passwords": [""]});
     let out = stream_decrypt(&[], &blob, &payload(&desc, params), &mt);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        format!("sha256:{}", hex::encode(Sha256::digest(&out.stdout))),
-        want
-    );
+    assert_eq!(decrypted_digest(&out), want);
 
     // No key: non-zero exit, imgcrypt's message on stderr.
     let out = stream_decrypt(&[], &blob, &payload(&desc, serde_json::json!({})), &mt);

@@ -185,20 +185,36 @@ pub fn build_image(dir: &Path, tag: &str, n: usize) -> String {
     image
 }
 
-/// The manifest of `oci:DIR:TAG` (single-platform images).
-pub fn layout_manifest(image: &str) -> Value {
-    let (dir, tag) = split_layout(image);
+/// The `index.json` entry tagged `tag` in layout `dir`.
+pub fn index_entry(dir: &Path, tag: &str) -> Value {
     let index: Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let entry = index["manifests"]
+    index["manifests"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str())
-        .unwrap_or_else(|| panic!("no tag {tag} in {image}"))
-        .clone();
-    let d = entry["digest"].as_str().unwrap();
-    serde_json::from_slice(&std::fs::read(blob_path(&dir, d)).unwrap()).unwrap()
+        .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag} in {}", dir.display()))
+        .clone()
+}
+
+/// A JSON blob of layout `dir`.
+pub fn read_json_blob(dir: &Path, digest: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(blob_path(dir, digest)).unwrap()).unwrap()
+}
+
+/// The manifest of `oci:DIR:TAG` (single-platform images).
+pub fn layout_manifest(image: &str) -> Value {
+    let (dir, tag) = split_layout(image);
+    read_json_blob(&dir, index_entry(&dir, &tag)["digest"].as_str().unwrap())
+}
+
+/// Adds `FLAG KEY` for every key.
+pub fn with_keys<'a>(c: &'a mut Command, flag: &str, keys: &[&Path]) -> &'a mut Command {
+    for k in keys {
+        c.arg(flag).arg(k);
+    }
+    c
 }
 
 pub fn split_layout(image: &str) -> (PathBuf, String) {
