@@ -1,5 +1,5 @@
 //! Key files in every form imgcrypt users have them: PEM PKCS#1, PKCS#8,
-//! encrypted PKCS#8 (`:pass=`, `:file=`), SEC1, DER, and JWK (including a
+//! encrypted PKCS#8 (`:pass=`, `:file=`), legacy encrypted PEM, SEC1, DER, and JWK (including a
 //! JWK that asks for RSA-OAEP-256, checked against skopeo).
 
 mod common;
@@ -105,6 +105,43 @@ fn pem_der_and_password_forms() {
         "the password must not be echoed: {err}"
     );
 
+    // OpenSSL's legacy encrypted PEM (Proc-Type/DEK-Info), as OpenSSL 1.x wrote it.
+    for cipher in ["-aes256", "-des3"] {
+        let legacy = p.join(format!("legacy{cipher}.pem"));
+        ok(Command::new("openssl")
+            .args([
+                "rsa",
+                "-traditional",
+                cipher,
+                "-passout",
+                "pass:hunter2",
+                "-in",
+            ])
+            .arg(&k.private)
+            .arg("-out")
+            .arg(&legacy));
+        assert!(
+            std::fs::read_to_string(&legacy)
+                .unwrap()
+                .contains("DEK-Info")
+        );
+        roundtrip(
+            p,
+            &plain,
+            &rcpt,
+            &format!("{}:pass=hunter2", legacy.display()),
+            &format!("legacy{cipher}"),
+        );
+        let err = fails(lazycrypt().args([
+            "decrypt",
+            "--key",
+            &format!("{}:pass=wrong", legacy.display()),
+            &enc,
+            &format!("oci:{}/x:3", p.display()),
+        ]));
+        assert!(err.contains("wrong password"), "{err}");
+    }
+
     let (ec8, ec_pub) = ec_keys(p, "ec", "secp521r1");
     let ec_rcpt = format!("jwe:{}", ec_pub.display());
     roundtrip(p, &plain, &ec_rcpt, ec8.to_str().unwrap(), "ec-pkcs8");
@@ -114,6 +151,19 @@ fn pem_der_and_password_forms() {
         &ec_rcpt,
         p.join("ec.sec1.pem").to_str().unwrap(),
         "ec-sec1",
+    );
+    let ec_legacy = p.join("ec.legacy.pem");
+    ok(Command::new("openssl")
+        .args(["ec", "-aes128", "-passout", "pass:pw", "-in"])
+        .arg(p.join("ec.sec1.pem"))
+        .arg("-out")
+        .arg(&ec_legacy));
+    roundtrip(
+        p,
+        &plain,
+        &ec_rcpt,
+        &format!("{}:pass=pw", ec_legacy.display()),
+        "ec-legacy",
     );
 }
 

@@ -159,7 +159,8 @@ fn trim_ascii(d: &[u8]) -> &[u8] {
 
 struct PemBlock {
     label: String,
-    legacy_encrypted: bool,
+    /// `DEK-Info: ALG,IVHEX` of OpenSSL's legacy encrypted PEM.
+    dek_info: Option<String>,
     der: Zeroizing<Vec<u8>>,
 }
 
@@ -176,7 +177,7 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
         };
         let end = format!("-----END {label}-----");
         let mut body = Zeroizing::new(String::new());
-        let mut legacy_encrypted = false;
+        let mut dek_info = None;
         let mut closed = false;
         for l in lines.by_ref() {
             let l = l.trim();
@@ -184,8 +185,10 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
                 closed = true;
                 break;
             }
-            if l.contains(':') {
-                legacy_encrypted |= l.starts_with("Proc-Type:") && l.contains("ENCRYPTED");
+            if let Some((k, v)) = l.split_once(':') {
+                if k == "DEK-Info" {
+                    dek_info = Some(v.trim().to_string());
+                }
                 continue;
             }
             body.push_str(l);
@@ -199,7 +202,7 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
         );
         out.push(PemBlock {
             label: label.to_string(),
-            legacy_encrypted,
+            dek_info,
             der,
         });
     }
@@ -207,11 +210,14 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
 }
 
 fn parse_pem_block(b: &PemBlock, password: Option<&str>) -> Result<KeyMaterial, String> {
-    if b.legacy_encrypted {
-        return Err(format!(
-            "{}: legacy OpenSSL-encrypted PEM (DEK-Info) is not supported; convert it with `openssl pkcs8 -topk8`",
-            b.label
-        ));
+    if let Some(info) = &b.dek_info {
+        let der = legacy_decrypt(&b.label, info, &b.der, password)?;
+        let plain = PemBlock {
+            label: b.label.clone(),
+            dek_info: None,
+            der,
+        };
+        return parse_pem_block(&plain, None);
     }
     match b.label.as_str() {
         "PRIVATE KEY" => parse_pkcs8(&b.der).map(KeyMaterial::Private),
@@ -227,6 +233,75 @@ fn parse_pem_block(b: &PemBlock, password: Option<&str>) -> Result<KeyMaterial, 
         "CERTIFICATE" => parse_certificate(&b.der).map(KeyMaterial::Certificate),
         other => Err(format!("unsupported PEM block {other:?}")),
     }
+}
+
+/// Decrypts OpenSSL's legacy PEM encryption (`Proc-Type: 4,ENCRYPTED` with
+/// `DEK-Info`): the key is EVP_BytesToKey(MD5, password, first 8 IV bytes).
+fn legacy_decrypt(
+    label: &str,
+    info: &str,
+    data: &[u8],
+    password: Option<&str>,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    use cbc::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
+    use md5::{Digest, Md5};
+    let Some(pw) = password else {
+        return Err(format!(
+            "{label}: the private key is password protected; give the password as FILE:pass=… or FILE:file=…"
+        ));
+    };
+    let (alg, iv_hex) = info
+        .split_once(',')
+        .ok_or_else(|| format!("{label}: bad DEK-Info {info:?}"))?;
+    let iv = hex::decode(iv_hex.trim()).map_err(|_| format!("{label}: bad DEK-Info IV"))?;
+    let (key_len, iv_len) = match alg {
+        "AES-128-CBC" => (16, 16),
+        "AES-192-CBC" => (24, 16),
+        "AES-256-CBC" => (32, 16),
+        "DES-EDE3-CBC" => (24, 8),
+        other => return Err(format!("{label}: unsupported PEM encryption {other}")),
+    };
+    if iv.len() != iv_len {
+        return Err(format!(
+            "{label}: DEK-Info IV has {} bytes, want {iv_len}",
+            iv.len()
+        ));
+    }
+    let mut key = Zeroizing::new(Vec::with_capacity(key_len + 16));
+    let mut prev: Vec<u8> = Vec::new();
+    while key.len() < key_len {
+        let mut h = Md5::new();
+        h.update(&prev);
+        h.update(pw.as_bytes());
+        h.update(&iv[..8]);
+        prev = h.finalize().to_vec();
+        key.extend_from_slice(&prev);
+    }
+    key.truncate(key_len);
+    let wrong = || format!("{label}: wrong password for the encrypted private key");
+    let mut buf = Zeroizing::new(data.to_vec());
+    let bad_params = |e: cbc::cipher::InvalidLength| format!("{label}: {e}");
+    let n = match alg {
+        "AES-128-CBC" => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key, &iv)
+            .map_err(bad_params)?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map(|p| p.len()),
+        "AES-192-CBC" => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key, &iv)
+            .map_err(bad_params)?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map(|p| p.len()),
+        "AES-256-CBC" => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key, &iv)
+            .map_err(bad_params)?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map(|p| p.len()),
+        _ => cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
+            .map_err(bad_params)?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map(|p| p.len()),
+    }
+    .map_err(|_| wrong())?;
+    buf.truncate(n);
+    Ok(buf)
 }
 
 fn parse_der(d: &[u8], password: Option<&str>) -> Result<KeyMaterial, String> {
