@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod layer;
 pub mod oci;
 pub mod pipeline;

@@ -1,0 +1,117 @@
+//! The TOC (`stargz.index.json`): field names as the eStargz spec gives them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole TOC.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Toc {
+    pub version: u32,
+    pub entries: Vec<TocEntry>,
+}
+
+/// One tar entry, or one chunk of a regular file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TocEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    #[serde(default, rename = "modtime", skip_serializing_if = "String::is_empty")]
+    pub mod_time: String,
+    #[serde(default, rename = "linkName", skip_serializing_if = "String::is_empty")]
+    pub link_name: String,
+    #[serde(default)]
+    pub mode: u32,
+    #[serde(default)]
+    pub uid: u64,
+    #[serde(default)]
+    pub gid: u64,
+    #[serde(default, rename = "userName", skip_serializing_if = "String::is_empty")]
+    pub user_name: String,
+    #[serde(
+        default,
+        rename = "groupName",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub group_name: String,
+    #[serde(default, rename = "devMajor", skip_serializing_if = "is_zero")]
+    pub dev_major: u64,
+    #[serde(default, rename = "devMinor", skip_serializing_if = "is_zero")]
+    pub dev_minor: u64,
+    /// Values are base64, as Go encodes `[]byte`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+    #[serde(default, rename = "chunkOffset", skip_serializing_if = "is_zero")]
+    pub chunk_offset: u64,
+    #[serde(default, rename = "chunkSize", skip_serializing_if = "is_zero")]
+    pub chunk_size: u64,
+    #[serde(
+        default,
+        rename = "chunkDigest",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub chunk_digest: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Unix seconds as RFC 3339 UTC (`2019-08-20T10:30:43Z`), as the TOC stores times.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_566_297_043), "2019-08-20T10:30:43Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn entries_use_the_spec_field_names() {
+        let e = TocEntry {
+            name: "bin/busybox".into(),
+            kind: "reg".into(),
+            size: 5,
+            offset: 126,
+            chunk_digest: "sha256:x".into(),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "reg");
+        assert_eq!(v["chunkDigest"], "sha256:x");
+        assert!(v.get("chunkSize").is_none());
+        let back: TocEntry = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+}

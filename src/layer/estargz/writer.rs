@@ -1,0 +1,597 @@
+//! Converts a tar stream to eStargz.
+//!
+//! Tar headers pass through byte for byte (PAX, GNU long names and all), so
+//! the unpacked tree is exactly the original's; only gzip member boundaries,
+//! a landmark entry and the TOC are added. Every regular file's payload is
+//! cut into chunks, each its own gzip member with its own digest.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+
+use super::toc::{Toc, TocEntry, rfc3339};
+use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME, footer};
+
+/// What a conversion produced, besides the blob.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// `sha256:` of the TOC JSON.
+    pub toc_digest: String,
+    /// `sha256:` of the uncompressed tar: the layer's new diff ID.
+    pub diff_id: String,
+    pub uncompressed_size: u64,
+    /// Number of TOC entries (files and chunks).
+    pub entries: usize,
+}
+
+/// PAX records or GNU long names that apply to the next real entry.
+#[derive(Default)]
+struct Pending {
+    path: Option<String>,
+    link: Option<String>,
+    uid: Option<u64>,
+    gid: Option<u64>,
+    mtime: Option<u64>,
+    uname: Option<String>,
+    gname: Option<String>,
+    size: Option<u64>,
+    xattrs: BTreeMap<String, String>,
+}
+
+/// Most extension data we accept for one entry (names, xattrs).
+const MAX_EXTENSION: u64 = 1 << 20;
+
+/// Converts the uncompressed tar `src` into eStargz on `out`.
+pub fn convert<R: Read, W: Write>(src: R, out: W, chunk_size: u64) -> io::Result<(W, Converted)> {
+    let mut sink = GzSink::new(out);
+    let mut toc = Toc {
+        version: 1,
+        entries: Vec::new(),
+    };
+    write_landmark(&mut sink, &mut toc)?;
+
+    let mut archive = tar::Archive::new(src);
+    let mut pending = Pending::default();
+    let mut buf = vec![0u8; chunk_size as usize];
+    for entry in archive.entries()?.raw(true) {
+        let mut e = entry?;
+        let hdr = e.header().clone();
+        let size = hdr.entry_size()?;
+        let kind = hdr.entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::XHeader
+                | tar::EntryType::XGlobalHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+        ) {
+            if size > MAX_EXTENSION {
+                return Err(bad(format!(
+                    "tar extension header of {size} bytes is too large"
+                )));
+            }
+            let mut data = Vec::with_capacity(size as usize);
+            (&mut e).take(size).read_to_end(&mut data)?;
+            sink.write(hdr.as_bytes())?;
+            sink.write(&data)?;
+            sink.pad(size)?;
+            match kind {
+                tar::EntryType::XHeader => parse_pax(&data, &mut pending)?,
+                tar::EntryType::GNULongName => pending.path = Some(c_string(&data)),
+                tar::EntryType::GNULongLink => pending.link = Some(c_string(&data)),
+                _ => {}
+            }
+            continue;
+        }
+        if kind == tar::EntryType::GNUSparse {
+            return Err(bad("sparse tar entries are not supported".into()));
+        }
+        if pending.size.is_some_and(|s| s != size) {
+            return Err(bad("PAX size overrides are not supported".into()));
+        }
+        let p = std::mem::take(&mut pending);
+        let raw_name = p
+            .path
+            .clone()
+            .unwrap_or_else(|| String::from_utf8_lossy(&hdr.path_bytes()).into_owned());
+        let name = clean(&raw_name);
+        if name == TOC_NAME || name == NO_PREFETCH_LANDMARK || name == PREFETCH_LANDMARK {
+            // Re-converting an eStargz layer: its old TOC and landmarks are replaced.
+            io::copy(&mut (&mut e).take(size), &mut io::sink())?;
+            continue;
+        }
+        let mut te = toc_entry(&hdr, &p, name)?;
+        sink.write(hdr.as_bytes())?;
+        let regular = te.kind == "reg";
+        if regular && size > 0 {
+            let first = toc.entries.len();
+            let mut file_hash = Sha256::new();
+            let mut written = 0u64;
+            while written < size {
+                let n = (size - written).min(chunk_size);
+                let chunk = &mut buf[..n as usize];
+                e.read_exact(chunk)?;
+                file_hash.update(&*chunk);
+                sink.close()?;
+                let offset = sink.open()?;
+                sink.write(chunk)?;
+                let mut ce = if written == 0 {
+                    te.clone()
+                } else {
+                    TocEntry {
+                        name: te.name.clone(),
+                        kind: "chunk".into(),
+                        ..Default::default()
+                    }
+                };
+                ce.offset = offset;
+                ce.chunk_offset = written;
+                ce.chunk_size = if written + n < size { n } else { 0 };
+                ce.chunk_digest = format!("sha256:{}", hex::encode(Sha256::digest(&*chunk)));
+                toc.entries.push(ce);
+                written += n;
+            }
+            toc.entries[first].digest = format!("sha256:{}", hex::encode(file_hash.finalize()));
+        } else {
+            // Links, devices, directories: no payload (or one we pass through as is).
+            io::copy(&mut (&mut e).take(size), &mut WriteTo(&mut sink))?;
+            if regular {
+                te.size = 0;
+            }
+            if !te.name.is_empty() {
+                toc.entries.push(te);
+            }
+        }
+        sink.pad(size)?;
+    }
+
+    // The TOC entry starts its own member and ends the archive.
+    let toc_json = serde_json::to_vec(&toc).map_err(|e| bad(e.to_string()))?;
+    let toc_digest = format!("sha256:{}", hex::encode(Sha256::digest(&toc_json)));
+    sink.close()?;
+    let toc_offset = sink.open()?;
+    let mut th = tar::Header::new_ustar();
+    th.set_path(TOC_NAME)?;
+    th.set_size(toc_json.len() as u64);
+    th.set_mode(0o444);
+    th.set_entry_type(tar::EntryType::Regular);
+    th.set_mtime(0);
+    th.set_cksum();
+    sink.write(th.as_bytes())?;
+    sink.write(&toc_json)?;
+    sink.pad(toc_json.len() as u64)?;
+    sink.write(&[0u8; 1024])?;
+    sink.close()?;
+    let entries = toc.entries.len();
+    let (mut out, diff, uncompressed_size) = sink.into_inner();
+    out.write_all(&footer::encode(toc_offset))?;
+    Ok((
+        out,
+        Converted {
+            toc_digest,
+            diff_id: format!("sha256:{}", hex::encode(diff)),
+            uncompressed_size,
+            entries,
+        },
+    ))
+}
+
+fn write_landmark<W: Write>(sink: &mut GzSink<W>, toc: &mut Toc) -> io::Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(NO_PREFETCH_LANDMARK)?;
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mtime(0);
+    h.set_cksum();
+    sink.write(h.as_bytes())?;
+    sink.close()?;
+    let offset = sink.open()?;
+    sink.write(&[0x0f])?;
+    sink.pad(1)?;
+    let d = format!("sha256:{}", hex::encode(Sha256::digest([0x0fu8])));
+    toc.entries.push(TocEntry {
+        name: NO_PREFETCH_LANDMARK.into(),
+        kind: "reg".into(),
+        size: 1,
+        mode: 0o100644,
+        offset,
+        digest: d.clone(),
+        chunk_digest: d,
+        ..Default::default()
+    });
+    Ok(())
+}
+
+/// The TOC entry for a real tar entry (its chunk fields are filled later).
+fn toc_entry(h: &tar::Header, p: &Pending, name: String) -> io::Result<TocEntry> {
+    use tar::EntryType as T;
+    let (kind, type_bits) = match h.entry_type() {
+        T::Regular | T::Continuous => ("reg", 0o100000),
+        T::Directory => ("dir", 0o040000),
+        T::Symlink => ("symlink", 0o120000),
+        T::Link => ("hardlink", 0o100000),
+        T::Char => ("char", 0o020000),
+        T::Block => ("block", 0o060000),
+        T::Fifo => ("fifo", 0o010000),
+        other => {
+            return Err(bad(format!(
+                "{name}: unsupported tar entry type {:?}",
+                other.as_byte() as char
+            )));
+        }
+    };
+    let link = p.link.clone().or_else(|| {
+        h.link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    });
+    let mut e = TocEntry {
+        name,
+        kind: kind.into(),
+        size: if kind == "reg" { h.entry_size()? } else { 0 },
+        // Blank numeric fields read as 0, as Go's archive/tar reads them.
+        mode: (h.mode().unwrap_or(0) & 0o7777) | type_bits,
+        uid: p.uid.unwrap_or_else(|| h.uid().unwrap_or(0)),
+        gid: p.gid.unwrap_or_else(|| h.gid().unwrap_or(0)),
+        user_name: p
+            .uname
+            .clone()
+            .or_else(|| h.username().ok().flatten().map(str::to_string))
+            .unwrap_or_default(),
+        group_name: p
+            .gname
+            .clone()
+            .or_else(|| h.groupname().ok().flatten().map(str::to_string))
+            .unwrap_or_default(),
+        xattrs: p.xattrs.clone(),
+        ..Default::default()
+    };
+    let mtime = p.mtime.unwrap_or_else(|| h.mtime().unwrap_or(0));
+    if mtime > 0 {
+        e.mod_time = rfc3339(mtime);
+    }
+    if matches!(kind, "symlink" | "hardlink") {
+        e.link_name = link
+            .map(|l| if kind == "hardlink" { clean(&l) } else { l })
+            .unwrap_or_default();
+    }
+    if matches!(kind, "char" | "block") {
+        e.dev_major = h.device_major().ok().flatten().unwrap_or(0).into();
+        e.dev_minor = h.device_minor().ok().flatten().unwrap_or(0).into();
+    }
+    Ok(e)
+}
+
+/// `./a/b/` → `a/b`: names as the TOC stores them.
+pub fn clean(name: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+fn c_string(data: &[u8]) -> String {
+    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
+/// Parses PAX records (`LEN KEY=VALUE\n`) into `p`.
+fn parse_pax(mut data: &[u8], p: &mut Pending) -> io::Result<()> {
+    while !data.is_empty() {
+        let sp = data
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| bad("malformed PAX record".into()))?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|&l| l > sp + 1 && l <= data.len())
+            .ok_or_else(|| bad("malformed PAX record length".into()))?;
+        let rec = &data[sp + 1..len - 1];
+        data = &data[len..];
+        let Some(eq) = rec.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let (k, v) = (
+            String::from_utf8_lossy(&rec[..eq]).into_owned(),
+            &rec[eq + 1..],
+        );
+        let text = || String::from_utf8_lossy(v).into_owned();
+        let num = || text().split('.').next().and_then(|s| s.parse::<u64>().ok());
+        match k.as_str() {
+            "path" => p.path = Some(text()),
+            "linkpath" => p.link = Some(text()),
+            "uid" => p.uid = num(),
+            "gid" => p.gid = num(),
+            "mtime" => p.mtime = num(),
+            "uname" => p.uname = Some(text()),
+            "gname" => p.gname = Some(text()),
+            "size" => p.size = num(),
+            _ => {
+                if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
+                    p.xattrs.insert(x.to_string(), B64.encode(v));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("estargz: {msg}"))
+}
+
+/// Writes the concatenation of gzip members, hashing the uncompressed stream.
+struct GzSink<W: Write> {
+    out: Option<Counting<W>>,
+    gz: Option<GzEncoder<Counting<W>>>,
+    diff: Sha256,
+    size: u64,
+}
+
+impl<W: Write> GzSink<W> {
+    fn new(out: W) -> Self {
+        GzSink {
+            out: Some(Counting { inner: out, n: 0 }),
+            gz: None,
+            diff: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// Starts a member if none is open; returns its compressed offset.
+    fn open(&mut self) -> io::Result<u64> {
+        if let Some(out) = self.out.take() {
+            let at = out.n;
+            self.gz = Some(GzEncoder::new(out, Compression::default()));
+            return Ok(at);
+        }
+        Err(io::Error::other("estargz: a gzip member is already open"))
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        if let Some(gz) = self.gz.take() {
+            self.out = Some(gz.finish()?);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, b: &[u8]) -> io::Result<()> {
+        if self.gz.is_none() {
+            self.open()?;
+        }
+        self.diff.update(b);
+        self.size += b.len() as u64;
+        self.gz.as_mut().expect("open member").write_all(b)
+    }
+
+    /// Pads a payload of `n` bytes to the 512-byte tar block.
+    fn pad(&mut self, n: u64) -> io::Result<()> {
+        let rem = (512 - n % 512) % 512;
+        self.write(&[0u8; 512][..rem as usize])
+    }
+
+    fn into_inner(mut self) -> (W, [u8; 32], u64) {
+        let _ = self.close();
+        let out = self.out.take().expect("closed").inner;
+        (out, self.diff.finalize().into(), self.size)
+    }
+}
+
+struct WriteTo<'a, W: Write>(&'a mut GzSink<W>);
+
+impl<W: Write> Write for WriteTo<'_, W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Counting<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(b)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::reader;
+    use super::*;
+
+    fn sample_tar() -> (Vec<u8>, Vec<u8>) {
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, "./etc/", &[][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o640);
+        h.set_uid(1000);
+        h.set_mtime(1_566_297_043);
+        h.set_size(big.len() as u64);
+        b.append_data(&mut h, "./etc/big.bin", &big[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        b.append_data(&mut h, "./etc/empty", &[][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "./etc/link", "big.bin").unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "./etc/hard", "./etc/big.bin")
+            .unwrap();
+        let long = format!("./etc/{}/file", "d".repeat(150));
+        b.append_pax_extensions([
+            ("path", long.as_bytes()),
+            ("SCHILY.xattr.user.k", b"v\x00x".as_slice()),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("./etc/placeholder").unwrap();
+        h.set_size(3);
+        h.set_cksum();
+        b.append(&h, &b"abc"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Fifo);
+        h.set_size(0);
+        b.append_data(&mut h, "./etc/fifo", &[][..]).unwrap();
+        (b.into_inner().unwrap(), big)
+    }
+
+    #[test]
+    fn converted_blob_is_a_tar_gz_with_the_same_entries_and_a_verifiable_toc() {
+        let (tar_bytes, big) = sample_tar();
+        let (blob, c) = convert(&tar_bytes[..], Vec::new(), 4096).unwrap();
+
+        // An ordinary gzip reader sees one tar: the original entries plus landmark and TOC.
+        let mut plain = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(
+            format!("sha256:{}", hex::encode(Sha256::digest(&plain))),
+            c.diff_id
+        );
+        assert_eq!(plain.len() as u64, c.uncompressed_size);
+        let mut names = Vec::new();
+        for e in tar::Archive::new(&plain[..]).entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            if name.ends_with("big.bin") {
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                assert_eq!(data, big);
+            }
+            if name.ends_with("/file") {
+                let pax = e
+                    .pax_extensions()
+                    .unwrap()
+                    .expect("the PAX header passes through");
+                let xattr = pax
+                    .map(|x| x.unwrap())
+                    .find(|x| x.key().unwrap() == "SCHILY.xattr.user.k")
+                    .unwrap();
+                assert_eq!(xattr.value_bytes(), b"v\x00x");
+            }
+            names.push(name);
+        }
+        assert_eq!(names.first().unwrap(), NO_PREFETCH_LANDMARK);
+        assert_eq!(names.last().unwrap(), TOC_NAME);
+        assert!(
+            names.iter().any(|n| n.len() > 150 && n.ends_with("/file")),
+            "{names:?}"
+        );
+
+        // The footer finds the TOC; the TOC finds and verifies every chunk.
+        let off = reader::toc_offset(&blob[blob.len() - 51..]).unwrap();
+        let (toc, digest) = reader::parse_toc_member(&blob[off as usize..blob.len() - 51]).unwrap();
+        assert_eq!(digest, c.toc_digest);
+        let chunks: Vec<&TocEntry> = toc
+            .entries
+            .iter()
+            .filter(|e| e.name == "etc/big.bin")
+            .collect();
+        assert_eq!(chunks.len(), 3, "10000 bytes in 4096-byte chunks");
+        assert_eq!(
+            (chunks[0].kind.as_str(), chunks[1].kind.as_str()),
+            ("reg", "chunk")
+        );
+        assert_eq!(
+            (
+                chunks[0].chunk_size,
+                chunks[1].chunk_size,
+                chunks[2].chunk_size
+            ),
+            (4096, 4096, 0)
+        );
+        assert_eq!(chunks[0].size, 10_000);
+        assert_eq!(chunks[0].mod_time, "2019-08-20T10:30:43Z");
+        assert_eq!(chunks[0].mode, 0o100640);
+        assert_eq!(
+            chunks[0].digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(&big)))
+        );
+        let mut rebuilt = Vec::new();
+        for ch in &chunks {
+            let len = if ch.chunk_size == 0 {
+                10_000 - ch.chunk_offset
+            } else {
+                ch.chunk_size
+            };
+            rebuilt.extend(
+                reader::inflate_chunk(&blob[ch.offset as usize..], len, &ch.chunk_digest).unwrap(),
+            );
+        }
+        assert_eq!(rebuilt, big);
+        let kinds: BTreeMap<&str, &TocEntry> =
+            toc.entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        assert_eq!(kinds["etc"].kind, "dir");
+        assert_eq!(kinds["etc/link"].link_name, "big.bin");
+        assert_eq!(kinds["etc/hard"].link_name, "etc/big.bin");
+        assert_eq!(kinds["etc/fifo"].kind, "fifo");
+        assert_eq!(kinds["etc/empty"].size, 0);
+        let long = kinds.keys().find(|k| k.ends_with("/file")).unwrap();
+        assert_eq!(kinds[long].xattrs["user.k"], B64.encode(b"v\x00x"));
+
+        // A tampered chunk is refused.
+        let mut evil = blob.clone();
+        let at = chunks[1].offset as usize + 20;
+        evil[at] ^= 0xff;
+        assert!(
+            reader::inflate_chunk(
+                &evil[chunks[1].offset as usize..],
+                4096,
+                &chunks[1].chunk_digest
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn reconverting_replaces_the_old_toc_and_landmark() {
+        let (tar_bytes, _) = sample_tar();
+        let (blob, first) = convert(&tar_bytes[..], Vec::new(), 4096).unwrap();
+        let mut plain = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        let (_, second) = convert(&plain[..], Vec::new(), 4096).unwrap();
+        assert_eq!(second.entries, first.entries);
+    }
+
+    #[test]
+    fn names_are_cleaned() {
+        assert_eq!(clean("./a/b/"), "a/b");
+        assert_eq!(clean("/a/../../b"), "b");
+        assert_eq!(clean("./"), "");
+    }
+}
