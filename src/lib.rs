@@ -1,9 +1,11 @@
 //! lazycrypt: run ocicrypt-encrypted OCI images without plaintext at rest.
 //!
 //! Modules follow the data flow: [`oci`] (image model, transports) →
-//! [`crypto`] (layer cipher, key wrapping, key sources) → [`cli`].
+//! [`crypto`] (layer cipher, key wrapping, key sources) → [`layer`] (eStargz)
+//! → [`convert`] (whole-image encrypt/decrypt) → [`cli`].
 
 pub mod cli;
+pub mod convert;
 pub mod crypto;
 pub mod layer;
 pub mod oci;

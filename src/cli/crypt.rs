@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::common::{Bars, TransportArgs, image_ref, key_ring};
-use crate::crypto::image::{self, LayerChange, Selection};
+use crate::convert::{self, LayerChange, Selection};
 use crate::crypto::{KeyRing, Recipient};
 use crate::oci::platform::Platform;
 use crate::oci::transport::{ImageDest, ImageSource, RawManifest, open_dest, open_source};
@@ -37,9 +37,14 @@ pub struct EncryptArgs {
         long = "recipient",
         short = 'r',
         value_name = "SCHEME:VALUE",
-        required = true
+        required_unless_present = "estargz"
     )]
     pub recipients: Vec<String>,
+    /// Convert layers to eStargz (1 MiB chunks) so they can be mounted lazily;
+    /// the TOC digest goes into the encrypted private options. Without
+    /// recipients, writes plain eStargz anchored by its TOC digest annotation.
+    #[arg(long)]
+    pub estargz: bool,
     /// A private key (FILE[:pass=PW|:file=F]) that unwraps already encrypted layers, to add recipients.
     #[arg(long = "key", value_name = "FILE")]
     pub keys: Vec<String>,
@@ -81,6 +86,11 @@ pub fn encrypt(a: EncryptArgs) -> Result<()> {
         recipients.extend(Recipient::parse(r)?);
     }
     let ring = key_ring(&a.keys, None)?;
+    let opts = convert::EncryptOptions {
+        recipients: &recipients,
+        ring: &ring,
+        estargz: a.estargz,
+    };
     run(
         &a.src,
         &a.dst,
@@ -88,11 +98,10 @@ pub fn encrypt(a: EncryptArgs) -> Result<()> {
         a.json,
         "encrypting",
         |src, dst, bars, where_| {
-            Ok(image::encrypt(
+            Ok(convert::encrypt(
                 src,
                 dst,
-                &recipients,
-                &ring,
+                &opts,
                 &a.select.selection()?,
                 bars,
                 where_,
@@ -110,7 +119,7 @@ pub fn decrypt(a: DecryptArgs) -> Result<()> {
         a.json,
         "decrypting",
         |src, dst, bars, where_| {
-            Ok(image::decrypt(
+            Ok(convert::decrypt(
                 src,
                 dst,
                 &ring,

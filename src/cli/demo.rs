@@ -8,7 +8,7 @@ use clap::Args as ClapArgs;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 
 use super::layerinfo;
-use crate::crypto::image::{Selection, decrypt, encrypt};
+use crate::convert::{EncryptOptions, Selection, decrypt, encrypt};
 use crate::crypto::{KeyRing, Recipient};
 use crate::oci::build::{BuildSpec, build};
 use crate::oci::copy::NoProgress;
@@ -67,16 +67,22 @@ pub fn run(a: Args) -> Result<()> {
     let plain_dir = dir.join("plain");
     build(&spec, &Layout::create(&plain_dir, Some("demo".into()))?)?;
 
-    println!("== encrypting to jwe:{}", pub_pem.display());
+    println!(
+        "== converting to eStargz and encrypting to jwe:{}",
+        pub_pem.display()
+    );
     let recipients = Recipient::parse(&format!("jwe:{}", pub_pem.display()))?;
     let enc_dir = dir.join("encrypted");
     let src = Layout::open(&plain_dir, Some("demo".into()))?;
-    let none = KeyRing::default();
+    let opts = EncryptOptions {
+        recipients: &recipients,
+        ring: &KeyRing::default(),
+        estargz: true,
+    };
     encrypt(
         &src,
         &Layout::create(&enc_dir, Some("demo".into()))?,
-        &recipients,
-        &none,
+        &opts,
         &Selection::default(),
         &NoProgress,
         "demo",
@@ -104,23 +110,53 @@ pub fn run(a: Args) -> Result<()> {
         "demo",
     )?;
 
-    let layers = |d: &PathBuf| -> Result<Vec<String>> {
-        let img = Image::load(&Layout::open(d, Some("demo".into()))?, "demo")?;
-        Ok(img.manifests[0]
-            .manifest
-            .layers()
-            .iter()
-            .map(|l| l.digest().to_string())
-            .collect())
-    };
-    let (before, after) = (layers(&plain_dir)?, layers(&dec_dir)?);
-    ensure!(
-        before == after,
-        "decrypted layers differ from the originals: {before:?} vs {after:?}"
-    );
+    let verified = verify(&dec_dir, &rootfs)?;
     println!(
-        "== verified: all {} decrypted layer digests equal the originals",
-        after.len()
+        "== verified: {verified} files unpack from the decrypted eStargz layers exactly as built, and every layer matches its config diff ID"
     );
     Ok(())
+}
+
+/// Checks every decrypted layer against the config's diff IDs and every
+/// regular file it holds against the source tree; returns the files checked.
+fn verify(layout: &std::path::Path, rootfs: &std::path::Path) -> Result<usize> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let src = Layout::open(layout, Some("demo".into()))?;
+    let img = Image::load(&src, "demo")?;
+    let m = &img.manifests[0].manifest;
+    let mut config = Vec::new();
+    crate::oci::transport::ImageSource::blob(&src, m.config())?.read_to_end(&mut config)?;
+    let config: serde_json::Value = serde_json::from_slice(&config)?;
+    let mut files = 0;
+    for (i, l) in m.layers().iter().enumerate() {
+        let mut tar_bytes = Vec::new();
+        flate2::read::MultiGzDecoder::new(crate::oci::transport::ImageSource::blob(&src, l)?)
+            .read_to_end(&mut tar_bytes)?;
+        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes)));
+        ensure!(
+            config["rootfs"]["diff_ids"][i] == diff_id.as_str(),
+            "layer {i}: diff ID mismatch"
+        );
+        for e in tar::Archive::new(&tar_bytes[..]).entries()? {
+            let mut e = e?;
+            let name = e
+                .path()?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
+            if e.header().entry_type() != tar::EntryType::Regular
+                || name == "stargz.index.json"
+                || name.ends_with(".landmark")
+            {
+                continue;
+            }
+            let mut data = Vec::new();
+            e.read_to_end(&mut data)?;
+            let want = std::fs::read(rootfs.join(format!("layer{i}")).join(&name))?;
+            ensure!(data == want, "layer {i}: {name} differs from the source");
+            files += 1;
+        }
+    }
+    Ok(files)
 }

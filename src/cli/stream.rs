@@ -18,7 +18,7 @@ use prost::Message;
 use zeroize::Zeroizing;
 
 use super::common::key_ring;
-use crate::crypto::image::layer_keys;
+use crate::crypto::envelope::layer_keys;
 use crate::crypto::keys::parse_key_file;
 use crate::crypto::{KeyRing, cipher::LayerKey};
 use crate::oci::{Descriptor, media};

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::options::PrivateOptions;
+use super::options::{PrivateOptions, PublicOptions};
 use super::recipient::{KeyRing, Recipient};
 use super::{Error, jwe, keyprovider, pgp, pkcs7};
 
@@ -151,4 +151,34 @@ pub fn unwrap(
             ring.len()
         )
     }))
+}
+
+/// The HMAC, checked at EOF, is what authenticates a layer. The private
+/// options' digest is not a reliable plaintext digest: when containers/image
+/// compresses a layer on the fly while encrypting it (skopeo does, for
+/// uncompressed layers), ocicrypt records the digest of the uncompressed
+/// source. So a mismatch is noted, not fatal, as in ocicrypt's own users.
+pub fn note_digest(layer: &str, got: &str, recorded: &str) {
+    if !got.eq_ignore_ascii_case(recorded) {
+        tracing::debug!(
+            "layer {layer}: decrypted blob is {got}; the private options record {recorded}"
+        );
+    }
+}
+
+/// Unwraps a layer's private options and reads its public options.
+pub fn layer_keys(
+    annotations: &HashMap<String, String>,
+    ring: &KeyRing,
+    layer: &str,
+) -> Result<(PrivateOptions, PublicOptions), Error> {
+    let pub_raw = annotations.get(PUBOPTS).ok_or_else(|| {
+        Error::Malformed(format!(
+            "layer {layer}: encrypted, but has no {PUBOPTS} annotation"
+        ))
+    })?;
+    let pubopts = PublicOptions::from_annotation(pub_raw)
+        .map_err(|e| Error::Malformed(format!("layer {layer}: {e}")))?;
+    let opts = unwrap(annotations, ring, layer)?;
+    Ok((opts, pubopts))
 }

@@ -2,7 +2,6 @@
 
 pub mod cipher;
 pub mod envelope;
-pub mod image;
 pub mod jwe;
 pub mod keyprovider;
 pub mod keys;

@@ -53,8 +53,26 @@ pub fn short(d: &Descriptor) -> String {
     d.digest().digest().chars().take(12).collect()
 }
 
-/// The hook: `Ok(Some(desc))` when it wrote a replacement layer, `Ok(None)` to copy as is.
-pub type LayerHook<'a, E> = dyn FnMut(&LayerCtx<'_>) -> Result<Option<Descriptor>, E> + 'a;
+/// A layer the hook wrote in place of the source's.
+#[derive(Debug, Clone)]
+pub struct Replaced {
+    pub desc: Descriptor,
+    /// The new uncompressed digest when the layer's tar changed (eStargz
+    /// conversion); the config's `rootfs.diff_ids` is rewritten to match.
+    pub diff_id: Option<String>,
+}
+
+impl From<Descriptor> for Replaced {
+    fn from(desc: Descriptor) -> Self {
+        Replaced {
+            desc,
+            diff_id: None,
+        }
+    }
+}
+
+/// The hook: `Ok(Some(_))` when it wrote a replacement layer, `Ok(None)` to copy as is.
+pub type LayerHook<'a, E> = dyn FnMut(&LayerCtx<'_>) -> Result<Option<Replaced>, E> + 'a;
 
 /// Copies `src` to `dst`, offering every layer of the platforms `filter`
 /// selects to `hook`. Returns the new root.
@@ -92,6 +110,7 @@ fn copy_inner<E: From<Error>>(
         let selected = Image::selected(pi, filter);
         let mut changed = false;
         let mut layers = Vec::new();
+        let mut diff_ids = Vec::new();
         for (index, desc) in pi.manifest.layers().iter().enumerate() {
             let ctx = LayerCtx {
                 image: pi,
@@ -103,9 +122,12 @@ fn copy_inner<E: From<Error>>(
             };
             let replaced = if selected { hook(&ctx)? } else { None };
             match replaced {
-                Some(d) => {
-                    changed |= d != *desc;
-                    layers.push(d);
+                Some(r) => {
+                    changed |= r.desc != *desc;
+                    if let Some(d) = r.diff_id {
+                        diff_ids.push((index, d));
+                    }
+                    layers.push(r.desc);
                 }
                 None => {
                     copy_blob(src, dst, desc, progress)?;
@@ -113,9 +135,14 @@ fn copy_inner<E: From<Error>>(
                 }
             }
         }
-        copy_blob(src, dst, pi.manifest.config(), &NoProgress)?;
+        let config = if diff_ids.is_empty() {
+            copy_blob(src, dst, pi.manifest.config(), &NoProgress)?;
+            pi.manifest.config().clone()
+        } else {
+            rewrite_config(src, dst, pi.manifest.config(), &diff_ids)?
+        };
         let raw = if changed {
-            rewrite_manifest(pi, &layers)?
+            rewrite_manifest(pi, &config, &layers)?
         } else {
             pi.raw.clone()
         };
@@ -153,11 +180,51 @@ pub fn copy_blob(
     Ok(())
 }
 
-/// The manifest with new layer descriptors. Docker manifests become OCI
-/// ones, as ocicrypt's output is OCI.
-fn rewrite_manifest(pi: &PlatformImage, layers: &[Descriptor]) -> Result<RawManifest, Error> {
+/// The config with new diff IDs, stored at the destination.
+fn rewrite_config(
+    src: &dyn ImageSource,
+    dst: &dyn ImageDest,
+    config: &Descriptor,
+    diff_ids: &[(usize, String)],
+) -> Result<Descriptor, Error> {
+    let what = format!("config {}", config.digest());
+    if config.size() > super::MAX_MANIFEST {
+        return Err(Error::Malformed(format!("{what} is too large")));
+    }
+    let mut bytes = Vec::new();
+    digest::VerifyingReader::new(
+        src.blob(config)?,
+        config.digest().clone(),
+        Some(config.size()),
+        what.clone(),
+    )
+    .read_to_end(&mut bytes)
+    .map_err(|e| Error::io(what.clone(), e))?;
+    let mut v: Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Malformed(format!("{what}: {e}")))?;
+    for (i, d) in diff_ids {
+        let slot = v["rootfs"]["diff_ids"]
+            .get_mut(*i)
+            .ok_or_else(|| Error::Malformed(format!("{what}: no diff ID for layer {i}")))?;
+        *slot = Value::String(d.clone());
+    }
+    let bytes = serde_json::to_vec(&v).map_err(|e| Error::Malformed(e.to_string()))?;
+    let mt = config.media_type().to_string();
+    let (d, size) = dst.put_blob(&mut &bytes[..], &mt)?;
+    Ok(Descriptor::new(config.media_type().clone(), size, d))
+}
+
+/// The manifest with a new config and layer descriptors. Docker manifests
+/// become OCI ones, as ocicrypt's output is OCI.
+fn rewrite_manifest(
+    pi: &PlatformImage,
+    config: &Descriptor,
+    layers: &[Descriptor],
+) -> Result<RawManifest, Error> {
     let mut v: Value = serde_json::from_slice(&pi.raw.bytes)
         .map_err(|e| Error::Malformed(format!("manifest {}: {e}", pi.raw.digest)))?;
+    v["config"]["digest"] = Value::String(config.digest().to_string());
+    v["config"]["size"] = Value::from(config.size());
     let mut layers_json =
         serde_json::to_value(layers).map_err(|e| Error::Malformed(e.to_string()))?;
     let docker = pi.raw.media_type == media::DOCKER_MANIFEST;
