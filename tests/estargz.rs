@@ -237,3 +237,83 @@ fn already_encrypted_layers_are_not_converted() {
     );
     assert!(!d.path().join("o").exists());
 }
+
+#[test]
+fn lazy_reads_over_registry_range_requests_fetch_only_what_they_need() {
+    use lazycrypt::crypto::cipher::LayerKey;
+    use lazycrypt::layer::estargz::lazy::LazyEstargz;
+    use lazycrypt::layer::source::BlobRange;
+    use std::sync::Arc;
+
+    let d = tmp();
+    let reg = Registry::start();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // 24 MiB of incompressible data beside a small file.
+    let mut x = 88172645463325252u64;
+    let noise: Vec<u8> = (0..24 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("weights.bin"), &noise).unwrap();
+    std::fs::write(src.join("config.txt"), "lazy marker\n").unwrap();
+    let plain = format!("oci:{}/img:plain", d.path().display());
+    ok(lazycrypt()
+        .arg("build")
+        .arg("--layer")
+        .arg(&src)
+        .arg(&plain));
+    let k = rsa_keys(d.path(), "k");
+    let remote = reg.image("lazy/app:v1");
+    ok(lazycrypt().args([
+        "encrypt",
+        "--plain-http",
+        "--estargz",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &plain,
+        &remote,
+    ]));
+
+    let r = lazycrypt::oci::reference::ImageRef::parse(&remote).unwrap();
+    let opts = lazycrypt::oci::transport::TransportOptions {
+        registry: lazycrypt::oci::registry::RegistryOptions {
+            plain_http: true,
+            creds: None,
+        },
+    };
+    let source: Arc<dyn lazycrypt::oci::transport::ImageSource> =
+        Arc::from(lazycrypt::oci::transport::open_source(&r, &opts).unwrap());
+    let image = lazycrypt::oci::image::Image::load(source.as_ref(), &remote).unwrap();
+    let desc = image.manifests[0].manifest.layers()[0].clone();
+    let mut ring = lazycrypt::crypto::KeyRing::default();
+    ring.add_arg(k.private.to_str().unwrap()).unwrap();
+    let ann = desc.annotations().clone().unwrap();
+    let (private, _) = lazycrypt::crypto::envelope::layer_keys(&ann, &ring, "t").unwrap();
+    let anchor = private.toc_digest().unwrap();
+    let blob = Arc::new(BlobRange::new(source, desc.clone()));
+    let layer = LazyEstargz::open(
+        blob.clone(),
+        Some(LayerKey::from_options(&private)),
+        &anchor,
+        desc.digest().as_ref(),
+    )
+    .unwrap();
+    assert_eq!(
+        &layer.read_file("config.txt", 0, 4096).unwrap()[..],
+        b"lazy marker\n"
+    );
+    let part = layer.read_file("weights.bin", 5 << 20, 4096).unwrap();
+    assert_eq!(&part[..], &noise[5 << 20..(5 << 20) + 4096]);
+    let fetched = blob.fetched();
+    assert!(desc.size() > 24 << 20);
+    assert!(
+        fetched < 3 << 20,
+        "fetched {fetched} of {} bytes",
+        desc.size()
+    );
+}

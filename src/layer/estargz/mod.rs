@@ -4,6 +4,7 @@
 //! points at the TOC, so a reader can fetch exactly the chunks it needs.
 
 pub mod footer;
+pub mod lazy;
 pub mod reader;
 pub mod toc;
 pub mod writer;
