@@ -158,15 +158,10 @@ fn encrypted_estargz_decrypts_with_skopeo_to_the_same_tree() {
     );
 
     // The TOC digest rides in the private options, and matches the TOC.
-    let mut ring = lazycrypt::crypto::KeyRing::default();
-    ring.add_arg(k.private.to_str().unwrap()).unwrap();
     let ann: std::collections::HashMap<String, String> =
         serde_json::from_value(layer["annotations"].clone()).unwrap();
-    let (private, _) = lazycrypt::crypto::envelope::layer_keys(&ann, &ring, "test").unwrap();
-    let off = lazycrypt::layer::estargz::reader::toc_offset(&blob[blob.len() - 51..]).unwrap();
-    let (toc, toc_digest) =
-        lazycrypt::layer::estargz::reader::parse_toc_member(&blob[off as usize..blob.len() - 51])
-            .unwrap();
+    let private = private_options(&ann, &k.private);
+    let (toc, toc_digest) = blob_toc(&blob);
     assert_eq!(private.toc_digest().as_deref(), Some(toc_digest.as_str()));
     let chunks = toc
         .entries
@@ -190,11 +185,7 @@ fn plain_estargz_is_anchored_by_the_standard_annotation() {
             "application/vnd.oci.image.layer.v1.tar+gzip"
         );
         let blob = std::fs::read(blob_path(&dir, l["digest"].as_str().unwrap())).unwrap();
-        let off = lazycrypt::layer::estargz::reader::toc_offset(&blob[blob.len() - 51..]).unwrap();
-        let (_, toc_digest) = lazycrypt::layer::estargz::reader::parse_toc_member(
-            &blob[off as usize..blob.len() - 51],
-        )
-        .unwrap();
+        let (_, toc_digest) = blob_toc(&blob);
         assert_eq!(
             l["annotations"]["containerd.io/snapshot/stargz/toc.digest"],
             toc_digest.as_str()
@@ -250,15 +241,7 @@ fn lazy_reads_over_registry_range_requests_fetch_only_what_they_need() {
     let src = d.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     // 24 MiB of incompressible data beside a small file.
-    let mut x = 88172645463325252u64;
-    let noise: Vec<u8> = (0..24 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(24 << 20);
     std::fs::write(src.join("weights.bin"), &noise).unwrap();
     std::fs::write(src.join("config.txt"), "lazy marker\n").unwrap();
     let plain = format!("oci:{}/img:plain", d.path().display());
@@ -290,10 +273,8 @@ fn lazy_reads_over_registry_range_requests_fetch_only_what_they_need() {
         Arc::from(lazycrypt::oci::transport::open_source(&r, &opts).unwrap());
     let image = lazycrypt::oci::image::Image::load(source.as_ref(), &remote).unwrap();
     let desc = image.manifests[0].manifest.layers()[0].clone();
-    let mut ring = lazycrypt::crypto::KeyRing::default();
-    ring.add_arg(k.private.to_str().unwrap()).unwrap();
     let ann = desc.annotations().clone().unwrap();
-    let (private, _) = lazycrypt::crypto::envelope::layer_keys(&ann, &ring, "t").unwrap();
+    let private = private_options(&ann, &k.private);
     let anchor = private.toc_digest().unwrap();
     let blob = Arc::new(BlobRange::new(source, desc.clone()));
     let layer = LazyEstargz::open(

@@ -338,3 +338,35 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// Incompressible bytes (xorshift), so compressed layers are as large as their data.
+pub fn noise(n: usize) -> Vec<u8> {
+    let mut x = 88172645463325252u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A layer's private options, unwrapped with the key file at `key`.
+pub fn private_options(
+    annotations: &std::collections::HashMap<String, String>,
+    key: &Path,
+) -> lazycrypt::crypto::options::PrivateOptions {
+    let mut ring = lazycrypt::crypto::KeyRing::default();
+    ring.add_arg(key.to_str().unwrap()).unwrap();
+    lazycrypt::crypto::envelope::layer_keys(annotations, &ring, "test")
+        .unwrap()
+        .0
+}
+
+/// The TOC of an eStargz blob and the digest of its JSON, found through the footer.
+pub fn blob_toc(blob: &[u8]) -> (lazycrypt::layer::estargz::toc::Toc, String) {
+    let footer_at = blob.len() - 51;
+    let off = lazycrypt::layer::estargz::reader::toc_offset(&blob[footer_at..]).unwrap();
+    lazycrypt::layer::estargz::reader::parse_toc_member(&blob[off as usize..footer_at]).unwrap()
+}
