@@ -158,10 +158,11 @@ pub fn unwrap(
 /// compresses a layer on the fly while encrypting it (skopeo does, for
 /// uncompressed layers), ocicrypt records the digest of the uncompressed
 /// source. So a mismatch is noted, not fatal, as in ocicrypt's own users.
+/// The recorded digest is a private option, so it is never logged.
 pub fn note_digest(layer: &str, got: &str, recorded: &str) {
     if !got.eq_ignore_ascii_case(recorded) {
         tracing::debug!(
-            "layer {layer}: decrypted blob is {got}; the private options record {recorded}"
+            "layer {layer}: the decrypted blob's digest differs from the one in the private options"
         );
     }
 }
