@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
         .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1])
         .collect();
     let key = LayerKey::generate();
-    let (mut enc, res) = key.encrypt_reader(io::Cursor::new(plain.clone()));
+    let (mut enc, res) = key.encrypt_reader(io::Cursor::new(plain.clone()), None);
     let mut ct = Vec::with_capacity(SIZE);
     enc.read_to_end(&mut ct).unwrap();
     drop(enc);
@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
     let plain = std::sync::Arc::new(plain);
     g.bench_function("encrypt_pipeline", |b| {
         b.iter(|| {
-            let (mut r, _) = key.encrypt_reader(io::Cursor::new(ArcBytes(plain.clone())));
+            let (mut r, _) = key.encrypt_reader(io::Cursor::new(ArcBytes(plain.clone())), None);
             let mut sink = HashSink(Sha256::new());
             io::copy(&mut r, &mut sink).unwrap();
         })

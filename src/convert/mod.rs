@@ -7,8 +7,6 @@ mod estargz;
 use std::collections::HashMap;
 use std::io::Read;
 
-use estargz::Conversion;
-
 use oci_spec::image::MediaType;
 
 use crate::crypto::Error;
@@ -140,18 +138,26 @@ fn verified_source(ctx: &LayerCtx<'_>) -> Result<Box<dyn Read + Send>, Error> {
     )))
 }
 
-/// Encrypts `plain` (a blob of media type `mt`) and describes the result;
-/// `toc_digest`, when known only after the stream, is added by `finish`.
-fn encrypt_stream(
+/// A layer encrypted and stored at the destination, not yet described.
+struct Sealed {
+    key: LayerKey,
+    digest: digest::Digest,
+    size: u64,
+    plain_digest: String,
+    pubopts: PublicOptions,
+}
+
+/// Encrypts `plain` and stores it as a blob of (plain) media type `mt`.
+/// `plain_digest`: the plaintext's digest when `plain` already verifies it.
+fn seal(
     ctx: &LayerCtx<'_>,
-    opts: &EncryptOptions<'_>,
     plain: Box<dyn Read + Send>,
     mt: &str,
-    finish: impl FnOnce() -> Result<Option<String>, Error>,
-) -> Result<Descriptor, Error> {
+    plain_digest: Option<&str>,
+) -> Result<Sealed, Error> {
     let key = LayerKey::generate();
-    let (mut enc, result) = key.encrypt_reader(plain);
-    let (ct_digest, size) = ctx.dst.put_blob(&mut enc, mt)?;
+    let (mut enc, result) = key.encrypt_reader(plain, plain_digest);
+    let (digest, size) = ctx.dst.put_blob(&mut enc, mt)?;
     drop(enc);
     let ended = || {
         Error::Malformed(format!(
@@ -160,9 +166,27 @@ fn encrypt_stream(
         ))
     };
     let plain_digest = result.plain_digest().ok_or_else(ended)?;
-    let pubopts: PublicOptions = result.public_options().ok_or_else(ended)?;
-    let mut private = key.to_options(plain_digest);
-    if let Some(toc) = finish()? {
+    let pubopts = result.public_options().ok_or_else(ended)?;
+    Ok(Sealed {
+        key,
+        digest,
+        size,
+        plain_digest,
+        pubopts,
+    })
+}
+
+/// The descriptor of a sealed layer: wrapped keys and public options added,
+/// and the TOC anchor hidden in the private options when there is one.
+fn describe(
+    ctx: &LayerCtx<'_>,
+    opts: &EncryptOptions<'_>,
+    sealed: Sealed,
+    mt: &str,
+    toc_digest: Option<String>,
+) -> Result<Descriptor, Error> {
+    let mut private = sealed.key.to_options(sealed.plain_digest);
+    if let Some(toc) = toc_digest {
         private
             .cipheroptions
             .insert(TOC_DIGEST_OPTION.to_string(), toc.into_bytes());
@@ -175,16 +199,23 @@ fn encrypt_stream(
         &mut annotations,
         envelope::wrap(opts.recipients, &private, opts.ring)?,
     );
-    annotations.insert(PUBOPTS.to_string(), pubopts.to_annotation());
+    annotations.insert(PUBOPTS.to_string(), sealed.pubopts.to_annotation());
     let enc_mt = media::encrypted(mt).unwrap_or_else(|| mt.to_string());
-    let mut nd = Descriptor::new(MediaType::from(enc_mt.as_str()), size, ct_digest);
+    let mut nd = Descriptor::new(MediaType::from(enc_mt.as_str()), sealed.size, sealed.digest);
     nd.set_annotations(Some(annotations));
     Ok(nd)
 }
 
 fn encrypt_layer(ctx: &LayerCtx<'_>, opts: &EncryptOptions<'_>) -> Result<Descriptor, Error> {
     let mt = ctx.desc.media_type().to_string();
-    encrypt_stream(ctx, opts, verified_source(ctx)?, &mt, || Ok(None))
+    // The verifying source already hashes the plaintext: its digest is the descriptor's.
+    let sealed = seal(
+        ctx,
+        verified_source(ctx)?,
+        &mt,
+        Some(ctx.desc.digest().as_ref()),
+    )?;
+    describe(ctx, opts, sealed, &mt, None)
 }
 
 /// Converts a layer to eStargz; encrypts it when there are recipients, with
@@ -193,20 +224,19 @@ fn encrypt_layer(ctx: &LayerCtx<'_>, opts: &EncryptOptions<'_>) -> Result<Descri
 /// annotation.
 fn to_estargz(ctx: &LayerCtx<'_>, opts: &EncryptOptions<'_>) -> Result<Replaced, Error> {
     let layer = ctx.desc.digest().to_string();
-    let conv = Conversion::start(
+    let (mut reader, worker) = estargz::start(
         verified_source(ctx)?,
         ctx.desc.media_type().as_ref(),
         &layer,
     )?;
-    let (reader, worker) = conv.split();
     if opts.recipients.is_empty() {
-        let mut reader = reader;
         let stored = ctx.dst.put_blob(&mut reader, media::OCI_LAYER_GZIP);
         drop(reader);
-        let c = Conversion::join(worker, &layer)?;
+        // The converter's error, if any, says more than the upload's.
+        let c = worker.finish(&layer)?;
         let (d, size) = stored?;
         let mut annotations = ctx.desc.annotations().clone().unwrap_or_default();
-        annotations.insert(TOC_DIGEST_ANNOTATION.to_string(), c.toc_digest.clone());
+        annotations.insert(TOC_DIGEST_ANNOTATION.to_string(), c.toc_digest);
         annotations.insert(
             UNCOMPRESSED_SIZE_ANNOTATION.to_string(),
             c.uncompressed_size.to_string(),
@@ -218,15 +248,15 @@ fn to_estargz(ctx: &LayerCtx<'_>, opts: &EncryptOptions<'_>) -> Result<Replaced,
             diff_id: Some(c.diff_id),
         });
     }
-    let mut converted = None;
-    let desc = encrypt_stream(ctx, opts, Box::new(reader), media::OCI_LAYER_GZIP, || {
-        let c = Conversion::join(worker, &layer)?;
-        let toc = c.toc_digest.clone();
-        converted = Some(c);
-        Ok(Some(toc))
-    })?;
-    let c = converted
-        .ok_or_else(|| Error::Malformed(format!("layer {layer}: conversion did not finish")))?;
+    let sealed = seal(ctx, Box::new(reader), media::OCI_LAYER_GZIP, None);
+    let c = worker.finish(&layer)?;
+    let desc = describe(
+        ctx,
+        opts,
+        sealed?,
+        media::OCI_LAYER_GZIP,
+        Some(c.toc_digest),
+    )?;
     Ok(Replaced {
         desc,
         diff_id: Some(c.diff_id),

@@ -72,24 +72,27 @@ impl LayerKey {
     }
 
     /// Plaintext → ciphertext stream. The returned [`EncryptResult`] is filled
-    /// once the reader has reached EOF.
+    /// once the reader has reached EOF. When the caller already checks the
+    /// plaintext against a digest as it streams (a verifying reader), pass it
+    /// as `plain_digest` and the plaintext is not hashed a second time.
     pub fn encrypt_reader<R: Read + Send + 'static>(
         &self,
         src: R,
+        plain_digest: Option<&str>,
     ) -> (StagedReader, EncryptResult) {
         let result = EncryptResult::default();
-        let plain = Sha256Stage::new(result.plain_digest.clone());
-        let ctr = CtrStage(self.ctr());
+        let mut first: Vec<Box<dyn Stage>> = Vec::new();
+        match plain_digest {
+            Some(d) => *result.plain_digest.lock().expect("fresh lock") = Some(d.to_string()),
+            None => first.push(Box::new(Sha256Stage::new(result.plain_digest.clone()))),
+        }
+        first.push(Box::new(CtrStage(self.ctr())));
         let mac = MacStage {
             mac: self.mac(),
             expect: None,
             out: Some(result.hmac.clone()),
         };
-        let reader = StagedReader::new(
-            src,
-            vec![vec![Box::new(plain), Box::new(ctr)], vec![Box::new(mac)]],
-            vec![],
-        );
+        let reader = StagedReader::new(src, vec![first, vec![Box::new(mac)]], vec![]);
         (reader, result)
     }
 
@@ -245,7 +248,7 @@ mod tests {
     fn roundtrip(len: usize) {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let key = LayerKey::generate();
-        let (mut enc, res) = key.encrypt_reader(io::Cursor::new(data.clone()));
+        let (mut enc, res) = key.encrypt_reader(io::Cursor::new(data.clone()), None);
         let mut ct = Vec::new();
         enc.read_to_end(&mut ct).unwrap();
         drop(enc);
@@ -294,7 +297,7 @@ mod tests {
     #[test]
     fn tampering_is_detected_with_the_layer_named() {
         let key = LayerKey::generate();
-        let (mut enc, res) = key.encrypt_reader(io::Cursor::new(vec![9u8; 1000]));
+        let (mut enc, res) = key.encrypt_reader(io::Cursor::new(vec![9u8; 1000]), None);
         let mut ct = Vec::new();
         enc.read_to_end(&mut ct).unwrap();
         let hmac = res.public_options().unwrap().hmac;

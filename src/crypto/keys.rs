@@ -124,7 +124,8 @@ pub fn parse_key_file(data: &[u8], password: Option<&str>) -> Result<Vec<KeyMate
         return parse_jwk(trimmed).map(|k| vec![k]);
     }
     if trimmed.starts_with(b"-----BEGIN PGP") {
-        return parse_pgp(data, password);
+        // Secret keys are unlocked when used, with the password given then.
+        return super::pgp::parse_keys(data);
     }
     if trimmed.starts_with(b"-----BEGIN") {
         let text = std::str::from_utf8(data).map_err(|_| "PEM file is not text".to_string())?;
@@ -142,7 +143,7 @@ pub fn parse_key_file(data: &[u8], password: Option<&str>) -> Result<Vec<KeyMate
         return Ok(vec![k]);
     }
     if data.first().is_some_and(|b| b & 0x80 != 0)
-        && let Ok(k) = parse_pgp(data, password)
+        && let Ok(k) = super::pgp::parse_keys(data)
     {
         return Ok(k);
     }
@@ -403,11 +404,6 @@ fn parse_certificate(d: &[u8]) -> Result<Certificate, String> {
             .map_err(|e| format!("CERTIFICATE: {e}"))?,
         public,
     })
-}
-
-fn parse_pgp(data: &[u8], password: Option<&str>) -> Result<Vec<KeyMaterial>, String> {
-    let _ = password; // Secret keys are unlocked when used, with the password given then.
-    super::pgp::parse_keys(data)
 }
 
 fn parse_jwk(d: &[u8]) -> Result<KeyMaterial, String> {

@@ -26,7 +26,8 @@ pub fn of(bytes: &[u8]) -> Digest {
     from_hasher(Sha256::new_with_prefix(bytes))
 }
 
-fn from_hasher(h: Sha256) -> Digest {
+/// The digest a finished hasher computed.
+pub fn from_hasher(h: Sha256) -> Digest {
     parse(&format!("sha256:{}", hex::encode(h.finalize()))).expect("well-formed digest")
 }
 

@@ -490,10 +490,7 @@ impl<'a> HashingReader<'a> {
     }
 
     fn finish(self) -> (Digest, u64) {
-        use sha2::Digest as _;
-        let d = digest::parse(&format!("sha256:{}", hex::encode(self.hasher.finalize())))
-            .expect("digest");
-        (d, self.len)
+        (digest::from_hasher(self.hasher), self.len)
     }
 }
 

@@ -224,7 +224,7 @@ mod tests {
     fn encrypted(big: &[u8]) -> (Vec<u8>, LayerKey, String) {
         let (blob, c) = convert(&layer(big)[..], Vec::new(), 1 << 20).unwrap();
         let key = LayerKey::generate();
-        let (mut r, _) = key.encrypt_reader(io::Cursor::new(blob));
+        let (mut r, _) = key.encrypt_reader(io::Cursor::new(blob), None);
         let mut ct = Vec::new();
         r.read_to_end(&mut ct).unwrap();
         (ct, key, c.toc_digest)

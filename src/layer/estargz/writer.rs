@@ -110,13 +110,16 @@ pub fn convert<R: Read, W: Write>(src: R, out: W, chunk_size: u64) -> io::Result
         let regular = te.kind == "reg";
         if regular && size > 0 {
             let first = toc.entries.len();
-            let mut file_hash = Sha256::new();
+            // A file in one chunk has its chunk digest as its digest: hash it once.
+            let mut file_hash = (size > chunk_size).then(Sha256::new);
             let mut written = 0u64;
             while written < size {
                 let n = (size - written).min(chunk_size);
                 let chunk = &mut buf[..n as usize];
                 e.read_exact(chunk)?;
-                file_hash.update(&*chunk);
+                if let Some(h) = file_hash.as_mut() {
+                    h.update(&*chunk);
+                }
                 sink.close()?;
                 let offset = sink.open()?;
                 sink.write(chunk)?;
@@ -136,7 +139,10 @@ pub fn convert<R: Read, W: Write>(src: R, out: W, chunk_size: u64) -> io::Result
                 toc.entries.push(ce);
                 written += n;
             }
-            toc.entries[first].digest = format!("sha256:{}", hex::encode(file_hash.finalize()));
+            toc.entries[first].digest = match file_hash {
+                Some(h) => format!("sha256:{}", hex::encode(h.finalize())),
+                None => toc.entries[first].chunk_digest.clone(),
+            };
         } else {
             // Links, devices, directories: no payload (or one we pass through as is).
             io::copy(&mut (&mut e).take(size), &mut WriteTo(&mut sink))?;
