@@ -91,11 +91,7 @@ fn encrypted_estargz_decrypts_with_skopeo_to_the_same_tree() {
     let src = d.path().join("src");
     source_tree(&src);
     let plain = format!("oci:{}/img:plain", d.path().display());
-    ok(lazycrypt()
-        .arg("build")
-        .arg("--layer")
-        .arg(&src)
-        .arg(&plain));
+    build_dir(&src, &plain, &[]);
     let k = rsa_keys(d.path(), "k");
 
     let enc = format!("oci:{}/img:enc", d.path().display());
@@ -245,11 +241,7 @@ fn lazy_reads_over_registry_range_requests_fetch_only_what_they_need() {
     std::fs::write(src.join("weights.bin"), &noise).unwrap();
     std::fs::write(src.join("config.txt"), "lazy marker\n").unwrap();
     let plain = format!("oci:{}/img:plain", d.path().display());
-    ok(lazycrypt()
-        .arg("build")
-        .arg("--layer")
-        .arg(&src)
-        .arg(&plain));
+    build_dir(&src, &plain, &[]);
     let k = rsa_keys(d.path(), "k");
     let remote = reg.image("lazy/app:v1");
     ok(lazycrypt().args([

@@ -308,10 +308,7 @@ fn uncompressed_layers_skopeo_compresses_while_encrypting_decrypt_like_skopeo() 
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("f.txt"), "uncompressed layer\n".repeat(10_000)).unwrap();
     let plain = format!("oci:{}/plain:tar", d.path().display());
-    ok(lazycrypt()
-        .args(["build", "--no-gzip", "--layer"])
-        .arg(&root)
-        .arg(&plain));
+    build_dir(&root, &plain, &["--no-gzip"]);
     assert!(layer_types(&plain)[0].ends_with(".tar"));
     let k = rsa_keys(d.path(), "k");
     let enc = format!("oci:{}/enc:tar", d.path().display());
@@ -338,10 +335,7 @@ fn multi_platform_image(dir: &std::path::Path) -> String {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join("arch.txt"), format!("{arch}\n").repeat(2000)).unwrap();
         let img = format!("oci:{}:{arch}", layout.display());
-        ok(lazycrypt()
-            .args(["build", "--platform", &format!("linux/{arch}"), "--layer"])
-            .arg(&root)
-            .arg(&img));
+        build_dir(&root, &img, &["--platform", &format!("linux/{arch}")]);
         let e = index_entry(&layout, arch);
         entries.push(serde_json::json!({
             "mediaType": e["mediaType"], "digest": e["digest"], "size": e["size"],

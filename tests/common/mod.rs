@@ -185,6 +185,16 @@ pub fn build_image(dir: &Path, tag: &str, n: usize) -> String {
     image
 }
 
+/// Builds `image` from the single directory `src`, with extra `build` flags.
+pub fn build_dir(src: &Path, image: &str, flags: &[&str]) {
+    ok(lazycrypt()
+        .arg("build")
+        .args(flags)
+        .arg("--layer")
+        .arg(src)
+        .arg(image));
+}
+
 /// The `index.json` entry tagged `tag` in layout `dir`.
 pub fn index_entry(dir: &Path, tag: &str) -> Value {
     let index: Value =
