@@ -228,8 +228,8 @@ fn already_encrypted_layers_are_not_converted() {
 #[test]
 fn lazy_reads_over_registry_range_requests_fetch_only_what_they_need() {
     use lazycrypt::crypto::cipher::LayerKey;
-    use lazycrypt::layer::estargz::lazy::LazyEstargz;
-    use lazycrypt::layer::source::BlobRange;
+    use lazycrypt::layer::estargz::lazy::{Anchor, open};
+    use lazycrypt::layer::source::{BlobRange, RangeSource};
     use std::sync::Arc;
 
     let d = tmp();
@@ -269,10 +269,10 @@ fn lazy_reads_over_registry_range_requests_fetch_only_what_they_need() {
     let private = private_options(&ann, &k.private);
     let anchor = private.toc_digest().unwrap();
     let blob = Arc::new(BlobRange::new(source, desc.clone()));
-    let layer = LazyEstargz::open(
+    let layer = open(
         blob.clone(),
         Some(LayerKey::from_options(&private)),
-        &anchor,
+        &Anchor::Toc(anchor),
         desc.digest().as_ref(),
     )
     .unwrap();

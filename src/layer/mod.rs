@@ -1,4 +1,9 @@
-//! Layer formats: eStargz (seekable tar.gz with a TOC), and range reads of layer blobs.
+//! Layer formats: eStargz (seekable tar.gz with a TOC), the stream index for
+//! any other tar layer, and range reads of layer blobs. Every format ends in
+//! the same [`index::Index`]: entries plus numbered, verifiable chunks.
 
 pub mod estargz;
+pub mod index;
 pub mod source;
+pub mod stream;
+pub mod tarmeta;

@@ -13,6 +13,8 @@ pub trait RangeSource: Send + Sync {
     fn size(&self) -> u64;
     /// Reads a range; fails rather than return fewer bytes.
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+    /// Bytes fetched from the underlying source so far.
+    fn fetched(&self) -> u64;
 }
 
 /// A layer blob in an OCI layout or registry.
@@ -29,11 +31,6 @@ impl BlobRange {
             desc,
             fetched: AtomicU64::new(0),
         }
-    }
-
-    /// Bytes fetched so far.
-    pub fn fetched(&self) -> u64 {
-        self.fetched.load(Ordering::Relaxed)
     }
 }
 
@@ -63,6 +60,10 @@ impl RangeSource for BlobRange {
         self.fetched
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(bytes)
+    }
+
+    fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
     }
 }
 
@@ -98,5 +99,9 @@ impl RangeSource for MemoryRange {
             })?;
         self.fetched.fetch_add(len, Ordering::Relaxed);
         Ok(self.data[offset as usize..end as usize].to_vec())
+    }
+
+    fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
     }
 }

@@ -1,10 +1,9 @@
-//! Reads files out of an (optionally ocicrypt-encrypted) eStargz blob by
-//! range: the footer, then the TOC, then exactly the chunk members a read
-//! needs. CTR lets each range be decrypted at its own offset; every chunk is
-//! checked against the anchored TOC before a byte is returned. Errors name the
-//! layer and the chunk's blob offset, never a file name: they end up in logs.
+//! Opens an (optionally ocicrypt-encrypted) eStargz blob lazily: the
+//! footer, then the TOC, then, per read, exactly the chunk members needed.
+//! CTR lets each range be decrypted at its own offset; every chunk is checked
+//! against the anchored TOC before a byte is returned. Errors name the layer
+//! and the chunk's blob offset, never a file name: they end up in logs.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
@@ -13,175 +12,221 @@ use zeroize::Zeroizing;
 use super::footer::FOOTER_SIZE;
 use super::reader::{MAX_TOC, inflate_chunk, parse_toc_member, toc_offset};
 use super::toc::Toc;
+use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME};
 use crate::crypto::cipher::LayerKey;
+use crate::layer::index::{ChunkSource, Extent, Layer, MAX_CHUNK, Node, bad};
 use crate::layer::source::RangeSource;
 
-/// Largest chunk (uncompressed) or member (compressed) we will fetch at once;
-/// a TOC that claims more is refused rather than trusted.
-const MAX_CHUNK: u64 = 64 << 20;
+/// What vouches for the TOC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Anchor {
+    /// The TOC JSON must have this `sha256:` digest (from the private
+    /// options or a TOC-digest annotation).
+    Toc(String),
+    /// The caller has verified the whole blob against its digest (and HMAC),
+    /// so the TOC in it is as trusted as the manifest.
+    VerifiedBlob,
+}
 
-/// An eStargz layer opened lazily.
-pub struct LazyEstargz {
+/// Where one chunk's gzip member lies and what it must inflate to.
+struct ChunkInfo {
+    offset: u64,
+    end: u64,
+    len: u64,
+    digest: String,
+    toc_entry: usize,
+}
+
+struct EstargzChunks {
     src: Arc<dyn RangeSource>,
     key: Option<LayerKey>,
     what: String,
-    toc: Toc,
-    /// File name → indexes of its `reg`/`chunk` entries, in file order.
-    files: HashMap<String, Vec<usize>>,
-    /// Entry index → end of its gzip member in the blob.
-    member_end: HashMap<usize, u64>,
+    chunks: Vec<ChunkInfo>,
 }
 
-fn bad(what: &str, msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("layer {what}: {msg}"))
-}
+/// Opens the layer: fetches the footer and TOC and checks the TOC against
+/// `anchor`. `key` decrypts an encrypted blob; `what` names the layer in
+/// errors.
+pub fn open(
+    src: Arc<dyn RangeSource>,
+    key: Option<LayerKey>,
+    anchor: &Anchor,
+    what: &str,
+) -> io::Result<Layer> {
+    let (toc, toc_at) = read_toc(&*src, key.as_ref(), anchor, what)?;
+    // Each chunk member ends where the next member (or the TOC) begins.
+    let mut starts: Vec<u64> = toc
+        .entries
+        .iter()
+        .filter(|e| e.offset > 0)
+        .map(|e| e.offset)
+        .collect();
+    starts.push(toc_at);
+    starts.sort_unstable();
+    starts.dedup();
 
-impl LazyEstargz {
-    /// Opens the layer: fetches the footer and TOC and checks the TOC against
-    /// `anchor` (`sha256:…`). `key` decrypts an encrypted blob; `what` names
-    /// the layer in errors.
-    pub fn open(
-        src: Arc<dyn RangeSource>,
-        key: Option<LayerKey>,
-        anchor: &str,
-        what: &str,
-    ) -> io::Result<Self> {
-        let size = src.size();
-        if size < FOOTER_SIZE as u64 {
-            return Err(bad(
-                what,
-                format!("blob of {size} bytes is too small for eStargz"),
-            ));
-        }
-        let footer_at = size - FOOTER_SIZE as u64;
-        let mut footer = Zeroizing::new(src.read_range(footer_at, FOOTER_SIZE as u64)?);
-        if let Some(k) = &key {
-            k.apply_at(footer_at, &mut footer);
-        }
-        let toc_at = toc_offset(&footer).map_err(|e| bad(what, format!("footer: {e}")))?;
-        if toc_at >= footer_at || footer_at - toc_at > MAX_TOC {
-            return Err(bad(
-                what,
-                format!("footer points at TOC offset {toc_at}, outside the blob"),
-            ));
-        }
-        let mut member = Zeroizing::new(src.read_range(toc_at, footer_at - toc_at)?);
-        if let Some(k) = &key {
-            k.apply_at(toc_at, &mut member);
-        }
-        let (toc, digest) = parse_toc_member(&member).map_err(|e| bad(what, e.to_string()))?;
-        if !digest.eq_ignore_ascii_case(anchor) {
-            return Err(bad(
-                what,
-                format!("TOC digest {digest} does not match its anchor {anchor}"),
-            ));
-        }
-
-        // Each chunk member ends where the next member (or the TOC) begins.
-        let mut starts: Vec<u64> = toc
-            .entries
-            .iter()
-            .filter(|e| e.offset > 0)
-            .map(|e| e.offset)
-            .collect();
-        starts.push(toc_at);
-        starts.sort_unstable();
-        starts.dedup();
-        let mut files: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut member_end = HashMap::new();
-        for (i, e) in toc.entries.iter().enumerate() {
-            let payload = (e.kind == "reg" && e.size > 0) || e.kind == "chunk";
-            if !payload {
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut chunks = Vec::new();
+    for (i, e) in toc.entries.into_iter().enumerate() {
+        let payload = (e.kind == "reg" && e.size > 0) || e.kind == "chunk";
+        let owner = if e.kind == "chunk" {
+            match nodes.last_mut() {
+                Some(n) if n.entry.kind == "reg" && n.entry.name == e.name => Some(n),
+                _ => {
+                    return Err(bad(
+                        what,
+                        format!("TOC entry {i} is a chunk of no preceding file"),
+                    ));
+                }
+            }
+        } else {
+            if e.kind == "reg"
+                && [TOC_NAME, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK].contains(&e.name.as_str())
+            {
                 continue;
             }
-            if e.offset == 0 || e.offset >= toc_at {
-                return Err(bad(
-                    what,
-                    format!(
-                        "TOC entry {i} has chunk offset {} outside the blob",
-                        e.offset
-                    ),
-                ));
+            if e.name.is_empty() && e.kind != "dir" {
+                return Err(bad(what, format!("TOC entry {i} has no name")));
             }
-            let end = starts
-                .iter()
-                .copied()
-                .find(|&s| s > e.offset)
-                .unwrap_or(toc_at);
-            member_end.insert(i, end);
-            files.entry(e.name.clone()).or_default().push(i);
-        }
-        Ok(LazyEstargz {
-            src,
-            key,
-            what: what.to_string(),
-            toc,
-            files,
-            member_end,
-        })
-    }
-
-    /// The verified TOC.
-    pub fn toc(&self) -> &Toc {
-        &self.toc
-    }
-
-    /// Reads up to `len` bytes of file `name` from `offset`, fetching only the
-    /// chunks that cover them. Plaintext is returned in a zeroizing buffer.
-    pub fn read_file(&self, name: &str, offset: u64, len: u64) -> io::Result<Zeroizing<Vec<u8>>> {
-        let chunks = self.files.get(name).ok_or_else(|| {
-            bad(
-                &self.what,
-                "no regular file with content at the requested path".into(),
-            )
-        })?;
-        let size = self.toc.entries[chunks[0]].size;
-        let end = offset.saturating_add(len).min(size);
-        let mut out = Zeroizing::new(Vec::with_capacity(end.saturating_sub(offset) as usize));
-        for &i in chunks {
-            let e = &self.toc.entries[i];
-            let clen = if e.chunk_size == 0 {
-                size.saturating_sub(e.chunk_offset)
-            } else {
-                e.chunk_size
-            };
-            let (cstart, cend) = (e.chunk_offset, e.chunk_offset + clen);
-            if cend <= offset || cstart >= end {
-                continue;
-            }
-            let data = self.chunk(i, clen)?;
-            let from = offset.max(cstart) - cstart;
-            let to = end.min(cend) - cstart;
-            out.extend_from_slice(&data[from as usize..to as usize]);
-        }
-        Ok(out)
-    }
-
-    /// Fetches, decrypts, inflates and verifies one chunk.
-    fn chunk(&self, i: usize, len: u64) -> io::Result<Zeroizing<Vec<u8>>> {
-        let e = &self.toc.entries[i];
-        let start = e.offset;
-        let end = self.member_end[&i];
-        if len > MAX_CHUNK || end - start > MAX_CHUNK {
+            nodes.push(Node {
+                entry: e.clone(),
+                extents: Vec::new(),
+            });
+            payload.then(|| nodes.last_mut().expect("pushed"))
+        };
+        let Some(owner) = owner else { continue };
+        if e.offset == 0 || e.offset >= toc_at {
             return Err(bad(
-                &self.what,
+                what,
                 format!(
-                    "chunk at blob offset {start} (TOC entry {i}) is larger than {MAX_CHUNK} bytes"
+                    "TOC entry {i} has chunk offset {} outside the blob",
+                    e.offset
                 ),
             ));
         }
-        let mut member = Zeroizing::new(self.src.read_range(start, end - start)?);
-        if let Some(k) = &self.key {
-            k.apply_at(start, &mut member);
+        let size = owner.entry.size;
+        let len = if e.chunk_size == 0 {
+            size.saturating_sub(e.chunk_offset)
+        } else {
+            e.chunk_size
+        };
+        let end = starts
+            .iter()
+            .copied()
+            .find(|&s| s > e.offset)
+            .unwrap_or(toc_at);
+        if len > MAX_CHUNK || end - e.offset > MAX_CHUNK {
+            return Err(bad(
+                what,
+                format!("TOC entry {i} has a chunk larger than {MAX_CHUNK} bytes"),
+            ));
         }
-        inflate_chunk(&member, len, &e.chunk_digest)
+        owner.extents.push(Extent {
+            file_offset: e.chunk_offset,
+            chunk: chunks.len() as u32,
+            chunk_offset: 0,
+            len: len as u32,
+        });
+        chunks.push(ChunkInfo {
+            offset: e.offset,
+            end,
+            len,
+            digest: e.chunk_digest,
+            toc_entry: i,
+        });
+    }
+    let count =
+        u32::try_from(chunks.len()).map_err(|_| bad(what, "TOC has too many chunks".into()))?;
+    let source = EstargzChunks {
+        src,
+        key,
+        what: what.to_string(),
+        chunks,
+    };
+    Layer::new(what, nodes, Box::new(source), count)
+}
+
+/// Fetches and checks the footer and TOC; returns the TOC and its offset.
+fn read_toc(
+    src: &dyn RangeSource,
+    key: Option<&LayerKey>,
+    anchor: &Anchor,
+    what: &str,
+) -> io::Result<(Toc, u64)> {
+    let size = src.size();
+    if size < FOOTER_SIZE as u64 {
+        return Err(bad(
+            what,
+            format!("blob of {size} bytes is too small for eStargz"),
+        ));
+    }
+    let footer_at = size - FOOTER_SIZE as u64;
+    let mut footer = Zeroizing::new(src.read_range(footer_at, FOOTER_SIZE as u64)?);
+    if let Some(k) = key {
+        k.apply_at(footer_at, &mut footer);
+    }
+    let toc_at = toc_offset(&footer).map_err(|e| bad(what, format!("footer: {e}")))?;
+    if toc_at >= footer_at || footer_at - toc_at > MAX_TOC {
+        return Err(bad(
+            what,
+            format!("footer points at TOC offset {toc_at}, outside the blob"),
+        ));
+    }
+    let mut member = Zeroizing::new(src.read_range(toc_at, footer_at - toc_at)?);
+    if let Some(k) = key {
+        k.apply_at(toc_at, &mut member);
+    }
+    let (toc, digest) = parse_toc_member(&member).map_err(|e| bad(what, e.to_string()))?;
+    if let Anchor::Toc(want) = anchor
+        && !digest.eq_ignore_ascii_case(want)
+    {
+        return Err(bad(
+            what,
+            format!("TOC digest {digest} does not match its anchor {want}"),
+        ));
+    }
+    Ok((toc, toc_at))
+}
+
+/// Whether the blob ends in an eStargz footer (decrypted with `key`).
+pub fn has_footer(src: &dyn RangeSource, key: Option<&LayerKey>) -> io::Result<bool> {
+    let size = src.size();
+    if size < FOOTER_SIZE as u64 {
+        return Ok(false);
+    }
+    let at = size - FOOTER_SIZE as u64;
+    let mut footer = Zeroizing::new(src.read_range(at, FOOTER_SIZE as u64)?);
+    if let Some(k) = key {
+        k.apply_at(at, &mut footer);
+    }
+    Ok(toc_offset(&footer).is_ok())
+}
+
+impl ChunkSource for EstargzChunks {
+    fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
+        let c = self
+            .chunks
+            .get(chunk as usize)
+            .ok_or_else(|| bad(&self.what, format!("no chunk {chunk}")))?;
+        let mut member = Zeroizing::new(self.src.read_range(c.offset, c.end - c.offset)?);
+        if let Some(k) = &self.key {
+            k.apply_at(c.offset, &mut member);
+        }
+        inflate_chunk(&member, c.len, &c.digest)
             .map(Zeroizing::new)
             .map_err(|err| {
                 bad(
                     &self.what,
-                    format!("chunk at blob offset {start} (TOC entry {i}): {err}"),
+                    format!(
+                        "chunk at blob offset {} (TOC entry {}): {err}",
+                        c.offset, c.toc_entry
+                    ),
                 )
             })
+    }
+
+    fn fetched(&self) -> u64 {
+        self.src.fetched()
     }
 }
 
@@ -235,10 +280,10 @@ mod tests {
         let big = noise(8 << 20);
         let (ct, key, anchor) = encrypted(&big);
         let src = Arc::new(MemoryRange::new(ct.clone()));
-        let l = LazyEstargz::open(
+        let l = open(
             src.clone(),
             Some(LayerKey::from_options(&key.to_options(String::new()))),
-            &anchor,
+            &Anchor::Toc(anchor),
             "L",
         )
         .unwrap();
@@ -272,31 +317,35 @@ mod tests {
         let big = noise(3 << 20);
         let (ct, key, anchor) = encrypted(&big);
         let k = || Some(LayerKey::from_options(&key.to_options(String::new())));
-        let e = LazyEstargz::open(
+        let e = open(
             Arc::new(MemoryRange::new(ct.clone())),
             k(),
-            "sha256:00",
+            &Anchor::Toc("sha256:00".into()),
             "L",
         )
         .err()
         .unwrap();
         assert!(e.to_string().contains("does not match its anchor"), "{e}");
-        let e = LazyEstargz::open(
+        let e = open(
             Arc::new(MemoryRange::new(ct.clone())),
             Some(LayerKey::generate()),
-            &anchor,
+            &Anchor::Toc(anchor.clone()),
             "L",
         )
         .err()
         .unwrap();
         assert!(e.to_string().contains("layer L: footer"), "{e}");
 
-        let l =
-            LazyEstargz::open(Arc::new(MemoryRange::new(ct.clone())), k(), &anchor, "L").unwrap();
-        let second = l.files["data/big.bin"][1];
+        let anchor = Anchor::Toc(anchor);
+        let (toc, _) = read_toc(&MemoryRange::new(ct.clone()), k().as_ref(), &anchor, "L").unwrap();
+        let second = toc
+            .entries
+            .iter()
+            .position(|e| e.kind == "chunk" && e.name == "data/big.bin")
+            .unwrap();
         let mut evil = ct.clone();
-        evil[l.toc.entries[second].offset as usize + 30] ^= 1;
-        let l = LazyEstargz::open(Arc::new(MemoryRange::new(evil)), k(), &anchor, "L").unwrap();
+        evil[toc.entries[second].offset as usize + 30] ^= 1;
+        let l = open(Arc::new(MemoryRange::new(evil)), k(), &anchor, "L").unwrap();
         assert_eq!(
             l.read_file("data/big.bin", 0, 10).unwrap().len(),
             10,
@@ -308,7 +357,7 @@ mod tests {
             .to_string();
         let want = format!(
             "layer L: chunk at blob offset {} (TOC entry {second}): ",
-            l.toc.entries[second].offset
+            toc.entries[second].offset
         );
         assert!(e.contains(&want), "{e}");
         assert!(

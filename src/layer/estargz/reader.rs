@@ -30,7 +30,7 @@ pub fn parse_toc_member(member: &[u8]) -> io::Result<(Toc, String)> {
         .map_err(|e| bad(format!("TOC tar header: {e}")))?;
     let h = tar::Header::from_byte_slice(&header);
     let name = String::from_utf8_lossy(&h.path_bytes()).into_owned();
-    if super::writer::clean(&name) != TOC_NAME {
+    if crate::layer::tarmeta::clean(&name) != TOC_NAME {
         return Err(bad(format!("last entry is {name:?}, not {TOC_NAME}")));
     }
     let size = h.entry_size()?;

@@ -5,17 +5,15 @@
 //! a landmark entry and the TOC are added. Every regular file's payload is
 //! cut into chunks, each its own gzip member with its own digest.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
-use super::toc::{Toc, TocEntry, rfc3339};
+use super::toc::{Toc, TocEntry};
 use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME, footer};
+use crate::layer::tarmeta::{Pending, is_extension};
 
 /// What a conversion produced, besides the blob.
 #[derive(Debug, Clone)]
@@ -28,23 +26,6 @@ pub struct Converted {
     /// Number of TOC entries (files and chunks).
     pub entries: usize,
 }
-
-/// PAX records or GNU long names that apply to the next real entry.
-#[derive(Default)]
-struct Pending {
-    path: Option<String>,
-    link: Option<String>,
-    uid: Option<u64>,
-    gid: Option<u64>,
-    mtime: Option<u64>,
-    uname: Option<String>,
-    gname: Option<String>,
-    size: Option<u64>,
-    xattrs: BTreeMap<String, String>,
-}
-
-/// Most extension data we accept for one entry (names, xattrs).
-const MAX_EXTENSION: u64 = 1 << 20;
 
 /// Converts the uncompressed tar `src` into eStargz on `out`.
 pub fn convert<R: Read, W: Write>(src: R, out: W, chunk_size: u64) -> io::Result<(W, Converted)> {
@@ -63,49 +44,19 @@ pub fn convert<R: Read, W: Write>(src: R, out: W, chunk_size: u64) -> io::Result
         let hdr = e.header().clone();
         let size = hdr.entry_size()?;
         let kind = hdr.entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XHeader
-                | tar::EntryType::XGlobalHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-        ) {
-            if size > MAX_EXTENSION {
-                return Err(bad(format!(
-                    "tar extension header of {size} bytes is too large"
-                )));
-            }
-            let mut data = Vec::with_capacity(size as usize);
-            (&mut e).take(size).read_to_end(&mut data)?;
+        if is_extension(kind) {
+            let data = pending.absorb(kind, size, &mut e)?;
             sink.write(hdr.as_bytes())?;
             sink.write(&data)?;
             sink.pad(size)?;
-            match kind {
-                tar::EntryType::XHeader => parse_pax(&data, &mut pending)?,
-                tar::EntryType::GNULongName => pending.path = Some(c_string(&data)),
-                tar::EntryType::GNULongLink => pending.link = Some(c_string(&data)),
-                _ => {}
-            }
             continue;
         }
-        if kind == tar::EntryType::GNUSparse {
-            return Err(bad("sparse tar entries are not supported".into()));
-        }
-        if pending.size.is_some_and(|s| s != size) {
-            return Err(bad("PAX size overrides are not supported".into()));
-        }
-        let p = std::mem::take(&mut pending);
-        let raw_name = p
-            .path
-            .clone()
-            .unwrap_or_else(|| String::from_utf8_lossy(&hdr.path_bytes()).into_owned());
-        let name = clean(&raw_name);
-        if name == TOC_NAME || name == NO_PREFETCH_LANDMARK || name == PREFETCH_LANDMARK {
+        let mut te = pending.entry(&hdr)?;
+        if [TOC_NAME, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK].contains(&te.name.as_str()) {
             // Re-converting an eStargz layer: its old TOC and landmarks are replaced.
             io::copy(&mut (&mut e).take(size), &mut io::sink())?;
             continue;
         }
-        let mut te = toc_entry(&hdr, &p, name)?;
         sink.write(hdr.as_bytes())?;
         let regular = te.kind == "reg";
         if regular && size > 0 {
@@ -214,127 +165,6 @@ fn write_landmark<W: Write>(sink: &mut GzSink<W>, toc: &mut Toc) -> io::Result<(
     Ok(())
 }
 
-/// The TOC entry for a real tar entry (its chunk fields are filled later).
-fn toc_entry(h: &tar::Header, p: &Pending, name: String) -> io::Result<TocEntry> {
-    use tar::EntryType as T;
-    let (kind, type_bits) = match h.entry_type() {
-        T::Regular | T::Continuous => ("reg", 0o100000),
-        T::Directory => ("dir", 0o040000),
-        T::Symlink => ("symlink", 0o120000),
-        T::Link => ("hardlink", 0o100000),
-        T::Char => ("char", 0o020000),
-        T::Block => ("block", 0o060000),
-        T::Fifo => ("fifo", 0o010000),
-        other => {
-            return Err(bad(format!(
-                "{name}: unsupported tar entry type {:?}",
-                other.as_byte() as char
-            )));
-        }
-    };
-    let link = p.link.clone().or_else(|| {
-        h.link_name_bytes()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    });
-    let mut e = TocEntry {
-        name,
-        kind: kind.into(),
-        size: if kind == "reg" { h.entry_size()? } else { 0 },
-        // Blank numeric fields read as 0, as Go's archive/tar reads them.
-        mode: (h.mode().unwrap_or(0) & 0o7777) | type_bits,
-        uid: p.uid.unwrap_or_else(|| h.uid().unwrap_or(0)),
-        gid: p.gid.unwrap_or_else(|| h.gid().unwrap_or(0)),
-        user_name: p
-            .uname
-            .clone()
-            .or_else(|| h.username().ok().flatten().map(str::to_string))
-            .unwrap_or_default(),
-        group_name: p
-            .gname
-            .clone()
-            .or_else(|| h.groupname().ok().flatten().map(str::to_string))
-            .unwrap_or_default(),
-        xattrs: p.xattrs.clone(),
-        ..Default::default()
-    };
-    let mtime = p.mtime.unwrap_or_else(|| h.mtime().unwrap_or(0));
-    if mtime > 0 {
-        e.mod_time = rfc3339(mtime);
-    }
-    if matches!(kind, "symlink" | "hardlink") {
-        e.link_name = link
-            .map(|l| if kind == "hardlink" { clean(&l) } else { l })
-            .unwrap_or_default();
-    }
-    if matches!(kind, "char" | "block") {
-        e.dev_major = h.device_major().ok().flatten().unwrap_or(0).into();
-        e.dev_minor = h.device_minor().ok().flatten().unwrap_or(0).into();
-    }
-    Ok(e)
-}
-
-/// `./a/b/` → `a/b`: names as the TOC stores them.
-pub fn clean(name: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in name.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join("/")
-}
-
-fn c_string(data: &[u8]) -> String {
-    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-    String::from_utf8_lossy(&data[..end]).into_owned()
-}
-
-/// Parses PAX records (`LEN KEY=VALUE\n`) into `p`.
-fn parse_pax(mut data: &[u8], p: &mut Pending) -> io::Result<()> {
-    while !data.is_empty() {
-        let sp = data
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or_else(|| bad("malformed PAX record".into()))?;
-        let len: usize = std::str::from_utf8(&data[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .filter(|&l| l > sp + 1 && l <= data.len())
-            .ok_or_else(|| bad("malformed PAX record length".into()))?;
-        let rec = &data[sp + 1..len - 1];
-        data = &data[len..];
-        let Some(eq) = rec.iter().position(|&b| b == b'=') else {
-            continue;
-        };
-        let (k, v) = (
-            String::from_utf8_lossy(&rec[..eq]).into_owned(),
-            &rec[eq + 1..],
-        );
-        let text = || String::from_utf8_lossy(v).into_owned();
-        let num = || text().split('.').next().and_then(|s| s.parse::<u64>().ok());
-        match k.as_str() {
-            "path" => p.path = Some(text()),
-            "linkpath" => p.link = Some(text()),
-            "uid" => p.uid = num(),
-            "gid" => p.gid = num(),
-            "mtime" => p.mtime = num(),
-            "uname" => p.uname = Some(text()),
-            "gname" => p.gname = Some(text()),
-            "size" => p.size = num(),
-            _ => {
-                if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
-                    p.xattrs.insert(x.to_string(), B64.encode(v));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 fn bad(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("estargz: {msg}"))
 }
@@ -426,6 +256,11 @@ impl<W: Write> Write for Counting<W> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+
     use super::super::reader;
     use super::*;
 
@@ -592,12 +427,5 @@ mod tests {
             .unwrap();
         let (_, second) = convert(&plain[..], Vec::new(), 4096).unwrap();
         assert_eq!(second.entries, first.entries);
-    }
-
-    #[test]
-    fn names_are_cleaned() {
-        assert_eq!(clean("./a/b/"), "a/b");
-        assert_eq!(clean("/a/../../b"), "b");
-        assert_eq!(clean("./"), "");
     }
 }

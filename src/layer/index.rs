@@ -1,0 +1,226 @@
+//! What every layer format is served through: its entries, each regular
+//! file's bytes laid out as extents of numbered chunks, and a source that
+//! loads one chunk as verified plaintext.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use zeroize::Zeroizing;
+
+use super::estargz::toc::TocEntry;
+
+/// Part of a regular file that lies in one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Where in the file this part starts.
+    pub file_offset: u64,
+    /// The chunk that holds it.
+    pub chunk: u32,
+    /// Where in the chunk's plaintext it starts.
+    pub chunk_offset: u32,
+    pub len: u32,
+}
+
+/// One entry of the layer: its TOC-style metadata and, for a regular file
+/// with content, its extents in file order.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub entry: TocEntry,
+    pub extents: Vec<Extent>,
+}
+
+/// Loads one chunk as plaintext that has been checked against an anchored
+/// digest. Blocking: called from FUSE and read-ahead threads, never from
+/// async code.
+pub trait ChunkSource: Send + Sync {
+    /// The chunk's plaintext, exactly as long as its extents need.
+    fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>>;
+    /// Bytes fetched from the blob's source so far.
+    fn fetched(&self) -> u64;
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A layer ready to serve.
+pub struct Layer {
+    id: u64,
+    what: String,
+    nodes: Vec<Node>,
+    chunks: Box<dyn ChunkSource>,
+    chunk_count: u32,
+}
+
+/// Most plaintext a single chunk may hold: a TOC that claims more is refused
+/// rather than trusted with memory.
+pub const MAX_CHUNK: u64 = 64 << 20;
+
+impl Layer {
+    /// Checks that every regular file's extents cover it exactly, in order,
+    /// with chunk numbers below `chunk_count`.
+    pub fn new(
+        what: &str,
+        nodes: Vec<Node>,
+        chunks: Box<dyn ChunkSource>,
+        chunk_count: u32,
+    ) -> io::Result<Self> {
+        for (i, n) in nodes.iter().enumerate() {
+            let mut at = 0u64;
+            for x in &n.extents {
+                if x.file_offset != at || x.chunk >= chunk_count || u64::from(x.len) > MAX_CHUNK {
+                    return Err(bad(what, format!("entry {i} has inconsistent chunks")));
+                }
+                at += u64::from(x.len);
+            }
+            let want = if n.entry.kind == "reg" {
+                n.entry.size
+            } else {
+                0
+            };
+            if at != want {
+                return Err(bad(
+                    what,
+                    format!("entry {i} has chunks for {at} of its {want} bytes"),
+                ));
+            }
+        }
+        Ok(Layer {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            what: what.to_string(),
+            nodes,
+            chunks,
+            chunk_count,
+        })
+    }
+
+    /// A number unique to this layer in this process, for cache keys.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// How errors name the layer (a digest, never a file name).
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn chunk_count(&self) -> u32 {
+        self.chunk_count
+    }
+
+    /// Loads one chunk, uncached.
+    pub fn load_chunk(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
+        self.chunks.load(chunk)
+    }
+
+    /// Bytes fetched from the blob's source so far.
+    pub fn fetched(&self) -> u64 {
+        self.chunks.fetched()
+    }
+
+    /// Reads up to `len` bytes of the regular file `name` from `offset`,
+    /// uncached: for tools and tests (the file system reads through the
+    /// chunk cache instead).
+    pub fn read_file(&self, name: &str, offset: u64, len: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+        let node = self
+            .nodes
+            .iter()
+            .rev()
+            .find(|n| n.entry.name == name && n.entry.kind == "reg")
+            .ok_or_else(|| {
+                bad(
+                    &self.what,
+                    "no regular file at the requested path".to_string(),
+                )
+            })?;
+        let end = offset.saturating_add(len).min(node.entry.size);
+        let mut out = Zeroizing::new(Vec::with_capacity(end.saturating_sub(offset) as usize));
+        for x in overlapping(&node.extents, offset, end) {
+            let data = self.load_chunk(x.chunk)?;
+            let (from, to) = x.slice(offset, end);
+            out.extend_from_slice(&data[from..to]);
+        }
+        Ok(out)
+    }
+}
+
+impl Extent {
+    /// The byte range of this extent's chunk that `[offset, end)` of the
+    /// file covers.
+    pub fn slice(&self, offset: u64, end: u64) -> (usize, usize) {
+        let start = offset.max(self.file_offset) - self.file_offset;
+        let stop = end.min(self.file_offset + u64::from(self.len)) - self.file_offset;
+        let base = self.chunk_offset as usize;
+        (base + start as usize, base + stop as usize)
+    }
+}
+
+/// The extents that overlap `[offset, end)` of a file.
+pub fn overlapping(extents: &[Extent], offset: u64, end: u64) -> impl Iterator<Item = &Extent> {
+    let first = extents.partition_point(|x| x.file_offset + u64::from(x.len) <= offset);
+    extents[first..]
+        .iter()
+        .take_while(move |x| x.file_offset < end)
+}
+
+/// Splits a file stored contiguously at `stream_offset` of a layer's
+/// uncompressed stream into extents of fixed-size chunks.
+pub fn stream_extents(stream_offset: u64, size: u64, chunk_size: u64) -> Vec<Extent> {
+    let mut out = Vec::with_capacity((size / chunk_size + 2) as usize);
+    let mut at = 0;
+    while at < size {
+        let pos = stream_offset + at;
+        let in_chunk = pos % chunk_size;
+        let len = (chunk_size - in_chunk).min(size - at);
+        out.push(Extent {
+            file_offset: at,
+            chunk: (pos / chunk_size) as u32,
+            chunk_offset: in_chunk as u32,
+            len: len as u32,
+        });
+        at += len;
+    }
+    out
+}
+
+/// Names of the last entry for each path: later tar entries replace earlier ones.
+pub fn last_by_name(nodes: &[Node]) -> HashMap<&str, usize> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.entry.name.as_str(), i))
+        .collect()
+}
+
+pub(crate) fn bad(what: &str, msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("layer {what}: {msg}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_files_split_at_chunk_boundaries() {
+        let x = stream_extents(1000, 2500, 1024);
+        let got: Vec<_> = x
+            .iter()
+            .map(|x| (x.file_offset, x.chunk, x.chunk_offset, x.len))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0, 1000, 24),
+                (24, 1, 0, 1024),
+                (1048, 2, 0, 1024),
+                (2072, 3, 0, 428)
+            ]
+        );
+        let hits: Vec<_> = overlapping(&x, 30, 1050).map(|x| x.chunk).collect();
+        assert_eq!(hits, vec![1, 2]);
+        assert_eq!(x[1].slice(30, 1050), (6, 1024));
+    }
+}

@@ -1,0 +1,359 @@
+//! The stream index: serves any tar layer (plain or gzip, encrypted or not)
+//! that has no TOC. The blob is read once, in order, while its caller checks
+//! its digest and HMAC; on the way we record every entry's offset in the
+//! uncompressed stream, a SHA-256 of each 1 MiB of it, and, for gzip, the
+//! inflater's state at each 1 MiB of output. A read then decrypts from the
+//! local ciphertext copy and inflates from the nearest saved state; every
+//! chunk is checked against its recorded digest before use.
+
+pub mod gzip;
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use self::gzip::{GzReader, State};
+use super::index::{ChunkSource, Layer, Node, bad, stream_extents};
+use super::source::RangeSource;
+use super::tarmeta::{Pending, is_extension};
+use crate::crypto::cipher::LayerKey;
+
+/// Uncompressed bytes per chunk.
+pub const CHUNK: u64 = 1 << 20;
+
+/// How the tar stream inside the blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// What one pass over the stream learned.
+pub struct Indexed {
+    nodes: Vec<Node>,
+    digests: Vec<[u8; 32]>,
+    states: Vec<State>,
+    compression: Compression,
+    total: u64,
+}
+
+impl Indexed {
+    /// Bytes of the uncompressed tar stream.
+    pub fn uncompressed_size(&self) -> u64 {
+        self.total
+    }
+}
+
+/// Indexes the plaintext (still compressed) stream `r` to its end.
+pub fn index<R: Read>(r: R, compression: Compression, what: &str) -> io::Result<Indexed> {
+    let wrap = |e: io::Error| bad(what, e.to_string());
+    match compression {
+        Compression::None => {
+            let (nodes, hasher) = walk(ChunkHasher::new(r), what)?;
+            let (digests, total, _) = hasher.finish();
+            Ok(Indexed {
+                nodes,
+                digests,
+                states: Vec::new(),
+                compression,
+                total,
+            })
+        }
+        Compression::Gzip => {
+            let (nodes, hasher) = walk(ChunkHasher::new(GzReader::new(r, Some(CHUNK))), what)?;
+            let (digests, total, mut gz) = hasher.finish();
+            let mut states = gz.take_saved();
+            // A stream ending exactly on a boundary saved one state too many.
+            states.truncate(digests.len());
+            if states.len() != digests.len() {
+                return Err(wrap(io::Error::other("inflater states are missing")));
+            }
+            Ok(Indexed {
+                nodes,
+                digests,
+                states,
+                compression,
+                total,
+            })
+        }
+    }
+}
+
+/// Walks the tar entries, then drains the stream so every byte is hashed
+/// (and the caller's digest and HMAC checks see the end).
+fn walk<R: Read>(r: ChunkHasher<R>, what: &str) -> io::Result<(Vec<Node>, ChunkHasher<R>)> {
+    let wrap = |e: io::Error| bad(what, e.to_string());
+    let mut archive = tar::Archive::new(r);
+    let mut nodes = Vec::new();
+    let mut pending = Pending::default();
+    for entry in archive.entries().map_err(wrap)?.raw(true) {
+        let mut e = entry.map_err(wrap)?;
+        let hdr = e.header().clone();
+        let size = hdr.entry_size().map_err(wrap)?;
+        let kind = hdr.entry_type();
+        if is_extension(kind) {
+            pending.absorb(kind, size, &mut e).map_err(wrap)?;
+            continue;
+        }
+        let te = pending.entry(&hdr).map_err(wrap)?;
+        if te.name.is_empty() {
+            continue;
+        }
+        let extents = if te.kind == "reg" {
+            stream_extents(e.raw_file_position(), te.size, CHUNK)
+        } else {
+            Vec::new()
+        };
+        nodes.push(Node { entry: te, extents });
+    }
+    let mut r = archive.into_inner();
+    io::copy(&mut r, &mut io::sink()).map_err(wrap)?;
+    Ok((nodes, r))
+}
+
+/// Hashes a stream in `CHUNK`-sized pieces as it is read.
+struct ChunkHasher<R> {
+    inner: R,
+    hasher: Sha256,
+    at: u64,
+    digests: Vec<[u8; 32]>,
+}
+
+impl<R: Read> ChunkHasher<R> {
+    fn new(inner: R) -> Self {
+        ChunkHasher {
+            inner,
+            hasher: Sha256::new(),
+            at: 0,
+            digests: Vec::new(),
+        }
+    }
+
+    fn finish(mut self) -> (Vec<[u8; 32]>, u64, R) {
+        if self.at % CHUNK != 0 {
+            self.digests.push(self.hasher.finalize_reset().into());
+        }
+        (self.digests, self.at, self.inner)
+    }
+}
+
+impl<R: Read> Read for ChunkHasher<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            let room = (CHUNK - self.at % CHUNK) as usize;
+            let take = room.min(data.len());
+            self.hasher.update(&data[..take]);
+            self.at += take as u64;
+            data = &data[take..];
+            if self.at % CHUNK == 0 {
+                self.digests.push(self.hasher.finalize_reset().into());
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The blob's compressed plaintext at any offset: a local (ciphertext) copy
+/// decrypted on the fly.
+pub struct Plain {
+    src: Arc<dyn RangeSource>,
+    key: Option<LayerKey>,
+}
+
+impl Plain {
+    pub fn new(src: Arc<dyn RangeSource>, key: Option<LayerKey>) -> Self {
+        Plain { src, key }
+    }
+
+    fn read(&self, offset: u64, len: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+        let mut b = Zeroizing::new(self.src.read_range(offset, len)?);
+        if let Some(k) = &self.key {
+            k.apply_at(offset, &mut b);
+        }
+        Ok(b)
+    }
+}
+
+/// Reads `Plain` sequentially from an offset, a piece at a time.
+struct PlainReader<'a> {
+    plain: &'a Plain,
+    at: u64,
+    piece: Zeroizing<Vec<u8>>,
+    used: usize,
+}
+
+impl Read for PlainReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.used == self.piece.len() {
+            let left = self.plain.src.size().saturating_sub(self.at);
+            if left == 0 {
+                return Ok(0);
+            }
+            self.piece = self.plain.read(self.at, left.min(256 << 10))?;
+            self.at += self.piece.len() as u64;
+            self.used = 0;
+        }
+        let n = buf.len().min(self.piece.len() - self.used);
+        buf[..n].copy_from_slice(&self.piece[self.used..self.used + n]);
+        self.used += n;
+        Ok(n)
+    }
+}
+
+struct StreamChunks {
+    plain: Plain,
+    what: String,
+    digests: Vec<[u8; 32]>,
+    states: Vec<State>,
+    compression: Compression,
+    total: u64,
+}
+
+/// A layer served from its index and a local copy of its blob.
+pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
+    let count = u32::try_from(indexed.digests.len())
+        .map_err(|_| bad(what, "layer has too many chunks".into()))?;
+    let chunks = StreamChunks {
+        plain,
+        what: what.to_string(),
+        digests: indexed.digests,
+        states: indexed.states,
+        compression: indexed.compression,
+        total: indexed.total,
+    };
+    Layer::new(what, indexed.nodes, Box::new(chunks), count)
+}
+
+impl ChunkSource for StreamChunks {
+    fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
+        let k = chunk as usize;
+        let want = self
+            .digests
+            .get(k)
+            .ok_or_else(|| bad(&self.what, format!("no chunk {chunk}")))?;
+        let start = u64::from(chunk) * CHUNK;
+        let len = CHUNK.min(self.total - start);
+        let data = match self.compression {
+            Compression::None => self.plain.read(start, len)?,
+            Compression::Gzip => {
+                let state = self.states[k].clone();
+                let from = state.in_pos;
+                let input = PlainReader {
+                    plain: &self.plain,
+                    at: from,
+                    piece: Zeroizing::new(Vec::new()),
+                    used: 0,
+                };
+                let mut out = Zeroizing::new(vec![0u8; len as usize]);
+                GzReader::resume(input, state)
+                    .read_exact(&mut out)
+                    .map_err(|e| {
+                        bad(
+                            &self.what,
+                            format!("chunk {chunk} (blob offset {from}): {e}"),
+                        )
+                    })?;
+                out
+            }
+        };
+        if Sha256::digest(&*data)[..] != want[..] {
+            return Err(bad(
+                &self.what,
+                format!(
+                    "chunk {chunk} does not match the digest recorded when the blob was verified"
+                ),
+            ));
+        }
+        Ok(data)
+    }
+
+    fn fetched(&self) -> u64 {
+        self.plain.src.fetched()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::layer::source::MemoryRange;
+
+    fn tar_with(big: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "./a/small.txt", &b"hello"[..])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(big.len() as u64);
+        h.set_mode(0o600);
+        b.append_data(&mut h, "a/big.bin", big).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn big() -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut i = 0u64;
+        while v.len() < (3 << 20) + 12345 {
+            write!(v, "{i} ").unwrap();
+            i = i
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                >> 40;
+        }
+        v
+    }
+
+    fn check(blob: Vec<u8>, compression: Compression, key: Option<LayerKey>, big: &[u8]) {
+        let mut plain = blob.clone();
+        if let Some(k) = &key {
+            k.apply_at(0, &mut plain);
+        }
+        let idx = index(&plain[..], compression, "L").unwrap();
+        let src = Arc::new(MemoryRange::new(blob));
+        let l = layer(idx, Plain::new(src, key), "L").unwrap();
+        assert_eq!(&l.read_file("a/small.txt", 0, 99).unwrap()[..], b"hello");
+        let at = (2 << 20) - 100;
+        let got = l.read_file("a/big.bin", at, 5000).unwrap();
+        assert_eq!(&got[..], &big[at as usize..at as usize + 5000]);
+        let all = l.read_file("a/big.bin", 0, u64::MAX).unwrap();
+        assert!(all[..] == big[..]);
+    }
+
+    #[test]
+    fn plain_and_gzip_tar_read_at_any_offset() {
+        let big = big();
+        let tar = tar_with(&big);
+        check(tar.clone(), Compression::None, None, &big);
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&tar).unwrap();
+        let gz = e.finish().unwrap();
+        check(gz.clone(), Compression::Gzip, None, &big);
+        let key = LayerKey::generate();
+        let mut ct = gz;
+        key.apply_at(0, &mut ct);
+        check(ct, Compression::Gzip, Some(key), &big);
+    }
+
+    #[test]
+    fn a_changed_local_copy_is_refused() {
+        let big = big();
+        let tar = tar_with(&big);
+        let idx = index(&tar[..], Compression::None, "L").unwrap();
+        let mut evil = tar.clone();
+        evil[(1 << 20) + 7] ^= 1;
+        let l = layer(idx, Plain::new(Arc::new(MemoryRange::new(evil)), None), "L").unwrap();
+        let e = l
+            .read_file("a/big.bin", 1 << 20, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layer L: chunk 1 does not match"), "{e}");
+        assert_eq!(&l.read_file("a/small.txt", 0, 5).unwrap()[..], b"hello");
+    }
+}

@@ -1,0 +1,220 @@
+//! Tar entry metadata as the TOC records it: PAX records and GNU long names
+//! folded into the entry they precede, names cleaned so no entry can point
+//! outside the layer. Shared by the eStargz writer and the stream index.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::estargz::toc::{TocEntry, rfc3339};
+
+/// Most extension data we accept for one entry (names, xattrs).
+pub const MAX_EXTENSION: u64 = 1 << 20;
+
+/// PAX records or GNU long names that apply to the next real entry.
+#[derive(Default)]
+pub struct Pending {
+    path: Option<String>,
+    link: Option<String>,
+    uid: Option<u64>,
+    gid: Option<u64>,
+    mtime: Option<u64>,
+    uname: Option<String>,
+    gname: Option<String>,
+    size: Option<u64>,
+    xattrs: BTreeMap<String, String>,
+}
+
+/// Whether a header only carries metadata for the next entry.
+pub fn is_extension(kind: tar::EntryType) -> bool {
+    matches!(
+        kind,
+        tar::EntryType::XHeader
+            | tar::EntryType::XGlobalHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink
+    )
+}
+
+impl Pending {
+    /// Reads an extension entry's payload (`size` bytes from `r`), folds it
+    /// in, and returns the payload.
+    pub fn absorb<R: Read>(
+        &mut self,
+        kind: tar::EntryType,
+        size: u64,
+        r: R,
+    ) -> io::Result<Vec<u8>> {
+        if size > MAX_EXTENSION {
+            return Err(bad(format!(
+                "tar extension header of {size} bytes is too large"
+            )));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        r.take(size).read_to_end(&mut data)?;
+        match kind {
+            tar::EntryType::XHeader => self.parse_pax(&data)?,
+            tar::EntryType::GNULongName => self.path = Some(c_string(&data)),
+            tar::EntryType::GNULongLink => self.link = Some(c_string(&data)),
+            _ => {}
+        }
+        Ok(data)
+    }
+
+    /// The TOC entry for the real entry `h` these extensions precede (chunk
+    /// fields left empty); resets the extensions.
+    pub fn entry(&mut self, h: &tar::Header) -> io::Result<TocEntry> {
+        let p = std::mem::take(self);
+        let size = h.entry_size()?;
+        if h.entry_type() == tar::EntryType::GNUSparse {
+            return Err(bad("sparse tar entries are not supported".into()));
+        }
+        if p.size.is_some_and(|s| s != size) {
+            return Err(bad("PAX size overrides are not supported".into()));
+        }
+        let raw_name = p
+            .path
+            .clone()
+            .unwrap_or_else(|| String::from_utf8_lossy(&h.path_bytes()).into_owned());
+        toc_entry(h, &p, clean(&raw_name))
+    }
+
+    /// Parses PAX records (`LEN KEY=VALUE\n`).
+    fn parse_pax(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let sp = data
+                .iter()
+                .position(|&b| b == b' ')
+                .ok_or_else(|| bad("malformed PAX record".into()))?;
+            let len: usize = std::str::from_utf8(&data[..sp])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .filter(|&l| l > sp + 1 && l <= data.len())
+                .ok_or_else(|| bad("malformed PAX record length".into()))?;
+            let rec = &data[sp + 1..len - 1];
+            data = &data[len..];
+            let Some(eq) = rec.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let (k, v) = (
+                String::from_utf8_lossy(&rec[..eq]).into_owned(),
+                &rec[eq + 1..],
+            );
+            let text = || String::from_utf8_lossy(v).into_owned();
+            let num = || text().split('.').next().and_then(|s| s.parse::<u64>().ok());
+            match k.as_str() {
+                "path" => self.path = Some(text()),
+                "linkpath" => self.link = Some(text()),
+                "uid" => self.uid = num(),
+                "gid" => self.gid = num(),
+                "mtime" => self.mtime = num(),
+                "uname" => self.uname = Some(text()),
+                "gname" => self.gname = Some(text()),
+                "size" => self.size = num(),
+                _ => {
+                    if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
+                        self.xattrs.insert(x.to_string(), B64.encode(v));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn toc_entry(h: &tar::Header, p: &Pending, name: String) -> io::Result<TocEntry> {
+    use tar::EntryType as T;
+    let (kind, type_bits) = match h.entry_type() {
+        T::Regular | T::Continuous => ("reg", 0o100000),
+        T::Directory => ("dir", 0o040000),
+        T::Symlink => ("symlink", 0o120000),
+        T::Link => ("hardlink", 0o100000),
+        T::Char => ("char", 0o020000),
+        T::Block => ("block", 0o060000),
+        T::Fifo => ("fifo", 0o010000),
+        other => {
+            return Err(bad(format!(
+                "unsupported tar entry type {:?}",
+                other.as_byte() as char
+            )));
+        }
+    };
+    let link = p.link.clone().or_else(|| {
+        h.link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    });
+    let mut e = TocEntry {
+        name,
+        kind: kind.into(),
+        size: if kind == "reg" { h.entry_size()? } else { 0 },
+        // Blank numeric fields read as 0, as Go's archive/tar reads them.
+        mode: (h.mode().unwrap_or(0) & 0o7777) | type_bits,
+        uid: p.uid.unwrap_or_else(|| h.uid().unwrap_or(0)),
+        gid: p.gid.unwrap_or_else(|| h.gid().unwrap_or(0)),
+        user_name: p
+            .uname
+            .clone()
+            .or_else(|| h.username().ok().flatten().map(str::to_string))
+            .unwrap_or_default(),
+        group_name: p
+            .gname
+            .clone()
+            .or_else(|| h.groupname().ok().flatten().map(str::to_string))
+            .unwrap_or_default(),
+        xattrs: p.xattrs.clone(),
+        ..Default::default()
+    };
+    let mtime = p.mtime.unwrap_or_else(|| h.mtime().unwrap_or(0));
+    if mtime > 0 {
+        e.mod_time = rfc3339(mtime);
+    }
+    if matches!(kind, "symlink" | "hardlink") {
+        e.link_name = link
+            .map(|l| if kind == "hardlink" { clean(&l) } else { l })
+            .unwrap_or_default();
+    }
+    if matches!(kind, "char" | "block") {
+        e.dev_major = h.device_major().ok().flatten().unwrap_or(0).into();
+        e.dev_minor = h.device_minor().ok().flatten().unwrap_or(0).into();
+    }
+    Ok(e)
+}
+
+/// `./a/b/` → `a/b`, and `../../x` or `/x` → `x`: names as the TOC stores
+/// them, never above the layer root.
+pub fn clean(name: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+fn c_string(data: &[u8]) -> String {
+    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("tar: {msg}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_cleaned() {
+        assert_eq!(clean("./a/b/"), "a/b");
+        assert_eq!(clean("/a/../../b"), "b");
+        assert_eq!(clean("./"), "");
+    }
+}
