@@ -77,7 +77,7 @@ const INPUT: usize = 256 << 10;
 impl<R: Read> GzReader<R> {
     /// Reads from the start of a gzip stream; with `every`, saves states.
     pub fn new(inner: R, every: Option<u64>) -> Self {
-        assert!(every.is_none_or(|e| e > 0 && e % TINFL_LZ_DICT_SIZE as u64 == 0));
+        assert!(every.is_none_or(|e| e > 0 && e.is_multiple_of(TINFL_LZ_DICT_SIZE as u64)));
         let mut r = Self::resume(inner, State::start());
         r.every = every;
         if every.is_some() {
@@ -195,7 +195,7 @@ impl<R: Read> GzReader<R> {
                 }
                 if made > 0
                     && let Some(every) = self.every
-                    && self.st.out_pos % every == 0
+                    && self.st.out_pos.is_multiple_of(every)
                 {
                     self.saved.push(self.st.clone());
                 }
@@ -268,12 +268,7 @@ mod tests {
         let mut v = Vec::with_capacity(n);
         let mut i = 0u64;
         while v.len() < n {
-            write!(
-                v,
-                "line {i} of some compressible text {}\n",
-                i * 7919 % 1000
-            )
-            .unwrap();
+            writeln!(v, "line {i} of some compressible text {}", i * 7919 % 1000).unwrap();
             i += 1;
         }
         v.truncate(n);

@@ -132,7 +132,7 @@ impl<R: Read> ChunkHasher<R> {
     }
 
     fn finish(mut self) -> (Vec<[u8; 32]>, u64, R) {
-        if self.at % CHUNK != 0 {
+        if !self.at.is_multiple_of(CHUNK) {
             self.digests.push(self.hasher.finalize_reset().into());
         }
         (self.digests, self.at, self.inner)
@@ -149,7 +149,7 @@ impl<R: Read> Read for ChunkHasher<R> {
             self.hasher.update(&data[..take]);
             self.at += take as u64;
             data = &data[take..];
-            if self.at % CHUNK == 0 {
+            if self.at.is_multiple_of(CHUNK) {
                 self.digests.push(self.hasher.finalize_reset().into());
             }
         }
