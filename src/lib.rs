@@ -4,9 +4,12 @@
 //! [`crypto`] (layer cipher, key wrapping, key sources) → [`layer`] (eStargz)
 //! → [`convert`] (whole-image encrypt/decrypt) → [`cli`].
 
+pub mod cache;
 pub mod cli;
 pub mod convert;
 pub mod crypto;
+pub mod fs;
 pub mod layer;
+pub mod mount;
 pub mod oci;
 pub mod pipeline;

@@ -5,6 +5,7 @@ mod common;
 mod crypt;
 mod demo;
 mod layerinfo;
+mod mount;
 mod stream;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,10 @@ enum Command {
     StreamDecrypt(stream::Args),
     /// Build a plain image from directories, one layer each.
     Build(build::Args),
+    /// Mount an image lazily: one FUSE file system per layer, overlaid; no plaintext on disk.
+    Mount(mount::Args),
+    /// Unmount what `lazycrypt mount` mounted.
+    Umount(mount::UmountArgs),
     /// Generate keys and an image, then encrypt, inspect, decrypt and verify it.
     Demo(demo::Args),
 }
@@ -40,8 +45,11 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LAZYCRYPT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pgp=error")),
+            // fuser's own log lines name files: they stay off whatever is asked.
+            tracing_subscriber::EnvFilter::new(format!(
+                "{},fuser=off",
+                std::env::var("LAZYCRYPT_LOG").unwrap_or_else(|_| "warn,pgp=error".into())
+            )),
         )
         .without_time()
         .init();
@@ -53,6 +61,8 @@ pub fn main() -> i32 {
         Command::StreamDecrypt(a) => stream::run(a),
         Command::Build(a) => build::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Mount(a) => mount::run(a),
+        Command::Umount(a) => mount::umount(a),
     };
     match res {
         Ok(()) => 0,

@@ -34,6 +34,14 @@ impl BlobRange {
     }
 }
 
+impl BlobRange {
+    /// Counts bytes of this blob fetched outside `read_range` (a whole-blob
+    /// stream), so `fetched` tells all that came from the source.
+    pub fn note_fetched(&self, n: u64) {
+        self.fetched.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 impl RangeSource for BlobRange {
     fn size(&self) -> u64 {
         self.desc.size()

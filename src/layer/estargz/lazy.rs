@@ -26,6 +26,8 @@ pub enum Anchor {
     /// The caller has verified the whole blob against its digest (and HMAC),
     /// so the TOC in it is as trusted as the manifest.
     VerifiedBlob,
+    /// Nothing vouches for the TOC; the operator asked to serve it anyway.
+    Unverified,
 }
 
 /// Where one chunk's gzip member lies and what it must inflate to.

@@ -1,0 +1,238 @@
+//! The ciphertext disk cache: a blob's bytes, exactly as the registry served
+//! them (encrypted for encrypted layers), kept in a sparse file per blob with
+//! a bitmap of the 64 KiB blocks present. A range read after a restart or an
+//! eviction from memory then needs no network. Nothing decrypted goes here.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::flight::SingleFlight;
+use crate::layer::source::RangeSource;
+use crate::oci::digest::Digest;
+
+/// Cache granularity: fetches are rounded out to whole blocks.
+pub const BLOCK: u64 = 64 << 10;
+/// Tries of a range fetch before a read fails.
+const TRIES: u32 = 3;
+
+/// One blob, read through the disk cache.
+pub struct DiskRange {
+    inner: Arc<dyn RangeSource>,
+    file: File,
+    map_path: PathBuf,
+    present: Mutex<Vec<u8>>,
+    flights: SingleFlight<(u64, u64), ()>,
+    size: u64,
+}
+
+impl DiskRange {
+    /// Opens (or starts) the cache file of blob `digest` under `dir`.
+    pub fn open(dir: &Path, digest: &Digest, inner: Arc<dyn RangeSource>) -> io::Result<Self> {
+        let dir = dir.join(digest.algorithm().as_ref());
+        fs::create_dir_all(&dir)?;
+        let base = dir.join(digest.digest());
+        let data_path = base.with_extension("data");
+        let map_path = base.with_extension("map");
+        let size = inner.size();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data_path)?;
+        let blocks = size.div_ceil(BLOCK) as usize;
+        let mut present = fs::read(&map_path).unwrap_or_default();
+        // A map from another size, or a data file shorter than it claims, is stale.
+        if present.len() != blocks.div_ceil(8) || file.metadata()?.len() != size {
+            present = vec![0; blocks.div_ceil(8)];
+        }
+        file.set_len(size)?;
+        Ok(DiskRange {
+            inner,
+            file,
+            map_path,
+            present: Mutex::new(present),
+            flights: SingleFlight::default(),
+            size,
+        })
+    }
+
+    /// Whether every block is on disk.
+    pub fn is_complete(&self) -> bool {
+        let p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        (0..self.size.div_ceil(BLOCK)).all(|b| bit(&p, b))
+    }
+
+    /// The whole blob from disk, for a blob that is complete.
+    pub fn local(&self) -> io::Result<impl Read + Send + 'static> {
+        let mut f = self.file.try_clone()?;
+        io::Seek::rewind(&mut f)?;
+        Ok(io::BufReader::with_capacity(1 << 20, f).take(self.size))
+    }
+
+    /// Wraps a stream of the whole blob so that what is read is also stored.
+    /// Nothing counts as present until the caller, having verified the
+    /// stream, calls [`DiskRange::mark_complete`].
+    pub fn filling<R: Read>(this: &Arc<Self>, r: R) -> Filling<R> {
+        Filling {
+            cache: this.clone(),
+            inner: r,
+            at: 0,
+        }
+    }
+
+    /// Records every block as present (after a verified whole-blob read).
+    pub fn mark_complete(&self) -> io::Result<()> {
+        self.mark(0, self.size.div_ceil(BLOCK))
+    }
+
+    /// Forgets every block: what is on disk failed verification.
+    pub fn forget(&self) -> io::Result<()> {
+        let mut p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        p.iter_mut().for_each(|b| *b = 0);
+        fs::write(&self.map_path, &*p)
+    }
+
+    fn mark(&self, from: u64, to: u64) -> io::Result<()> {
+        let mut p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        for b in from..to {
+            p[(b / 8) as usize] |= 1 << (b % 8);
+        }
+        // Replace the map whole, so a crash leaves the old map or the new one.
+        let tmp = self.map_path.with_extension("map.tmp");
+        fs::write(&tmp, &*p)?;
+        fs::rename(&tmp, &self.map_path)
+    }
+
+    fn missing(&self, from: u64, to: u64) -> Option<(u64, u64)> {
+        let p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        let first = (from..to).find(|&b| !bit(&p, b))?;
+        let last = (from..to).rev().find(|&b| !bit(&p, b))?;
+        Some((first, last + 1))
+    }
+
+    fn fetch(&self, first: u64, end: u64) -> io::Result<()> {
+        let start = first * BLOCK;
+        let stop = (end * BLOCK).min(self.size);
+        self.flights.run((first, end), || {
+            if self.missing(first, end).is_none() {
+                return Ok(());
+            }
+            let mut attempt = 0;
+            let bytes = loop {
+                attempt += 1;
+                match self.inner.read_range(start, stop - start) {
+                    Ok(b) => break b,
+                    Err(e) if attempt < TRIES => {
+                        tracing::warn!("range fetch failed ({e}); retrying");
+                        std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            self.file.write_all_at(&bytes, start)?;
+            self.mark(first, end)
+        })
+    }
+}
+
+fn bit(p: &[u8], b: u64) -> bool {
+    p[(b / 8) as usize] & (1 << (b % 8)) != 0
+}
+
+impl RangeSource for DiskRange {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.size)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("range {offset}+{len} is past the end of the blob"),
+                )
+            })?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some((first, last)) = self.missing(offset / BLOCK, end.div_ceil(BLOCK)) {
+            self.fetch(first, last)?;
+        }
+        let mut out = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut out, offset)?;
+        Ok(out)
+    }
+
+    fn fetched(&self) -> u64 {
+        self.inner.fetched()
+    }
+}
+
+/// A whole-blob stream being stored as it is read.
+pub struct Filling<R> {
+    cache: Arc<DiskRange>,
+    inner: R,
+    at: u64,
+}
+
+impl<R: Read> Read for Filling<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        if self.at + n as u64 > self.cache.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "blob is longer than its descriptor says",
+            ));
+        }
+        self.cache.file.write_all_at(&buf[..n], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::source::MemoryRange;
+
+    #[test]
+    fn a_second_read_comes_from_disk_even_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let d = crate::oci::digest::of(&data);
+        let src = Arc::new(MemoryRange::new(data.clone()));
+        let c = DiskRange::open(dir.path(), &d, src.clone()).unwrap();
+        assert_eq!(c.read_range(70_000, 10).unwrap(), data[70_000..70_010]);
+        assert_eq!(src.fetched(), BLOCK);
+        assert_eq!(c.read_range(65_536, 1000).unwrap(), data[65_536..66_536]);
+        assert_eq!(src.fetched(), BLOCK);
+        drop(c);
+        let c = Arc::new(DiskRange::open(dir.path(), &d, src.clone()).unwrap());
+        assert_eq!(
+            c.read_range(100_000, 30_000).unwrap(),
+            data[100_000..130_000]
+        );
+        assert_eq!(src.fetched(), BLOCK, "still from disk after reopening");
+        assert!(!c.is_complete());
+        let mut all = Vec::new();
+        DiskRange::filling(&c, &data[..])
+            .read_to_end(&mut all)
+            .unwrap();
+        assert!(!c.is_complete(), "not before the caller has verified it");
+        c.mark_complete().unwrap();
+        assert!(c.is_complete());
+        let mut back = Vec::new();
+        c.local().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+}

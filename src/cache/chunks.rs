@@ -1,0 +1,271 @@
+//! The plaintext chunk cache: decrypted, decompressed, verified chunks in
+//! memory under a byte budget. Buffers are zeroized when the last holder
+//! drops them (on eviction, or when a reader finishes with an evicted chunk),
+//! concurrent misses on one chunk share one load, and sequential readers get
+//! the next chunk loaded ahead on a worker thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::{io, thread};
+
+use lru::LruCache;
+use zeroize::Zeroizing;
+
+use super::flight::SingleFlight;
+use crate::layer::index::Layer;
+
+/// One verified plaintext chunk, shared by readers.
+pub type Chunk = Arc<Zeroizing<Vec<u8>>>;
+
+type Key = (u64, u32);
+/// A read-ahead request: a chunk of a layer.
+type Job = (Arc<Layer>, u32);
+
+/// Counters for `--stats`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Reads served from memory.
+    pub hits: u64,
+    /// Chunks fetched, decrypted, inflated and verified.
+    pub loaded: u64,
+    /// Chunks loaded ahead of a reader.
+    pub read_ahead: u64,
+    pub evicted: u64,
+    /// Bytes held now.
+    pub held: u64,
+}
+
+struct Shared {
+    lru: Mutex<Lru>,
+    flights: SingleFlight<Key, Chunk>,
+    hits: AtomicU64,
+    loaded: AtomicU64,
+    read_ahead: AtomicU64,
+}
+
+struct Lru {
+    map: LruCache<Key, Chunk>,
+    held: u64,
+    budget: u64,
+    evicted: u64,
+}
+
+/// The cache; cheap to share behind an `Arc`.
+pub struct ChunkCache {
+    shared: Arc<Shared>,
+    ahead: Mutex<Option<SyncSender<Job>>>,
+}
+
+/// Read-ahead jobs waiting beyond this many are dropped: read-ahead is a hint.
+const AHEAD_QUEUE: usize = 32;
+
+impl ChunkCache {
+    /// A cache holding at most `budget` bytes of plaintext, with `workers`
+    /// read-ahead threads (0: no read-ahead).
+    pub fn new(budget: u64, workers: usize) -> Self {
+        let shared = Arc::new(Shared {
+            lru: Mutex::new(Lru {
+                map: LruCache::unbounded(),
+                held: 0,
+                budget,
+                evicted: 0,
+            }),
+            flights: SingleFlight::default(),
+            hits: AtomicU64::new(0),
+            loaded: AtomicU64::new(0),
+            read_ahead: AtomicU64::new(0),
+        });
+        let ahead = (workers > 0).then(|| {
+            let (tx, rx) = sync_channel::<Job>(AHEAD_QUEUE);
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..workers {
+                let (rx, shared) = (rx.clone(), shared.clone());
+                thread::Builder::new()
+                    .name("lazycrypt-ahead".into())
+                    .spawn(move || read_ahead_worker(&rx, &shared))
+                    .expect("spawn read-ahead thread");
+            }
+            tx
+        });
+        ChunkCache {
+            shared,
+            ahead: Mutex::new(ahead),
+        }
+    }
+
+    /// A chunk of `layer`, from memory or loaded (once, however many ask).
+    pub fn get(&self, layer: &Layer, chunk: u32) -> io::Result<Chunk> {
+        self.shared.get(layer, chunk, false)
+    }
+
+    /// Asks a worker to load `chunk` if it is not cached; never blocks.
+    pub fn prefetch(&self, layer: &Arc<Layer>, chunk: u32) {
+        if chunk >= layer.chunk_count() || self.shared.cached(layer.id(), chunk) {
+            return;
+        }
+        let guard = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            match tx.try_send((layer.clone(), chunk)) {
+                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let l = self.shared.lru.lock().unwrap_or_else(|p| p.into_inner());
+        Stats {
+            hits: self.shared.hits.load(Ordering::Relaxed),
+            loaded: self.shared.loaded.load(Ordering::Relaxed),
+            read_ahead: self.shared.read_ahead.load(Ordering::Relaxed),
+            evicted: l.evicted,
+            held: l.held,
+        }
+    }
+
+    /// Drops every chunk (zeroizing those no reader holds) and stops the
+    /// read-ahead workers.
+    pub fn clear(&self) {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut l = self.shared.lru.lock().unwrap_or_else(|p| p.into_inner());
+        l.map.clear();
+        l.held = 0;
+    }
+}
+
+impl Drop for ChunkCache {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl Shared {
+    fn cached(&self, layer: u64, chunk: u32) -> bool {
+        let l = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        l.map.contains(&(layer, chunk))
+    }
+
+    fn get(&self, layer: &Layer, chunk: u32, ahead: bool) -> io::Result<Chunk> {
+        let key = (layer.id(), chunk);
+        if let Some(c) = self
+            .lru
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .get(&key)
+        {
+            if !ahead {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(c.clone());
+        }
+        self.flights.run(key, || {
+            // A run that just finished may have filled it while we queued.
+            if let Some(c) = self
+                .lru
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map
+                .get(&key)
+            {
+                return Ok(c.clone());
+            }
+            let data: Chunk = Arc::new(layer.load_chunk(chunk)?);
+            self.loaded.fetch_add(1, Ordering::Relaxed);
+            if ahead {
+                self.read_ahead.fetch_add(1, Ordering::Relaxed);
+            }
+            self.insert(key, data.clone());
+            Ok(data)
+        })
+    }
+
+    fn insert(&self, key: Key, data: Chunk) {
+        let mut l = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        let size = data.len() as u64;
+        if size > l.budget {
+            return;
+        }
+        if let Some(old) = l.map.put(key, data) {
+            l.held -= old.len() as u64;
+        }
+        l.held += size;
+        while l.held > l.budget {
+            match l.map.pop_lru() {
+                Some((_, old)) => {
+                    l.held -= old.len() as u64;
+                    l.evicted += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+fn read_ahead_worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
+    loop {
+        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((layer, chunk)) = job else { return };
+        if let Err(e) = shared.get(&layer, chunk, true) {
+            tracing::debug!("read-ahead of a chunk failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+    use crate::layer::index::ChunkSource;
+
+    struct Counting(AtomicU32);
+
+    impl ChunkSource for Counting {
+        fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            if chunk == 9 {
+                return Err(io::Error::other("layer L: chunk 9 is bad"));
+            }
+            Ok(Zeroizing::new(vec![chunk as u8; 1000]))
+        }
+        fn fetched(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn keeps_to_its_budget_and_counts() {
+        let layer = Arc::new(
+            Layer::new("L", Vec::new(), Box::new(Counting(AtomicU32::new(0))), 10).unwrap(),
+        );
+        let c = ChunkCache::new(3000, 0);
+        for k in 0..5 {
+            assert_eq!(c.get(&layer, k).unwrap()[0], k as u8);
+        }
+        assert_eq!(c.get(&layer, 4).unwrap()[0], 4);
+        let s = c.stats();
+        assert_eq!((s.loaded, s.hits, s.evicted, s.held), (5, 1, 2, 3000));
+        assert!(c.get(&layer, 9).is_err());
+        assert!(c.get(&layer, 9).is_err(), "a failed load is retried");
+        assert_eq!(c.stats().loaded, 5);
+    }
+
+    #[test]
+    fn read_ahead_fills_the_cache() {
+        let layer = Arc::new(
+            Layer::new("L", Vec::new(), Box::new(Counting(AtomicU32::new(0))), 10).unwrap(),
+        );
+        let c = ChunkCache::new(1 << 20, 2);
+        c.prefetch(&layer, 3);
+        for _ in 0..100 {
+            if c.stats().read_ahead == 1 {
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(c.stats().read_ahead, 1);
+        c.get(&layer, 3).unwrap();
+        assert_eq!(c.stats().hits, 1);
+    }
+}

@@ -1,0 +1,214 @@
+//! `lazycrypt mount` and `lazycrypt umount`: an encrypted image as a
+//! read-only (or tmpfs-backed writable) overlay, served lazily over FUSE.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args as ClapArgs;
+use sha2::{Digest, Sha256};
+
+use super::common::{TransportArgs, image_ref, key_ring};
+use crate::mount::open::OpenOptions;
+use crate::mount::session::{MountSpec, clean_stale, mount};
+use crate::oci::image::Image;
+use crate::oci::platform::Platform;
+use crate::oci::transport::{ImageSource, open_source};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// A private key that unwraps the layers (repeatable; `FILE[:pass=…]`).
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<String>,
+    /// Also use every key in this directory (like ctd-decoder).
+    #[arg(long)]
+    pub decryption_keys_path: Option<PathBuf>,
+    /// Plaintext chunk cache budget in memory (K, M, G suffixes).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// State directory; ciphertext blobs are cached under `<root>/blobs`.
+    #[arg(long, default_value = "/var/lib/lazycrypt")]
+    pub root: PathBuf,
+    /// Where the per-layer FUSE mounts live while mounted.
+    #[arg(long, default_value = "/run/lazycrypt")]
+    pub run_dir: PathBuf,
+    /// Give the overlay a writable upper layer on a tmpfs.
+    #[arg(long)]
+    pub writable: bool,
+    /// Print bytes fetched, chunks decrypted and cache hits at unmount.
+    #[arg(long)]
+    pub stats: bool,
+    /// Serve eStargz layers that have no TOC anchor before their whole blob
+    /// is verified.
+    #[arg(long)]
+    pub allow_unverified_lazy: bool,
+    /// Platform to mount from a multi-platform image (default: this host's).
+    #[arg(long)]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// The image: oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST].
+    pub image: String,
+    /// An existing empty directory.
+    pub mountpoint: PathBuf,
+}
+
+#[derive(ClapArgs)]
+pub struct UmountArgs {
+    /// Where the state of mounts lives (as given to `mount`).
+    #[arg(long, default_value = "/run/lazycrypt")]
+    pub run_dir: PathBuf,
+    /// The mount point given to `lazycrypt mount`.
+    pub mountpoint: PathBuf,
+}
+
+/// `256M` → bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix in {s:?} (use K, M or G)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n >= 1 << 20)
+        .ok_or_else(|| format!("invalid size {s:?} (at least 1M)"))
+}
+
+/// This mount's runtime directory: named by a hash of the mount point, so
+/// `umount` finds it again.
+fn run_dir_for(run_root: &Path, target: &Path) -> PathBuf {
+    let h = Sha256::digest(target.as_os_str().as_encoded_bytes());
+    run_root.join("mounts").join(&hex::encode(h)[..16])
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let target = a
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
+    if !target.is_dir() {
+        bail!("mount point {} is not a directory", target.display());
+    }
+    let run_dir = run_dir_for(&a.run_dir, &target);
+    if let Ok(pid) = std::fs::read_to_string(run_dir.join("pid")) {
+        match pid.trim().parse::<i32>() {
+            Ok(p) if alive(p) => bail!("{} is already mounted by process {p}", target.display()),
+            _ => clean_stale(&run_dir).context("cleaning up after an earlier mount")?,
+        }
+    }
+    let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref())?;
+    let r = image_ref(&a.image)?;
+    let src: Arc<dyn ImageSource> = Arc::from(open_source(&r, &a.transport.options())?);
+    let image = Image::load(src.as_ref(), &a.image)?;
+    let want = match &a.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let chosen = match image.manifests.as_slice() {
+        [one] => one,
+        many => many
+            .iter()
+            .find(|p| Image::selected(p, Some(&want)))
+            .with_context(|| format!("{}: no manifest for platform {want}", a.image))?,
+    };
+    let layers = chosen.manifest.layers().clone();
+    let n = layers.len();
+    let spec = MountSpec {
+        layers,
+        ring,
+        open: OpenOptions {
+            cache_dir: a.root.join("blobs"),
+            allow_unverified_lazy: a.allow_unverified_lazy,
+        },
+        cache_bytes: a.cache_size,
+        writable: a.writable,
+        run_dir: run_dir.clone(),
+        target: target.clone(),
+    };
+    let started = Instant::now();
+    let mounted = mount(src, spec).with_context(|| format!("mounting {}", a.image))?;
+    std::fs::write(run_dir.join("pid"), std::process::id().to_string())?;
+    println!(
+        "mounted {} at {} ({n} layers, {} ms)",
+        a.image,
+        target.display(),
+        started.elapsed().as_millis()
+    );
+    wait_for_signal()?;
+    let stats = mounted.stats();
+    mounted
+        .unmount()
+        .with_context(|| format!("unmounting {}", target.display()))?;
+    if a.stats {
+        println!("{stats}");
+    }
+    println!("unmounted {}", target.display());
+    Ok(())
+}
+
+fn wait_for_signal() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    })
+}
+
+pub fn umount(a: UmountArgs) -> Result<()> {
+    let target = a
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
+    let run_dir = run_dir_for(&a.run_dir, &target);
+    let pid = std::fs::read_to_string(run_dir.join("pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|&p| alive(p));
+    let Some(pid) = pid else {
+        if run_dir.exists() {
+            crate::mount::sys::unmount(&target).ok();
+            clean_stale(&run_dir)?;
+            return Ok(());
+        }
+        bail!("{} is not mounted by lazycrypt", target.display());
+    };
+    // SAFETY: plain kill(2) of a process we found by its pid file.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        bail!(
+            "signalling process {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while alive(pid) && run_dir.exists() {
+        if Instant::now() > deadline {
+            bail!("process {pid} did not unmount {} in 60 s", target.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

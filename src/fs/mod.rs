@@ -1,0 +1,318 @@
+//! A read-only FUSE file system per layer. Callbacks run on fuser's session
+//! threads and block on the chunk cache; no async runtime is involved.
+//! Errors reaching the log name the layer and chunk, never a file.
+
+pub mod tree;
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use self::tree::{Inode, Kind, Tree};
+use crate::cache::chunks::ChunkCache;
+use crate::layer::index::{Layer, overlapping};
+
+/// The layer never changes, so the kernel may cache everything for long.
+const TTL: Duration = Duration::from_secs(3600);
+/// Largest read the kernel is told to send, and its read-ahead.
+pub const MAX_READ: u32 = 1 << 20;
+
+/// One mounted layer.
+pub struct LayerFs {
+    layer: Arc<Layer>,
+    tree: Tree,
+    cache: Arc<ChunkCache>,
+    /// Where the last read of each inode ended, to spot sequential readers.
+    last_end: Vec<AtomicU64>,
+}
+
+impl LayerFs {
+    pub fn new(layer: Arc<Layer>, cache: Arc<ChunkCache>) -> Self {
+        let tree = Tree::build(layer.nodes(), layer.what());
+        let last_end = (0..tree.inodes.len()).map(|_| AtomicU64::new(0)).collect();
+        LayerFs {
+            layer,
+            tree,
+            cache,
+            last_end,
+        }
+    }
+
+    fn attr(&self, ino: u64, i: &Inode) -> FileAttr {
+        let (kind, rdev) = match &i.kind {
+            Kind::Dir(_) => (FileType::Directory, 0),
+            Kind::File(_) => (FileType::RegularFile, 0),
+            Kind::Symlink(_) => (FileType::Symlink, 0),
+            Kind::Char(d) => (FileType::CharDevice, *d),
+            Kind::Block(d) => (FileType::BlockDevice, *d),
+            Kind::Fifo => (FileType::NamedPipe, 0),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: i.size,
+            blocks: i.size.div_ceil(512),
+            atime: i.mtime,
+            mtime: i.mtime,
+            ctime: i.mtime,
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: i.perm,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            rdev,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn inode(&self, ino: INodeNo) -> Result<&Inode, Errno> {
+        self.tree.get(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    /// Reads `[offset, offset + size)` of file `node`, handing the bytes to
+    /// `reply` without copying when they lie in one chunk.
+    fn read_file(&self, ino: u64, node: usize, offset: u64, size: u32, reply: ReplyData) {
+        let n = &self.layer.nodes()[node];
+        let end = offset.saturating_add(u64::from(size)).min(n.entry.size);
+        if offset >= end {
+            reply.data(&[]);
+            return;
+        }
+        let parts: Vec<_> = overlapping(&n.extents, offset, end).copied().collect();
+        let sequential = self
+            .last_end
+            .get((ino - 1) as usize)
+            .map(|l| l.swap(end, Ordering::Relaxed) == offset)
+            .unwrap_or(false);
+        if sequential && let Some(last) = parts.last() {
+            // Keep the next two chunks of this file loading while the reader
+            // works through this one: inflating is the slow step.
+            let after = n
+                .extents
+                .iter()
+                .filter(|x| x.file_offset > last.file_offset);
+            for x in after.take(2) {
+                self.cache.prefetch(&self.layer, x.chunk);
+            }
+        }
+        let mut chunks = Vec::with_capacity(parts.len());
+        for x in &parts {
+            match self.cache.get(&self.layer, x.chunk) {
+                Ok(c) => chunks.push(c),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    reply.error(Errno::EIO);
+                    return;
+                }
+            }
+        }
+        if let [x] = parts.as_slice() {
+            let (a, b) = x.slice(offset, end);
+            reply.data(&chunks[0][a..b]);
+            return;
+        }
+        let mut buf = zeroize::Zeroizing::new(Vec::with_capacity((end - offset) as usize));
+        for (x, c) in parts.iter().zip(&chunks) {
+            let (a, b) = x.slice(offset, end);
+            buf.extend_from_slice(&c[a..b]);
+        }
+        reply.data(&buf);
+    }
+}
+
+fn file_type(i: &Inode) -> FileType {
+    match i.kind {
+        Kind::Dir(_) => FileType::Directory,
+        Kind::File(_) => FileType::RegularFile,
+        Kind::Symlink(_) => FileType::Symlink,
+        Kind::Char(_) => FileType::CharDevice,
+        Kind::Block(_) => FileType::BlockDevice,
+        Kind::Fifo => FileType::NamedPipe,
+    }
+}
+
+/// Answers an xattr request: the size, the bytes, or ERANGE.
+fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for LayerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(MAX_READ);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.cache.clear();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let child = match self.inode(parent).map(|p| &p.kind) {
+            Ok(Kind::Dir(kids)) => kids.get(name).copied(),
+            Ok(_) => return reply.error(Errno::ENOTDIR),
+            Err(e) => return reply.error(e),
+        };
+        match child.and_then(|c| Some((c, self.tree.get(c)?))) {
+            Some((c, i)) => reply.entry(&TTL, &self.attr(c, i), Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(ino) {
+            Ok(i) => reply.attr(&TTL, &self.attr(ino.0, i)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inode(ino).map(|i| &i.kind) {
+            Ok(Kind::Symlink(t)) => reply.data(t),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.inode(ino).map(|i| &i.kind) {
+            // Immutable content: let the kernel keep its page cache across opens.
+            Ok(Kind::File(_)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.inode(ino).map(|i| &i.kind) {
+            Ok(Kind::File(node)) => self.read_file(ino.0, *node, offset, size, reply),
+            Ok(_) => reply.error(Errno::EISDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.inode(ino).map(|i| &i.kind) {
+            Ok(Kind::Dir(_)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let kids = match self.inode(ino).map(|i| &i.kind) {
+            Ok(Kind::Dir(kids)) => kids,
+            Ok(_) => return reply.error(Errno::ENOTDIR),
+            Err(e) => return reply.error(e),
+        };
+        let dots = [
+            (ino.0, FileType::Directory, OsStr::new(".")),
+            (ino.0, FileType::Directory, OsStr::new("..")),
+        ];
+        let all = dots.into_iter().chain(
+            kids.iter()
+                .filter_map(|(n, &c)| Some((c, file_type(self.tree.get(c)?), n.as_os_str()))),
+        );
+        for (k, (c, t, n)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(c), k as u64 + 1, t, n) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let kids = match self.inode(ino).map(|i| &i.kind) {
+            Ok(Kind::Dir(kids)) => kids,
+            Ok(_) => return reply.error(Errno::ENOTDIR),
+            Err(e) => return reply.error(e),
+        };
+        let me = self.tree.get(ino.0).expect("looked up");
+        let dots = [(ino.0, me, OsStr::new(".")), (ino.0, me, OsStr::new(".."))];
+        let all = dots.into_iter().chain(
+            kids.iter()
+                .filter_map(|(n, &c)| Some((c, self.tree.get(c)?, n.as_os_str()))),
+        );
+        for (k, (c, i, n)) in all.enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(c),
+                k as u64 + 1,
+                n,
+                &TTL,
+                &self.attr(c, i),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.inode(ino).map(|i| i.xattrs.get(name)) {
+            Ok(Some(v)) => xattr_reply(v, size, reply),
+            Ok(None) => reply.error(Errno::NO_XATTR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.inode(ino) {
+            Ok(i) => {
+                let mut list = Vec::new();
+                for k in i.xattrs.keys() {
+                    list.extend_from_slice(tree::name_bytes(k));
+                    list.push(0);
+                }
+                xattr_reply(&list, size, reply);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let bytes: u64 = self.tree.inodes.iter().map(|i| i.size).sum();
+        let files = self.tree.inodes.len() as u64;
+        reply.statfs(bytes.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
+    }
+}

@@ -1,0 +1,364 @@
+//! The inode table of one layer, built from its entries the way a tar
+//! extractor would (later entries replace earlier ones, missing parent
+//! directories appear), with OCI whiteouts turned into what overlayfs reads
+//! from a lower layer: `.wh.NAME` becomes a 0:0 character device `NAME`, and
+//! `.wh..wh..opq` marks its directory `trusted.overlay.opaque=y`. Names are
+//! already cleaned, so nothing can point outside the layer; entries that
+//! cannot be placed (a hard link to nothing, a path through a file) are
+//! skipped with a warning that gives the entry's index, not its name.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::layer::index::Node;
+
+/// The root directory's inode number.
+pub const ROOT: u64 = 1;
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+/// The xattr overlayfs reads to treat a lower directory as opaque.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// What an inode is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir(BTreeMap<OsString, u64>),
+    /// A regular file: the layer node holding its content.
+    File(usize),
+    Symlink(Vec<u8>),
+    Char(u32),
+    Block(u32),
+    Fifo,
+}
+
+/// One inode.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    pub kind: Kind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+    pub size: u64,
+    pub nlink: u32,
+    pub xattrs: BTreeMap<OsString, Vec<u8>>,
+}
+
+/// All inodes of a layer; inode `n` is `inodes[n - 1]`.
+pub struct Tree {
+    pub inodes: Vec<Inode>,
+}
+
+impl Tree {
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        ino.checked_sub(1)
+            .and_then(|i| self.inodes.get(usize::try_from(i).ok()?))
+    }
+
+    /// Builds the table; `layer` names the layer in warnings.
+    pub fn build(nodes: &[Node], layer: &str) -> Tree {
+        let mut t = Tree {
+            inodes: vec![dir_inode(0o755, 0, 0, UNIX_EPOCH)],
+        };
+        for (i, n) in nodes.iter().enumerate() {
+            if let Err(why) = t.place(i, n) {
+                tracing::warn!("layer {layer}: entry {i} skipped: {why}");
+            }
+        }
+        t.count_links();
+        t
+    }
+
+    fn place(&mut self, i: usize, n: &Node) -> Result<(), &'static str> {
+        let e = &n.entry;
+        let parts: Vec<&str> = e.name.split('/').filter(|p| !p.is_empty()).collect();
+        let Some((last, dirs)) = parts.split_last() else {
+            // The root itself: take its metadata.
+            if e.kind == "dir" {
+                let root = &mut self.inodes[0];
+                set_meta(root, e);
+            }
+            return Ok(());
+        };
+        let mut parent = ROOT;
+        for d in dirs {
+            parent = self.subdir(parent, OsStr::new(d))?;
+        }
+        if *last == OPAQUE {
+            let p = self.inode_mut(parent);
+            p.xattrs.insert(OPAQUE_XATTR.into(), b"y".to_vec());
+            return Ok(());
+        }
+        let mut name = OsString::from(*last);
+        let mut inode = match e.kind.as_str() {
+            "dir" => dir_inode(0, 0, 0, UNIX_EPOCH),
+            "reg" => plain(Kind::File(i)),
+            "symlink" => plain(Kind::Symlink(e.link_name.as_bytes().to_vec())),
+            "char" => plain(Kind::Char(dev(e.dev_major, e.dev_minor))),
+            "block" => plain(Kind::Block(dev(e.dev_major, e.dev_minor))),
+            "fifo" => plain(Kind::Fifo),
+            "hardlink" => {
+                let target = self
+                    .resolve(&e.link_name)
+                    .ok_or("hard link to a missing entry")?;
+                if matches!(self.inode(target).kind, Kind::Dir(_)) {
+                    return Err("hard link to a directory");
+                }
+                return self.link(parent, name, target);
+            }
+            _ => return Err("unknown entry type"),
+        };
+        set_meta(&mut inode, e);
+        if let Some(hidden) = last.strip_prefix(WHITEOUT_PREFIX) {
+            // A whiteout: overlayfs hides `hidden` in the layers below.
+            name = OsString::from(hidden);
+            inode.kind = Kind::Char(0);
+            inode.size = 0;
+            inode.xattrs.clear();
+        }
+        if let Some(old) = self.child(parent, &name) {
+            // A directory entry over a directory only updates its metadata.
+            if let (Kind::Dir(kids), "dir") = (&self.inode(old).kind, e.kind.as_str()) {
+                let kids = kids.clone();
+                let o = self.inode_mut(old);
+                *o = inode;
+                o.kind = Kind::Dir(kids);
+                return Ok(());
+            }
+        }
+        let ino = self.push(inode);
+        self.link(parent, name, ino)
+    }
+
+    fn link(&mut self, parent: u64, name: OsString, ino: u64) -> Result<(), &'static str> {
+        match &mut self.inode_mut(parent).kind {
+            Kind::Dir(kids) => {
+                kids.insert(name, ino);
+                Ok(())
+            }
+            _ => Err("parent is not a directory"),
+        }
+    }
+
+    /// The directory `name` under `parent`, made if missing.
+    fn subdir(&mut self, parent: u64, name: &OsStr) -> Result<u64, &'static str> {
+        if let Some(c) = self.child(parent, name) {
+            return match self.inode(c).kind {
+                Kind::Dir(_) => Ok(c),
+                _ => Err("path goes through a non-directory"),
+            };
+        }
+        let ino = self.push(dir_inode(0o755, 0, 0, UNIX_EPOCH));
+        self.link(parent, name.to_os_string(), ino)?;
+        Ok(ino)
+    }
+
+    fn resolve(&self, path: &str) -> Option<u64> {
+        let mut at = ROOT;
+        for p in path.split('/').filter(|p| !p.is_empty()) {
+            at = self.child(at, OsStr::new(p))?;
+        }
+        Some(at)
+    }
+
+    fn child(&self, dir: u64, name: &OsStr) -> Option<u64> {
+        match &self.inode(dir).kind {
+            Kind::Dir(kids) => kids.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    fn push(&mut self, i: Inode) -> u64 {
+        self.inodes.push(i);
+        self.inodes.len() as u64
+    }
+
+    fn inode(&self, ino: u64) -> &Inode {
+        &self.inodes[(ino - 1) as usize]
+    }
+
+    fn inode_mut(&mut self, ino: u64) -> &mut Inode {
+        &mut self.inodes[(ino - 1) as usize]
+    }
+
+    /// Directories: 2 + subdirectories; others: how many names point at them.
+    fn count_links(&mut self) {
+        let mut links = vec![0u32; self.inodes.len()];
+        links[0] = 1;
+        for i in &self.inodes {
+            if let Kind::Dir(kids) = &i.kind {
+                for &k in kids.values() {
+                    links[(k - 1) as usize] += 1;
+                }
+            }
+        }
+        let subdirs: Vec<u32> = self
+            .inodes
+            .iter()
+            .map(|i| match &i.kind {
+                Kind::Dir(kids) => kids
+                    .values()
+                    .filter(|&&k| matches!(self.inode(k).kind, Kind::Dir(_)))
+                    .count() as u32,
+                _ => 0,
+            })
+            .collect();
+        for (n, i) in self.inodes.iter_mut().enumerate() {
+            i.nlink = match i.kind {
+                Kind::Dir(_) => 2 + subdirs[n],
+                _ => links[n].max(1),
+            };
+        }
+    }
+}
+
+fn dir_inode(perm: u16, uid: u32, gid: u32, mtime: SystemTime) -> Inode {
+    Inode {
+        kind: Kind::Dir(BTreeMap::new()),
+        perm,
+        uid,
+        gid,
+        mtime,
+        size: 0,
+        nlink: 2,
+        xattrs: BTreeMap::new(),
+    }
+}
+
+fn plain(kind: Kind) -> Inode {
+    Inode {
+        kind,
+        ..dir_inode(0, 0, 0, UNIX_EPOCH)
+    }
+}
+
+fn set_meta(i: &mut Inode, e: &crate::layer::estargz::toc::TocEntry) {
+    i.perm = (e.mode & 0o7777) as u16;
+    i.uid = e.uid as u32;
+    i.gid = e.gid as u32;
+    i.mtime = parse_time(&e.mod_time);
+    i.size = match &i.kind {
+        Kind::File(_) => e.size,
+        Kind::Symlink(t) => t.len() as u64,
+        _ => 0,
+    };
+    i.xattrs = e
+        .xattrs
+        .iter()
+        .filter_map(|(k, v)| Some((OsString::from(k), B64.decode(v).ok()?)))
+        .collect();
+}
+
+/// Linux's `makedev` for the 32-bit rdev FUSE carries.
+fn dev(major: u64, minor: u64) -> u32 {
+    let (ma, mi) = (major as u32, minor as u32);
+    ((ma & 0xfff) << 8) | (mi & 0xff) | ((mi & !0xff) << 12)
+}
+
+/// `2019-08-20T10:30:43Z` (fraction and zone tolerated) → a time; anything
+/// unreadable is the epoch.
+pub fn parse_time(s: &str) -> SystemTime {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        std::str::from_utf8(b.get(r)?).ok()?.parse().ok()
+    };
+    let parsed = (|| {
+        let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        // Days since the epoch (Howard Hinnant's days_from_civil).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        let mut secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+        // A zone offset such as +02:00 after the seconds (and any fraction).
+        let rest = &s[19..];
+        let rest = rest.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+        if let Some(sign) = rest.chars().next().filter(|c| *c == '+' || *c == '-') {
+            let off = num(s.len() - 5..s.len() - 3)? * 3600 + num(s.len() - 2..s.len())? * 60;
+            secs -= if sign == '+' { off } else { -off };
+        }
+        u64::try_from(secs).ok()
+    })();
+    parsed
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// A name as bytes, for xattr lists.
+pub fn name_bytes(n: &OsStr) -> &[u8] {
+    n.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::estargz::toc::{TocEntry, rfc3339};
+
+    fn node(name: &str, kind: &str) -> Node {
+        Node {
+            entry: TocEntry {
+                name: name.into(),
+                kind: kind.into(),
+                mode: 0o644,
+                ..Default::default()
+            },
+            extents: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn whiteouts_links_and_replacements() {
+        let mut link = node("b/hard", "hardlink");
+        link.entry.link_name = "a/f".into();
+        let mut dangling = node("b/bad", "hardlink");
+        dangling.entry.link_name = "nowhere".into();
+        let t = Tree::build(
+            &[
+                node("a/f", "reg"),
+                node("a/.wh.gone", "reg"),
+                node("a/.wh..wh..opq", "reg"),
+                link,
+                dangling,
+                node("a/f/x", "reg"),
+                node("c", "reg"),
+                node("c", "symlink"),
+            ],
+            "L",
+        );
+        let a = t.resolve("a").unwrap();
+        assert_eq!(t.inode(a).xattrs[OsStr::new(OPAQUE_XATTR)], b"y");
+        let gone = t.resolve("a/gone").unwrap();
+        assert_eq!(t.inode(gone).kind, Kind::Char(0));
+        let (f, hard) = (t.resolve("a/f").unwrap(), t.resolve("b/hard").unwrap());
+        assert_eq!(f, hard);
+        assert_eq!(t.inode(f).nlink, 2);
+        assert!(t.resolve("b/bad").is_none());
+        assert!(t.resolve("a/f/x").is_none());
+        assert!(matches!(
+            t.inode(t.resolve("c").unwrap()).kind,
+            Kind::Symlink(_)
+        ));
+        assert_eq!(t.inode(ROOT).nlink, 4);
+    }
+
+    #[test]
+    fn times_round_trip() {
+        let t = parse_time(&rfc3339(1_566_297_043));
+        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_566_297_043));
+        assert_eq!(
+            parse_time("2019-08-20T12:30:43.5+02:00"),
+            UNIX_EPOCH + Duration::from_secs(1_566_297_043)
+        );
+        assert_eq!(parse_time("garbage"), UNIX_EPOCH);
+    }
+}

@@ -1,0 +1,6 @@
+//! Serving an image as mounts: each layer opened lazily and exposed as a
+//! read-only FUSE file system, and an overlay of them.
+
+pub mod open;
+pub mod session;
+pub mod sys;

@@ -1,0 +1,158 @@
+//! Opens one layer of an image for lazy serving: unwraps its key, picks the
+//! reader its format allows (anchored eStargz, or the stream index), and puts
+//! the ciphertext disk cache under it.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::cache::blobs::DiskRange;
+use crate::crypto::cipher::LayerKey;
+use crate::crypto::envelope::layer_keys;
+use crate::crypto::recipient::KeyRing;
+use crate::layer::estargz::TOC_DIGEST_ANNOTATION;
+use crate::layer::estargz::lazy::{self, Anchor};
+use crate::layer::index::Layer;
+use crate::layer::source::{BlobRange, RangeSource};
+use crate::layer::stream::{self, Compression, Plain};
+use crate::oci::digest::VerifyingReader;
+use crate::oci::transport::ImageSource;
+use crate::oci::{Descriptor, media};
+
+/// How layers are opened.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Where ciphertext blobs are cached (`<dir>/sha256/<hex>.data`).
+    pub cache_dir: PathBuf,
+    /// Serve eStargz layers with no TOC anchor before their whole blob is
+    /// verified (chunks are still checked against the unanchored TOC).
+    pub allow_unverified_lazy: bool,
+}
+
+/// How a layer ended up being served, for `--stats` and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// eStargz with an anchored TOC: only the chunks read are fetched.
+    Lazy,
+    /// eStargz with no anchor: the blob was verified whole first.
+    VerifiedEstargz,
+    /// eStargz with no anchor, served unverified on the operator's say-so.
+    Unverified,
+    /// No TOC: the blob was fetched, verified and indexed.
+    Indexed,
+}
+
+/// Opens layer `desc` of an image read from `src`.
+pub fn open_layer(
+    src: Arc<dyn ImageSource>,
+    desc: &Descriptor,
+    ring: &KeyRing,
+    opts: &OpenOptions,
+) -> io::Result<(Layer, Mode)> {
+    let what = desc.digest().to_string();
+    let mt = desc.media_type().to_string();
+    let annotations = desc.annotations().clone().unwrap_or_default();
+    let (key, hmac, private_anchor) = if media::is_encrypted(&mt) {
+        let (private, public) = layer_keys(&annotations, ring, &what).map_err(io::Error::other)?;
+        (
+            Some(LayerKey::from_options(&private)),
+            Some(public.hmac),
+            private.toc_digest(),
+        )
+    } else {
+        (None, None, None)
+    };
+    let plain_type = media::decrypted(&mt);
+    let compression = if plain_type.ends_with("tar+gzip") || plain_type.ends_with("tar.gzip") {
+        Compression::Gzip
+    } else if plain_type.ends_with(".tar") || plain_type.ends_with("tar") {
+        Compression::None
+    } else {
+        return Err(bad(
+            &what,
+            format!("media type {plain_type} cannot be served lazily (tar and tar+gzip can)"),
+        ));
+    };
+
+    let remote = Arc::new(BlobRange::new(src.clone(), desc.clone()));
+    let disk = Arc::new(DiskRange::open(
+        &opts.cache_dir,
+        desc.digest(),
+        remote.clone() as Arc<dyn RangeSource>,
+    )?);
+    // The verifier needs the whole blob: from disk if it is there, else fetched
+    // once, in order, and stored as it passes.
+    let whole = || -> io::Result<Box<dyn Read + Send>> {
+        let raw: Box<dyn Read + Send> = if disk.is_complete() {
+            Box::new(disk.local()?)
+        } else {
+            let r = Counted {
+                inner: src.blob(desc).map_err(io::Error::other)?,
+                blob: remote.clone(),
+            };
+            Box::new(DiskRange::filling(&disk, r))
+        };
+        let verified = VerifyingReader::new(raw, desc.digest().clone(), Some(desc.size()), &what);
+        Ok(match (&key, &hmac) {
+            (Some(k), Some(h)) => Box::new(k.decrypt_reader(verified, h, None, &what)),
+            _ => Box::new(verified),
+        })
+    };
+
+    if compression == Compression::Gzip && lazy::has_footer(&*disk, key.as_ref())? {
+        let anchor = private_anchor.or_else(|| annotations.get(TOC_DIGEST_ANNOTATION).cloned());
+        let (anchor, mode) = match anchor {
+            Some(a) => (Anchor::Toc(a), Mode::Lazy),
+            None if opts.allow_unverified_lazy => (Anchor::Unverified, Mode::Unverified),
+            None => {
+                verify_whole(&disk, whole()?)?;
+                (Anchor::VerifiedBlob, Mode::VerifiedEstargz)
+            }
+        };
+        let layer = lazy::open(disk, key, &anchor, &what)?;
+        return Ok((layer, mode));
+    }
+    let mut r = whole()?;
+    let indexed = stream::index(&mut r, compression, &what);
+    let indexed = match indexed {
+        Ok(i) => {
+            disk.mark_complete()?;
+            i
+        }
+        Err(e) => {
+            disk.forget()?;
+            return Err(e);
+        }
+    };
+    let layer = stream::layer(indexed, Plain::new(disk, key), &what)?;
+    Ok((layer, Mode::Indexed))
+}
+
+/// Reads a whole blob through its verifiers; keeps it cached only if it passed.
+fn verify_whole(disk: &DiskRange, mut r: Box<dyn Read + Send>) -> io::Result<()> {
+    match io::copy(&mut r, &mut io::sink()) {
+        Ok(_) => disk.mark_complete(),
+        Err(e) => {
+            disk.forget()?;
+            Err(e)
+        }
+    }
+}
+
+fn bad(what: &str, msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("layer {what}: {msg}"))
+}
+
+/// Counts a whole-blob stream into the blob's fetched bytes.
+struct Counted {
+    inner: Box<dyn Read + Send>,
+    blob: Arc<BlobRange>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.blob.note_fetched(n as u64);
+        Ok(n)
+    }
+}

@@ -1,0 +1,259 @@
+//! An image mounted: every layer opened and served by its own FUSE file
+//! system under a private runtime directory, and an overlay of them at the
+//! target. Dropping it (or [`Mounted::unmount`]) takes everything down in
+//! reverse order and zeroizes the chunk cache.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+
+use super::open::{Mode, OpenOptions, open_layer};
+use super::sys;
+use crate::cache::chunks::{ChunkCache, Stats};
+use crate::crypto::recipient::KeyRing;
+use crate::fs::{LayerFs, MAX_READ};
+use crate::layer::index::Layer;
+use crate::oci::Descriptor;
+use crate::oci::transport::ImageSource;
+
+/// What to mount and how.
+pub struct MountSpec {
+    pub layers: Vec<Descriptor>,
+    pub ring: KeyRing,
+    pub open: OpenOptions,
+    /// Plaintext cache budget in bytes.
+    pub cache_bytes: u64,
+    /// Give the overlay a writable upper layer on a tmpfs.
+    pub writable: bool,
+    /// A private directory for the layer mounts; made, and removed at unmount.
+    pub run_dir: PathBuf,
+    pub target: PathBuf,
+}
+
+/// A mounted image.
+pub struct Mounted {
+    target: PathBuf,
+    run_dir: PathBuf,
+    sessions: Vec<BackgroundSession>,
+    layers: Vec<(Arc<Layer>, Mode)>,
+    cache: Arc<ChunkCache>,
+    tmpfs: Option<PathBuf>,
+    overlay: bool,
+}
+
+/// What `--stats` reports.
+#[derive(Debug, Clone)]
+pub struct MountStats {
+    /// Bytes fetched from the image source (registry or layout).
+    pub fetched: u64,
+    pub cache: Stats,
+    pub modes: Vec<Mode>,
+}
+
+impl std::fmt::Display for MountStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = |m: Mode| self.modes.iter().filter(|&&x| x == m).count();
+        write!(
+            f,
+            "fetched {} bytes; {} chunks decrypted and verified ({} read ahead); {} cache hits; \
+             {} chunks evicted; {} bytes cached; layers: {} lazy, {} indexed, {} verified whole, {} unverified",
+            self.fetched,
+            self.cache.loaded,
+            self.cache.read_ahead,
+            self.cache.hits,
+            self.cache.evicted,
+            self.cache.held,
+            count(Mode::Lazy),
+            count(Mode::Indexed),
+            count(Mode::VerifiedEstargz),
+            count(Mode::Unverified),
+        )
+    }
+}
+
+/// Opens every layer (in parallel) and mounts them.
+pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> {
+    if spec.layers.is_empty() {
+        return Err(io::Error::other("the image has no layers"));
+    }
+    let opened: Vec<io::Result<(Layer, Mode)>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = spec
+            .layers
+            .iter()
+            .map(|d| s.spawn(|| open_layer(src.clone(), d, &spec.ring, &spec.open)))
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("layer opener panicked")))
+            })
+            .collect()
+    });
+    let mut layers = Vec::new();
+    for (i, r) in opened.into_iter().enumerate() {
+        let (l, m) = r.map_err(|e| io::Error::new(e.kind(), format!("layer {i}: {e}")))?;
+        layers.push((Arc::new(l), m));
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&spec.run_dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", spec.run_dir.display())))?;
+    let mut m = Mounted {
+        target: spec.target.clone(),
+        run_dir: spec.run_dir.clone(),
+        sessions: Vec::new(),
+        layers,
+        cache: Arc::new(ChunkCache::new(spec.cache_bytes, 2)),
+        tmpfs: None,
+        overlay: false,
+    };
+    // On any failure below, dropping `m` undoes what was done.
+    let mut lowers = Vec::new();
+    for (i, (layer, _)) in m.layers.iter().enumerate() {
+        let dir = spec.run_dir.join(format!("layer-{i}"));
+        fs::create_dir_all(&dir)?;
+        let session = fuser::spawn_mount(
+            LayerFs::new(layer.clone(), m.cache.clone()),
+            &dir,
+            &fuse_config(),
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("FUSE mount at {}: {e}", dir.display())))?;
+        m.sessions.push(session);
+        if let Err(e) = sys::set_read_ahead(&dir, MAX_READ / 1024) {
+            tracing::debug!("could not set read-ahead for {}: {e}", dir.display());
+        }
+        lowers.push(dir);
+    }
+    lowers.reverse();
+    let upper = if spec.writable {
+        let rw = spec.run_dir.join("rw");
+        fs::create_dir_all(&rw)?;
+        sys::tmpfs(&rw)?;
+        m.tmpfs = Some(rw.clone());
+        let u = sys::Upper {
+            upper: rw.join("upper"),
+            work: rw.join("work"),
+        };
+        fs::create_dir_all(&u.upper)?;
+        fs::create_dir_all(&u.work)?;
+        Some(u)
+    } else {
+        if lowers.len() == 1 {
+            // A read-only overlay needs two lower layers.
+            let empty = spec.run_dir.join("empty");
+            fs::create_dir_all(&empty)?;
+            lowers.push(empty);
+        }
+        None
+    };
+    sys::overlay(&lowers, upper.as_ref(), &spec.target)?;
+    m.overlay = true;
+    Ok(m)
+}
+
+fn fuse_config() -> Config {
+    let mut c = Config::default();
+    c.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName("lazycrypt".into()),
+        MountOption::Subtype("lazycrypt".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+        MountOption::CUSTOM(format!("max_read={MAX_READ}")),
+    ];
+    // Containers run as other users; the kernel checks modes (default_permissions).
+    c.acl = SessionACL::All;
+    c.n_threads = Some(2);
+    c.clone_fd = true;
+    c
+}
+
+impl Mounted {
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    pub fn stats(&self) -> MountStats {
+        MountStats {
+            fetched: self.layers.iter().map(|(l, _)| l.fetched()).sum(),
+            cache: self.cache.stats(),
+            modes: self.layers.iter().map(|(_, m)| *m).collect(),
+        }
+    }
+
+    /// Unmounts the overlay, then every layer, and removes the runtime dir.
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> io::Result<()> {
+        let mut first_err = None;
+        if std::mem::take(&mut self.overlay)
+            && let Err(e) = sys::unmount(&self.target)
+        {
+            first_err.get_or_insert(e);
+        }
+        if let Some(t) = self.tmpfs.take()
+            && let Err(e) = sys::unmount(&t)
+        {
+            first_err.get_or_insert(e);
+        }
+        for s in self.sessions.drain(..).rev() {
+            if let Err(e) = s.umount_and_join() {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.cache.clear();
+        match first_err {
+            // Only an empty tree of plain directories is left: nothing mounted under it.
+            None => remove_tree(&self.run_dir),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::warn!("unmounting {}: {e}", self.target.display());
+        }
+    }
+}
+
+/// Removes the runtime dir without crossing into anything still mounted.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if sys::is_mount_point(&p) {
+            return Err(io::Error::other(format!(
+                "{} is still mounted",
+                p.display()
+            )));
+        }
+    }
+    fs::remove_dir_all(dir)
+}
+
+/// Cleans up after a mount whose process died: detaches what is still
+/// mounted under `run_dir` and removes it.
+pub fn clean_stale(run_dir: &Path) -> io::Result<()> {
+    if !run_dir.exists() {
+        return Ok(());
+    }
+    for e in fs::read_dir(run_dir)? {
+        let p = e?.path();
+        if sys::is_mount_point(&p) {
+            sys::unmount(&p)?;
+        }
+    }
+    remove_tree(run_dir)
+}

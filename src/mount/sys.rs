@@ -1,0 +1,120 @@
+//! The few mount system calls lazycrypt makes: overlay, tmpfs, unmount, and
+//! the FUSE device's read-ahead.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn mount(fstype: &str, target: &Path, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+    let (src, fs) = (CString::new(fstype)?, CString::new(fstype)?);
+    let (t, d) = (cstr(target)?, CString::new(data)?);
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            t.as_ptr(),
+            fs.as_ptr(),
+            flags,
+            d.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("mounting {fstype} at {}: {e}", target.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// The writable part of an overlay.
+pub struct Upper {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+/// Mounts an overlay of `lowers` (topmost first) at `target`.
+pub fn overlay(lowers: &[PathBuf], upper: Option<&Upper>, target: &Path) -> io::Result<()> {
+    let mut data = String::from("lowerdir=");
+    for (i, l) in lowers.iter().enumerate() {
+        let s = l.to_str().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "runtime path is not UTF-8")
+        })?;
+        if s.contains([',', ':']) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("runtime path {s} contains ',' or ':'"),
+            ));
+        }
+        if i > 0 {
+            data.push(':');
+        }
+        data.push_str(s);
+    }
+    let mut flags = 0;
+    match upper {
+        Some(u) => data.push_str(&format!(
+            ",upperdir={},workdir={}",
+            u.upper.display(),
+            u.work.display()
+        )),
+        None => flags |= libc::MS_RDONLY,
+    }
+    mount("overlay", target, flags, &data)
+}
+
+/// Mounts a private tmpfs at `target`.
+pub fn tmpfs(target: &Path) -> io::Result<()> {
+    mount("tmpfs", target, libc::MS_NODEV, "mode=0700")
+}
+
+/// Unmounts `target`; a busy mount is detached instead, so it goes away once
+/// its last user does.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: `t` is a NUL-terminated path.
+    if unsafe { libc::umount2(t.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        // SAFETY: as above.
+        if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+    }
+    Err(io::Error::new(
+        e.kind(),
+        format!("unmounting {}: {e}", target.display()),
+    ))
+}
+
+/// Sets the kernel's read-ahead for the FUSE mount at `target` (the
+/// default, 128 KiB, halves sequential throughput).
+pub fn set_read_ahead(target: &Path, kib: u32) -> io::Result<()> {
+    let dev = std::fs::metadata(target)?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    std::fs::write(
+        format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"),
+        kib.to_string(),
+    )
+}
+
+/// Whether `target` is a mount point (its device differs from its parent's).
+pub fn is_mount_point(target: &Path) -> bool {
+    let (Ok(a), Some(Ok(b))) = (
+        std::fs::metadata(target),
+        target.parent().map(std::fs::metadata),
+    ) else {
+        return false;
+    };
+    a.dev() != b.dev() || a.ino() == b.ino()
+}
