@@ -2,6 +2,8 @@
 //! build`), a real registry (Debian's docker-registry) and skopeo.
 #![allow(dead_code)]
 
+pub mod mounts;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
