@@ -339,3 +339,391 @@ fn mount_fails_cleanly_without_a_key_or_with_a_wrong_one() {
         );
     }
 }
+
+#[test]
+fn reading_one_small_file_of_a_200_mib_image_fetches_little_from_the_registry() {
+    let d = tmp();
+    let reg = Registry::start();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(src.join("weights")).unwrap();
+    let data = noise(200 << 20);
+    for (i, part) in data.chunks(8 << 20).enumerate() {
+        std::fs::write(src.join("weights").join(format!("w{i:02}.bin")), part).unwrap();
+    }
+    let small: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(src.join("config.bin"), &small).unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    build_dir(&src, &plain, &["--no-gzip"]);
+    let k = rsa_keys(d.path(), "k");
+    let remote = reg.image("lazy/big:v1");
+    ok(lazycrypt().args([
+        "encrypt",
+        "--plain-http",
+        "--estargz",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &plain,
+        &remote,
+    ]));
+    let proxy = common::mounts::CountingProxy::start(&reg.addr);
+    let through_proxy = format!("docker://{}/lazy/big:v1", proxy.addr);
+    let mnt = d.path().join("mnt");
+    let m = mount(
+        &through_proxy,
+        &mnt,
+        &d.path().join("state"),
+        &[
+            "--plain-http",
+            "--key",
+            k.private.to_str().unwrap(),
+            "--stats",
+        ],
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(mnt.join("config.bin")).unwrap(), small);
+    let served = proxy.served();
+    let (out, _) = m.umount();
+    assert!(
+        served < 3 << 20,
+        "the registry served {served} bytes to read 4 KiB of a 200 MiB image"
+    );
+    assert!(out.contains("1 lazy"), "{out}");
+}
+
+#[test]
+fn tampered_chunks_fail_with_eio_while_other_files_keep_working() {
+    let d = tmp();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big = noise(8 << 20);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    std::fs::write(src.join("small.txt"), "still fine\n").unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    build_dir(&src, &plain, &[]);
+    let k = rsa_keys(d.path(), "k");
+    let enc = format!("oci:{}:enc", d.path().join("img").display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "--estargz",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &plain,
+        &enc,
+    ]));
+    let layer = layer_digests(&enc)[0].clone();
+    let blob = blob_path(&d.path().join("img"), &layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    // The middle of the blob lies in a chunk of the big file.
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let mnt = d.path().join("mnt");
+    let key = k.private.to_str().unwrap();
+    let m = mount(&enc, &mnt, &d.path().join("state"), &["--key", key]).unwrap();
+    let e = std::fs::read(mnt.join("big.bin")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("small.txt")).unwrap(),
+        "still fine\n"
+    );
+    // Chunks before the damaged one still read.
+    let mut f = std::fs::File::open(mnt.join("big.bin")).unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut f, &mut head).unwrap();
+    assert_eq!(head, big[..1 << 20]);
+    drop(f);
+    let (_, log) = m.umount();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no error logged: {log}"));
+    assert!(
+        line.contains(&format!("layer {layer}: chunk at blob offset")),
+        "{line}"
+    );
+    assert!(
+        !log.contains("big.bin"),
+        "file names reached the log: {log}"
+    );
+
+    // A damaged TOC or footer: the mount is refused, in one line, and nothing stays mounted.
+    for at in [bytes.len() - 51 - 40, bytes.len() - 20] {
+        let mut evil = std::fs::read(&blob).unwrap();
+        evil[mid] ^= 0x40;
+        evil[at] ^= 0x01;
+        std::fs::write(&blob, &evil).unwrap();
+        let err = mount(&enc, &mnt, &d.path().join("state2"), &["--key", key])
+            .err()
+            .expect("mount of a damaged layer");
+        let last = err.lines().last().unwrap();
+        assert!(last.starts_with("lazycrypt: mounting"), "{err}");
+        assert!(last.contains(&format!("layer {layer}")), "{last}");
+        assert!(!is_mounted(&mnt));
+    }
+}
+
+#[test]
+fn an_estargz_layer_without_an_anchor_is_verified_whole_before_it_is_served() {
+    let d = tmp();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), noise(3 << 20)).unwrap();
+    std::fs::write(src.join("b.txt"), "bee\n").unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    build_dir(&src, &plain, &[]);
+    let esgz = format!("oci:{}:esgz", d.path().join("img").display());
+    ok(lazycrypt().args(["encrypt", "--estargz", &plain, &esgz]));
+    edit_manifest(&esgz, |m| {
+        m["layers"][0]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove("containerd.io/snapshot/stargz/toc.digest");
+    });
+    let mnt = d.path().join("mnt");
+    let m = mount(&esgz, &mnt, &d.path().join("s1"), &["--stats"]).unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("b.txt")).unwrap(), "bee\n");
+    let (out, _) = m.umount();
+    assert!(out.contains("1 verified whole"), "{out}");
+
+    // Damage a byte of a.bin's data: whole-blob verification refuses the layer…
+    let layer = layer_digests(&esgz)[0].clone();
+    let blob = blob_path(&d.path().join("img"), &layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[(1 << 20) + 100] ^= 1;
+    std::fs::write(&blob, &bytes).unwrap();
+    let err = mount(&esgz, &mnt, &d.path().join("s2"), &[]).err().unwrap();
+    assert!(err.contains(&format!("{layer} has digest")), "{err}");
+    assert!(!is_mounted(&mnt));
+    // …unless the operator allows unverified lazy reads: then chunk digests
+    // from the (unanchored) TOC still stop the damaged chunk.
+    let m = mount(
+        &esgz,
+        &mnt,
+        &d.path().join("s3"),
+        &["--allow-unverified-lazy", "--stats"],
+    )
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("b.txt")).unwrap(), "bee\n");
+    let e = std::fs::read(mnt.join("a.bin")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    let (out, _) = m.umount();
+    assert!(out.contains("1 unverified"), "{out}");
+}
+
+/// A tar header written byte by byte, so names the `tar` crate would refuse
+/// (`../`, absolute) can be made.
+fn raw_entry(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8], claimed: u64) {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{claimed:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(format!("{MTIME:011o}\0").as_bytes());
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+#[test]
+fn hostile_tar_entries_are_contained_or_refused() {
+    let d = tmp();
+    let mut t = Vec::new();
+    raw_entry(&mut t, "../../escape.txt", b'0', "", b"escaped?\n", 9);
+    raw_entry(&mut t, "/abs.txt", b'0', "", b"absolute\n", 9);
+    raw_entry(&mut t, "dup", b'0', "", b"first\n", 6);
+    raw_entry(&mut t, "dup", b'0', "", b"second\n", 7);
+    raw_entry(&mut t, "ghost-link", b'1', "no/such/file", b"", 0);
+    raw_entry(&mut t, "a/../../../b/c.txt", b'0', "", b"cleaned\n", 8);
+    raw_entry(&mut t, "evil-link", b'2', "../../../../etc/shadow", b"", 0);
+    t.extend_from_slice(&[0u8; 1024]);
+    let image = layout_from_tars(&d.path().join("img"), "hostile", &[t.clone()], false);
+    let mnt = d.path().join("box/mnt");
+    let m = mount(&image, &mnt, &d.path().join("state"), &[]).unwrap();
+    let got = snapshot(&mnt);
+    let names: Vec<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["abs.txt", "b", "b/c.txt", "dup", "escape.txt", "evil-link"]
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("dup")).unwrap(),
+        "second\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("escape.txt")).unwrap(),
+        "escaped?\n"
+    );
+    assert_eq!(got["evil-link"].link, "../../../../etc/shadow");
+    for outside in ["box/escape.txt", "escape.txt", "box/abs.txt"] {
+        assert!(!d.path().join(outside).exists(), "{outside} escaped");
+    }
+    let (_, log) = m.umount();
+    assert!(
+        log.contains("entry 4 skipped: hard link to a missing entry"),
+        "{log}"
+    );
+
+    // A size the stream cannot back: the layer is refused, in one line.
+    let mut t = Vec::new();
+    raw_entry(&mut t, "huge.bin", b'0', "", b"tiny", (8 << 30) - 1);
+    let image = layout_from_tars(&d.path().join("img2"), "huge", &[t], false);
+    let err = mount(&image, &mnt, &d.path().join("state2"), &[])
+        .err()
+        .unwrap();
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("lazycrypt: mounting"), "{err}");
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn no_plaintext_reaches_the_disk_or_the_log() {
+    let d = tmp();
+    let marker = format!(
+        "LZMARK{}",
+        hex::encode(Sha256::digest(d.path().as_os_str().as_encoded_bytes()))[..12].to_string()
+    );
+    let src = d.path().join("src");
+    std::fs::create_dir_all(src.join(format!("dir-{marker}"))).unwrap();
+    std::fs::write(
+        src.join(format!("dir-{marker}/secret-{marker}.txt")),
+        format!("the secret is {marker}\n").repeat(1000),
+    )
+    .unwrap();
+    let mut big = noise(3 << 20);
+    big[(2 << 20) + 5..(2 << 20) + 5 + marker.len()].copy_from_slice(marker.as_bytes());
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    build_dir(&src, &plain, &[]);
+    let k = rsa_keys(d.path(), "k");
+    let key = k.private.to_str().unwrap();
+    let recipient = format!("jwe:{}", k.public.display());
+    let esgz = format!("oci:{}:esgz", d.path().join("img").display());
+    ok(lazycrypt().args(["encrypt", "--estargz", "-r", &recipient, &plain, &esgz]));
+    let targz = format!("oci:{}:targz", d.path().join("img").display());
+    ok(skopeo().args(["copy", "--encryption-key", &recipient, &plain, &targz]));
+
+    let state = d.path().join("state");
+    let needles: [&[u8]; 2] = [marker.as_bytes(), b"secret-"];
+    for image in [&esgz, &targz] {
+        let mnt = d.path().join("mnt");
+        let m = mount(
+            image,
+            &mnt,
+            &state,
+            &["--key", key, "--writable", "--stats"],
+        )
+        .unwrap();
+        let secret = mnt.join(format!("dir-{marker}/secret-{marker}.txt"));
+        assert!(std::fs::read_to_string(&secret).unwrap().contains(&marker));
+        assert_eq!(std::fs::read(mnt.join("big.bin")).unwrap(), big);
+        // Writes go to the tmpfs upper layer, never to the state dirs.
+        std::fs::write(mnt.join(format!("new-{marker}")), &marker).unwrap();
+        let hits = common::mounts::files_containing(&state, &needles);
+        assert!(hits.is_empty(), "plaintext at rest while mounted: {hits:?}");
+        let (out, log) = m.umount();
+        for text in [&out, &log] {
+            assert!(
+                !text.contains(&marker) && !text.contains("secret-"),
+                "{text}"
+            );
+        }
+        let hits = common::mounts::files_containing(&state, &needles);
+        assert!(hits.is_empty(), "plaintext at rest after unmount: {hits:?}");
+    }
+    // The cache did hold the ciphertext: the scan looked at real blobs.
+    let cached = std::fs::read_dir(state.join("root/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert!(cached >= 4, "{cached} files in the blob cache");
+}
+
+#[test]
+fn concurrent_readers_get_correct_bytes_under_a_small_cache() {
+    let d = tmp();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let all = noise(64 << 20);
+    let mut files = Vec::new();
+    let mut at = 0;
+    for i in 0..40 {
+        let len = 100_000 + (i * 77_777) % 3_000_000;
+        let name = format!("f{i:02}.bin");
+        std::fs::write(src.join(&name), &all[at..at + len]).unwrap();
+        files.push((name, at, len));
+        at += len;
+    }
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    build_dir(&src, &plain, &[]);
+    let k = rsa_keys(d.path(), "k");
+    let enc = format!("oci:{}:enc", d.path().join("img").display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "--estargz",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &plain,
+        &enc,
+    ]));
+    let mnt = d.path().join("mnt");
+    let m = mount(
+        &enc,
+        &mnt,
+        &d.path().join("state"),
+        &[
+            "--key",
+            k.private.to_str().unwrap(),
+            "--cache-size",
+            "16M",
+            "--stats",
+        ],
+    )
+    .unwrap();
+    let files = std::sync::Arc::new(files);
+    let all = std::sync::Arc::new(all);
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (files, all, mnt) = (files.clone(), all.clone(), mnt.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let mut x = 0x2545_f491_4f6c_dd1du64 ^ (t + 1);
+                let mut next = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                for _ in 0..60 {
+                    let (name, base, len) = &files[(next() % files.len() as u64) as usize];
+                    let off = (next() % *len as u64) as usize;
+                    let n = ((next() % (512 << 10)) as usize).min(len - off);
+                    let f = std::fs::File::open(mnt.join(name)).unwrap();
+                    let mut buf = vec![0u8; n];
+                    f.read_exact_at(&mut buf, off as u64).unwrap();
+                    assert!(
+                        buf[..] == all[base + off..base + off + n],
+                        "{name} at {off}+{n} differs"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (out, _) = m.umount();
+    let evicted: u64 = out
+        .split("; ")
+        .find_map(|p| p.strip_suffix(" chunks evicted"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no eviction count in {out}"));
+    assert!(evicted > 0, "the 16 MiB budget was never reached: {out}");
+}
