@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs the Debian packages the tests
 # drive (skopeo as the independent ocicrypt peer, docker-registry, openssl,
-# gnupg, htpasswd), checks formatting and lints, then runs every test.
+# gnupg, htpasswd), checks formatting and lints, then runs every test,
+# FUSE and overlay mounts included (run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,10 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# The mount tests use real FUSE and overlayfs mounts (as root).
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
