@@ -587,10 +587,8 @@ fn hostile_tar_entries_are_contained_or_refused() {
 #[test]
 fn no_plaintext_reaches_the_disk_or_the_log() {
     let d = tmp();
-    let marker = format!(
-        "LZMARK{}",
-        hex::encode(Sha256::digest(d.path().as_os_str().as_encoded_bytes()))[..12].to_string()
-    );
+    let seed = hex::encode(Sha256::digest(d.path().as_os_str().as_encoded_bytes()));
+    let marker = format!("LZMARK{}", &seed[..12]);
     let src = d.path().join("src");
     std::fs::create_dir_all(src.join(format!("dir-{marker}"))).unwrap();
     std::fs::write(
