@@ -26,12 +26,20 @@ fn noise(n: usize) -> Vec<u8> {
 }
 
 fn text(n: usize) -> Vec<u8> {
-    let words = ["lazy", "crypt", "chunk", "verify", "decrypt", "overlay", "layer"];
+    let words = [
+        "lazy", "crypt", "chunk", "verify", "decrypt", "overlay", "layer",
+    ];
     let mut out = Vec::with_capacity(n + 100);
     let mut x = 7u64;
     while out.len() < n {
         x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        write!(out, "{} {} ", words[(x >> 33) as usize % words.len()], x >> 50).unwrap();
+        write!(
+            out,
+            "{} {} ",
+            words[(x >> 33) as usize % words.len()],
+            x >> 50
+        )
+        .unwrap();
     }
     out.truncate(n);
     out
@@ -74,7 +82,12 @@ fn stream_gzip(tar: &[u8]) -> Layer {
     let mut ct = gz.clone();
     key.apply_at(0, &mut ct);
     let idx = stream::index(&gz[..], Compression::Gzip, "bench").unwrap();
-    stream::layer(idx, Plain::new(Arc::new(MemoryRange::new(ct)), Some(key)), "bench").unwrap()
+    stream::layer(
+        idx,
+        Plain::new(Arc::new(MemoryRange::new(ct)), Some(key)),
+        "bench",
+    )
+    .unwrap()
 }
 
 /// The chunk holding the middle of file `name`.
