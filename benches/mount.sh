@@ -94,7 +94,7 @@ seq_read() { # file
     dd if="$MNT/$f" of=/dev/null bs=1M status=none
     t1=$(date +%s%N)
     stop_mount
-    echo "run $r: $(( (100 << 20) * 1000 / ((t1 - t0) / 1000) )) MB/s"
+    echo "run $r: $(( (100 << 20) / ((t1 - t0) / 1000) )) MB/s"
   done | tee "$W/sr"
   echo "median: $(awk '{print $3}' "$W/sr" | median) MB/s"
 }
