@@ -252,6 +252,18 @@ fn rich_layers(big: Vec<u8>) -> Vec<Vec<E>> {
     ]
 }
 
+/// `lazycrypt encrypt --estargz` of `plain` to the JWE recipient `public`.
+fn encrypt_estargz(plain: &str, out: &str, public: &Path) {
+    ok(lazycrypt().args([
+        "encrypt",
+        "--estargz",
+        "-r",
+        &format!("jwe:{}", public.display()),
+        plain,
+        out,
+    ]));
+}
+
 fn assert_same_tree(mnt: &Path, want: &BTreeMap<String, Ent>) {
     let got = snapshot(mnt);
     for (k, w) in want {
@@ -282,14 +294,7 @@ fn mounted_trees_equal_the_merged_rootfs_for_skopeo_tar_gz_and_estargz() {
         &by_skopeo,
     ]));
     let by_us = format!("oci:{}:estargz", d.path().join("img").display());
-    ok(lazycrypt().args([
-        "encrypt",
-        "--estargz",
-        "-r",
-        &format!("jwe:{}", k.public.display()),
-        &plain,
-        &by_us,
-    ]));
+    encrypt_estargz(&plain, &by_us, &k.public);
     let key = k.private.to_str().unwrap();
     for (image, mode) in [(&by_skopeo, "3 indexed"), (&by_us, "3 lazy")] {
         let state = d.path().join(format!("state-{mode}"));
@@ -314,14 +319,7 @@ fn mount_fails_cleanly_without_a_key_or_with_a_wrong_one() {
     let k = rsa_keys(d.path(), "k");
     let other = rsa_keys(d.path(), "other");
     let enc = format!("oci:{}:enc", d.path().join("img").display());
-    ok(lazycrypt().args([
-        "encrypt",
-        "--estargz",
-        "-r",
-        &format!("jwe:{}", k.public.display()),
-        &plain,
-        &enc,
-    ]));
+    encrypt_estargz(&plain, &enc, &k.public);
     let mnt = d.path().join("mnt");
     for args in [vec![], vec!["--key", other.private.to_str().unwrap()]] {
         let err = mount(&enc, &mnt, &d.path().join("state"), &args)
@@ -402,14 +400,7 @@ fn tampered_chunks_fail_with_eio_while_other_files_keep_working() {
     build_dir(&src, &plain, &[]);
     let k = rsa_keys(d.path(), "k");
     let enc = format!("oci:{}:enc", d.path().join("img").display());
-    ok(lazycrypt().args([
-        "encrypt",
-        "--estargz",
-        "-r",
-        &format!("jwe:{}", k.public.display()),
-        &plain,
-        &enc,
-    ]));
+    encrypt_estargz(&plain, &enc, &k.public);
     let layer = layer_digests(&enc)[0].clone();
     let blob = blob_path(&d.path().join("img"), &layer);
     let mut bytes = std::fs::read(&blob).unwrap();
@@ -663,14 +654,7 @@ fn concurrent_readers_get_correct_bytes_under_a_small_cache() {
     build_dir(&src, &plain, &[]);
     let k = rsa_keys(d.path(), "k");
     let enc = format!("oci:{}:enc", d.path().join("img").display());
-    ok(lazycrypt().args([
-        "encrypt",
-        "--estargz",
-        "-r",
-        &format!("jwe:{}", k.public.display()),
-        &plain,
-        &enc,
-    ]));
+    encrypt_estargz(&plain, &enc, &k.public);
     let mnt = d.path().join("mnt");
     let m = mount(
         &enc,

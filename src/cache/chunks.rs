@@ -145,30 +145,24 @@ impl Shared {
         l.map.contains(&(layer, chunk))
     }
 
+    /// The cached chunk, marked most recently used.
+    fn lookup(&self, key: &Key) -> Option<Chunk> {
+        let mut l = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        l.map.get(key).cloned()
+    }
+
     fn get(&self, layer: &Layer, chunk: u32, ahead: bool) -> io::Result<Chunk> {
         let key = (layer.id(), chunk);
-        if let Some(c) = self
-            .lru
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map
-            .get(&key)
-        {
+        if let Some(c) = self.lookup(&key) {
             if !ahead {
                 self.hits.fetch_add(1, Ordering::Relaxed);
             }
-            return Ok(c.clone());
+            return Ok(c);
         }
         self.flights.run(key, || {
             // A run that just finished may have filled it while we queued.
-            if let Some(c) = self
-                .lru
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map
-                .get(&key)
-            {
-                return Ok(c.clone());
+            if let Some(c) = self.lookup(&key) {
+                return Ok(c);
             }
             let data: Chunk = Arc::new(layer.load_chunk(chunk)?);
             self.loaded.fetch_add(1, Ordering::Relaxed);
