@@ -3,6 +3,7 @@
 //! (incompressible and text) and for a stream-indexed tar.gz chunk.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -81,10 +82,28 @@ fn stream_gzip(tar: &[u8]) -> Layer {
     let key = LayerKey::generate();
     let mut ct = gz.clone();
     key.apply_at(0, &mut ct);
-    let idx = stream::index(&gz[..], Compression::Gzip, "bench").unwrap();
+    let idx = stream::index(
+        &gz[..],
+        Compression::Gzip,
+        Path::new("/nonexistent"),
+        "bench",
+    )
+    .unwrap();
     stream::layer(
         idx,
         Plain::new(Arc::new(MemoryRange::new(ct)), Some(key)),
+        "bench",
+    )
+    .unwrap()
+}
+
+/// A zstd layer: served from its sealed scratch copy.
+fn stream_zstd(tar: &[u8], scratch: &Path) -> Layer {
+    let zst = zstd::encode_all(tar, 3).unwrap();
+    let idx = stream::index(&zst[..], Compression::Zstd, scratch, "bench").unwrap();
+    stream::layer(
+        idx,
+        Plain::new(Arc::new(MemoryRange::new(zst)), None),
         "bench",
     )
     .unwrap()
@@ -100,6 +119,8 @@ fn bench(c: &mut Criterion) {
     let tar = tar_of(&[("noise.bin", noise(16 << 20)), ("text.txt", text(16 << 20))]);
     let esgz = encrypted_estargz(&tar);
     let gz = stream_gzip(&tar);
+    let scratch = std::env::temp_dir();
+    let zst = stream_zstd(&tar, &scratch);
     let mut g = c.benchmark_group("chunk");
     g.throughput(Throughput::Bytes(1 << 20));
     g.sample_size(30);
@@ -108,6 +129,7 @@ fn bench(c: &mut Criterion) {
         ("estargz_text", &esgz, "text.txt"),
         ("stream_gzip_noise", &gz, "noise.bin"),
         ("stream_gzip_text", &gz, "text.txt"),
+        ("stream_zstd_text", &zst, "text.txt"),
     ] {
         let k = middle_chunk(layer, file);
         g.bench_function(label, |b| b.iter(|| layer.load_chunk(k).unwrap()));

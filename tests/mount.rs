@@ -264,6 +264,22 @@ fn encrypt_estargz(plain: &str, out: &str, public: &Path) {
     ]));
 }
 
+/// skopeo encrypts `plain` to `recipient`, compressing layers with `format`
+/// (gzip or zstd); returns the result's image name under `dir`/img.
+fn skopeo_encrypt(plain: &str, dir: &Path, tag: &str, recipient: &str, format: &str) -> String {
+    let out = format!("oci:{}:{tag}", dir.join("img").display());
+    ok(skopeo().args([
+        "copy",
+        "--dest-compress-format",
+        format,
+        "--encryption-key",
+        recipient,
+        plain,
+        &out,
+    ]));
+    out
+}
+
 fn assert_same_tree(mnt: &Path, want: &BTreeMap<String, Ent>) {
     let got = snapshot(mnt);
     for (k, w) in want {
@@ -277,7 +293,7 @@ fn assert_same_tree(mnt: &Path, want: &BTreeMap<String, Ent>) {
 }
 
 #[test]
-fn mounted_trees_equal_the_merged_rootfs_for_skopeo_tar_gz_and_estargz() {
+fn mounted_trees_equal_the_merged_rootfs_for_skopeo_tar_gz_and_zstd_and_estargz() {
     let d = tmp();
     let big = noise(100 << 20);
     let layers = rich_layers(big);
@@ -285,18 +301,17 @@ fn mounted_trees_equal_the_merged_rootfs_for_skopeo_tar_gz_and_estargz() {
     let tars: Vec<Vec<u8>> = layers.iter().map(|l| make_tar(l)).collect();
     let plain = layout_from_tars(&d.path().join("img"), "plain", &tars, true);
     let k = rsa_keys(d.path(), "k");
-    let by_skopeo = format!("oci:{}:skopeo", d.path().join("img").display());
-    ok(skopeo().args([
-        "copy",
-        "--encryption-key",
-        &format!("jwe:{}", k.public.display()),
-        &plain,
-        &by_skopeo,
-    ]));
+    let recipient = format!("jwe:{}", k.public.display());
+    let by_skopeo = skopeo_encrypt(&plain, d.path(), "skopeo", &recipient, "gzip");
+    let zstd = skopeo_encrypt(&plain, d.path(), "zstd", &recipient, "zstd");
     let by_us = format!("oci:{}:estargz", d.path().join("img").display());
     encrypt_estargz(&plain, &by_us, &k.public);
     let key = k.private.to_str().unwrap();
-    for (image, mode) in [(&by_skopeo, "3 indexed"), (&by_us, "3 lazy")] {
+    for (image, mode) in [
+        (&by_skopeo, "3 indexed"),
+        (&zstd, "3 indexed"),
+        (&by_us, "3 lazy"),
+    ] {
         let state = d.path().join(format!("state-{mode}"));
         let mnt = d.path().join("mnt");
         let m = mount(image, &mnt, &state, &["--key", key, "--stats"]).unwrap();
@@ -597,12 +612,14 @@ fn no_plaintext_reaches_the_disk_or_the_log() {
     let recipient = format!("jwe:{}", k.public.display());
     let esgz = format!("oci:{}:esgz", d.path().join("img").display());
     ok(lazycrypt().args(["encrypt", "--estargz", "-r", &recipient, &plain, &esgz]));
-    let targz = format!("oci:{}:targz", d.path().join("img").display());
-    ok(skopeo().args(["copy", "--encryption-key", &recipient, &plain, &targz]));
+    let targz = skopeo_encrypt(&plain, d.path(), "targz", &recipient, "gzip");
+    // zstd layers are served from a sealed scratch copy: nameless, so the
+    // scan below also reads every file the process holds open.
+    let zstd = skopeo_encrypt(&plain, d.path(), "zstd", &recipient, "zstd");
 
     let state = d.path().join("state");
     let needles: [&[u8]; 2] = [marker.as_bytes(), b"secret-"];
-    for image in [&esgz, &targz] {
+    for image in [&esgz, &targz, &zstd] {
         let mnt = d.path().join("mnt");
         let m = mount(
             image,
@@ -618,6 +635,8 @@ fn no_plaintext_reaches_the_disk_or_the_log() {
         std::fs::write(mnt.join(format!("new-{marker}")), &marker).unwrap();
         let hits = common::mounts::files_containing(&state, &needles);
         assert!(hits.is_empty(), "plaintext at rest while mounted: {hits:?}");
+        let open = common::mounts::open_files_containing(m.pid, &needles);
+        assert!(open.is_empty(), "plaintext in open files: {open:?}");
         let (out, log) = m.umount();
         for text in [&out, &log] {
             assert!(

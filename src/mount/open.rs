@@ -65,12 +65,14 @@ pub fn open_layer(
     let plain_type = media::decrypted(&mt);
     let compression = if plain_type.ends_with("tar+gzip") || plain_type.ends_with("tar.gzip") {
         Compression::Gzip
+    } else if plain_type.ends_with("tar+zstd") {
+        Compression::Zstd
     } else if plain_type.ends_with(".tar") || plain_type.ends_with("tar") {
         Compression::None
     } else {
         return Err(bad(
             &what,
-            format!("media type {plain_type} cannot be served lazily (tar and tar+gzip can)"),
+            format!("media type {plain_type} cannot be served (tar, tar+gzip and tar+zstd can)"),
         ));
     };
 
@@ -113,7 +115,7 @@ pub fn open_layer(
         return Ok((layer, mode));
     }
     let mut r = whole()?;
-    let indexed = stream::index(&mut r, compression, &what);
+    let indexed = stream::index(&mut r, compression, &opts.cache_dir.join("sealed"), &what);
     let indexed = match indexed {
         Ok(i) => {
             disk.mark_complete()?;

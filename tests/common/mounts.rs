@@ -22,6 +22,8 @@ use super::{BIN, ok};
 /// A running `lazycrypt mount`; unmounted on drop.
 pub struct Mount {
     child: Option<Child>,
+    /// The `lazycrypt mount` process.
+    pub pid: u32,
     pub dir: PathBuf,
     pub run_dir: PathBuf,
     out: Arc<Mutex<String>>,
@@ -79,6 +81,7 @@ pub fn mount(image: &str, mnt: &Path, state: &Path, args: &[&str]) -> Result<Mou
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(Mount {
+        pid: child.id(),
         child: Some(child),
         dir: mnt.to_path_buf(),
         run_dir,
@@ -355,6 +358,28 @@ impl CountingProxy {
 }
 
 /// Every file under `root` whose bytes contain any of `needles`.
+/// The regular files process `pid` holds open (named or not) that contain
+/// any of `needles`: the at-rest scan for files with no path to walk.
+pub fn open_files_containing(pid: u32, needles: &[&[u8]]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return hits;
+    };
+    for fd in rd.flatten() {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        // Only disk files: /dev/fuse and pipes are not at rest.
+        let on_disk = std::fs::metadata(fd.path()).is_ok_and(|m| m.is_file());
+        if !on_disk || target.starts_with("/proc") {
+            continue;
+        }
+        let data = std::fs::read(fd.path()).unwrap_or_default();
+        if needles.iter().any(|n| contains(&data, n)) {
+            hits.push(target.display().to_string());
+        }
+    }
+    hits
+}
+
 pub fn files_containing(root: &Path, needles: &[&[u8]]) -> Vec<PathBuf> {
     let mut hits = Vec::new();
     let mut stack = vec![root.to_path_buf()];

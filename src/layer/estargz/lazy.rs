@@ -214,17 +214,15 @@ impl ChunkSource for EstargzChunks {
         if let Some(k) = &self.key {
             k.apply_at(c.offset, &mut member);
         }
-        inflate_chunk(&member, c.len, &c.digest)
-            .map(Zeroizing::new)
-            .map_err(|err| {
-                bad(
-                    &self.what,
-                    format!(
-                        "chunk at blob offset {} (TOC entry {}): {err}",
-                        c.offset, c.toc_entry
-                    ),
-                )
-            })
+        inflate_chunk(&member, c.len, &c.digest).map_err(|err| {
+            bad(
+                &self.what,
+                format!(
+                    "chunk at blob offset {} (TOC entry {}): {err}",
+                    c.offset, c.toc_entry
+                ),
+            )
+        })
     }
 
     fn fetched(&self) -> u64 {

@@ -5,6 +5,7 @@
 use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::toc::Toc;
 use super::{TOC_NAME, footer};
@@ -52,8 +53,13 @@ pub fn parse_toc_member(member: &[u8]) -> io::Result<(Toc, String)> {
 }
 
 /// Inflates `len` bytes from a chunk's gzip member and checks its digest.
-pub fn inflate_chunk(member: &[u8], len: u64, chunk_digest: &str) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(len as usize);
+pub fn inflate_chunk(
+    member: &[u8],
+    len: u64,
+    chunk_digest: &str,
+) -> io::Result<Zeroizing<Vec<u8>>> {
+    // Zeroizing from the start: a chunk that fails its check is plaintext too.
+    let mut out = Zeroizing::new(Vec::with_capacity(len as usize));
     flate2::read::GzDecoder::new(member)
         .take(len)
         .read_to_end(&mut out)?;

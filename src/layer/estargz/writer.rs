@@ -388,8 +388,8 @@ mod tests {
             } else {
                 ch.chunk_size
             };
-            rebuilt.extend(
-                reader::inflate_chunk(&blob[ch.offset as usize..], len, &ch.chunk_digest).unwrap(),
+            rebuilt.extend_from_slice(
+                &reader::inflate_chunk(&blob[ch.offset as usize..], len, &ch.chunk_digest).unwrap(),
             );
         }
         assert_eq!(rebuilt, big);

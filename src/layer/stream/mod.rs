@@ -1,20 +1,24 @@
-//! The stream index: serves any tar layer (plain or gzip, encrypted or not)
-//! that has no TOC. The blob is read once, in order, while its caller checks
-//! its digest and HMAC; on the way we record every entry's offset in the
-//! uncompressed stream, a SHA-256 of each 1 MiB of it, and, for gzip, the
+//! The stream index: serves any tar layer (plain, gzip or zstd, encrypted or
+//! not) that has no TOC. The blob is read once, in order, while its caller
+//! checks its digest and HMAC; on the way we record every entry's offset in
+//! the uncompressed stream, a SHA-256 of each 1 MiB of it, and, for gzip, the
 //! inflater's state at each 1 MiB of output. A read then decrypts from the
 //! local ciphertext copy and inflates from the nearest saved state; every
-//! chunk is checked against its recorded digest before use.
+//! chunk is checked against its recorded digest before use. zstd has no
+//! cheap checkpoints, so its tar stream is kept in a [`sealed::Sealed`] copy.
 
 pub mod gzip;
+pub mod sealed;
 
 use std::io::{self, Read};
+use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use self::gzip::{GzReader, State};
+use self::sealed::{Sealed, Tee};
 use super::index::{ChunkSource, Layer, Node, bad, stream_extents};
 use super::source::RangeSource;
 use super::tarmeta::{Pending, is_extension};
@@ -28,15 +32,25 @@ pub const CHUNK: u64 = 1 << 20;
 pub enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 /// What one pass over the stream learned.
 pub struct Indexed {
     nodes: Vec<Node>,
     digests: Vec<[u8; 32]>,
-    states: Vec<State>,
-    compression: Compression,
+    stored: Stored,
     total: u64,
+}
+
+/// Where a chunk's bytes come from after indexing.
+enum Stored {
+    /// The blob holds the tar stream as it is.
+    Tar,
+    /// The blob is gzip; one inflater state per chunk.
+    Gzip(Vec<State>),
+    /// The tar stream was sealed aside while it was decompressed.
+    Sealed(Sealed),
 }
 
 impl Indexed {
@@ -46,8 +60,14 @@ impl Indexed {
     }
 }
 
-/// Indexes the plaintext (still compressed) stream `r` to its end.
-pub fn index<R: Read>(r: R, compression: Compression, what: &str) -> io::Result<Indexed> {
+/// Indexes the plaintext (still compressed) stream `r` to its end. A zstd
+/// stream's sealed copy goes in `scratch`.
+pub fn index<R: Read>(
+    r: R,
+    compression: Compression,
+    scratch: &Path,
+    what: &str,
+) -> io::Result<Indexed> {
     let wrap = |e: io::Error| bad(what, e.to_string());
     match compression {
         Compression::None => {
@@ -56,8 +76,28 @@ pub fn index<R: Read>(r: R, compression: Compression, what: &str) -> io::Result<
             Ok(Indexed {
                 nodes,
                 digests,
-                states: Vec::new(),
-                compression,
+                stored: Stored::Tar,
+                total,
+            })
+        }
+        Compression::Zstd => {
+            let sealed = Sealed::create(scratch).map_err(|e| {
+                bad(
+                    what,
+                    format!("cannot create a sealed copy in {}: {e}", scratch.display()),
+                )
+            })?;
+            let decoder = zstd::stream::read::Decoder::new(r).map_err(wrap)?;
+            let tee = Tee {
+                inner: decoder,
+                sealed,
+            };
+            let (nodes, hasher) = walk(ChunkHasher::new(tee), what)?;
+            let (digests, total, tee) = hasher.finish();
+            Ok(Indexed {
+                nodes,
+                digests,
+                stored: Stored::Sealed(tee.sealed),
                 total,
             })
         }
@@ -73,8 +113,7 @@ pub fn index<R: Read>(r: R, compression: Compression, what: &str) -> io::Result<
             Ok(Indexed {
                 nodes,
                 digests,
-                states,
-                compression,
+                stored: Stored::Gzip(states),
                 total,
             })
         }
@@ -208,8 +247,7 @@ struct StreamChunks {
     plain: Plain,
     what: String,
     digests: Vec<[u8; 32]>,
-    states: Vec<State>,
-    compression: Compression,
+    stored: Stored,
     total: u64,
 }
 
@@ -221,8 +259,7 @@ pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
         plain,
         what: what.to_string(),
         digests: indexed.digests,
-        states: indexed.states,
-        compression: indexed.compression,
+        stored: indexed.stored,
         total: indexed.total,
     };
     Layer::new(what, indexed.nodes, Box::new(chunks), count)
@@ -237,10 +274,13 @@ impl ChunkSource for StreamChunks {
             .ok_or_else(|| bad(&self.what, format!("no chunk {chunk}")))?;
         let start = u64::from(chunk) * CHUNK;
         let len = CHUNK.min(self.total - start);
-        let data = match self.compression {
-            Compression::None => self.plain.read(start, len)?,
-            Compression::Gzip => {
-                let state = self.states[k].clone();
+        let data = match &self.stored {
+            Stored::Sealed(sealed) => sealed
+                .read(start, len)
+                .map_err(|e| bad(&self.what, format!("chunk {chunk}: {e}")))?,
+            Stored::Tar => self.plain.read(start, len)?,
+            Stored::Gzip(states) => {
+                let state = states[k].clone();
                 let from = state.in_pos;
                 let input = PlainReader {
                     plain: &self.plain,
@@ -315,7 +355,8 @@ mod tests {
         if let Some(k) = &key {
             k.apply_at(0, &mut plain);
         }
-        let idx = index(&plain[..], compression, "L").unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let idx = index(&plain[..], compression, scratch.path(), "L").unwrap();
         let src = Arc::new(MemoryRange::new(blob));
         let l = layer(idx, Plain::new(src, key), "L").unwrap();
         assert_eq!(&l.read_file("a/small.txt", 0, 99).unwrap()[..], b"hello");
@@ -327,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_and_gzip_tar_read_at_any_offset() {
+    fn plain_gzip_and_zstd_tar_read_at_any_offset() {
         let big = big();
         let tar = tar_with(&big);
         check(tar.clone(), Compression::None, None, &big);
@@ -339,13 +380,19 @@ mod tests {
         let mut ct = gz;
         key.apply_at(0, &mut ct);
         check(ct, Compression::Gzip, Some(key), &big);
+        let zst = zstd::encode_all(&tar[..], 3).unwrap();
+        check(zst.clone(), Compression::Zstd, None, &big);
+        let key = LayerKey::generate();
+        let mut ct = zst;
+        key.apply_at(0, &mut ct);
+        check(ct, Compression::Zstd, Some(key), &big);
     }
 
     #[test]
     fn a_changed_local_copy_is_refused() {
         let big = big();
         let tar = tar_with(&big);
-        let idx = index(&tar[..], Compression::None, "L").unwrap();
+        let idx = index(&tar[..], Compression::None, Path::new("/nonexistent"), "L").unwrap();
         let mut evil = tar.clone();
         evil[(1 << 20) + 7] ^= 1;
         let l = layer(idx, Plain::new(Arc::new(MemoryRange::new(evil)), None), "L").unwrap();

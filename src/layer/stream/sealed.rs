@@ -1,0 +1,131 @@
+//! A scratch copy of a decompressed stream, kept on disk only as ciphertext
+//! under a key that lives in memory for as long as the copy is used.
+//!
+//! zstd decoders cannot be checkpointed cheaply (their window is megabytes,
+//! not gzip's 32 KiB), so a zstd layer is decompressed once while it is
+//! verified and its tar stream is written here, sealed. Reads decrypt from it
+//! at any offset. The file has no name (`O_TMPFILE`, or unlinked at once), so
+//! it disappears with the process, and its key is zeroized on drop: nothing
+//! readable is left at rest even after a crash.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use crate::crypto::cipher::LayerKey;
+
+/// A nameless file of ciphertext under a fresh in-memory key.
+pub struct Sealed {
+    file: File,
+    key: LayerKey,
+    len: u64,
+}
+
+impl Sealed {
+    /// Creates an empty sealed file in `dir`.
+    pub fn create(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(f) => f,
+            // File systems without O_TMPFILE: a random name, unlinked at once.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let mut name = [0u8; 12];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut name);
+                let path = dir.join(format!(".sealed-{}", hex::encode(name)));
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                std::fs::remove_file(&path)?;
+                f
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Sealed {
+            file,
+            key: LayerKey::generate(),
+            len: 0,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Seals and appends `plain`.
+    pub fn append(&mut self, plain: &[u8]) -> io::Result<()> {
+        let mut buf = Zeroizing::new(plain.to_vec());
+        self.key.apply_at(self.len, &mut buf);
+        self.file.write_all_at(&buf, self.len)?;
+        self.len += plain.len() as u64;
+        Ok(())
+    }
+
+    /// The plaintext of `[offset, offset + len)`.
+    pub fn read(&self, offset: u64, len: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("sealed copy holds {} bytes, not {offset}+{len}", self.len),
+            ));
+        }
+        let mut buf = Zeroizing::new(vec![0u8; len as usize]);
+        self.file.read_exact_at(&mut buf, offset)?;
+        self.key.apply_at(offset, &mut buf);
+        Ok(buf)
+    }
+}
+
+/// Passes a stream through while sealing a copy of every byte read.
+pub struct Tee<R> {
+    pub inner: R,
+    pub sealed: Sealed,
+}
+
+impl<R: io::Read> io::Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sealed.append(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_back_what_was_written_and_stores_no_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Sealed::create(dir.path()).unwrap();
+        let text = b"the quick brown fox ".repeat(5000);
+        s.append(&text[..777]).unwrap();
+        s.append(&text[777..]).unwrap();
+        assert_eq!(s.len(), text.len() as u64);
+        assert_eq!(&s.read(0, 10).unwrap()[..], &text[..10]);
+        assert_eq!(&s.read(1000, 50_000).unwrap()[..], &text[1000..51_000]);
+        assert!(s.read(text.len() as u64 - 1, 2).is_err());
+        // Nameless, and what is stored is not the text.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut raw = vec![0u8; text.len()];
+        s.file.read_exact_at(&mut raw, 0).unwrap();
+        assert!(!raw.windows(9).any(|w| w == b"quick bro"));
+    }
+}
