@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::flight::SingleFlight;
-use crate::layer::source::RangeSource;
+use crate::layer::source::{RangeSource, range_end};
 use crate::oci::digest::Digest;
 
 /// Cache granularity: fetches are rounded out to whole blocks.
@@ -149,25 +149,19 @@ impl RangeSource for DiskRange {
         self.size
     }
 
-    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.size)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("range {offset}+{len} is past the end of the blob"),
-                )
-            })?;
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        if let Some((first, last)) = self.missing(offset / BLOCK, end.div_ceil(BLOCK)) {
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.prepare(offset, buf.len() as u64)?;
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn prepare(&self, offset: u64, len: u64) -> io::Result<()> {
+        let end = range_end(offset, len, self.size)?;
+        if len > 0
+            && let Some((first, last)) = self.missing(offset / BLOCK, end.div_ceil(BLOCK))
+        {
             self.fetch(first, last)?;
         }
-        let mut out = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut out, offset)?;
-        Ok(out)
+        Ok(())
     }
 
     fn fetched(&self) -> u64 {

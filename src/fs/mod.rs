@@ -24,6 +24,17 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Largest read the kernel is told to send, and its read-ahead.
 pub const MAX_READ: u32 = 1 << 20;
 
+/// Kernel read-ahead for our mounts: a few requests in flight keep both
+/// cores busy on a sequential read.
+pub const READ_AHEAD_KB: u32 = 4 * MAX_READ / 1024;
+
+/// Chunks loaded ahead of a sequential reader.
+const READ_AHEAD_CHUNKS: usize = 4;
+
+/// How far behind the furthest read a request may start and still count as
+/// part of a sequential pass.
+const SEQUENTIAL_SLACK: u64 = 4 * MAX_READ as u64;
+
 /// One mounted layer.
 pub struct LayerFs {
     layer: Arc<Layer>,
@@ -87,19 +98,28 @@ impl LayerFs {
             return;
         }
         let parts: Vec<_> = overlapping(&n.extents, offset, end).copied().collect();
+        // The kernel's read-ahead sends several requests at once to our
+        // threads, so "sequential" means near the furthest read so far,
+        // not exactly at its end.
         let sequential = self
             .last_end
             .get((ino - 1) as usize)
-            .map(|l| l.swap(end, Ordering::Relaxed) == offset)
+            .map(|l| {
+                let furthest = l.fetch_max(end, Ordering::Relaxed);
+                offset <= furthest.saturating_add(u64::from(MAX_READ))
+                    && end.saturating_add(SEQUENTIAL_SLACK) >= furthest
+                    && furthest > 0
+            })
             .unwrap_or(false);
         if sequential && let Some(last) = parts.last() {
-            // Keep the next two chunks of this file loading while the reader
-            // works through this one: inflating is the slow step.
+            // Keep the next chunks of this file loading while the reader
+            // works through this one: verifying and inflating are the slow
+            // steps, and the read-ahead workers use the other core.
             let after = n
                 .extents
                 .iter()
                 .filter(|x| x.file_offset > last.file_offset);
-            for x in after.take(2) {
+            for x in after.take(READ_AHEAD_CHUNKS) {
                 self.cache.prefetch(&self.layer, x.chunk);
             }
         }
@@ -153,6 +173,9 @@ fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(MAX_READ);
+        // The kernel sizes its requests by max_pages, which fuser derives from
+        // max_write: without this, reads arrive 128 KiB at a time.
+        let _ = config.set_max_write(MAX_READ);
         Ok(())
     }
 

@@ -55,6 +55,29 @@ pub struct Layer {
 /// rather than trusted with memory.
 pub const MAX_CHUNK: u64 = 64 << 20;
 
+/// A zeroed buffer for one chunk's plaintext, its pages already mapped: a
+/// chunk is written once, start to end, and taking 256 page faults on the
+/// way costs as much as decrypting it.
+pub fn chunk_buffer(len: usize) -> Zeroizing<Vec<u8>> {
+    let mut v = Zeroizing::new(vec![0u8; len]);
+    let page = 4096;
+    let start = v.as_mut_ptr() as usize;
+    let aligned = start.next_multiple_of(page);
+    let end = (start + len) & !(page - 1);
+    if end > aligned {
+        // SAFETY: the range lies inside `v`'s allocation; populating pages
+        // changes no contents. Failure only means the faults come later.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                end - aligned,
+                libc::MADV_POPULATE_WRITE,
+            );
+        }
+    }
+    v
+}
+
 impl Layer {
     /// Checks that every regular file's extents cover it exactly, in order,
     /// with chunk numbers below `chunk_count`.

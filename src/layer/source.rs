@@ -1,9 +1,12 @@
 //! Range reads of one layer blob, counted, from any image source.
 
-use std::io;
+use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use zeroize::Zeroizing;
+
+use crate::crypto::cipher::LayerKey;
 use crate::oci::Descriptor;
 use crate::oci::transport::ImageSource;
 
@@ -11,10 +14,98 @@ use crate::oci::transport::ImageSource;
 pub trait RangeSource: Send + Sync {
     /// The blob's size.
     fn size(&self) -> u64;
+    /// Fills `buf` from `offset`; fails rather than return fewer bytes.
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Reads a range; fails rather than return fewer bytes.
-    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(len).map_err(|_| past_end(offset, len, self.size()))?;
+        let mut v = vec![0u8; len];
+        self.read_into(offset, &mut v)?;
+        Ok(v)
+    }
+    /// Makes a range cheap to read piecewise (a cache fetches it in one go).
+    fn prepare(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Bytes fetched from the underlying source so far.
     fn fetched(&self) -> u64;
+}
+
+/// The end of `[offset, offset + len)` if it lies within `size` bytes.
+pub fn range_end(offset: u64, len: u64, size: u64) -> io::Result<u64> {
+    offset
+        .checked_add(len)
+        .filter(|&e| e <= size)
+        .ok_or_else(|| past_end(offset, len, size))
+}
+
+fn past_end(offset: u64, len: u64, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("range {offset}+{len} is past the end of the blob ({size} bytes)"),
+    )
+}
+
+/// Bytes read per piece by [`RangeReader`]: small enough to stay in the
+/// core's cache between decrypting and inflating.
+const PIECE: usize = 64 << 10;
+
+/// Reads `[at, end)` of a blob in pieces, decrypting each with the layer key.
+pub struct RangeReader<'a> {
+    src: &'a dyn RangeSource,
+    key: Option<&'a LayerKey>,
+    at: u64,
+    end: u64,
+    buf: Zeroizing<Vec<u8>>,
+    pos: usize,
+    filled: usize,
+}
+
+impl<'a> RangeReader<'a> {
+    pub fn new(src: &'a dyn RangeSource, key: Option<&'a LayerKey>, at: u64, end: u64) -> Self {
+        RangeReader {
+            src,
+            key,
+            at,
+            end: end.min(src.size()),
+            buf: Zeroizing::new(vec![0u8; PIECE]),
+            pos: 0,
+            filled: 0,
+        }
+    }
+}
+
+impl BufRead for RangeReader<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.filled && self.at < self.end {
+            let n = (self.end - self.at).min(PIECE as u64) as usize;
+            self.src.read_into(self.at, &mut self.buf[..n])?;
+            if let Some(k) = self.key {
+                k.apply_at(self.at, &mut self.buf[..n]);
+            }
+            self.at += n as u64;
+            self.pos = 0;
+            self.filled = n;
+        }
+        Ok(&self.buf[self.pos..self.filled])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.filled);
+    }
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let have = self.fill_buf()?;
+            let n = have.len().min(out.len());
+            out[..n].copy_from_slice(&have[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
 }
 
 /// A layer blob in an OCI layout or registry.
@@ -47,20 +138,15 @@ impl RangeSource for BlobRange {
         self.desc.size()
     }
 
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let got = self.read_range(offset, buf.len() as u64)?;
+        buf.copy_from_slice(&got);
+        Ok(())
+    }
+
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.desc.size())
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "range {offset}+{len} is past the end of blob {} ({} bytes)",
-                    self.desc.digest(),
-                    self.desc.size()
-                ),
-            ));
-        }
+        range_end(offset, len, self.desc.size())
+            .map_err(|e| io::Error::new(e.kind(), format!("{e}: {}", self.desc.digest())))?;
         let bytes = self
             .src
             .blob_range(&self.desc, offset, len)
@@ -95,18 +181,11 @@ impl RangeSource for MemoryRange {
         self.data.len() as u64
     }
 
-    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.data.len() as u64)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("range {offset}+{len} is past the end of the blob"),
-                )
-            })?;
-        self.fetched.fetch_add(len, Ordering::Relaxed);
-        Ok(self.data[offset as usize..end as usize].to_vec())
+    fn read_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = range_end(offset, buf.len() as u64, self.size())?;
+        self.fetched.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        buf.copy_from_slice(&self.data[offset as usize..end as usize]);
+        Ok(())
     }
 
     fn fetched(&self) -> u64 {

@@ -15,7 +15,7 @@ use super::open::{Mode, OpenOptions, open_layer};
 use super::sys;
 use crate::cache::chunks::{ChunkCache, Stats};
 use crate::crypto::recipient::KeyRing;
-use crate::fs::{LayerFs, MAX_READ};
+use crate::fs::{LayerFs, MAX_READ, READ_AHEAD_KB};
 use crate::layer::index::Layer;
 use crate::oci::Descriptor;
 use crate::oci::transport::ImageSource;
@@ -124,7 +124,7 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
         )
         .map_err(|e| io::Error::new(e.kind(), format!("FUSE mount at {}: {e}", dir.display())))?;
         m.sessions.push(session);
-        if let Err(e) = sys::set_read_ahead(&dir, MAX_READ / 1024) {
+        if let Err(e) = sys::set_read_ahead(&dir, READ_AHEAD_KB) {
             tracing::debug!("could not set read-ahead for {}: {e}", dir.display());
         }
         lowers.push(dir);
@@ -169,7 +169,9 @@ fn fuse_config() -> Config {
     ];
     // Containers run as other users; the kernel checks modes (default_permissions).
     c.acl = SessionACL::All;
-    c.n_threads = Some(2);
+    // Kernel read-ahead keeps several requests in flight; a thread per
+    // request lets both cores verify chunks while others wait on the cache.
+    c.n_threads = Some(4);
     c.clone_fd = true;
     c
 }

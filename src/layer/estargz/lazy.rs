@@ -15,7 +15,7 @@ use super::toc::Toc;
 use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME};
 use crate::crypto::cipher::LayerKey;
 use crate::layer::index::{ChunkSource, Extent, Layer, MAX_CHUNK, Node, bad};
-use crate::layer::source::RangeSource;
+use crate::layer::source::{RangeReader, RangeSource};
 
 /// What vouches for the TOC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,11 +210,10 @@ impl ChunkSource for EstargzChunks {
             .chunks
             .get(chunk as usize)
             .ok_or_else(|| bad(&self.what, format!("no chunk {chunk}")))?;
-        let mut member = Zeroizing::new(self.src.read_range(c.offset, c.end - c.offset)?);
-        if let Some(k) = &self.key {
-            k.apply_at(c.offset, &mut member);
-        }
-        inflate_chunk(&member, c.len, &c.digest).map_err(|err| {
+        // One fetch for the whole member, then decrypt and inflate it piecewise.
+        self.src.prepare(c.offset, c.end - c.offset)?;
+        let member = RangeReader::new(&*self.src, self.key.as_ref(), c.offset, c.end);
+        inflate_chunk(member, c.len, &c.digest).map_err(|err| {
             bad(
                 &self.what,
                 format!(

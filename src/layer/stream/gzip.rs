@@ -8,7 +8,7 @@ use std::io::{self, Read};
 use miniz_oxide::inflate::TINFLStatus;
 use miniz_oxide::inflate::core::inflate_flags::TINFL_FLAG_HAS_MORE_INPUT;
 use miniz_oxide::inflate::core::{DecompressorOxide, TINFL_LZ_DICT_SIZE, decompress};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Where the reader is in the gzip framing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +61,8 @@ impl State {
 /// multiple of `every` bytes (a multiple of 32 KiB), when asked to.
 pub struct GzReader<R> {
     inner: R,
-    input: Vec<u8>,
+    /// Compressed plaintext: wiped on drop.
+    input: Zeroizing<Vec<u8>>,
     in_at: usize,
     in_len: usize,
     eof: bool,
@@ -91,7 +92,7 @@ impl<R: Read> GzReader<R> {
     pub fn resume(inner: R, state: State) -> Self {
         GzReader {
             inner,
-            input: vec![0; INPUT],
+            input: Zeroizing::new(vec![0; INPUT]),
             in_at: 0,
             in_len: 0,
             eof: false,

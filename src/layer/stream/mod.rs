@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use self::gzip::{GzReader, State};
 use self::sealed::{Sealed, Tee};
-use super::index::{ChunkSource, Layer, Node, bad, stream_extents};
-use super::source::RangeSource;
+use super::index::{ChunkSource, Layer, Node, bad, chunk_buffer, stream_extents};
+use super::source::{RangeReader, RangeSource};
 use super::tarmeta::{Pending, is_extension};
 use crate::crypto::cipher::LayerKey;
 
@@ -208,38 +208,9 @@ impl Plain {
         Plain { src, key }
     }
 
-    fn read(&self, offset: u64, len: u64) -> io::Result<Zeroizing<Vec<u8>>> {
-        let mut b = Zeroizing::new(self.src.read_range(offset, len)?);
-        if let Some(k) = &self.key {
-            k.apply_at(offset, &mut b);
-        }
-        Ok(b)
-    }
-}
-
-/// Reads `Plain` sequentially from an offset, a piece at a time.
-struct PlainReader<'a> {
-    plain: &'a Plain,
-    at: u64,
-    piece: Zeroizing<Vec<u8>>,
-    used: usize,
-}
-
-impl Read for PlainReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.used == self.piece.len() {
-            let left = self.plain.src.size().saturating_sub(self.at);
-            if left == 0 {
-                return Ok(0);
-            }
-            self.piece = self.plain.read(self.at, left.min(256 << 10))?;
-            self.at += self.piece.len() as u64;
-            self.used = 0;
-        }
-        let n = buf.len().min(self.piece.len() - self.used);
-        buf[..n].copy_from_slice(&self.piece[self.used..self.used + n]);
-        self.used += n;
-        Ok(n)
+    /// Decrypting reader of `[from, end)`.
+    fn reader(&self, from: u64) -> RangeReader<'_> {
+        RangeReader::new(&*self.src, self.key.as_ref(), from, self.src.size())
     }
 }
 
@@ -249,6 +220,21 @@ struct StreamChunks {
     digests: Vec<[u8; 32]>,
     stored: Stored,
     total: u64,
+}
+
+/// Fills `out` a piece at a time with `fill(offset in out, piece)`, hashing
+/// each piece once it is filled.
+fn fill_hashed(
+    out: &mut [u8],
+    mut fill: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> io::Result<[u8; 32]> {
+    const PIECE: usize = 64 << 10;
+    let mut hasher = Sha256::new();
+    for (i, piece) in out.chunks_mut(PIECE).enumerate() {
+        fill((i * PIECE) as u64, piece)?;
+        hasher.update(&*piece);
+    }
+    Ok(hasher.finalize().into())
 }
 
 /// A layer served from its index and a local copy of its blob.
@@ -274,33 +260,35 @@ impl ChunkSource for StreamChunks {
             .ok_or_else(|| bad(&self.what, format!("no chunk {chunk}")))?;
         let start = u64::from(chunk) * CHUNK;
         let len = CHUNK.min(self.total - start);
-        let data = match &self.stored {
-            Stored::Sealed(sealed) => sealed
-                .read(start, len)
-                .map_err(|e| bad(&self.what, format!("chunk {chunk}: {e}")))?,
-            Stored::Tar => self.plain.read(start, len)?,
+        let mut out = chunk_buffer(len as usize);
+        let at_blob = |e: io::Error, from: u64| {
+            bad(
+                &self.what,
+                format!("chunk {chunk} (blob offset {from}): {e}"),
+            )
+        };
+        // Each piece is hashed right after it is produced, while it is
+        // still in the core's cache.
+        let got = match &self.stored {
+            Stored::Sealed(sealed) => {
+                fill_hashed(&mut out, |at, piece| sealed.read_into(start + at, piece))
+                    .map_err(|e| bad(&self.what, format!("chunk {chunk}: {e}")))?
+            }
+            Stored::Tar => {
+                self.plain.src.prepare(start, len)?;
+                let mut r = self.plain.reader(start);
+                fill_hashed(&mut out, |_, piece| r.read_exact(piece))
+                    .map_err(|e| at_blob(e, start))?
+            }
             Stored::Gzip(states) => {
                 let state = states[k].clone();
                 let from = state.in_pos;
-                let input = PlainReader {
-                    plain: &self.plain,
-                    at: from,
-                    piece: Zeroizing::new(Vec::new()),
-                    used: 0,
-                };
-                let mut out = Zeroizing::new(vec![0u8; len as usize]);
-                GzReader::resume(input, state)
-                    .read_exact(&mut out)
-                    .map_err(|e| {
-                        bad(
-                            &self.what,
-                            format!("chunk {chunk} (blob offset {from}): {e}"),
-                        )
-                    })?;
-                out
+                let mut gz = GzReader::resume(self.plain.reader(from), state);
+                fill_hashed(&mut out, |_, piece| gz.read_exact(piece))
+                    .map_err(|e| at_blob(e, from))?
             }
         };
-        if Sha256::digest(&*data)[..] != want[..] {
+        if got != *want {
             return Err(bad(
                 &self.what,
                 format!(
@@ -308,7 +296,7 @@ impl ChunkSource for StreamChunks {
                 ),
             ));
         }
-        Ok(data)
+        Ok(out)
     }
 
     fn fetched(&self) -> u64 {

@@ -16,6 +16,7 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use crate::crypto::cipher::LayerKey;
+use crate::layer::source::range_end;
 
 /// A nameless file of ciphertext under a fresh in-memory key.
 pub struct Sealed {
@@ -78,18 +79,12 @@ impl Sealed {
         Ok(())
     }
 
-    /// The plaintext of `[offset, offset + len)`.
-    pub fn read(&self, offset: u64, len: u64) -> io::Result<Zeroizing<Vec<u8>>> {
-        if offset.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("sealed copy holds {} bytes, not {offset}+{len}", self.len),
-            ));
-        }
-        let mut buf = Zeroizing::new(vec![0u8; len as usize]);
-        self.file.read_exact_at(&mut buf, offset)?;
-        self.key.apply_at(offset, &mut buf);
-        Ok(buf)
+    /// Fills `buf` with the plaintext from `offset`.
+    pub fn read_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        range_end(offset, buf.len() as u64, self.len)?;
+        self.file.read_exact_at(buf, offset)?;
+        self.key.apply_at(offset, buf);
+        Ok(())
     }
 }
 
@@ -119,9 +114,12 @@ mod tests {
         s.append(&text[..777]).unwrap();
         s.append(&text[777..]).unwrap();
         assert_eq!(s.len(), text.len() as u64);
-        assert_eq!(&s.read(0, 10).unwrap()[..], &text[..10]);
-        assert_eq!(&s.read(1000, 50_000).unwrap()[..], &text[1000..51_000]);
-        assert!(s.read(text.len() as u64 - 1, 2).is_err());
+        let mut buf = vec![0u8; 50_000];
+        s.read_into(1000, &mut buf).unwrap();
+        assert_eq!(buf, &text[1000..51_000]);
+        s.read_into(0, &mut buf[..10]).unwrap();
+        assert_eq!(buf[..10], text[..10]);
+        assert!(s.read_into(text.len() as u64 - 1, &mut buf[..2]).is_err());
         // Nameless, and what is stored is not the text.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let mut raw = vec![0u8; text.len()];
