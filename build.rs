@@ -1,7 +1,11 @@
 //! Compiles `proto/` with a pure-Rust protobuf compiler, so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/keyprovider.proto"];
+    let protos = [
+        "proto/keyprovider.proto",
+        "proto/containerd/mount.proto",
+        "proto/containerd/snapshots.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

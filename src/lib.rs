@@ -13,3 +13,4 @@ pub mod layer;
 pub mod mount;
 pub mod oci;
 pub mod pipeline;
+pub mod snapshotter;

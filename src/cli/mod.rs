@@ -6,6 +6,7 @@ mod crypt;
 mod demo;
 mod layerinfo;
 mod mount;
+mod serve;
 mod stream;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Command {
     Mount(mount::Args),
     /// Unmount what `lazycrypt mount` mounted.
     Umount(mount::UmountArgs),
+    /// Serve the containerd snapshots API (a proxy snapshotter plugin) on a unix socket.
+    Serve(serve::Args),
     /// Generate keys and an image, then encrypt, inspect, decrypt and verify it.
     Demo(demo::Args),
 }
@@ -62,6 +65,7 @@ pub fn main() -> i32 {
         Command::Build(a) => build::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Mount(a) => mount::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Umount(a) => mount::umount(a),
     };
     match res {

@@ -2,6 +2,7 @@
 //! build`), a real registry (Debian's docker-registry) and skopeo.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod mounts;
 
 use std::net::TcpListener;

@@ -1,0 +1,9 @@
+//! The containerd remote snapshotter: the snapshots gRPC service, its
+//! metadata, and the snapshot semantics behind it.
+
+pub mod error;
+pub mod filter;
+pub mod meta;
+pub mod proto;
+pub mod service;
+pub mod store;

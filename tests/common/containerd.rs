@@ -1,0 +1,176 @@
+//! `lazycrypt serve` and Debian's containerd, each with its own state under
+//! a test's temporary directory, wired together as a proxy snapshotter.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::BIN;
+
+/// A running `lazycrypt serve`; SIGKILLed on drop unless stopped.
+pub struct Daemon {
+    child: Option<Child>,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+fn wait_for(path: &Path, what: &str, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "{what} exited ({st}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Daemon {
+    /// Starts `lazycrypt serve` with state in `dir/lz`.
+    pub fn start(dir: &Path) -> Daemon {
+        let root = dir.join("lz/root");
+        let socket = dir.join("lz/lazycrypt.sock");
+        let log = dir.join("lz/serve.log");
+        std::fs::create_dir_all(dir.join("lz")).unwrap();
+        let _ = std::fs::remove_file(&socket);
+        let mut child = Command::new(BIN)
+            .args(["serve", "--root"])
+            .arg(&root)
+            .arg("--address")
+            .arg(&socket)
+            .env("LAZYCRYPT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("start lazycrypt serve");
+        wait_for(&socket, "lazycrypt serve", &mut child, &log);
+        Daemon {
+            child: Some(child),
+            root,
+            socket,
+            log,
+        }
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn stop(mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let st = c.wait().unwrap();
+            assert!(st.success(), "lazycrypt serve exited with {st}");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Debian's containerd with lazycrypt as the `lazycrypt` proxy snapshotter.
+pub struct Containerd {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Containerd {
+    pub fn start(dir: &Path, snapshotter_socket: &Path) -> Containerd {
+        let base = dir.join("ctd");
+        std::fs::create_dir_all(&base).unwrap();
+        let socket = base.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[proxy_plugins.lazycrypt]
+  type = "snapshot"
+  address = "{snap}"
+"#,
+            root = base.join("root").display(),
+            state = base.join("state").display(),
+            sock = socket.display(),
+            snap = snapshotter_socket.display(),
+        );
+        std::fs::write(base.join("config.toml"), config).unwrap();
+        let log = base.join("containerd.log");
+        let mut child = Command::new("containerd")
+            .arg("--config")
+            .arg(base.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start containerd (apt-get install containerd runc)");
+        wait_for(&socket, "containerd", &mut child, &log);
+        Containerd {
+            child: Some(child),
+            dir: base,
+            socket,
+        }
+    }
+
+    /// `ctr` against this containerd, in namespace `lazycrypt-test`.
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "lazycrypt-test"]);
+        c
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Stop the tasks first so their mounts go away with them.
+            let _ = Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .args(["--namespace", "lazycrypt-test", "tasks", "ls", "-q"])
+                .output();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Containers' rootfs mounts live under containerd's state dir.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {0}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+                self.dir.display()
+            ))
+            .status();
+    }
+}

@@ -1,0 +1,351 @@
+//! `lazycrypt serve` as containerd's snapshotter: its gRPC semantics and
+//! error codes (spoken to directly), its metadata across crashes, and real
+//! containerd 1.6 + runc pulling and running images through it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::containerd::{Containerd, Daemon};
+use common::{Registry, lazycrypt, ok, run, tmp};
+use lazycrypt::snapshotter::proto::snapshots as pb;
+use pb::snapshots_client::SnapshotsClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = SnapshotsClient<Channel>;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(socket: &Path) -> Client {
+    let path = socket.to_path_buf();
+    let ch = tonic::transport::Endpoint::try_from("http://lazycrypt.invalid")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .unwrap();
+    SnapshotsClient::new(ch)
+}
+
+async fn prepare(c: &mut Client, key: &str, parent: &str) -> Result<Vec<String>, tonic::Status> {
+    let r = c
+        .prepare(pb::PrepareSnapshotRequest {
+            key: key.into(),
+            parent: parent.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner()
+        .mounts
+        .into_iter()
+        .map(|m| format!("{} {} {}", m.r#type, m.source, m.options.join(",")))
+        .collect())
+}
+
+async fn commit(c: &mut Client, name: &str, key: &str) -> Result<(), tonic::Status> {
+    c.commit(pb::CommitSnapshotRequest {
+        name: name.into(),
+        key: key.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn stat(c: &mut Client, key: &str) -> Result<pb::Info, tonic::Status> {
+    let r = c
+        .stat(pb::StatSnapshotRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner().info.unwrap())
+}
+
+async fn remove(c: &mut Client, key: &str) -> Result<(), tonic::Status> {
+    c.remove(pb::RemoveSnapshotRequest {
+        key: key.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn list(c: &mut Client, filters: &[&str]) -> Result<Vec<String>, tonic::Status> {
+    let mut s = c
+        .list(pb::ListSnapshotsRequest {
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut names = Vec::new();
+    while let Some(batch) = s.message().await? {
+        names.extend(batch.info.into_iter().map(|i| i.name));
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
+    let e = r.unwrap_err();
+    (e.code(), e.message().to_string())
+}
+
+#[test]
+fn snapshot_rpcs_answer_with_containerds_codes() {
+    let d = tmp();
+    let daemon = Daemon::start(d.path());
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        // A base layer: bind mount, written, committed.
+        let m = prepare(c, "k1", "").await.unwrap();
+        assert_eq!(m.len(), 1);
+        assert!(
+            m[0].starts_with("bind ") && m[0].ends_with("rw,rbind"),
+            "{m:?}"
+        );
+        let fs_dir = m[0].split(' ').nth(1).unwrap().to_string();
+        std::fs::write(Path::new(&fs_dir).join("f"), vec![1u8; 10_000]).unwrap();
+        commit(c, "base", "k1").await.unwrap();
+        assert_eq!(
+            stat(c, "base").await.unwrap().kind,
+            pb::Kind::Committed as i32
+        );
+        let u = c
+            .usage(pb::UsageRequest {
+                key: "base".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(u.size >= 10_000 && u.inodes == 1, "{u:?}");
+
+        // An active child: an overlay over the base.
+        let m = prepare(c, "k2", "base").await.unwrap();
+        assert!(m[0].starts_with("overlay overlay "), "{m:?}");
+        assert!(m[0].contains(&format!("lowerdir={fs_dir}")), "{m:?}");
+        assert!(
+            m[0].contains("upperdir=") && m[0].contains("workdir="),
+            "{m:?}"
+        );
+        let v = c
+            .view(pb::ViewSnapshotRequest {
+                key: "v".into(),
+                parent: "base".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(v.mounts[0].r#type, "bind");
+        assert_eq!(v.mounts[0].options, ["ro", "rbind"]);
+
+        // Bad calls: the codes containerd's errdefs expect.
+        assert_eq!(code(prepare(c, "k2", "base").await).0, Code::AlreadyExists);
+        assert_eq!(code(prepare(c, "k3", "nope").await).0, Code::NotFound);
+        let (cd, msg) = code(prepare(c, "k3", "k2").await);
+        assert_eq!(cd, Code::InvalidArgument);
+        assert_eq!(msg, "parent k2 is not a committed snapshot");
+        assert_eq!(code(commit(c, "base", "k2").await).0, Code::AlreadyExists);
+        assert_eq!(code(commit(c, "x", "nope").await).0, Code::NotFound);
+        assert_eq!(
+            code(commit(c, "x", "base").await).0,
+            Code::FailedPrecondition
+        );
+        assert_eq!(code(stat(c, "nope").await).0, Code::NotFound);
+        assert_eq!(code(remove(c, "nope").await).0, Code::NotFound);
+        let (cd, msg) = code(remove(c, "base").await);
+        assert_eq!(cd, Code::FailedPrecondition);
+        assert!(
+            msg.starts_with("cannot remove snapshot base: snapshot "),
+            "{msg}"
+        );
+        let m = c
+            .mounts(pb::MountsRequest {
+                key: "base".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(m).0, Code::FailedPrecondition);
+        let long = HashMap::from([("k".to_string(), "v".repeat(5000))]);
+        let r = c
+            .prepare(pb::PrepareSnapshotRequest {
+                key: "big".into(),
+                labels: long,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(r).0, Code::InvalidArgument);
+
+        // Labels: update one by mask, then list by filter.
+        let info = pb::Info {
+            name: "base".into(),
+            labels: HashMap::from([("containerd.io/gc.root".to_string(), "1".to_string())]),
+            ..Default::default()
+        };
+        let up = c
+            .update(pb::UpdateSnapshotRequest {
+                info: Some(info.clone()),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["labels.containerd.io/gc.root".into()],
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(up.info.unwrap().labels["containerd.io/gc.root"], "1");
+        let bad = c
+            .update(pb::UpdateSnapshotRequest {
+                info: Some(info),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["parent".into()],
+                }),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(bad).0, Code::InvalidArgument);
+        assert_eq!(list(c, &[]).await.unwrap(), ["base", "k2", "v"]);
+        assert_eq!(
+            list(c, &[r#"labels."containerd.io/gc.root"==1"#])
+                .await
+                .unwrap(),
+            ["base"]
+        );
+        assert_eq!(
+            list(c, &["kind==active", "name==v"]).await.unwrap(),
+            ["k2", "v"]
+        );
+        assert_eq!(code(list(c, &["size>1"]).await).0, Code::InvalidArgument);
+
+        // Children first, then the parent can go.
+        remove(c, "k2").await.unwrap();
+        remove(c, "v").await.unwrap();
+        remove(c, "base").await.unwrap();
+        assert!(!Path::new(&fs_dir).exists());
+        assert!(list(c, &[]).await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn metadata_survives_sigkill_between_calls_and_orphans_are_cleaned() {
+    let d = tmp();
+    let daemon = Daemon::start(d.path());
+    let root = daemon.root.clone();
+    let fs_dir = rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        let m = prepare(c, "k1", "").await.unwrap();
+        m[0].split(' ').nth(1).unwrap().to_string()
+    });
+    std::fs::write(Path::new(&fs_dir).join("data"), b"kept").unwrap();
+    daemon.kill();
+    // A directory no record owns, as a crash inside Prepare would leave.
+    let orphan = root.join("snapshots/new-deadbeef");
+    std::fs::create_dir_all(orphan.join("fs")).unwrap();
+
+    let daemon = Daemon::start(d.path());
+    assert!(!orphan.exists(), "orphan directory survived the restart");
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        assert_eq!(stat(c, "k1").await.unwrap().kind, pb::Kind::Active as i32);
+        commit(c, "done", "k1").await.unwrap();
+    });
+    daemon.kill();
+    let daemon = Daemon::start(d.path());
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        assert_eq!(code(stat(c, "k1").await).0, Code::NotFound);
+        assert_eq!(
+            stat(c, "done").await.unwrap().kind,
+            pb::Kind::Committed as i32
+        );
+        let m = prepare(c, "k2", "done").await.unwrap();
+        assert!(m[0].contains(&format!("lowerdir={fs_dir}")), "{m:?}");
+    });
+    assert_eq!(
+        std::fs::read(Path::new(&fs_dir).join("data")).unwrap(),
+        b"kept"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt() {
+    let d = tmp();
+    let reg = Registry::start();
+    // Two layers: busybox and a marker, then a second file and a whiteout
+    // that deletes a file of the first layer.
+    let l1 = d.path().join("l1");
+    let l2 = d.path().join("l2");
+    std::fs::create_dir_all(l1.join("bin")).unwrap();
+    std::fs::create_dir_all(&l2).unwrap();
+    std::fs::copy("/bin/busybox", l1.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", l1.join("bin/sh")).unwrap();
+    std::fs::write(l1.join("marker"), "first layer marker\n").unwrap();
+    std::fs::write(l1.join("gone.txt"), "deleted above\n").unwrap();
+    std::fs::write(l2.join("second.txt"), "second layer\n").unwrap();
+    std::fs::write(l2.join(".wh.gone.txt"), "").unwrap();
+    let image = reg.image("plain/app:v1");
+    ok(lazycrypt()
+        .args(["build", "--plain-http", "--layer"])
+        .arg(&l1)
+        .arg("--layer")
+        .arg(&l2)
+        .args(["--cmd", "/bin/sh", "--", &image]));
+    let name = image.trim_start_matches("docker://").to_string();
+
+    let daemon = Daemon::start(d.path());
+    let ctd = Containerd::start(d.path(), &daemon.socket);
+    ok(ctd.ctr().args([
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "lazycrypt",
+        &name,
+    ]));
+    let out = ok(ctd.ctr().args([
+        "run",
+        "--rm",
+        "--snapshotter",
+        "lazycrypt",
+        &name,
+        "c1",
+        "/bin/sh",
+        "-c",
+        "cat /marker /second.txt; test -e /gone.txt || echo gone; echo hello > /w; cat /w",
+    ]));
+    assert_eq!(out, "first layer marker\nsecond layer\ngone\nhello\n");
+    let snaps = ok(ctd
+        .ctr()
+        .args(["snapshots", "--snapshotter", "lazycrypt", "ls"]));
+    assert_eq!(snaps.matches("Committed").count(), 2, "{snaps}");
+    // The container's snapshot is gone with it; removing the image's layers
+    // through containerd reaches us too.
+    ok(ctd.ctr().args(["images", "rm", "--sync", &name]));
+    let out = run(ctd
+        .ctr()
+        .args(["snapshots", "--snapshotter", "lazycrypt", "ls"]));
+    let left = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(
+        left <= 1,
+        "snapshots left after image removal:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    drop(ctd);
+    daemon.stop();
+}
