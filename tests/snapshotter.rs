@@ -349,3 +349,165 @@ fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt() {
     drop(ctd);
     daemon.stop();
 }
+
+/// The labels `lazycrypt pull` puts on a layer's Prepare.
+fn layer_labels(target: &str, image: &str, manifest: &str, layer: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("containerd.io/snapshot.ref".to_string(), target.to_string()),
+        (
+            "containerd.io/snapshot/lazycrypt.image-ref".to_string(),
+            image.to_string(),
+        ),
+        (
+            "containerd.io/snapshot/lazycrypt.manifest-digest".to_string(),
+            manifest.to_string(),
+        ),
+        (
+            "containerd.io/snapshot/lazycrypt.layer-digest".to_string(),
+            layer.to_string(),
+        ),
+    ])
+}
+
+async fn prepare_labelled(
+    c: &mut Client,
+    key: &str,
+    labels: HashMap<String, String>,
+) -> Result<Vec<String>, tonic::Status> {
+    let r = c
+        .prepare(pb::PrepareSnapshotRequest {
+            key: key.into(),
+            labels,
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner()
+        .mounts
+        .iter()
+        .map(|m| m.options.join(","))
+        .collect())
+}
+
+/// Mounts an overlay from a Prepare's options at `target`, reads `file`,
+/// writes one, and unmounts; returns what was read.
+fn read_through(opts: &str, target: &Path, file: &str) -> String {
+    std::fs::create_dir_all(target).unwrap();
+    ok(std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", opts])
+        .arg(target));
+    let got = std::fs::read_to_string(target.join(file));
+    let wrote = std::fs::write(target.join("written-by-container"), b"new");
+    ok(std::process::Command::new("umount").arg(target));
+    wrote.unwrap();
+    got.unwrap()
+}
+
+fn fuse_mounts_under(dir: &Path) -> usize {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.contains("lazycrypt") && l.contains(&*dir.to_string_lossy()) && l.contains("fuse")
+        })
+        .count()
+}
+
+#[test]
+fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
+    let d = tmp();
+    let reg = Registry::start();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("marker"), "remote layer marker\n").unwrap();
+    std::fs::write(src.join("big.bin"), common::noise(8 << 20)).unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    common::build_dir(&src, &plain, &[]);
+    let k = common::rsa_keys(d.path(), "k");
+    let image = reg.image("enc/app:v1");
+    ok(lazycrypt()
+        .args(["encrypt", "--plain-http", "--estargz", "-r"])
+        .arg(format!("jwe:{}", k.public.display()))
+        .args([&plain, &image]));
+    let raw = ok(common::skopeo().args(["inspect", "--raw", "--tls-verify=false", &image]));
+    let manifest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes()))
+    );
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let name = image.trim_start_matches("docker://").to_string();
+
+    let keys = d.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
+    let args = [
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--plain-http",
+        &reg.addr,
+    ];
+    let daemon = Daemon::start_with(d.path(), &args);
+    let root = daemon.root.clone();
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        // A registry failure: a clear error, nothing left, and a retry works.
+        let wrong = name.replace(&reg.addr, "127.0.0.1:1");
+        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels("L", &wrong, &manifest, &layer)).await);
+        assert_eq!(cd, Code::Unavailable, "{msg}");
+        assert!(msg.contains(&manifest), "{msg}");
+        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels("L", &name, &manifest, "sha256:0000")).await);
+        assert_eq!(cd, Code::NotFound, "{msg}");
+        assert_eq!(code(stat(c, "L").await).0, Code::NotFound);
+        assert_eq!(fuse_mounts_under(&root), 0);
+
+        // The remote-snapshotter contract: AlreadyExists, then the target exists.
+        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels("L", &name, &manifest, &layer)).await);
+        assert_eq!(cd, Code::AlreadyExists, "{msg}");
+        assert_eq!(stat(c, "L").await.unwrap().kind, pb::Kind::Committed as i32);
+        assert_eq!(code(stat(c, "x1").await).0, Code::NotFound);
+        assert_eq!(fuse_mounts_under(&root), 1);
+        let (cd, _) = code(prepare_labelled(c, "x2", layer_labels("L", &name, &manifest, &layer)).await);
+        assert_eq!(cd, Code::AlreadyExists);
+
+        // A container over it: its upper layer is on a tmpfs.
+        let m = prepare(c, "c1", "L").await.unwrap();
+        let opts = m[0].split(' ').nth(2).unwrap().to_string();
+        let upper = opts.split(',').find_map(|o| o.strip_prefix("upperdir=")).unwrap();
+        let snap_dir = Path::new(upper).parent().unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(mounts.contains(&format!("tmpfs {} tmpfs", snap_dir.display())), "{mounts}");
+        assert_eq!(read_through(&opts, &d.path().join("rootfs"), "marker"), "remote layer marker\n");
+
+        // Key removed: the next container is refused; the layer stays.
+        std::fs::remove_file(keys.join("k.pem")).unwrap();
+        let (cd, msg) = code(prepare(c, "c2", "L").await);
+        assert_eq!(cd, Code::PermissionDenied);
+        assert!(msg.starts_with("you are not authorized to use this image: missing private key needed for decryption"), "{msg}");
+        std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
+    });
+    assert!(!daemon.log().contains("remote layer marker"));
+
+    // SIGKILL and start again: the layer is mounted anew and serves.
+    daemon.kill();
+    let daemon = Daemon::start_with(d.path(), &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        let m = prepare(c, "c3", "L").await.unwrap();
+        let opts = m[0].split(' ').nth(2).unwrap().to_string();
+        assert_eq!(
+            read_through(&opts, &d.path().join("rootfs"), "marker"),
+            "remote layer marker\n"
+        );
+        for k in ["c1", "c3", "L"] {
+            remove(c, k).await.unwrap();
+        }
+    });
+    assert_eq!(fuse_mounts_under(&root), 0);
+    let tmpfs_left = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&*root.to_string_lossy()))
+        .count();
+    assert_eq!(tmpfs_left, 0);
+    daemon.stop();
+}

@@ -9,13 +9,11 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{BackgroundSession, Config, MountOption, SessionACL};
-
+use super::layer::LayerMount;
 use super::open::{Mode, OpenOptions, open_layer};
 use super::sys;
 use crate::cache::chunks::{ChunkCache, Stats};
 use crate::crypto::recipient::KeyRing;
-use crate::fs::{LayerFs, MAX_READ, READ_AHEAD_KB};
 use crate::layer::index::Layer;
 use crate::oci::Descriptor;
 use crate::oci::transport::ImageSource;
@@ -38,7 +36,7 @@ pub struct MountSpec {
 pub struct Mounted {
     target: PathBuf,
     run_dir: PathBuf,
-    sessions: Vec<BackgroundSession>,
+    sessions: Vec<LayerMount>,
     layers: Vec<(Arc<Layer>, Mode)>,
     cache: Arc<ChunkCache>,
     tmpfs: Option<PathBuf>,
@@ -117,16 +115,8 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
     for (i, (layer, _)) in m.layers.iter().enumerate() {
         let dir = spec.run_dir.join(format!("layer-{i}"));
         fs::create_dir_all(&dir)?;
-        let session = fuser::spawn_mount(
-            LayerFs::new(layer.clone(), m.cache.clone()),
-            &dir,
-            &fuse_config(),
-        )
-        .map_err(|e| io::Error::new(e.kind(), format!("FUSE mount at {}: {e}", dir.display())))?;
-        m.sessions.push(session);
-        if let Err(e) = sys::set_read_ahead(&dir, READ_AHEAD_KB) {
-            tracing::debug!("could not set read-ahead for {}: {e}", dir.display());
-        }
+        m.sessions
+            .push(LayerMount::new(layer.clone(), m.cache.clone(), &dir)?);
         lowers.push(dir);
     }
     lowers.reverse();
@@ -154,26 +144,6 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
     sys::overlay(&lowers, upper.as_ref(), &spec.target)?;
     m.overlay = true;
     Ok(m)
-}
-
-fn fuse_config() -> Config {
-    let mut c = Config::default();
-    c.mount_options = vec![
-        MountOption::RO,
-        MountOption::FSName("lazycrypt".into()),
-        MountOption::Subtype("lazycrypt".into()),
-        MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
-        MountOption::CUSTOM(format!("max_read={MAX_READ}")),
-    ];
-    // Containers run as other users; the kernel checks modes (default_permissions).
-    c.acl = SessionACL::All;
-    // Kernel read-ahead keeps several requests in flight; a thread per
-    // request lets both cores verify chunks while others wait on the cache.
-    c.n_threads = Some(4);
-    c.clone_fd = true;
-    c
 }
 
 impl Mounted {
@@ -207,7 +177,7 @@ impl Mounted {
             first_err.get_or_insert(e);
         }
         for s in self.sessions.drain(..).rev() {
-            if let Err(e) = s.umount_and_join() {
+            if let Err(e) = s.unmount() {
                 first_err.get_or_insert(e);
             }
         }

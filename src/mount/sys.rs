@@ -73,7 +73,51 @@ pub fn overlay(lowers: &[PathBuf], upper: Option<&Upper>, target: &Path) -> io::
 
 /// Mounts a private tmpfs at `target`.
 pub fn tmpfs(target: &Path) -> io::Result<()> {
-    mount("tmpfs", target, libc::MS_NODEV, "mode=0700")
+    tmpfs_sized(target, None)
+}
+
+/// A private tmpfs at `target`, limited to `size` bytes when given.
+pub fn tmpfs_sized(target: &Path, size: Option<u64>) -> io::Result<()> {
+    let opts = match size {
+        Some(n) => format!("mode=0700,size={n}"),
+        None => "mode=0700".to_string(),
+    };
+    mount("tmpfs", target, libc::MS_NODEV, &opts)
+}
+
+/// Mount points at or below `dir`, deepest first, from the kernel's table:
+/// unlike `stat`, this also finds FUSE mounts whose server died.
+pub fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut out: Vec<std::path::PathBuf> = table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(|p| std::path::PathBuf::from(unescape_mount_path(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out.dedup();
+    out
+}
+
+/// /proc/self/mounts writes space, tab, newline and backslash as octal escapes.
+fn unescape_mount_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmounts `target`; a busy mount is detached instead, so it goes away once

@@ -34,6 +34,10 @@ pub struct Remote {
     pub manifest: String,
     /// The layer's (compressed, maybe encrypted) blob digest.
     pub layer: String,
+    /// The layer descriptor as the manifest has it (JSON; its ocicrypt
+    /// annotations carry only wrapped keys), to re-mount and re-authorize
+    /// without asking the registry again.
+    pub descriptor: String,
 }
 
 /// One snapshot's metadata.

@@ -5,5 +5,6 @@ pub mod error;
 pub mod filter;
 pub mod meta;
 pub mod proto;
+pub mod remote;
 pub mod service;
 pub mod store;

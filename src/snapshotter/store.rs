@@ -11,7 +11,9 @@ use std::time::SystemTime;
 
 use super::error::{Error, Result};
 use super::filter::Filter;
-use super::meta::{Kind, Meta, Record};
+use super::meta::{Kind, Meta, Record, Remote, Txn};
+use super::remote::{REF_LABEL, RemoteConfig, Remotes, named_layer};
+use crate::mount::sys;
 
 /// The most a label key and value may hold together (containerd's limit).
 const MAX_LABEL: usize = 4096;
@@ -35,22 +37,65 @@ pub struct Info {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Where active snapshots over lazily served layers keep their changes.
+#[derive(Debug, Clone, Copy)]
+pub struct UpperConfig {
+    /// On a tmpfs per snapshot (the default), or on disk.
+    pub tmpfs: bool,
+    /// Size limit of each such tmpfs, in bytes.
+    pub size: Option<u64>,
+}
+
 /// The snapshot store under one root directory.
 pub struct Store {
     root: PathBuf,
     meta: Meta,
+    remotes: Remotes,
+    upper: UpperConfig,
 }
 
 impl Store {
     /// Opens the store under `root` (metadata in `root/metadata.db`).
-    pub fn open(root: &Path) -> Result<Self> {
+    pub fn open(root: &Path, remote: RemoteConfig, upper: UpperConfig) -> Result<Self> {
         fs::create_dir_all(root.join("snapshots"))
             .map_err(|e| Error::io(&format!("cannot create {}", root.display()), e))?;
         let meta = Meta::open(&root.join("metadata.db"))?;
         Ok(Store {
             root: root.to_path_buf(),
             meta,
+            remotes: Remotes::new(remote),
+            upper,
         })
+    }
+
+    /// At start: mounts every committed remote layer again. Mounts a killed
+    /// daemon left behind are detached first; a layer that cannot be mounted
+    /// (registry down, key gone) is logged and left for a later start.
+    pub fn restore(&self) -> Result<usize> {
+        let mut n = 0;
+        for (key, rec) in self.meta.all()? {
+            let Some(remote) = &rec.remote else { continue };
+            let fs_dir = self.dir(rec.id).join("fs");
+            for m in sys::mounts_under(&fs_dir) {
+                if let Err(e) = sys::unmount(&m) {
+                    tracing::warn!("stale mount {}: {e}", m.display());
+                }
+            }
+            if let Err(e) = fs::create_dir_all(&fs_dir) {
+                tracing::error!("snapshot {key}: {}: {e}", fs_dir.display());
+                continue;
+            }
+            match self.remotes.mount(rec.id, remote, &fs_dir) {
+                Ok(_) => n += 1,
+                Err(e) => tracing::error!("snapshot {key}: layer {}: {e}", remote.layer),
+            }
+        }
+        Ok(n)
+    }
+
+    /// At shutdown: unmounts every remote layer and wipes the chunk cache.
+    pub fn shutdown(&self) {
+        self.remotes.unmount_all();
     }
 
     /// The directory of snapshot `id`.
@@ -58,7 +103,10 @@ impl Store {
         self.root.join("snapshots").join(id.to_string())
     }
 
-    /// Creates an active snapshot or a view of `parent`.
+    /// Creates an active snapshot or a view of `parent`. An active prepare
+    /// whose labels name an image layer mounts that layer lazily instead,
+    /// commits it under its target name and answers AlreadyExists (the
+    /// remote-snapshotter contract), so containerd skips the download.
     pub fn prepare(
         &self,
         key: &str,
@@ -70,37 +118,34 @@ impl Store {
         if key.is_empty() {
             return Err(Error::invalid("snapshot key must not be empty"));
         }
-        // The directories come first: a crash before the transaction commits
-        // leaves only an orphan directory, which cleanup removes.
-        let staged = self
-            .root
-            .join("snapshots")
-            .join(format!("new-{}", unique()));
-        fs::create_dir_all(staged.join("fs"))
-            .and_then(|()| fs::create_dir_all(staged.join("work")))
-            .map_err(|e| Error::io("cannot create snapshot directory", e))?;
+        if kind == Kind::Active
+            && let Some(remote) = named_layer(&labels)
+        {
+            return Err(self.prepare_remote(parent, &labels, remote));
+        }
+        // Over lazily served layers, the upper directory goes on a tmpfs
+        // (copy-up would put plaintext on disk), and only while a key on this
+        // node still unwraps every encrypted layer below.
+        let remotes: Vec<Remote> = self
+            .chain(parent)?
+            .into_iter()
+            .filter_map(|r| r.remote)
+            .collect();
+        if kind == Kind::Active {
+            for r in &remotes {
+                self.remotes.authorize(r)?;
+            }
+        }
+        let tmpfs = kind == Kind::Active && !remotes.is_empty() && self.upper.tmpfs;
         let now = SystemTime::now();
-        let made = self.meta.update(|t| {
+        let made = std::cell::Cell::new(None);
+        let result = self.meta.update(|t| {
             if t.get(key)?.is_some() {
                 return Err(Error::already_exists(format!(
                     "snapshot {key}: already exists"
                 )));
             }
-            if !parent.is_empty() {
-                match t.get(parent)? {
-                    None => {
-                        return Err(Error::not_found(format!(
-                            "parent snapshot {parent} does not exist"
-                        )));
-                    }
-                    Some(p) if p.kind != Kind::Committed => {
-                        return Err(Error::invalid(format!(
-                            "parent {parent} is not a committed snapshot"
-                        )));
-                    }
-                    Some(_) => {}
-                }
-            }
+            check_parent(t, parent)?;
             let id = t.next_id()?;
             let rec = Record {
                 id,
@@ -111,22 +156,126 @@ impl Store {
                 updated: now,
                 usage: None,
                 remote: None,
-                tmpfs: false,
+                tmpfs,
             };
-            // Rename inside the transaction: if it fails, nothing is recorded.
-            fs::rename(&staged, self.dir(id))
-                .map_err(|e| Error::io("cannot place snapshot directory", e))?;
+            // The directory is made inside the transaction: if anything
+            // fails, it is removed below and nothing is recorded. A crash
+            // leaves an orphan directory, which cleanup removes.
+            let dir = self.dir(id);
+            made.set(Some(dir.clone()));
+            self.make_dir(&dir, tmpfs)?;
             t.put(key, &rec)?;
             Ok(rec)
         });
-        let rec = match made {
-            Ok(r) => r,
+        match result {
+            Ok(rec) => self.mounts_of(&rec),
             Err(e) => {
-                let _ = fs::remove_dir_all(&staged);
-                return Err(e);
+                if let Some(dir) = made.take() {
+                    remove_tree(&dir);
+                }
+                Err(e)
             }
+        }
+    }
+
+    /// Makes a snapshot's directory, with `fs` and `work` inside it, on a
+    /// tmpfs of its own when asked.
+    fn make_dir(&self, dir: &Path, tmpfs: bool) -> Result<()> {
+        let io = |e| Error::io(&format!("cannot create {}", dir.display()), e);
+        fs::create_dir(dir).map_err(io)?;
+        if tmpfs {
+            sys::tmpfs_sized(dir, self.upper.size).map_err(io)?;
+        }
+        fs::create_dir(dir.join("fs")).map_err(io)?;
+        fs::create_dir(dir.join("work")).map_err(io)
+    }
+
+    /// Mounts the layer `remote` names and commits it under the `Prepare`'s
+    /// target; returns the error to answer with (AlreadyExists on success).
+    fn prepare_remote(
+        &self,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+        mut remote: Remote,
+    ) -> Error {
+        let target = labels.get(REF_LABEL).cloned().unwrap_or_default();
+        let exists = || Error::already_exists(format!("target snapshot {target}: already exists"));
+        match self.meta.get(&target) {
+            Ok(Some(_)) => return exists(),
+            Ok(None) => {}
+            Err(e) => return e,
+        }
+        let id = match self.meta.update(|t| {
+            check_parent(t, parent)?;
+            t.next_id()
+        }) {
+            Ok(id) => id,
+            Err(e) => return e,
         };
-        self.mounts_of(&rec)
+        let dir = self.dir(id);
+        let done = (|| {
+            fs::create_dir_all(dir.join("fs"))
+                .map_err(|e| Error::io("cannot create snapshot directory", e))?;
+            self.remotes.resolve(&mut remote)?;
+            let mode = self.remotes.mount(id, &remote, &dir.join("fs"))?;
+            let now = SystemTime::now();
+            self.meta.update(|t| {
+                if t.get(&target)?.is_some() {
+                    return Err(exists());
+                }
+                t.put(
+                    &target,
+                    &Record {
+                        id,
+                        kind: Kind::Committed,
+                        parent: parent.to_string(),
+                        labels: labels.clone(),
+                        created: now,
+                        updated: now,
+                        usage: Some((0, 0)),
+                        remote: Some(remote.clone()),
+                        tmpfs: false,
+                    },
+                )
+            })?;
+            Ok(mode)
+        })();
+        match done {
+            Ok(mode) => {
+                tracing::info!(
+                    "layer {} mounted ({mode:?}) as snapshot {target}",
+                    remote.layer
+                );
+                exists()
+            }
+            Err(e) => {
+                if let Err(u) = self.remotes.unmount(id) {
+                    tracing::warn!("{u}");
+                }
+                remove_tree(&dir);
+                tracing::warn!("layer {} of {}: {e}", remote.layer, remote.image);
+                e
+            }
+        }
+    }
+
+    /// Records of `parent` and its ancestors, nearest first.
+    fn chain(&self, parent: &str) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        let mut next = parent.to_string();
+        while !next.is_empty() {
+            let rec = self.meta.get(&next)?.ok_or_else(|| {
+                Error::not_found(format!("parent snapshot {next} does not exist"))
+            })?;
+            next = rec.parent.clone();
+            out.push(rec);
+            if out.len() > 500 {
+                return Err(Error::failed_precondition(format!(
+                    "snapshot chain through {parent} is too deep or loops"
+                )));
+            }
+        }
+        Ok(out)
     }
 
     /// The mounts of an active snapshot or view.
@@ -173,22 +322,11 @@ impl Store {
 
     /// The `fs` directories of `parent` and its ancestors, nearest first.
     fn lowers(&self, parent: &str) -> Result<Vec<PathBuf>> {
-        let mut out = Vec::new();
-        let mut next = parent.to_string();
-        while !next.is_empty() {
-            let rec = self
-                .meta
-                .get(&next)?
-                .ok_or_else(|| Error::not_found(format!("parent snapshot {next} is missing")))?;
-            out.push(self.dir(rec.id).join("fs"));
-            next = rec.parent;
-            if out.len() > 500 {
-                return Err(Error::failed_precondition(format!(
-                    "snapshot chain through {parent} is too deep or loops"
-                )));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .chain(parent)?
+            .iter()
+            .map(|r| self.dir(r.id).join("fs"))
+            .collect())
     }
 
     /// Commits active snapshot `key` as `name`.
@@ -245,6 +383,11 @@ impl Store {
             Ok(rec)
         })?;
         // After the commit: a crash here leaves an orphan directory for cleanup.
+        if rec.remote.is_some()
+            && let Err(e) = self.remotes.unmount(rec.id)
+        {
+            tracing::warn!("{e}");
+        }
         remove_tree(&self.dir(rec.id));
         Ok(())
     }
@@ -346,6 +489,22 @@ fn info(key: &str, r: &Record) -> Info {
     }
 }
 
+/// A parent must exist and be committed.
+fn check_parent(t: &Txn<'_>, parent: &str) -> Result<()> {
+    if parent.is_empty() {
+        return Ok(());
+    }
+    match t.get(parent)? {
+        None => Err(Error::not_found(format!(
+            "parent snapshot {parent} does not exist"
+        ))),
+        Some(p) if p.kind != Kind::Committed => Err(Error::invalid(format!(
+            "parent {parent} is not a committed snapshot"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 fn lowerdir(lowers: &[PathBuf]) -> String {
     let dirs: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
     format!("lowerdir={}", dirs.join(":"))
@@ -358,13 +517,6 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
         ))),
         None => Ok(()),
     }
-}
-
-/// A name no other staging directory has.
-fn unique() -> String {
-    let mut b = [0u8; 8];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
-    hex::encode(b)
 }
 
 /// Bytes (allocated) and inodes under `dir`, not following mounts.
@@ -386,9 +538,14 @@ fn disk_usage(dir: &Path) -> Result<(i64, i64)> {
     Ok((bytes, inodes))
 }
 
-/// Removes a snapshot directory; failures are logged, not fatal: cleanup
-/// retries them.
+/// Removes a snapshot directory, unmounting what is mounted in it first;
+/// failures are logged, not fatal: cleanup retries them.
 fn remove_tree(p: &Path) {
+    for m in sys::mounts_under(p) {
+        if let Err(e) = sys::unmount(&m) {
+            tracing::warn!("{e}");
+        }
+    }
     if let Err(e) = fs::remove_dir_all(p)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -32,6 +32,11 @@ fn wait_for(path: &Path, what: &str, child: &mut Child, log: &Path) {
 impl Daemon {
     /// Starts `lazycrypt serve` with state in `dir/lz`.
     pub fn start(dir: &Path) -> Daemon {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts `lazycrypt serve` with extra arguments.
+    pub fn start_with(dir: &Path, args: &[&str]) -> Daemon {
         let root = dir.join("lz/root");
         let socket = dir.join("lz/lazycrypt.sock");
         let log = dir.join("lz/serve.log");
@@ -42,6 +47,7 @@ impl Daemon {
             .arg(&root)
             .arg("--address")
             .arg(&socket)
+            .args(args)
             .env("LAZYCRYPT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

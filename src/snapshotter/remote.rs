@@ -1,0 +1,245 @@
+//! Remote layers: a `Prepare` whose labels name an image layer is answered
+//! by mounting that layer lazily (FUSE) instead of letting containerd
+//! download and unpack it. The ocicrypt annotations never reach a
+//! snapshotter, so the layer's descriptor is read from its manifest in the
+//! registry, and its key unwrapped with the node's keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use zeroize::Zeroizing;
+
+use super::error::{Error, Result};
+use super::meta::Remote;
+use crate::cache::chunks::ChunkCache;
+use crate::crypto::envelope::layer_keys;
+use crate::crypto::keyprovider::ProviderConfig;
+use crate::crypto::recipient::KeyRing;
+use crate::mount::layer::LayerMount;
+use crate::mount::open::{Mode, OpenOptions, open_layer};
+use crate::oci::reference::RegistryRef;
+use crate::oci::registry::{Registry, RegistryOptions};
+use crate::oci::transport::ImageSource;
+use crate::oci::{Descriptor, ImageManifest, media};
+
+/// The label containerd's unpacker puts on a layer's `Prepare`: the name the
+/// committed layer snapshot will have.
+pub const REF_LABEL: &str = "containerd.io/snapshot.ref";
+
+/// Label sets that name a layer: CRI's, and lazycrypt's own (set by
+/// `lazycrypt pull`). Each is (image ref, manifest digest, layer digest).
+const LABEL_SETS: [[&str; 3]; 2] = [
+    [
+        "containerd.io/snapshot/cri.image-ref",
+        "containerd.io/snapshot/cri.manifest-digest",
+        "containerd.io/snapshot/cri.layer-digest",
+    ],
+    [
+        "containerd.io/snapshot/lazycrypt.image-ref",
+        "containerd.io/snapshot/lazycrypt.manifest-digest",
+        "containerd.io/snapshot/lazycrypt.layer-digest",
+    ],
+];
+
+/// The layer a `Prepare`'s labels name, if they name one.
+pub fn named_layer(labels: &BTreeMap<String, String>) -> Option<Remote> {
+    labels.get(REF_LABEL)?;
+    LABEL_SETS.iter().find_map(|[i, m, l]| {
+        Some(Remote {
+            image: labels.get(*i)?.clone(),
+            manifest: labels.get(*m)?.clone(),
+            layer: labels.get(*l)?.clone(),
+            descriptor: String::new(),
+        })
+    })
+}
+
+/// How remote layers are fetched and unlocked on this node.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// Directory of private keys (like ctd-decoder's `--decryption-keys-path`).
+    pub keys_dir: PathBuf,
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    pub plain_http: Vec<String>,
+    /// Ciphertext blob cache.
+    pub cache_dir: PathBuf,
+    /// Plaintext chunk cache budget in bytes, shared by all layers.
+    pub cache_bytes: u64,
+    /// Serve eStargz layers with no TOC anchor before verifying them whole.
+    pub allow_unverified_lazy: bool,
+}
+
+/// The remote layers mounted by this daemon, by snapshot id.
+pub struct Remotes {
+    config: RemoteConfig,
+    cache: Arc<ChunkCache>,
+    mounts: Mutex<HashMap<u64, LayerMount>>,
+}
+
+impl Remotes {
+    pub fn new(config: RemoteConfig) -> Self {
+        Remotes {
+            cache: Arc::new(ChunkCache::new(config.cache_bytes, 2)),
+            config,
+            mounts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The node's keys as they are now (re-read each time: removing a key
+    /// file must take effect for the next container).
+    fn ring(&self) -> Result<KeyRing> {
+        let mut ring = KeyRing {
+            provider_config: ProviderConfig::from_env()
+                .map_err(|e| Error::internal(e.to_string()))?,
+            ..Default::default()
+        };
+        if self.config.keys_dir.exists() {
+            let keys = crate::crypto::keys::load_dir(&self.config.keys_dir).map_err(|e| {
+                Error::internal(format!("keys in {}: {e}", self.config.keys_dir.display()))
+            })?;
+            let none = Zeroizing::new(String::new());
+            for k in keys {
+                ring.add(k, &none);
+            }
+        }
+        Ok(ring)
+    }
+
+    fn source(&self, image: &str) -> Result<Arc<dyn ImageSource>> {
+        let r = RegistryRef::parse(image)
+            .map_err(|e| Error::invalid(format!("image reference {image}: {e}")))?;
+        let opts = RegistryOptions {
+            plain_http: self.config.plain_http.contains(&r.host),
+            creds: None,
+        };
+        let reg = Registry::new(r, &opts).map_err(|e| {
+            Error::new(
+                tonic::Code::Unavailable,
+                format!("registry for {image}: {e}"),
+            )
+        })?;
+        Ok(Arc::new(reg))
+    }
+
+    /// Finds the layer's descriptor in its manifest; fills `remote.descriptor`.
+    pub fn resolve(&self, remote: &mut Remote) -> Result<Descriptor> {
+        let src = self.source(&remote.image)?;
+        let want = crate::oci::digest::parse(&remote.manifest)
+            .map_err(|e| Error::invalid(format!("manifest digest {}: {e}", remote.manifest)))?;
+        let mdesc = Descriptor::new(oci_spec::image::MediaType::ImageManifest, 0, want);
+        let raw = src.manifest(&mdesc).map_err(|e| {
+            Error::new(
+                tonic::Code::Unavailable,
+                format!("manifest {} of {}: {e}", remote.manifest, remote.image),
+            )
+        })?;
+        let m: ImageManifest = serde_json::from_slice(&raw.bytes).map_err(|e| {
+            Error::invalid(format!(
+                "manifest {} of {}: {e}",
+                remote.manifest, remote.image
+            ))
+        })?;
+        let desc = m
+            .layers()
+            .iter()
+            .find(|d| d.digest().to_string() == remote.layer)
+            .cloned()
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "layer {} is not in manifest {} of {}",
+                    remote.layer, remote.manifest, remote.image
+                ))
+            })?;
+        remote.descriptor =
+            serde_json::to_string(&desc).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(desc)
+    }
+
+    /// Opens the layer and mounts it at `dir` for snapshot `id`.
+    pub fn mount(&self, id: u64, remote: &Remote, dir: &Path) -> Result<Mode> {
+        let desc = descriptor(remote)?;
+        let src = self.source(&remote.image)?;
+        let ring = self.ring()?;
+        let opts = OpenOptions {
+            cache_dir: self.config.cache_dir.clone(),
+            allow_unverified_lazy: self.config.allow_unverified_lazy,
+        };
+        let (layer, mode) = open_layer(src, &desc, &ring, &opts).map_err(|e| layer_error(&e))?;
+        let m = LayerMount::new(Arc::new(layer), self.cache.clone(), dir)
+            .map_err(|e| Error::io("mounting layer", e))?;
+        self.mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, m);
+        Ok(mode)
+    }
+
+    /// Unmounts snapshot `id`'s layer, if this daemon mounted one.
+    pub fn unmount(&self, id: u64) -> io::Result<()> {
+        let m = self
+            .mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match m {
+            Some(m) => m.unmount(),
+            None => Ok(()),
+        }
+    }
+
+    /// Unmounts every layer (daemon shutdown) and wipes the chunk cache.
+    pub fn unmount_all(&self) {
+        let all: Vec<_> = self
+            .mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, m) in all {
+            if let Err(e) = m.unmount() {
+                tracing::warn!("{e}");
+            }
+        }
+        self.cache.clear();
+    }
+
+    /// Whether a key on this node now unwraps the layer: a container may
+    /// start from an encrypted layer only while someone here holds its key.
+    pub fn authorize(&self, remote: &Remote) -> Result<()> {
+        let desc = descriptor(remote)?;
+        if !media::is_encrypted(desc.media_type().as_ref()) {
+            return Ok(());
+        }
+        let annotations = desc.annotations().clone().unwrap_or_default();
+        layer_keys(&annotations, &self.ring()?, &remote.layer)
+            .map(|_| ())
+            .map_err(|e| {
+                Error::new(
+                    tonic::Code::PermissionDenied,
+                    format!("you are not authorized to use this image: {e}"),
+                )
+            })
+    }
+}
+
+fn descriptor(remote: &Remote) -> Result<Descriptor> {
+    serde_json::from_str(&remote.descriptor)
+        .map_err(|e| Error::internal(format!("layer {}: stored descriptor: {e}", remote.layer)))
+}
+
+/// A layer that cannot be opened: a missing key is a permission problem,
+/// the rest a failed precondition (containerd then falls back to unpacking,
+/// which fails the same way for a missing key).
+fn layer_error(e: &io::Error) -> Error {
+    let msg = e.to_string();
+    if msg.contains(crate::crypto::MISSING_KEY) {
+        Error::new(
+            tonic::Code::PermissionDenied,
+            format!("you are not authorized to use this image: {msg}"),
+        )
+    } else {
+        Error::failed_precondition(msg)
+    }
+}
