@@ -4,7 +4,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/keyprovider.proto",
         "proto/containerd/mount.proto",
+        "proto/containerd/descriptor.proto",
         "proto/containerd/snapshots.proto",
+        "proto/containerd/content.proto",
+        "proto/containerd/images.proto",
+        "proto/containerd/leases.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

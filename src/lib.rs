@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod containerd;
 pub mod convert;
 pub mod crypto;
 pub mod fs;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::containerd::{Containerd, Daemon};
 use common::{Registry, lazycrypt, ok, run, tmp};
-use lazycrypt::snapshotter::proto::snapshots as pb;
+use lazycrypt::containerd::proto::snapshots as pb;
 use pb::snapshots_client::SnapshotsClient;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -24,19 +24,10 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn connect(socket: &Path) -> Client {
-    let path = socket.to_path_buf();
-    let ch = tonic::transport::Endpoint::try_from("http://lazycrypt.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
+    let c = lazycrypt::containerd::client::Client::connect(socket, "unused")
         .await
         .unwrap();
-    SnapshotsClient::new(ch)
+    SnapshotsClient::new(c.channel)
 }
 
 async fn prepare(c: &mut Client, key: &str, parent: &str) -> Result<Vec<String>, tonic::Status> {
@@ -350,6 +341,23 @@ fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt() {
     daemon.stop();
 }
 
+/// A node keys dir holding `key` as `k.pem`, and the `serve` arguments that
+/// use it and reach `registry` over plain HTTP.
+fn keys_dir_args(dir: &Path, key: &Path, registry: &str) -> (std::path::PathBuf, Vec<String>) {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(key, keys.join("k.pem")).unwrap();
+    let args = [
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--plain-http",
+        registry,
+    ]
+    .map(String::from)
+    .to_vec();
+    (keys, args)
+}
+
 /// The labels `lazycrypt pull` puts on a layer's Prepare.
 fn layer_labels(target: &str, image: &str, manifest: &str, layer: &str) -> HashMap<String, String> {
     HashMap::from([
@@ -437,15 +445,7 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
     let name = image.trim_start_matches("docker://").to_string();
 
-    let keys = d.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
-    let args = [
-        "--keys-dir",
-        keys.to_str().unwrap(),
-        "--plain-http",
-        &reg.addr,
-    ];
+    let (keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
     let root = daemon.root.clone();
     rt().block_on(async {
@@ -509,5 +509,173 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
         .filter(|l| l.contains(&*root.to_string_lossy()))
         .count();
     assert_eq!(tmpfs_left, 0);
+    daemon.stop();
+}
+
+/// A busybox rootfs with a secret file whose name and content carry `marker`.
+fn secret_rootfs(dir: &Path, marker: &str) -> std::path::PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    std::fs::write(
+        root.join("data/secret"),
+        format!("the secret is {marker}\n"),
+    )
+    .unwrap();
+    std::fs::write(root.join(format!("data/name-{marker}")), "x\n").unwrap();
+    root
+}
+
+#[test]
+fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest() {
+    let d = tmp();
+    let reg = Registry::start();
+    let seed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        d.path().as_os_str().as_encoded_bytes(),
+    ));
+    let marker = format!("LZPULL{}", &seed[..12]);
+    let root = secret_rootfs(d.path(), &marker);
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    ok(lazycrypt()
+        .args(["build", "--cmd", "/bin/sh", "--layer"])
+        .arg(&root)
+        .args(["--", &plain]));
+    let k = common::rsa_keys(d.path(), "k");
+    let recipient = format!("jwe:{}", k.public.display());
+    // One image encrypted by us as eStargz, one by skopeo as tar.gz.
+    let esgz = reg.image("enc/esgz:v1");
+    ok(lazycrypt().args([
+        "encrypt",
+        "--plain-http",
+        "--estargz",
+        "-r",
+        &recipient,
+        &plain,
+        &esgz,
+    ]));
+    let targz = reg.image("enc/targz:v1");
+    ok(common::skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        "--encryption-key",
+        &recipient,
+        &plain,
+        &targz,
+    ]));
+
+    let (keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let daemon = Daemon::start_with(d.path(), &args);
+    let ctd = Containerd::start(d.path(), &daemon.socket);
+    let pull = |image: &str| {
+        ok(lazycrypt()
+            .args([
+                "pull",
+                "--plain-http",
+                "--namespace",
+                "lazycrypt-test",
+                "--address",
+            ])
+            .arg(&ctd.socket)
+            .arg(image.trim_start_matches("docker://")))
+    };
+    for (i, image) in [&esgz, &targz].into_iter().enumerate() {
+        let out = pull(image);
+        assert!(out.contains("1 layers mounted lazily"), "{out}");
+        let name = image.trim_start_matches("docker://");
+        // The container reads the secret and writes a copy to its rootfs.
+        let out = ok(ctd.ctr().args([
+            "run",
+            "--rm",
+            "--snapshotter",
+            "lazycrypt",
+            name,
+            &format!("c{i}"),
+            "/bin/sh",
+            "-c",
+            "cat /data/secret; cp /data/secret /copy; ls /data",
+        ]));
+        assert!(out.contains(&format!("the secret is {marker}")), "{out}");
+        // The layer blob itself never reached containerd's content store.
+        let m: serde_json::Value = serde_json::from_str(&ok(common::skopeo().args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            image,
+        ])))
+        .unwrap();
+        let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+        let content = ok(ctd.ctr().args(["content", "ls", "-q"]));
+        assert!(
+            !content.contains(&layer),
+            "layer blob in containerd's store: {content}"
+        );
+        // Pulling again is a no-op that still succeeds.
+        pull(image);
+    }
+
+    // No plaintext at rest: lazycrypt's root, containerd's root and state,
+    // and the test's temp dir (skipping the plaintext inputs made above).
+    let needles: [&[u8]; 1] = [marker.as_bytes()];
+    for dir in [daemon.root.clone(), ctd.dir.clone()] {
+        let hits = common::mounts::files_containing(&dir, &needles);
+        assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
+    }
+    assert!(!daemon.log().contains(&marker));
+
+    // The key goes: a new container is refused, with imgcrypt's words.
+    std::fs::remove_file(keys.join("k.pem")).unwrap();
+    let name = esgz.trim_start_matches("docker://");
+    let err = common::fails(ctd.ctr().args([
+        "run",
+        "--rm",
+        "--snapshotter",
+        "lazycrypt",
+        name,
+        "c9",
+        "/bin/sh",
+        "-c",
+        "true",
+    ]));
+    assert!(
+        err.contains(
+            "you are not authorized to use this image: missing private key needed for decryption"
+        ),
+        "{err}"
+    );
+
+    // The key comes back; the daemon is SIGKILLed and started again: the
+    // layers are mounted anew and containers run.
+    std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
+    daemon.kill();
+    let daemon = Daemon::start_with(d.path(), &args);
+    // containerd redials the snapshotter socket with backoff.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let out = loop {
+        let o = run(ctd.ctr().args([
+            "run",
+            "--rm",
+            "--snapshotter",
+            "lazycrypt",
+            name,
+            "c10",
+            "/bin/busybox",
+            "cat",
+            "/data/secret",
+        ]));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if o.status.success() || !err.contains("connection refused") {
+            assert!(o.status.success(), "{err}");
+            break String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd did not reconnect: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(out.contains(&marker), "{out}");
+    drop(ctd);
     daemon.stop();
 }

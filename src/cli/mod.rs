@@ -6,6 +6,7 @@ mod crypt;
 mod demo;
 mod layerinfo;
 mod mount;
+mod pull;
 mod serve;
 mod stream;
 
@@ -35,6 +36,8 @@ enum Command {
     Mount(mount::Args),
     /// Unmount what `lazycrypt mount` mounted.
     Umount(mount::UmountArgs),
+    /// Register an image with containerd, its layers mounted lazily by `lazycrypt serve`.
+    Pull(pull::Args),
     /// Serve the containerd snapshots API (a proxy snapshotter plugin) on a unix socket.
     Serve(serve::Args),
     /// Generate keys and an image, then encrypt, inspect, decrypt and verify it.
@@ -66,6 +69,7 @@ pub fn main() -> i32 {
         Command::Demo(a) => demo::run(a),
         Command::Mount(a) => mount::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Pull(a) => pull::run(a),
         Command::Umount(a) => mount::umount(a),
     };
     match res {

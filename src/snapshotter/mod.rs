@@ -4,7 +4,6 @@
 pub mod error;
 pub mod filter;
 pub mod meta;
-pub mod proto;
 pub mod remote;
 pub mod service;
 pub mod store;

@@ -28,19 +28,22 @@ use crate::oci::{Descriptor, ImageManifest, media};
 /// committed layer snapshot will have.
 pub const REF_LABEL: &str = "containerd.io/snapshot.ref";
 
-/// Label sets that name a layer: CRI's, and lazycrypt's own (set by
-/// `lazycrypt pull`). Each is (image ref, manifest digest, layer digest).
+/// lazycrypt's own labels naming a layer (set by `lazycrypt pull`): image
+/// ref, manifest digest, layer digest.
+pub const LAZYCRYPT_LABELS: [&str; 3] = [
+    "containerd.io/snapshot/lazycrypt.image-ref",
+    "containerd.io/snapshot/lazycrypt.manifest-digest",
+    "containerd.io/snapshot/lazycrypt.layer-digest",
+];
+
+/// Label sets that name a layer: CRI's, and lazycrypt's own.
 const LABEL_SETS: [[&str; 3]; 2] = [
     [
         "containerd.io/snapshot/cri.image-ref",
         "containerd.io/snapshot/cri.manifest-digest",
         "containerd.io/snapshot/cri.layer-digest",
     ],
-    [
-        "containerd.io/snapshot/lazycrypt.image-ref",
-        "containerd.io/snapshot/lazycrypt.manifest-digest",
-        "containerd.io/snapshot/lazycrypt.layer-digest",
-    ],
+    LAZYCRYPT_LABELS,
 ];
 
 /// The layer a `Prepare`'s labels name, if they name one.

@@ -13,9 +13,9 @@ use tonic::{Request, Response, Status};
 
 use super::error::Error;
 use super::meta::Kind;
-use super::proto::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
-use super::proto::{Mount, snapshots as pb};
 use super::store::{self, Store};
+use crate::containerd::proto::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
+use crate::containerd::proto::{Mount, snapshots as pb};
 
 /// The gRPC face of a [`Store`].
 pub struct Service {

@@ -36,7 +36,7 @@ impl Daemon {
     }
 
     /// Starts `lazycrypt serve` with extra arguments.
-    pub fn start_with(dir: &Path, args: &[&str]) -> Daemon {
+    pub fn start_with(dir: &Path, args: &[String]) -> Daemon {
         let root = dir.join("lz/root");
         let socket = dir.join("lz/lazycrypt.sock");
         let log = dir.join("lz/serve.log");
@@ -94,12 +94,32 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// A test that failed half-way: stop gracefully (the daemon unmounts its
+    /// layers), and detach whatever is still mounted under its root.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
+        unmount_under(&self.root);
     }
+}
+
+/// Lazily unmounts everything mounted at or below `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "grep -o ' {0}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+            dir.display()
+        ))
+        .status();
 }
 
 /// Debian's containerd with lazycrypt as the `lazycrypt` proxy snapshotter.
@@ -171,12 +191,6 @@ impl Drop for Containerd {
             let _ = c.wait();
         }
         // Containers' rootfs mounts live under containerd's state dir.
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "grep -o ' {0}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
-                self.dir.display()
-            ))
-            .status();
+        unmount_under(&self.dir);
     }
 }
