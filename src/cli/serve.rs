@@ -7,33 +7,40 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
+use crate::snapshotter::config::FileConfig;
 use crate::snapshotter::remote::RemoteConfig;
 use crate::snapshotter::service::{Service, serve};
 use crate::snapshotter::store::{Store, UpperConfig};
 
 #[derive(ClapArgs)]
 pub struct Args {
+    /// Configuration file (TOML); flags override its fields. Read if it
+    /// exists at the default path, required when given.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// State directory: snapshot metadata (`metadata.db`), snapshot
-    /// directories and the ciphertext blob cache.
-    #[arg(long, default_value = "/var/lib/lazycrypt")]
-    pub root: PathBuf,
-    /// The unix socket containerd's proxy plugin connects to.
-    #[arg(long, default_value = "/run/lazycrypt/lazycrypt.sock")]
-    pub address: PathBuf,
+    /// directories and the ciphertext blob cache [default: /var/lib/lazycrypt].
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// The unix socket containerd's proxy plugin connects to
+    /// [default: /run/lazycrypt/lazycrypt.sock].
+    #[arg(long)]
+    pub address: Option<PathBuf>,
     /// Private keys that unwrap encrypted layers (like ctd-decoder's
-    /// `--decryption-keys-path`); re-read for every container start.
-    #[arg(long, default_value = "/etc/containerd/ocicrypt/keys")]
-    pub keys_dir: PathBuf,
+    /// `--decryption-keys-path`); re-read for every container start
+    /// [default: /etc/containerd/ocicrypt/keys].
+    #[arg(long)]
+    pub keys_dir: Option<PathBuf>,
     /// A registry (`host[:port]`) to reach over plain HTTP (repeatable).
     #[arg(long = "plain-http", value_name = "HOST")]
     pub plain_http: Vec<String>,
-    /// Plaintext chunk cache budget in memory, shared by all layers.
-    #[arg(long, default_value = "256M", value_parser = super::mount::parse_size)]
-    pub cache_size: u64,
+    /// Plaintext chunk cache budget in memory, shared by all layers [default: 256M].
+    #[arg(long, value_parser = super::mount::parse_size)]
+    pub cache_size: Option<u64>,
     /// Where containers over lazily served layers write: a tmpfs per
-    /// container (no plaintext reaches the disk) or the disk.
-    #[arg(long, default_value = "tmpfs", value_parser = ["tmpfs", "disk"])]
-    pub upper: String,
+    /// container (no plaintext reaches the disk) or the disk [default: tmpfs].
+    #[arg(long, value_parser = ["tmpfs", "disk"])]
+    pub upper: Option<String>,
     /// Size limit of each container's tmpfs upper layer.
     #[arg(long, value_parser = super::mount::parse_size)]
     pub upper_size: Option<u64>,
@@ -42,20 +49,51 @@ pub struct Args {
     pub allow_unverified_lazy: bool,
 }
 
+const DEFAULT_CONFIG: &str = "/etc/lazycrypt/config.toml";
+
+fn size(field: &str, v: &Option<String>) -> Result<Option<u64>> {
+    v.as_deref()
+        .map(super::mount::parse_size)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("config: {field}: {e}"))
+}
+
 pub fn run(a: Args) -> Result<()> {
+    let file = match &a.config {
+        Some(p) => FileConfig::load(p, true),
+        None => FileConfig::load(std::path::Path::new(DEFAULT_CONFIG), false),
+    }
+    .map_err(anyhow::Error::msg)?;
+    let root = a
+        .root
+        .or(file.root)
+        .unwrap_or_else(|| "/var/lib/lazycrypt".into());
+    let address = a
+        .address
+        .or(file.address)
+        .unwrap_or_else(|| "/run/lazycrypt/lazycrypt.sock".into());
+    let mut plain_http = file.plain_http;
+    plain_http.extend(a.plain_http);
     let remote = RemoteConfig {
-        keys_dir: a.keys_dir.clone(),
-        plain_http: a.plain_http.clone(),
-        cache_dir: a.root.join("blobs"),
-        cache_bytes: a.cache_size,
-        allow_unverified_lazy: a.allow_unverified_lazy,
+        keys_dir: a
+            .keys_dir
+            .or(file.keys_dir)
+            .unwrap_or_else(|| "/etc/containerd/ocicrypt/keys".into()),
+        plain_http,
+        cache_dir: root.join("blobs"),
+        cache_bytes: a
+            .cache_size
+            .or(size("cache_size", &file.cache_size)?)
+            .unwrap_or(256 << 20),
+        allow_unverified_lazy: a.allow_unverified_lazy
+            || file.allow_unverified_lazy.unwrap_or(false),
     };
     let upper = UpperConfig {
-        tmpfs: a.upper == "tmpfs",
-        size: a.upper_size,
+        tmpfs: a.upper.or(file.upper).as_deref() != Some("disk"),
+        size: a.upper_size.or(size("upper_size", &file.upper_size)?),
     };
-    let store = Store::open(&a.root, remote, upper)
-        .with_context(|| format!("opening the snapshot store in {}", a.root.display()))?;
+    let store = Store::open(&root, remote, upper)
+        .with_context(|| format!("opening the snapshot store in {}", root.display()))?;
     // Directories a crash left without metadata, then the remote layers.
     store.cleanup().context("cleaning up")?;
     let n = store.restore().context("re-mounting remote layers")?;
@@ -75,13 +113,13 @@ pub fn run(a: Args) -> Result<()> {
                 _ = int.recv() => {}
             }
         };
-        println!("serving snapshots on {}", a.address.display());
-        serve(Service::new(store.clone()), &a.address, stop)
+        println!("serving snapshots on {}", address.display());
+        serve(Service::new(store.clone()), &address, stop)
             .await
-            .with_context(|| format!("serving on {}", a.address.display()))
+            .with_context(|| format!("serving on {}", address.display()))
     })?;
     store.shutdown();
-    let _ = std::fs::remove_file(&a.address);
+    let _ = std::fs::remove_file(&address);
     println!("stopped");
     Ok(())
 }

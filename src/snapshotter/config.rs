@@ -1,0 +1,80 @@
+//! `lazycrypt serve`'s configuration file (TOML, `/etc/lazycrypt/config.toml`
+//! by default). Every field is optional; command-line flags override it.
+//! `contrib/config.toml` documents each field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file's fields, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub root: Option<PathBuf>,
+    pub address: Option<PathBuf>,
+    pub keys_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub plain_http: Vec<String>,
+    /// Size with a K/M/G suffix, e.g. "256M".
+    pub cache_size: Option<String>,
+    /// "tmpfs" or "disk".
+    pub upper: Option<String>,
+    pub upper_size: Option<String>,
+    pub allow_unverified_lazy: Option<bool>,
+}
+
+impl FileConfig {
+    /// Reads `path`; a missing file is an empty configuration unless
+    /// `required`.
+    pub fn load(path: &Path, required: bool) -> Result<FileConfig, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(FileConfig::default());
+            }
+            Err(e) => return Err(format!("config {}: {e}", path.display())),
+        };
+        let cfg: FileConfig = toml::from_str(&text)
+            .map_err(|e| format!("config {}: {}", path.display(), e.message()))?;
+        if let Some(u) = &cfg.upper
+            && u != "tmpfs"
+            && u != "disk"
+        {
+            return Err(format!(
+                "config {}: upper must be \"tmpfs\" or \"disk\", not {u:?}",
+                path.display()
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fields_and_names_the_file_in_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, "root = \"/x\"\nplain_http = [\"127.0.0.1:5000\"]\ncache_size = \"64M\"\nupper = \"disk\"\n").unwrap();
+        let c = FileConfig::load(&p, true).unwrap();
+        assert_eq!(c.root.as_deref(), Some(Path::new("/x")));
+        assert_eq!(c.plain_http, ["127.0.0.1:5000"]);
+        assert_eq!(c.upper.as_deref(), Some("disk"));
+        std::fs::write(&p, "rooot = \"/x\"\n").unwrap();
+        let e = FileConfig::load(&p, true).unwrap_err();
+        assert!(
+            e.starts_with(&format!("config {}: unknown field `rooot`", p.display())),
+            "{e}"
+        );
+        std::fs::write(&p, "upper = \"ram\"\n").unwrap();
+        assert!(
+            FileConfig::load(&p, true)
+                .unwrap_err()
+                .contains("upper must be")
+        );
+        assert!(FileConfig::load(&d.path().join("none"), false).is_ok());
+        assert!(FileConfig::load(&d.path().join("none"), true).is_err());
+    }
+}
