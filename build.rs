@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/containerd/content.proto",
         "proto/containerd/images.proto",
         "proto/containerd/leases.proto",
+        "proto/cri/image.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -341,6 +341,19 @@ fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt() {
     daemon.stop();
 }
 
+/// Encrypts `plain` as eStargz to `recipient` and pushes it to `image`.
+fn push_estargz(plain: &str, recipient: &str, image: &str) {
+    ok(lazycrypt().args([
+        "encrypt",
+        "--plain-http",
+        "--estargz",
+        "-r",
+        recipient,
+        plain,
+        image,
+    ]));
+}
+
 /// A node keys dir holding `key` as `k.pem`, and the `serve` arguments that
 /// use it and reach `registry` over plain HTTP.
 fn keys_dir_args(dir: &Path, key: &Path, registry: &str) -> (std::path::PathBuf, Vec<String>) {
@@ -432,10 +445,7 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     common::build_dir(&src, &plain, &[]);
     let k = common::rsa_keys(d.path(), "k");
     let image = reg.image("enc/app:v1");
-    ok(lazycrypt()
-        .args(["encrypt", "--plain-http", "--estargz", "-r"])
-        .arg(format!("jwe:{}", k.public.display()))
-        .args([&plain, &image]));
+    push_estargz(&plain, &format!("jwe:{}", k.public.display()), &image);
     let raw = ok(common::skopeo().args(["inspect", "--raw", "--tls-verify=false", &image]));
     let manifest = format!(
         "sha256:{}",
@@ -546,15 +556,7 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
     let recipient = format!("jwe:{}", k.public.display());
     // One image encrypted by us as eStargz, one by skopeo as tar.gz.
     let esgz = reg.image("enc/esgz:v1");
-    ok(lazycrypt().args([
-        "encrypt",
-        "--plain-http",
-        "--estargz",
-        "-r",
-        &recipient,
-        &plain,
-        &esgz,
-    ]));
+    push_estargz(&plain, &recipient, &esgz);
     let targz = reg.image("enc/targz:v1");
     ok(common::skopeo().args([
         "copy",
@@ -676,6 +678,65 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
         std::thread::sleep(std::time::Duration::from_millis(500));
     };
     assert!(out.contains(&marker), "{out}");
+    drop(ctd);
+    daemon.stop();
+}
+
+#[test]
+fn a_cri_pull_mounts_encrypted_layers_lazily() {
+    let d = tmp();
+    let reg = Registry::start();
+    // 64 MiB of incompressible data and a marker, encrypted as eStargz.
+    let src = d.path().join("src");
+    std::fs::create_dir_all(src.join("weights")).unwrap();
+    let data = common::noise(64 << 20);
+    for (i, part) in data.chunks(8 << 20).enumerate() {
+        std::fs::write(src.join("weights").join(format!("w{i}.bin")), part).unwrap();
+    }
+    std::fs::write(src.join("marker"), "cri marker\n").unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    common::build_dir(&src, &plain, &["--no-gzip"]);
+    let k = common::rsa_keys(d.path(), "k");
+    let recipient = format!("jwe:{}", k.public.display());
+    push_estargz(&plain, &recipient, &reg.image("cri/app:v1"));
+    // Both containerd (CRI) and lazycrypt reach the registry through a
+    // proxy that counts what the registry serves.
+    let proxy = common::mounts::CountingProxy::start(&reg.addr);
+    let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
+    let daemon = Daemon::start_with(d.path(), &args);
+    let ctd = Containerd::start_with_cri(d.path(), &daemon.socket, Some(&proxy.addr));
+    let image = format!("{}/cri/app:v1", proxy.addr);
+    let image_ref = rt().block_on(async {
+        let c = lazycrypt::containerd::client::Client::connect(&ctd.socket, "k8s.io")
+            .await
+            .unwrap();
+        use lazycrypt::containerd::proto::cri;
+        let mut images = cri::image_service_client::ImageServiceClient::new(c.channel);
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    annotations: HashMap::new(),
+                }),
+                auth: None,
+            })
+            .await
+            .map(|r| r.into_inner().image_ref)
+    });
+    let image_ref = image_ref.unwrap_or_else(|e| panic!("CRI pull: {e}\n{}", daemon.log()));
+    assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+    let served = proxy.served();
+    eprintln!("CRI pull of a 64 MiB image: the registry served {served} bytes");
+    assert!(
+        served < 6 << 20,
+        "the registry served {served} bytes for a CRI pull of a 64 MiB image"
+    );
+    // The layer is a lazycrypt mount, named by the chain ID containerd uses.
+    let snaps = ok(ctd
+        .ctr_in("k8s.io")
+        .args(["snapshots", "--snapshotter", "lazycrypt", "ls"]));
+    assert_eq!(snaps.matches("Committed").count(), 1, "{snaps}");
+    assert!(daemon.log().contains("mounted (Lazy)"), "{}", daemon.log());
     drop(ctd);
     daemon.stop();
 }

@@ -31,6 +31,11 @@ pub mod containerd {
     }
 }
 
+/// Kubernetes' CRI image service (a client for tests and benchmarks).
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
+}
+
 pub use containerd::services::content::v1 as content;
 pub use containerd::services::images::v1 as images;
 pub use containerd::services::leases::v1 as leases;

@@ -131,20 +131,53 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(dir: &Path, snapshotter_socket: &Path) -> Containerd {
+        Self::start_with_cri(dir, snapshotter_socket, None)
+    }
+
+    /// With `cri_registry` (`host:port`): the CRI plugin on, pulling with
+    /// lazycrypt (snapshot annotations passed on) from that plain-HTTP
+    /// registry.
+    pub fn start_with_cri(
+        dir: &Path,
+        snapshotter_socket: &Path,
+        cri_registry: Option<&str>,
+    ) -> Containerd {
         let base = dir.join("ctd");
         std::fs::create_dir_all(&base).unwrap();
         let socket = base.join("containerd.sock");
+        let (top, cri) = match cri_registry {
+            None => (
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+                String::new(),
+            ),
+            Some(reg) => (
+                "",
+                format!(
+                    r#"[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "lazycrypt"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni}/bin"
+    conf_dir = "{cni}/conf"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{reg}"]
+    endpoint = ["http://{reg}"]
+"#,
+                    cni = base.join("cni").display()
+                ),
+            ),
+        };
         let config = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
+{top}[grpc]
   address = "{sock}"
 [proxy_plugins.lazycrypt]
   type = "snapshot"
   address = "{snap}"
-"#,
+{cri}"#,
             root = base.join("root").display(),
             state = base.join("state").display(),
             sock = socket.display(),
@@ -170,10 +203,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `ctr` against this containerd, in namespace `lazycrypt-test`.
     pub fn ctr(&self) -> Command {
+        self.ctr_in("lazycrypt-test")
+    }
+
+    /// `ctr` against this containerd, in namespace `ns`.
+    pub fn ctr_in(&self, ns: &str) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
             .arg(&self.socket)
-            .args(["--namespace", "lazycrypt-test"]);
+            .args(["--namespace", ns]);
         c
     }
 }
