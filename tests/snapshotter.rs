@@ -341,6 +341,17 @@ fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt() {
     daemon.stop();
 }
 
+/// The body of a plain HTTP GET.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
 /// Encrypts `plain` as eStargz to `recipient` and pushes it to `image`.
 fn push_estargz(plain: &str, recipient: &str, image: &str) {
     ok(lazycrypt().args([
@@ -455,7 +466,9 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
     let name = image.trim_start_matches("docker://").to_string();
 
-    let (keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    args.extend(["--metrics".to_string(), metrics_addr.clone()]);
     let daemon = Daemon::start_with(d.path(), &args);
     let root = daemon.root.clone();
     rt().block_on(async {
@@ -487,6 +500,20 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         assert!(mounts.contains(&format!("tmpfs {} tmpfs", snap_dir.display())), "{mounts}");
         assert_eq!(read_through(&opts, &d.path().join("rootfs"), "marker"), "remote layer marker\n");
+
+        // The metrics endpoint saw the mount and the reads.
+        let page = http_get(&metrics_addr, "/metrics");
+        assert!(page.contains("\nlazycrypt_layer_mounts 1\n"), "{page}");
+        assert!(page.contains("lazycrypt_snapshots{kind=\"committed\"} 1"), "{page}");
+        let count = |name: &str| -> u64 {
+            page.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing: {page}"))
+        };
+        assert!(count("lazycrypt_chunks_decrypted_total") >= 1, "{page}");
+        assert!(count("lazycrypt_fuse_read_seconds_count") >= 1, "{page}");
+        assert!(count("lazycrypt_fetched_bytes_total") > 0, "{page}");
 
         // Key removed: the next container is refused; the layer stays.
         std::fs::remove_file(keys.join("k.pem")).unwrap();

@@ -2,6 +2,7 @@
 
 mod build;
 mod common;
+mod cri_pull;
 mod crypt;
 mod demo;
 mod layerinfo;
@@ -38,6 +39,9 @@ enum Command {
     Umount(mount::UmountArgs),
     /// Register an image with containerd, its layers mounted lazily by `lazycrypt serve`.
     Pull(pull::Args),
+    /// One CRI PullImage call, as the kubelet makes it (for benchmarks).
+    #[command(hide = true)]
+    CriPull(cri_pull::Args),
     /// Serve the containerd snapshots API (a proxy snapshotter plugin) on a unix socket.
     Serve(serve::Args),
     /// Generate keys and an image, then encrypt, inspect, decrypt and verify it.
@@ -70,6 +74,7 @@ pub fn main() -> i32 {
         Command::Mount(a) => mount::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Pull(a) => pull::run(a),
+        Command::CriPull(a) => cri_pull::run(a),
         Command::Umount(a) => mount::umount(a),
     };
     match res {

@@ -47,6 +47,9 @@ pub struct Args {
     /// Serve eStargz layers with no TOC anchor before verifying them whole.
     #[arg(long)]
     pub allow_unverified_lazy: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9187).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 const DEFAULT_CONFIG: &str = "/etc/lazycrypt/config.toml";
@@ -113,6 +116,18 @@ pub fn run(a: Args) -> Result<()> {
                 _ = int.recv() => {}
             }
         };
+        let metrics = a.metrics.or(file.metrics);
+        if let Some(addr) = metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics address {addr}"))?;
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::snapshotter::metrics::serve(listener, store).await {
+                    tracing::error!("metrics on {addr}: {e}");
+                }
+            });
+        }
         println!("serving snapshots on {}", address.display());
         serve(Service::new(store.clone()), &address, stop)
             .await

@@ -2,6 +2,7 @@
 //! threads and block on the chunk cache; no async runtime is involved.
 //! Errors reaching the log name the layer and chunk, never a file.
 
+pub mod latency;
 pub mod tree;
 
 use std::ffi::OsStr;
@@ -234,7 +235,11 @@ impl Filesystem for LayerFs {
         reply: ReplyData,
     ) {
         match self.inode(ino).map(|i| &i.kind) {
-            Ok(Kind::File(node)) => self.read_file(ino.0, *node, offset, size, reply),
+            Ok(Kind::File(node)) => {
+                let started = std::time::Instant::now();
+                self.read_file(ino.0, *node, offset, size, reply);
+                latency::READS.observe(started.elapsed());
+            }
             Ok(_) => reply.error(Errno::EISDIR),
             Err(e) => reply.error(e),
         }

@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub upper: Option<String>,
     pub upper_size: Option<String>,
     pub allow_unverified_lazy: Option<bool>,
+    /// Prometheus metrics address, e.g. "127.0.0.1:9187".
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl FileConfig {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod meta;
+pub mod metrics;
 pub mod remote;
 pub mod service;
 pub mod store;

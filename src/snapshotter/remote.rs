@@ -79,6 +79,17 @@ pub struct Remotes {
     config: RemoteConfig,
     cache: Arc<ChunkCache>,
     mounts: Mutex<HashMap<u64, LayerMount>>,
+    /// Bytes fetched by layers since unmounted (keeps the total monotonic).
+    fetched_before: std::sync::atomic::AtomicU64,
+}
+
+/// What the metrics endpoint reports of remote layers.
+#[derive(Debug, Clone)]
+pub struct RemoteStats {
+    pub mounts: usize,
+    /// Bytes fetched from registries since start.
+    pub fetched: u64,
+    pub cache: crate::cache::chunks::Stats,
 }
 
 impl Remotes {
@@ -87,7 +98,27 @@ impl Remotes {
             cache: Arc::new(ChunkCache::new(config.cache_bytes, 2)),
             config,
             mounts: Mutex::new(HashMap::new()),
+            fetched_before: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Counts for the metrics endpoint.
+    pub fn stats(&self) -> RemoteStats {
+        let mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        let live: u64 = mounts.values().map(|m| m.layer().fetched()).sum();
+        RemoteStats {
+            mounts: mounts.len(),
+            fetched: live
+                + self
+                    .fetched_before
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            cache: self.cache.stats(),
+        }
+    }
+
+    fn retire(&self, m: &LayerMount) {
+        self.fetched_before
+            .fetch_add(m.layer().fetched(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The node's keys as they are now (re-read each time: removing a key
@@ -201,6 +232,7 @@ impl Remotes {
             .drain()
             .collect();
         for (_, m) in all {
+            self.retire(&m);
             if let Err(e) = m.unmount() {
                 tracing::warn!("{e}");
             }

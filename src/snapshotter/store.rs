@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use super::error::{Error, Result};
 use super::filter::Filter;
 use super::meta::{Kind, Meta, Record, Remote, Txn};
-use super::remote::{REF_LABEL, RemoteConfig, Remotes, named_layer};
+use super::remote::{REF_LABEL, RemoteConfig, RemoteStats, Remotes, named_layer};
 use crate::mount::sys;
 
 /// The most a label key and value may hold together (containerd's limit).
@@ -91,6 +91,19 @@ impl Store {
             }
         }
         Ok(n)
+    }
+
+    /// Counts for the metrics endpoint: remote layers, and snapshots by kind.
+    pub fn stats(&self) -> Result<(RemoteStats, [usize; 3])> {
+        let mut kinds = [0; 3];
+        for r in self.meta.all()?.values() {
+            kinds[match r.kind {
+                Kind::View => 0,
+                Kind::Active => 1,
+                Kind::Committed => 2,
+            }] += 1;
+        }
+        Ok((self.remotes.stats(), kinds))
     }
 
     /// At shutdown: unmounts every remote layer and wipes the chunk cache.
