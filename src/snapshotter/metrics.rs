@@ -111,9 +111,16 @@ pub async fn serve(listener: TcpListener, store: Arc<Store>) -> std::io::Result<
         let (mut conn, _) = listener.accept().await?;
         let store = Arc::clone(&store);
         tokio::spawn(async move {
-            let mut req = [0u8; 1024];
-            let n = conn.read(&mut req).await.unwrap_or(0);
-            let line = String::from_utf8_lossy(&req[..n]);
+            // The request line may arrive in pieces: read to the header's end.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 << 10 {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&req);
             let (status, body) = if line.starts_with("GET /metrics ") {
                 let body = tokio::task::spawn_blocking(move || render(&store))
                     .await
