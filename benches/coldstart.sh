@@ -94,8 +94,9 @@ start_daemons() {
   sync; echo 3 > /proc/sys/vm/drop_caches
 }
 stop_daemons() {
-  for ns in bench k8s.io; do
-    ctr -a "$W/ctd/ctd.sock" -n $ns images rm --sync "$IMG" >/dev/null 2>&1 || true
+  local n
+  for n in bench k8s.io; do
+    ctr -a "$W/ctd/ctd.sock" -n "$n" images rm --sync "$IMG" >/dev/null 2>&1 || true
   done
   kill "$CTD" 2>/dev/null || true; wait "$CTD" 2>/dev/null || true
   kill "$LZ" 2>/dev/null || true; wait "$LZ" 2>/dev/null || true
@@ -110,7 +111,7 @@ bench() {
   for r in $(seq "$RUNS"); do
     start_daemons
     t0=$(date +%s%N)
-    $pull >/dev/null
+    $pull >"$W/pull.out" 2>&1 || { cat "$W/pull.out" >&2; exit 1; }
     # shellcheck disable=SC2086
     out=$(ctr -a "$W/ctd/ctd.sock" -n "$ns" run --rm $flags "$IMG" "$label$r" /bin/busybox cat /marker)
     t1=$(date +%s%N)
