@@ -525,9 +525,14 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     });
     assert!(!daemon.log().contains("remote layer marker"));
 
-    // SIGKILL and start again: the layer is mounted anew and serves.
+    // SIGKILL, and start again while the key is away: the layer cannot be
+    // mounted at start. With the key back, the next container's Prepare
+    // mounts it (never hands out the empty directory) and it serves.
     daemon.kill();
+    std::fs::remove_file(keys.join("k.pem")).unwrap();
     let daemon = Daemon::start_with(d.path(), &args);
+    std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
+    assert_eq!(fuse_mounts_under(&root), 0, "{}", daemon.log());
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
         let m = prepare(c, "c3", "L").await.unwrap();

@@ -81,6 +81,9 @@ pub struct Remotes {
     mounts: Mutex<HashMap<u64, LayerMount>>,
     /// Bytes fetched by layers since unmounted (keeps the total monotonic).
     fetched_before: std::sync::atomic::AtomicU64,
+    /// Serializes late mounts of existing snapshots, so two calls never
+    /// mount the same layer twice.
+    late: Mutex<()>,
 }
 
 /// What the metrics endpoint reports of remote layers.
@@ -99,6 +102,7 @@ impl Remotes {
             config,
             mounts: Mutex::new(HashMap::new()),
             fetched_before: std::sync::atomic::AtomicU64::new(0),
+            late: Mutex::new(()),
         }
     }
 
@@ -208,6 +212,28 @@ impl Remotes {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, m);
         Ok(mode)
+    }
+
+    /// Mounts snapshot `id`'s layer unless it is mounted already.
+    pub fn ensure_mounted(&self, id: u64, remote: &Remote, dir: &Path) -> Result<()> {
+        let _one_at_a_time = self.late.lock().unwrap_or_else(|e| e.into_inner());
+        if self
+            .mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&id)
+        {
+            return Ok(());
+        }
+        for m in crate::mount::sys::mounts_under(dir) {
+            let _ = crate::mount::sys::unmount(&m);
+        }
+        self.mount(id, remote, dir).map(|_| ()).map_err(|e| {
+            Error::new(
+                e.code,
+                format!("layer {} is not mounted: {}", remote.layer, e.message),
+            )
+        })
     }
 
     /// Unmounts snapshot `id`'s layer, if this daemon mounted one.

@@ -139,16 +139,14 @@ impl Store {
         // Over lazily served layers, the upper directory goes on a tmpfs
         // (copy-up would put plaintext on disk), and only while a key on this
         // node still unwraps every encrypted layer below.
-        let remotes: Vec<Remote> = self
-            .chain(parent)?
-            .into_iter()
-            .filter_map(|r| r.remote)
-            .collect();
+        let chain = self.chain(parent)?;
+        let remotes: Vec<&Remote> = chain.iter().filter_map(|r| r.remote.as_ref()).collect();
         if kind == Kind::Active {
             for r in &remotes {
                 self.remotes.authorize(r)?;
             }
         }
+        self.ensure_mounted(&chain)?;
         let tmpfs = kind == Kind::Active && !remotes.is_empty() && self.upper.tmpfs;
         let now = SystemTime::now();
         let made = std::cell::Cell::new(None);
@@ -299,7 +297,22 @@ impl Store {
                 "snapshot {key} is committed; only active snapshots and views have mounts"
             )));
         }
+        self.ensure_mounted(&self.chain(&rec.parent)?)?;
         self.mounts_of(&rec)
+    }
+
+    /// Every remote layer in `chain` must be mounted before its directory is
+    /// handed out: an unmounted one is an empty directory, which a container
+    /// would read as a layer with no files. One that failed to mount at
+    /// start is tried again here; if it still fails, so does the call.
+    fn ensure_mounted(&self, chain: &[Record]) -> Result<()> {
+        for rec in chain {
+            if let Some(remote) = &rec.remote {
+                self.remotes
+                    .ensure_mounted(rec.id, remote, &self.dir(rec.id).join("fs"))?;
+            }
+        }
+        Ok(())
     }
 
     fn mounts_of(&self, rec: &Record) -> Result<Vec<Mount>> {
