@@ -366,6 +366,18 @@ fn push_estargz(plain: &str, recipient: &str, image: &str) {
     ]));
 }
 
+/// skopeo encrypts `plain` (as tar.gz) to `recipient` and pushes it to `image`.
+fn push_skopeo(plain: &str, recipient: &str, image: &str) {
+    ok(common::skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        "--encryption-key",
+        recipient,
+        plain,
+        image,
+    ]));
+}
+
 /// A node keys dir holding `key` as `k.pem`, and the `serve` arguments that
 /// use it and reach `registry` over plain HTTP.
 fn keys_dir_args(dir: &Path, key: &Path, registry: &str) -> (std::path::PathBuf, Vec<String>) {
@@ -591,14 +603,7 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
     let esgz = reg.image("enc/esgz:v1");
     push_estargz(&plain, &recipient, &esgz);
     let targz = reg.image("enc/targz:v1");
-    ok(common::skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--encryption-key",
-        &recipient,
-        &plain,
-        &targz,
-    ]));
+    push_skopeo(&plain, &recipient, &targz);
 
     let (keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
@@ -771,5 +776,96 @@ fn a_cri_pull_mounts_encrypted_layers_lazily() {
     assert_eq!(snaps.matches("Committed").count(), 1, "{snaps}");
     assert!(daemon.log().contains("mounted (Lazy)"), "{}", daemon.log());
     drop(ctd);
+    daemon.stop();
+}
+
+#[test]
+fn the_layers_above_are_opened_ahead_of_their_prepare() {
+    let d = tmp();
+    let reg = Registry::start();
+    // Three layers of 4 MiB each, encrypted by skopeo as tar.gz: each is
+    // fetched whole, verified and indexed when it is opened.
+    let mut layer_dirs = Vec::new();
+    for i in 0..3 {
+        let l = d.path().join(format!("l{i}"));
+        std::fs::create_dir_all(&l).unwrap();
+        std::fs::write(l.join(format!("f{i}")), common::noise(4 << 20)).unwrap();
+        std::fs::write(l.join(format!("t{i}")), format!("layer {i}\n")).unwrap();
+        layer_dirs.push(l);
+    }
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    let mut build = lazycrypt();
+    build.arg("build");
+    for l in &layer_dirs {
+        build.arg("--layer").arg(l);
+    }
+    ok(build.args(["--", &plain]));
+    let k = common::rsa_keys(d.path(), "k");
+    let image = reg.image("multi/app:v1");
+    let recipient = format!("jwe:{}", k.public.display());
+    push_skopeo(&plain, &recipient, &image);
+    let raw = ok(common::skopeo().args(["inspect", "--raw", "--tls-verify=false", &image]));
+    let manifest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes()))
+    );
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layers: Vec<String> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let proxy = common::mounts::CountingProxy::start(&reg.addr);
+    let name = format!("{}/multi/app:v1", proxy.addr);
+    let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
+    let daemon = Daemon::start_with(d.path(), &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        let labels = |i: usize| {
+            let mut l = layer_labels(&format!("L{i}"), &name, &manifest, &layers[i]);
+            l.insert(
+                "containerd.io/snapshot/lazycrypt.image-layers".into(),
+                layers[i..].join(","),
+            );
+            l
+        };
+        let (cd, _) = code(prepare_labelled(c, "k0", labels(0)).await);
+        assert_eq!(cd, Code::AlreadyExists);
+        // The two layers above are fetched without being asked for.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while proxy.served() < 3 * (4 << 20) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} bytes served: the layers above were not opened ahead",
+                proxy.served()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let before = proxy.served();
+        for i in 1..3 {
+            let mut l = labels(i);
+            l.insert("containerd.io/snapshot.ref".into(), format!("L{i}"));
+            let r = c
+                .prepare(pb::PrepareSnapshotRequest {
+                    key: format!("k{i}"),
+                    parent: format!("L{}", i - 1),
+                    labels: l,
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(code(r).0, Code::AlreadyExists);
+        }
+        // Their Prepares found them open: nothing was fetched again.
+        assert!(
+            proxy.served() - before < 64 << 10,
+            "{} more bytes fetched",
+            proxy.served() - before
+        );
+        let m = prepare(c, "c", "L2").await.unwrap();
+        let opts = m[0].split(' ').nth(2).unwrap().to_string();
+        let got = read_through(&opts, &d.path().join("rootfs"), "t0");
+        assert_eq!(got, "layer 0\n");
+    });
     daemon.stop();
 }

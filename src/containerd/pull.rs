@@ -18,7 +18,7 @@ use crate::oci::image::Image;
 use crate::oci::platform::Platform;
 use crate::oci::transport::{ImageSource, RawManifest};
 use crate::oci::{Descriptor, digest::VerifyingReader};
-use crate::snapshotter::remote::{LAZYCRYPT_LABELS, REF_LABEL};
+use crate::snapshotter::remote::{IMAGE_LAYERS_LABELS, LAZYCRYPT_LABELS, REF_LABEL};
 
 /// What containerd needs to know of an image to run it lazily.
 pub struct Resolved {
@@ -176,11 +176,16 @@ async fn register_leased(client: &Client, r: &Resolved, snapshotter: &str) -> Re
         };
         let target = r.chain[i].clone();
         let [image_label, manifest_label, layer_label] = LAZYCRYPT_LABELS;
+        let layers_label = IMAGE_LAYERS_LABELS[1];
         let labels = HashMap::from([
             (REF_LABEL.to_string(), target.clone()),
             (image_label.to_string(), image_ref.clone()),
             (manifest_label.to_string(), r.manifest.digest.to_string()),
             (layer_label.to_string(), layer.digest().to_string()),
+            (
+                layers_label.to_string(),
+                layer_list(&r.layers[i..], 4096 - layers_label.len()),
+            ),
         ]);
         let key = format!("lazycrypt-pull-{}-{target}", unique());
         let res = sc
@@ -248,6 +253,24 @@ async fn register_leased(client: &Client, r: &Resolved, snapshotter: &str) -> Re
         Err(e) => bail!("containerd: creating image {}: {}", r.name, e.message()),
     }
     Ok(mounted)
+}
+
+/// This layer's digest and those above it, comma-separated, as many as fit
+/// in `room` bytes (a label's key and value may hold 4096 together). The
+/// snapshotter opens the ones above ahead of their Prepare.
+fn layer_list(layers: &[Descriptor], room: usize) -> String {
+    let mut out = String::new();
+    for l in layers {
+        let d = l.digest().to_string();
+        if out.len() + d.len() + 1 > room {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&d);
+    }
+    out
 }
 
 /// Stores one small blob (sent in a single commit) with its labels.

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use zeroize::Zeroizing;
 
@@ -17,6 +17,7 @@ use crate::cache::chunks::ChunkCache;
 use crate::crypto::envelope::layer_keys;
 use crate::crypto::keyprovider::ProviderConfig;
 use crate::crypto::recipient::KeyRing;
+use crate::layer::index::Layer;
 use crate::mount::layer::LayerMount;
 use crate::mount::open::{Mode, OpenOptions, open_layer};
 use crate::oci::reference::RegistryRef;
@@ -34,6 +35,13 @@ pub const LAZYCRYPT_LABELS: [&str; 3] = [
     "containerd.io/snapshot/lazycrypt.image-ref",
     "containerd.io/snapshot/lazycrypt.manifest-digest",
     "containerd.io/snapshot/lazycrypt.layer-digest",
+];
+
+/// Labels listing the digests of this layer and the image's layers above
+/// it (comma-separated), which are opened ahead: CRI's and lazycrypt's.
+pub const IMAGE_LAYERS_LABELS: [&str; 2] = [
+    "containerd.io/snapshot/cri.image-layers",
+    "containerd.io/snapshot/lazycrypt.image-layers",
 ];
 
 /// Label sets that name a layer: CRI's, and lazycrypt's own.
@@ -84,7 +92,15 @@ pub struct Remotes {
     /// Serializes late mounts of existing snapshots, so two calls never
     /// mount the same layer twice.
     late: Mutex<()>,
+    /// Layers being opened (or opened and not yet mounted), by digest.
+    opening: Mutex<HashMap<String, Arc<OnceLock<Result<Opened>>>>>,
 }
+
+/// An opened layer, how it is served, and its remote with the descriptor.
+type Opened = (Arc<Layer>, Mode, Remote);
+
+/// Most layers opened ahead and not yet mounted.
+const MAX_PREFETCH: usize = 64;
 
 /// What the metrics endpoint reports of remote layers.
 #[derive(Debug, Clone)]
@@ -103,6 +119,7 @@ impl Remotes {
             mounts: Mutex::new(HashMap::new()),
             fetched_before: std::sync::atomic::AtomicU64::new(0),
             late: Mutex::new(()),
+            opening: Mutex::new(HashMap::new()),
         }
     }
 
@@ -195,9 +212,44 @@ impl Remotes {
         Ok(desc)
     }
 
-    /// Opens the layer and mounts it at `dir` for snapshot `id`.
-    pub fn mount(&self, id: u64, remote: &Remote, dir: &Path) -> Result<Mode> {
-        let desc = descriptor(remote)?;
+    /// Opens the layer (resolving its descriptor first if `remote` has
+    /// none) and mounts it at `dir` for snapshot `id`; fills
+    /// `remote.descriptor`. A layer opened ahead by [`Remotes::prefetch`] is
+    /// taken as it is (or waited for).
+    pub fn mount(&self, id: u64, remote: &mut Remote, dir: &Path) -> Result<Mode> {
+        let (layer, mode, resolved) = self.take_opened(remote)?;
+        *remote = resolved;
+        let m = LayerMount::new(layer, self.cache.clone(), dir)
+            .map_err(|e| Error::io("mounting layer", e))?;
+        self.mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, m);
+        Ok(mode)
+    }
+
+    /// Opens `remote`'s layer once: concurrent callers (a prefetch and the
+    /// Prepare that needs it) share one open, and its result is handed out
+    /// once.
+    fn take_opened(&self, remote: &Remote) -> Result<Opened> {
+        let cell = {
+            let mut m = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+            m.entry(remote.layer.clone()).or_default().clone()
+        };
+        let out = cell.get_or_init(|| self.open_now(remote)).clone();
+        let mut m = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(&remote.layer).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            m.remove(&remote.layer);
+        }
+        out
+    }
+
+    fn open_now(&self, remote: &Remote) -> Result<Opened> {
+        let mut remote = remote.clone();
+        if remote.descriptor.is_empty() {
+            self.resolve(&mut remote)?;
+        }
+        let desc = descriptor(&remote)?;
         let src = self.source(&remote.image)?;
         let ring = self.ring()?;
         let opts = OpenOptions {
@@ -205,13 +257,35 @@ impl Remotes {
             allow_unverified_lazy: self.config.allow_unverified_lazy,
         };
         let (layer, mode) = open_layer(src, &desc, &ring, &opts).map_err(|e| layer_error(&e))?;
-        let m = LayerMount::new(Arc::new(layer), self.cache.clone(), dir)
-            .map_err(|e| Error::io("mounting layer", e))?;
-        self.mounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, m);
-        Ok(mode)
+        Ok((Arc::new(layer), mode, remote))
+    }
+
+    /// Starts opening `layers` of the same image in the background (fetching
+    /// their TOCs, or verifying and indexing their blobs), so the Prepares
+    /// that follow for them find them ready. Failures are left for those
+    /// Prepares to report.
+    pub fn prefetch(self: &Arc<Self>, image: &str, manifest: &str, layers: &[String]) {
+        for layer in layers {
+            let cell = {
+                let mut m = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+                if m.contains_key(layer) || m.len() >= MAX_PREFETCH {
+                    continue;
+                }
+                m.entry(layer.clone()).or_default().clone()
+            };
+            let remote = Remote {
+                image: image.to_string(),
+                manifest: manifest.to_string(),
+                layer: layer.clone(),
+                descriptor: String::new(),
+            };
+            let this = Arc::clone(self);
+            std::thread::spawn(move || {
+                if let Err(e) = cell.get_or_init(|| this.open_now(&remote)) {
+                    tracing::debug!("opening layer {} ahead: {e}", remote.layer);
+                }
+            });
+        }
     }
 
     /// Mounts snapshot `id`'s layer unless it is mounted already.
@@ -228,12 +302,14 @@ impl Remotes {
         for m in crate::mount::sys::mounts_under(dir) {
             let _ = crate::mount::sys::unmount(&m);
         }
-        self.mount(id, remote, dir).map(|_| ()).map_err(|e| {
-            Error::new(
-                e.code,
-                format!("layer {} is not mounted: {}", remote.layer, e.message),
-            )
-        })
+        self.mount(id, &mut remote.clone(), dir)
+            .map(|_| ())
+            .map_err(|e| {
+                Error::new(
+                    e.code,
+                    format!("layer {} is not mounted: {}", remote.layer, e.message),
+                )
+            })
     }
 
     /// Unmounts snapshot `id`'s layer, if this daemon mounted one.

@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::error::{Error, Result};
 use super::filter::Filter;
 use super::meta::{Kind, Meta, Record, Remote, Txn};
-use super::remote::{REF_LABEL, RemoteConfig, RemoteStats, Remotes, named_layer};
+use super::remote::{
+    IMAGE_LAYERS_LABELS, REF_LABEL, RemoteConfig, RemoteStats, Remotes, named_layer,
+};
 use crate::mount::sys;
 
 /// The most a label key and value may hold together (containerd's limit).
@@ -50,7 +53,7 @@ pub struct UpperConfig {
 pub struct Store {
     root: PathBuf,
     meta: Meta,
-    remotes: Remotes,
+    remotes: Arc<Remotes>,
     upper: UpperConfig,
 }
 
@@ -63,7 +66,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             meta,
-            remotes: Remotes::new(remote),
+            remotes: Arc::new(Remotes::new(remote)),
             upper,
         })
     }
@@ -85,7 +88,7 @@ impl Store {
                 tracing::error!("snapshot {key}: {}: {e}", fs_dir.display());
                 continue;
             }
-            match self.remotes.mount(rec.id, remote, &fs_dir) {
+            match self.remotes.mount(rec.id, &mut remote.clone(), &fs_dir) {
                 Ok(_) => n += 1,
                 Err(e) => tracing::error!("snapshot {key}: layer {}: {e}", remote.layer),
             }
@@ -227,8 +230,8 @@ impl Store {
         let done = (|| {
             fs::create_dir_all(dir.join("fs"))
                 .map_err(|e| Error::io("cannot create snapshot directory", e))?;
-            self.remotes.resolve(&mut remote)?;
-            let mode = self.remotes.mount(id, &remote, &dir.join("fs"))?;
+            self.prefetch_above(&remote, labels);
+            let mode = self.remotes.mount(id, &mut remote, &dir.join("fs"))?;
             let now = SystemTime::now();
             self.meta.update(|t| {
                 if t.get(&target)?.is_some() {
@@ -268,6 +271,29 @@ impl Store {
                 e
             }
         }
+    }
+
+    /// Starts opening the image's layers above `remote` that no snapshot
+    /// holds yet, as CRI's (or lazycrypt's) image-layers label lists them.
+    fn prefetch_above(&self, remote: &Remote, labels: &BTreeMap<String, String>) {
+        let Some(list) = IMAGE_LAYERS_LABELS.iter().find_map(|l| labels.get(*l)) else {
+            return;
+        };
+        let held: std::collections::HashSet<String> = match self.meta.all() {
+            Ok(all) => all
+                .values()
+                .filter_map(|r| r.remote.as_ref().map(|x| x.layer.clone()))
+                .collect(),
+            Err(_) => return,
+        };
+        let above: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty() && *d != remote.layer && !held.contains(*d))
+            .map(String::from)
+            .collect();
+        self.remotes
+            .prefetch(&remote.image, &remote.manifest, &above);
     }
 
     /// Records of `parent` and its ancestors, nearest first.
