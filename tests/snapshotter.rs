@@ -366,6 +366,20 @@ fn push_estargz(plain: &str, recipient: &str, image: &str) {
     ]));
 }
 
+/// The digest of `image`'s manifest in its registry, and its layer digests.
+fn manifest_and_layers(image: &str) -> (String, Vec<String>) {
+    let raw = ok(common::skopeo().args(["inspect", "--raw", "--tls-verify=false", image]));
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes()));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layers = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    (format!("sha256:{digest}"), layers)
+}
+
 /// skopeo encrypts `plain` (as tar.gz) to `recipient` and pushes it to `image`.
 fn push_skopeo(plain: &str, recipient: &str, image: &str) {
     ok(common::skopeo().args([
@@ -470,13 +484,8 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     let k = common::rsa_keys(d.path(), "k");
     let image = reg.image("enc/app:v1");
     push_estargz(&plain, &format!("jwe:{}", k.public.display()), &image);
-    let raw = ok(common::skopeo().args(["inspect", "--raw", "--tls-verify=false", &image]));
-    let manifest = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes()))
-    );
-    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let (manifest, layers) = manifest_and_layers(&image);
+    let layer = layers[0].clone();
     let name = image.trim_start_matches("docker://").to_string();
 
     let (keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
@@ -804,18 +813,7 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
     let image = reg.image("multi/app:v1");
     let recipient = format!("jwe:{}", k.public.display());
     push_skopeo(&plain, &recipient, &image);
-    let raw = ok(common::skopeo().args(["inspect", "--raw", "--tls-verify=false", &image]));
-    let manifest = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes()))
-    );
-    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let layers: Vec<String> = m["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect();
+    let (manifest, layers) = manifest_and_layers(&image);
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
     let name = format!("{}/multi/app:v1", proxy.addr);
     let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
@@ -866,6 +864,52 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
         let opts = m[0].split(' ').nth(2).unwrap().to_string();
         let got = read_through(&opts, &d.path().join("rootfs"), "t0");
         assert_eq!(got, "layer 0\n");
+    });
+    daemon.stop();
+}
+
+#[test]
+fn layers_are_fetched_through_the_mirrors_hosts_toml_names() {
+    let d = tmp();
+    let reg = Registry::start();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("marker"), "via the mirror\n").unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    common::build_dir(&src, &plain, &[]);
+    let k = common::rsa_keys(d.path(), "k");
+    let image = reg.image("mirrored/app:v1");
+    push_estargz(&plain, &format!("jwe:{}", k.public.display()), &image);
+    let (manifest, layers) = manifest_and_layers(&image);
+    let layer = layers[0].clone();
+    // The image is named on a registry that does not answer; its hosts.toml
+    // sends pulls to the real one first.
+    let dead = "127.0.0.1:1";
+    let hosts = d.path().join("certs.d");
+    std::fs::create_dir_all(hosts.join(dead)).unwrap();
+    std::fs::write(
+        hosts.join(dead).join("hosts.toml"),
+        format!(
+            "server = \"http://{dead}\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let (_keys, mut args) = keys_dir_args(d.path(), &k.private, dead);
+    args.extend(["--hosts-dir".to_string(), hosts.display().to_string()]);
+    let daemon = Daemon::start_with(d.path(), &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        let name = format!("{dead}/mirrored/app:v1");
+        let (cd, msg) =
+            code(prepare_labelled(c, "k", layer_labels("L", &name, &manifest, &layer)).await);
+        assert_eq!(cd, Code::AlreadyExists, "{msg}");
+        let m = prepare(c, "c", "L").await.unwrap();
+        let opts = m[0].split(' ').nth(2).unwrap().to_string();
+        assert_eq!(
+            read_through(&opts, &d.path().join("rootfs"), "marker"),
+            "via the mirror\n"
+        );
     });
     daemon.stop();
 }

@@ -10,9 +10,9 @@ use clap::Args as ClapArgs;
 use super::common::TransportArgs;
 use crate::containerd::client::Client;
 use crate::containerd::pull::{register, resolve};
+use crate::oci::mirrored::open;
 use crate::oci::platform::Platform;
 use crate::oci::reference::RegistryRef;
-use crate::oci::registry::Registry;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -28,6 +28,10 @@ pub struct Args {
     /// Platform to pull (default: this host's).
     #[arg(long)]
     pub platform: Option<String>,
+    /// containerd's registry hosts directory: mirrors in
+    /// `<dir>/<host>/hosts.toml` are tried first.
+    #[arg(long, default_value = "/etc/containerd/certs.d")]
+    pub hosts_dir: PathBuf,
     #[command(flatten)]
     pub transport: TransportArgs,
     /// The image, `HOST/REPO:TAG` (or `docker://HOST/REPO:TAG`).
@@ -38,12 +42,12 @@ pub fn run(a: Args) -> Result<()> {
     let started = Instant::now();
     let name = a.image.trim_start_matches("docker://").to_string();
     let r = RegistryRef::parse(&name).with_context(|| format!("image {}", a.image))?;
-    let src = Registry::new(r, &a.transport.options().registry)?;
+    let src = open(&r, Some(&a.hosts_dir), &a.transport.options().registry)?;
     let platform = match &a.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
-    let resolved = resolve(&src, &name, &platform)?;
+    let resolved = resolve(src.as_ref(), &name, &platform)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -34,6 +34,10 @@ pub struct Args {
     /// A registry (`host[:port]`) to reach over plain HTTP (repeatable).
     #[arg(long = "plain-http", value_name = "HOST")]
     pub plain_http: Vec<String>,
+    /// containerd's registry hosts directory: mirrors in `<dir>/<host>/hosts.toml`
+    /// are tried first [default: /etc/containerd/certs.d].
+    #[arg(long)]
+    pub hosts_dir: Option<PathBuf>,
     /// Plaintext chunk cache budget in memory, shared by all layers [default: 256M].
     #[arg(long, value_parser = super::mount::parse_size)]
     pub cache_size: Option<u64>,
@@ -83,6 +87,11 @@ pub fn run(a: Args) -> Result<()> {
             .or(file.keys_dir)
             .unwrap_or_else(|| "/etc/containerd/ocicrypt/keys".into()),
         plain_http,
+        hosts_dir: Some(
+            a.hosts_dir
+                .or(file.hosts_dir)
+                .unwrap_or_else(|| "/etc/containerd/certs.d".into()),
+        ),
         cache_dir: root.join("blobs"),
         cache_bytes: a
             .cache_size

@@ -4,9 +4,11 @@
 pub mod build;
 pub mod copy;
 pub mod digest;
+pub mod hosts;
 pub mod image;
 pub mod layout;
 pub mod media;
+pub mod mirrored;
 pub mod platform;
 pub mod reference;
 pub mod registry;

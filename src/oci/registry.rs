@@ -51,6 +51,12 @@ impl Registry {
     pub fn new(r: RegistryRef, opts: &RegistryOptions) -> Result<Self, Error> {
         let scheme = if opts.plain_http { "http" } else { "https" };
         let base = format!("{scheme}://{}", r.api_host());
+        Self::at(r, base, opts)
+    }
+
+    /// The repository of `r`, reached at `base` (`scheme://host[:port]`, a
+    /// mirror's address); credentials are still those of `r`'s host.
+    pub fn at(r: RegistryRef, base: String, opts: &RegistryOptions) -> Result<Self, Error> {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))

@@ -15,6 +15,8 @@ pub struct FileConfig {
     pub keys_dir: Option<PathBuf>,
     #[serde(default)]
     pub plain_http: Vec<String>,
+    /// containerd's registry hosts directory (`hosts.toml` per registry).
+    pub hosts_dir: Option<PathBuf>,
     /// Size with a K/M/G suffix, e.g. "256M".
     pub cache_size: Option<String>,
     /// "tmpfs" or "disk".

@@ -21,7 +21,7 @@ use crate::layer::index::Layer;
 use crate::mount::layer::LayerMount;
 use crate::mount::open::{Mode, OpenOptions, open_layer};
 use crate::oci::reference::RegistryRef;
-use crate::oci::registry::{Registry, RegistryOptions};
+use crate::oci::registry::RegistryOptions;
 use crate::oci::transport::ImageSource;
 use crate::oci::{Descriptor, ImageManifest, media};
 
@@ -74,6 +74,8 @@ pub struct RemoteConfig {
     pub keys_dir: PathBuf,
     /// Registries (`host[:port]`) reached over plain HTTP.
     pub plain_http: Vec<String>,
+    /// containerd's `certs.d` directory: registry mirrors in `hosts.toml`.
+    pub hosts_dir: Option<PathBuf>,
     /// Ciphertext blob cache.
     pub cache_dir: PathBuf,
     /// Plaintext chunk cache budget in bytes, shared by all layers.
@@ -169,13 +171,15 @@ impl Remotes {
             plain_http: self.config.plain_http.contains(&r.host),
             creds: None,
         };
-        let reg = Registry::new(r, &opts).map_err(|e| {
-            Error::new(
-                tonic::Code::Unavailable,
-                format!("registry for {image}: {e}"),
-            )
-        })?;
-        Ok(Arc::new(reg))
+        let src = crate::oci::mirrored::open(&r, self.config.hosts_dir.as_deref(), &opts).map_err(
+            |e| {
+                Error::new(
+                    tonic::Code::Unavailable,
+                    format!("registry for {image}: {e}"),
+                )
+            },
+        )?;
+        Ok(Arc::from(src))
     }
 
     /// Finds the layer's descriptor in its manifest; fills `remote.descriptor`.
