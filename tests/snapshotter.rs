@@ -913,3 +913,69 @@ fn layers_are_fetched_through_the_mirrors_hosts_toml_names() {
     });
     daemon.stop();
 }
+
+#[test]
+fn a_daemon_killed_in_the_middle_of_a_prepare_leaves_nothing_half_done() {
+    let d = tmp();
+    let reg = Registry::start();
+    // A 48 MiB skopeo tar.gz layer: its Prepare downloads, verifies and
+    // indexes the whole blob, which takes long enough to be interrupted.
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), common::noise(48 << 20)).unwrap();
+    std::fs::write(src.join("marker"), "after the crash\n").unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    common::build_dir(&src, &plain, &[]);
+    let k = common::rsa_keys(d.path(), "k");
+    let image = reg.image("crash/app:v1");
+    push_skopeo(&plain, &format!("jwe:{}", k.public.display()), &image);
+    let (manifest, layers) = manifest_and_layers(&image);
+    let name = image.trim_start_matches("docker://").to_string();
+    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let daemon = Daemon::start_with(d.path(), &args);
+    let root = daemon.root.clone();
+    let socket = daemon.socket.clone();
+    let labels = layer_labels("L", &name, &manifest, &layers[0]);
+    // Prepare in the background; SIGKILL once the blob starts arriving.
+    let pending = {
+        let labels = labels.clone();
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                let c = &mut connect(&socket).await;
+                prepare_labelled(c, "k", labels).await.map(|_| ())
+            })
+        })
+    };
+    let cached = root.join("blobs/sha256");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_dir(&cached).is_ok_and(|mut r| r.next().is_some()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Prepare never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    daemon.kill();
+    let r = pending.join().unwrap();
+    assert!(r.is_err(), "the Prepare finished before the kill: {r:?}");
+
+    let daemon = Daemon::start_with(d.path(), &args);
+    assert_eq!(fuse_mounts_under(&root), 0);
+    let left: Vec<_> = std::fs::read_dir(root.join("snapshots")).unwrap().collect();
+    assert!(left.is_empty(), "directories left: {left:?}");
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        assert_eq!(code(stat(c, "L").await).0, Code::NotFound);
+        assert!(list(c, &[]).await.unwrap().is_empty());
+        // The retry completes, whatever the cache kept of the first try.
+        let (cd, msg) = code(prepare_labelled(c, "k2", labels).await);
+        assert_eq!(cd, Code::AlreadyExists, "{msg}");
+        let m = prepare(c, "c", "L").await.unwrap();
+        let opts = m[0].split(' ').nth(2).unwrap().to_string();
+        assert_eq!(
+            read_through(&opts, &d.path().join("rootfs"), "marker"),
+            "after the crash\n"
+        );
+    });
+    daemon.stop();
+}
