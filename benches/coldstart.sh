@@ -26,6 +26,8 @@ W=$(mktemp -d /tmp/lazycrypt-coldstart.XXXXXX)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Daemons started inside a timing loop (a subshell) are not in PIDS.
+  pkill -f "$W/" 2>/dev/null || true
   sleep 1
   grep -o " $W[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$W"
