@@ -322,6 +322,31 @@ fn mounted_trees_equal_the_merged_rootfs_for_skopeo_tar_gz_and_zstd_and_estargz(
 }
 
 #[test]
+fn a_mount_whose_process_was_killed_is_cleaned_up_by_the_next_one() {
+    let d = tmp();
+    let tars = vec![make_tar(&[E::File(
+        "a.txt".into(),
+        0o644,
+        0,
+        b"a\n".to_vec(),
+    )])];
+    let plain = layout_from_tars(&d.path().join("img"), "plain", &tars, true);
+    let k = rsa_keys(d.path(), "k");
+    let enc = format!("oci:{}:enc", d.path().join("img").display());
+    encrypt_estargz(&plain, &enc, &k.public);
+    let (mnt, state) = (d.path().join("mnt"), d.path().join("state"));
+    let key = ["--key", k.private.to_str().unwrap()];
+    mount(&enc, &mnt, &state, &key).unwrap().kill();
+    // The dead mount's overlay and FUSE mounts are still there.
+    assert!(is_mounted(&mnt));
+    let m = mount(&enc, &mnt, &state, &key).unwrap();
+    assert_eq!(std::fs::read(mnt.join("a.txt")).unwrap(), b"a\n");
+    // Unmounting leaves nothing mounted at the target: no stale overlay
+    // was left stacked under the new one.
+    m.umount();
+}
+
+#[test]
 fn mount_fails_cleanly_without_a_key_or_with_a_wrong_one() {
     let d = tmp();
     let tars = vec![make_tar(&[E::File(

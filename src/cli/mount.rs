@@ -109,7 +109,7 @@ pub fn run(a: Args) -> Result<()> {
     if let Ok(pid) = std::fs::read_to_string(run_dir.join("pid")) {
         match pid.trim().parse::<i32>() {
             Ok(p) if alive(p) => bail!("{} is already mounted by process {p}", target.display()),
-            _ => clean_stale(&run_dir).context("cleaning up after an earlier mount")?,
+            _ => clean_stale(&run_dir, &target).context("cleaning up after an earlier mount")?,
         }
     }
     let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref())?;
@@ -190,8 +190,7 @@ pub fn umount(a: UmountArgs) -> Result<()> {
         .filter(|&p| alive(p));
     let Some(pid) = pid else {
         if run_dir.exists() {
-            crate::mount::sys::unmount(&target).ok();
-            clean_stale(&run_dir)?;
+            clean_stale(&run_dir, &target)?;
             return Ok(());
         }
         bail!("{} is not mounted by lazycrypt", target.display());

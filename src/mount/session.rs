@@ -215,17 +215,17 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
     fs::remove_dir_all(dir)
 }
 
-/// Cleans up after a mount whose process died: detaches what is still
-/// mounted under `run_dir` and removes it.
-pub fn clean_stale(run_dir: &Path) -> io::Result<()> {
+/// Cleans up after a mount whose process died: detaches the overlay it left
+/// at `target` (recognised by its layers under `run_dir`) and whatever is
+/// still mounted under `run_dir`, dead FUSE mounts included, then removes
+/// `run_dir`.
+pub fn clean_stale(run_dir: &Path, target: &Path) -> io::Result<()> {
     if !run_dir.exists() {
         return Ok(());
     }
-    for e in fs::read_dir(run_dir)? {
-        let p = e?.path();
-        if sys::is_mount_point(&p) {
-            sys::unmount(&p)?;
-        }
+    if sys::mounted_with(target, &run_dir.display().to_string()) {
+        sys::unmount(target)?;
     }
+    sys::unmount_under(run_dir)?;
     remove_tree(run_dir)
 }

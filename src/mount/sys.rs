@@ -85,19 +85,54 @@ pub fn tmpfs_sized(target: &Path, size: Option<u64>) -> io::Result<()> {
     mount("tmpfs", target, libc::MS_NODEV, &opts)
 }
 
-/// Mount points at or below `dir`, deepest first, from the kernel's table:
-/// unlike `stat`, this also finds FUSE mounts whose server died.
-pub fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
+/// The kernel's mount table: (mount point, options) per mount. Unlike
+/// `stat`, it also lists FUSE mounts whose server died.
+fn mount_table() -> Vec<(std::path::PathBuf, String)> {
     let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut out: Vec<std::path::PathBuf> = table
+    table
         .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .map(|p| std::path::PathBuf::from(unescape_mount_path(p)))
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let point = f.nth(1)?;
+            let opts = f.nth(1)?;
+            Some((
+                std::path::PathBuf::from(unescape_mount_path(point)),
+                unescape_mount_path(opts),
+            ))
+        })
+        .collect()
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = mount_table()
+        .into_iter()
+        .map(|(p, _)| p)
         .filter(|p| p.starts_with(dir))
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     out.dedup();
     out
+}
+
+/// Unmounts (or detaches, when busy) everything mounted at or below `dir`,
+/// deepest first, dead FUSE mounts included; returns the first failure.
+pub fn unmount_under(dir: &Path) -> io::Result<()> {
+    let mut first = None;
+    for m in mounts_under(dir) {
+        if let Err(e) = unmount(&m) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Whether something is mounted at `target` with `needle` in its options
+/// (an overlay whose layers live under a given directory).
+pub fn mounted_with(target: &Path, needle: &str) -> bool {
+    mount_table()
+        .iter()
+        .any(|(p, o)| p == target && o.contains(needle))
 }
 
 /// /proc/self/mounts writes space, tab, newline and backslash as octal escapes.

@@ -303,9 +303,8 @@ impl Remotes {
         {
             return Ok(());
         }
-        for m in crate::mount::sys::mounts_under(dir) {
-            let _ = crate::mount::sys::unmount(&m);
-        }
+        // What a killed daemon left here: a dead FUSE mount.
+        let _ = crate::mount::sys::unmount_under(dir);
         self.mount(id, &mut remote.clone(), dir)
             .map(|_| ())
             .map_err(|e| {

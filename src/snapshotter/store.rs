@@ -79,18 +79,13 @@ impl Store {
         for (key, rec) in self.meta.all()? {
             let Some(remote) = &rec.remote else { continue };
             let fs_dir = self.dir(rec.id).join("fs");
-            for m in sys::mounts_under(&fs_dir) {
-                if let Err(e) = sys::unmount(&m) {
-                    tracing::warn!("stale mount {}: {e}", m.display());
-                }
-            }
             if let Err(e) = fs::create_dir_all(&fs_dir) {
                 tracing::error!("snapshot {key}: {}: {e}", fs_dir.display());
                 continue;
             }
-            match self.remotes.mount(rec.id, &mut remote.clone(), &fs_dir) {
-                Ok(_) => n += 1,
-                Err(e) => tracing::error!("snapshot {key}: layer {}: {e}", remote.layer),
+            match self.remotes.ensure_mounted(rec.id, remote, &fs_dir) {
+                Ok(()) => n += 1,
+                Err(e) => tracing::error!("snapshot {key}: {e}"),
             }
         }
         Ok(n)
@@ -593,10 +588,8 @@ fn disk_usage(dir: &Path) -> Result<(i64, i64)> {
 /// Removes a snapshot directory, unmounting what is mounted in it first;
 /// failures are logged, not fatal: cleanup retries them.
 fn remove_tree(p: &Path) {
-    for m in sys::mounts_under(p) {
-        if let Err(e) = sys::unmount(&m) {
-            tracing::warn!("{e}");
-        }
+    if let Err(e) = sys::unmount_under(p) {
+        tracing::warn!("{e}");
     }
     if let Err(e) = fs::remove_dir_all(p)
         && e.kind() != std::io::ErrorKind::NotFound

@@ -105,6 +105,14 @@ impl Mount {
         )
     }
 
+    /// SIGKILL, as in a crash: nothing is unmounted.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
