@@ -177,7 +177,7 @@ impl Store {
             Ok(rec)
         });
         match result {
-            Ok(rec) => self.mounts_of(&rec),
+            Ok(rec) => Ok(self.mounts_of(&rec, &chain)),
             Err(e) => {
                 if let Some(dir) = made.take() {
                     remove_tree(&dir);
@@ -318,8 +318,9 @@ impl Store {
                 "snapshot {key} is committed; only active snapshots and views have mounts"
             )));
         }
-        self.ensure_mounted(&self.chain(&rec.parent)?)?;
-        self.mounts_of(&rec)
+        let chain = self.chain(&rec.parent)?;
+        self.ensure_mounted(&chain)?;
+        Ok(self.mounts_of(&rec, &chain))
     }
 
     /// Every remote layer in `chain` must be mounted before its directory is
@@ -336,8 +337,9 @@ impl Store {
         Ok(())
     }
 
-    fn mounts_of(&self, rec: &Record) -> Result<Vec<Mount>> {
-        let lowers = self.lowers(&rec.parent)?;
+    /// The mounts of `rec`, whose parent chain (nearest first) is `chain`.
+    fn mounts_of(&self, rec: &Record, chain: &[Record]) -> Vec<Mount> {
+        let lowers: Vec<PathBuf> = chain.iter().map(|r| self.dir(r.id).join("fs")).collect();
         let fs_dir = self.dir(rec.id).join("fs");
         let path = |p: &Path| p.display().to_string();
         let bind = |source: PathBuf, mode: &str| Mount {
@@ -345,7 +347,7 @@ impl Store {
             source: path(&source),
             options: vec![mode.into(), "rbind".into()],
         };
-        Ok(match (rec.kind, lowers.as_slice()) {
+        match (rec.kind, lowers.as_slice()) {
             (Kind::Active, []) => vec![bind(fs_dir, "rw")],
             (Kind::View, []) => vec![bind(fs_dir, "ro")],
             (Kind::View, [one]) => vec![bind(one.clone(), "ro")],
@@ -364,16 +366,7 @@ impl Store {
                     lowerdir(&lowers),
                 ],
             }],
-        })
-    }
-
-    /// The `fs` directories of `parent` and its ancestors, nearest first.
-    fn lowers(&self, parent: &str) -> Result<Vec<PathBuf>> {
-        Ok(self
-            .chain(parent)?
-            .iter()
-            .map(|r| self.dir(r.id).join("fs"))
-            .collect())
+        }
     }
 
     /// Commits active snapshot `key` as `name`.
