@@ -34,10 +34,17 @@ fn stream_decrypt(
     c.stdin(std::fs::File::open(blob).unwrap())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    // SAFETY: dup2 and fcntl are async-signal-safe; they run in the child between fork and exec.
     unsafe {
         c.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
+            // dup2 onto itself is a no-op that keeps close-on-exec: when the
+            // payload already sits on fd 3, clear the flag instead.
+            let ok = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) >= 0
+            } else {
+                libc::dup2(raw, 3) >= 0
+            };
+            if !ok {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
