@@ -6,6 +6,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+#[path = "../tests/common/data.rs"]
+mod data;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lazycrypt::crypto::cipher::LayerKey;
 use lazycrypt::layer::estargz::lazy::{Anchor, open};
@@ -14,17 +17,7 @@ use lazycrypt::layer::index::Layer;
 use lazycrypt::layer::source::MemoryRange;
 use lazycrypt::layer::stream::{self, Compression, Plain};
 
-fn noise(n: usize) -> Vec<u8> {
-    let mut x = 88172645463325252u64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use data::noise;
 
 fn text(n: usize) -> Vec<u8> {
     let words = [

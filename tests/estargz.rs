@@ -95,14 +95,7 @@ fn encrypted_estargz_decrypts_with_skopeo_to_the_same_tree() {
     let k = rsa_keys(d.path(), "k");
 
     let enc = format!("oci:{}/img:enc", d.path().display());
-    let out = ok(lazycrypt().args([
-        "encrypt",
-        "--estargz",
-        "-r",
-        &format!("jwe:{}", k.public.display()),
-        &plain,
-        &enc,
-    ]));
+    let out = encrypt_estargz(&plain, &enc, &k.public);
     assert!(out.contains("encrypted (eStargz)"), "{out}");
     let layer = layout_manifest(&enc)["layers"][0].clone();
     assert_eq!(
@@ -205,13 +198,7 @@ fn already_encrypted_layers_are_not_converted() {
     let plain = build_image(d.path(), "plain", 1);
     let k = rsa_keys(d.path(), "k");
     let enc = format!("oci:{}/e:x", d.path().display());
-    ok(skopeo().args([
-        "copy",
-        "--encryption-key",
-        &format!("jwe:{}", k.public.display()),
-        &plain,
-        &enc,
-    ]));
+    skopeo_encrypt(&plain, &enc, &[format!("jwe:{}", k.public.display())], None);
     let err = fails(lazycrypt().args([
         "encrypt",
         "--estargz",
@@ -244,15 +231,7 @@ fn lazy_reads_over_registry_range_requests_fetch_only_what_they_need() {
     build_dir(&src, &plain, &[]);
     let k = rsa_keys(d.path(), "k");
     let remote = reg.image("lazy/app:v1");
-    ok(lazycrypt().args([
-        "encrypt",
-        "--plain-http",
-        "--estargz",
-        "-r",
-        &format!("jwe:{}", k.public.display()),
-        &plain,
-        &remote,
-    ]));
+    encrypt_estargz(&plain, &remote, &k.public);
 
     let r = lazycrypt::oci::reference::ImageRef::parse(&remote).unwrap();
     let opts = lazycrypt::oci::transport::TransportOptions {

@@ -5,15 +5,6 @@ mod common;
 
 use common::*;
 
-fn skopeo_encrypt(src: &str, dst: &str, recipients: &[String]) {
-    let mut c = skopeo();
-    c.arg("copy");
-    for r in recipients {
-        c.arg("--encryption-key").arg(r);
-    }
-    ok(c.arg(src).arg(dst));
-}
-
 /// skopeo with an empty GNUPGHOME: it must use the key files it is given.
 fn skopeo_decrypt(src: &str, dst: &str, keys: &[&std::path::Path]) {
     let home = tmp();
@@ -44,7 +35,12 @@ fn skopeo_jwe_rsa_and_ec_images_decrypt_with_lazycrypt() {
     let (ec, ec_pub) = ec_keys(d.path(), "ec", "prime256v1");
     for (tag, recipient, key) in [("rsa", &rsa.public, &rsa.private), ("ec", &ec_pub, &ec)] {
         let enc = format!("oci:{}/enc:{tag}", d.path().display());
-        skopeo_encrypt(&plain, &enc, &[format!("jwe:{}", recipient.display())]);
+        skopeo_encrypt(
+            &plain,
+            &enc,
+            &[format!("jwe:{}", recipient.display())],
+            None,
+        );
         assert_all_encrypted(&enc);
         let out = format!("oci:{}/dec:{tag}", d.path().display());
         lc_decrypt(&enc, &out, &[key]);
@@ -68,6 +64,7 @@ fn skopeo_three_recipients_each_key_decrypts() {
             format!("jwe:{}", b.public.display()),
             format!("jwe:{}", c_pub.display()),
         ],
+        None,
     );
     for (i, key) in [&a.private, &b.private, &c].iter().enumerate() {
         let out = format!("oci:{}/dec{i}:x", d.path().display());
@@ -82,7 +79,7 @@ fn skopeo_pkcs7_image_decrypts_with_key_and_certificate() {
     let plain = build_image(d.path(), "plain", 2);
     let k = rsa_keys(d.path(), "p7");
     let enc = format!("oci:{}/enc:p7", d.path().display());
-    skopeo_encrypt(&plain, &enc, &[format!("pkcs7:{}", k.cert.display())]);
+    skopeo_encrypt(&plain, &enc, &[format!("pkcs7:{}", k.cert.display())], None);
     let out = format!("oci:{}/dec:p7", d.path().display());
     lc_decrypt(&enc, &out, &[&k.private, &k.cert]);
     assert_eq!(layer_digests(&out), layer_digests(&plain));
@@ -201,7 +198,7 @@ fn added_recipients_work_for_both_tools() {
 
     // skopeo encrypts to A; lazycrypt adds B; skopeo decrypts with B.
     let sk = format!("oci:{}/sk-enc:a", d.path().display());
-    skopeo_encrypt(&plain, &sk, &[format!("jwe:{}", a.public.display())]);
+    skopeo_encrypt(&plain, &sk, &[format!("jwe:{}", a.public.display())], None);
     let skb = format!("oci:{}/sk-enc:ab", d.path().display());
     ok(lazycrypt()
         .args(["encrypt", "-r", &format!("jwe:{}", b.public.display())])
@@ -312,7 +309,7 @@ fn uncompressed_layers_skopeo_compresses_while_encrypting_decrypt_like_skopeo() 
     assert!(layer_types(&plain)[0].ends_with(".tar"));
     let k = rsa_keys(d.path(), "k");
     let enc = format!("oci:{}/enc:tar", d.path().display());
-    skopeo_encrypt(&plain, &enc, &[format!("jwe:{}", k.public.display())]);
+    skopeo_encrypt(&plain, &enc, &[format!("jwe:{}", k.public.display())], None);
     assert!(
         layer_types(&enc)[0].ends_with("tar+gzip+encrypted"),
         "{:?}",

@@ -252,34 +252,6 @@ fn rich_layers(big: Vec<u8>) -> Vec<Vec<E>> {
     ]
 }
 
-/// `lazycrypt encrypt --estargz` of `plain` to the JWE recipient `public`.
-fn encrypt_estargz(plain: &str, out: &str, public: &Path) {
-    ok(lazycrypt().args([
-        "encrypt",
-        "--estargz",
-        "-r",
-        &format!("jwe:{}", public.display()),
-        plain,
-        out,
-    ]));
-}
-
-/// skopeo encrypts `plain` to `recipient`, compressing layers with `format`
-/// (gzip or zstd); returns the result's image name under `dir`/img.
-fn skopeo_encrypt(plain: &str, dir: &Path, tag: &str, recipient: &str, format: &str) -> String {
-    let out = format!("oci:{}:{tag}", dir.join("img").display());
-    ok(skopeo().args([
-        "copy",
-        "--dest-compress-format",
-        format,
-        "--encryption-key",
-        recipient,
-        plain,
-        &out,
-    ]));
-    out
-}
-
 fn assert_same_tree(mnt: &Path, want: &BTreeMap<String, Ent>) {
     let got = snapshot(mnt);
     for (k, w) in want {
@@ -302,8 +274,16 @@ fn mounted_trees_equal_the_merged_rootfs_for_skopeo_tar_gz_and_zstd_and_estargz(
     let plain = layout_from_tars(&d.path().join("img"), "plain", &tars, true);
     let k = rsa_keys(d.path(), "k");
     let recipient = format!("jwe:{}", k.public.display());
-    let by_skopeo = skopeo_encrypt(&plain, d.path(), "skopeo", &recipient, "gzip");
-    let zstd = skopeo_encrypt(&plain, d.path(), "zstd", &recipient, "zstd");
+    let img = d.path().join("img");
+    let by_skopeo = format!("oci:{}:skopeo", img.display());
+    skopeo_encrypt(
+        &plain,
+        &by_skopeo,
+        std::slice::from_ref(&recipient),
+        Some("gzip"),
+    );
+    let zstd = format!("oci:{}:zstd", img.display());
+    skopeo_encrypt(&plain, &zstd, &[recipient], Some("zstd"));
     let by_us = format!("oci:{}:estargz", d.path().join("img").display());
     encrypt_estargz(&plain, &by_us, &k.public);
     let key = k.private.to_str().unwrap();
@@ -394,15 +374,7 @@ fn reading_one_small_file_of_a_200_mib_image_fetches_little_from_the_registry() 
     build_dir(&src, &plain, &["--no-gzip"]);
     let k = rsa_keys(d.path(), "k");
     let remote = reg.image("lazy/big:v1");
-    ok(lazycrypt().args([
-        "encrypt",
-        "--plain-http",
-        "--estargz",
-        "-r",
-        &format!("jwe:{}", k.public.display()),
-        &plain,
-        &remote,
-    ]));
+    encrypt_estargz(&plain, &remote, &k.public);
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
     let through_proxy = format!("docker://{}/lazy/big:v1", proxy.addr);
     let mnt = d.path().join("mnt");
@@ -636,11 +608,23 @@ fn no_plaintext_reaches_the_disk_or_the_log() {
     let key = k.private.to_str().unwrap();
     let recipient = format!("jwe:{}", k.public.display());
     let esgz = format!("oci:{}:esgz", d.path().join("img").display());
-    ok(lazycrypt().args(["encrypt", "--estargz", "-r", &recipient, &plain, &esgz]));
-    let targz = skopeo_encrypt(&plain, d.path(), "targz", &recipient, "gzip");
+    encrypt_estargz(&plain, &esgz, &k.public);
+    let targz = format!("oci:{}:targz", d.path().join("img").display());
+    skopeo_encrypt(
+        &plain,
+        &targz,
+        std::slice::from_ref(&recipient),
+        Some("gzip"),
+    );
     // zstd layers are served from a sealed scratch copy: nameless, so the
     // scan below also reads every file the process holds open.
-    let zstd = skopeo_encrypt(&plain, d.path(), "zstd", &recipient, "zstd");
+    let zstd = format!("oci:{}:zstd", d.path().join("img").display());
+    skopeo_encrypt(
+        &plain,
+        &zstd,
+        std::slice::from_ref(&recipient),
+        Some("zstd"),
+    );
 
     let state = d.path().join("state");
     let needles: [&[u8]; 2] = [marker.as_bytes(), b"secret-"];

@@ -38,14 +38,7 @@ fn encrypt_to_registry_and_decrypt_from_it_with_both_tools() {
 
     // skopeo: layout → registry, encrypted; lazycrypt decrypts registry → registry, then reads it back.
     let sk = reg.image("app/sk:v1");
-    ok(skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--encryption-key",
-        &format!("jwe:{}", ec_pub.display()),
-        &plain,
-        &sk,
-    ]));
+    skopeo_encrypt(&plain, &sk, &[format!("jwe:{}", ec_pub.display())], None);
     let dec = reg.image("app/dec:v1");
     ok(lazycrypt()
         .args(["decrypt", "--plain-http", "--key"])

@@ -353,19 +353,6 @@ fn http_get(addr: &str, path: &str) -> String {
     out.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
-/// Encrypts `plain` as eStargz to `recipient` and pushes it to `image`.
-fn push_estargz(plain: &str, recipient: &str, image: &str) {
-    ok(lazycrypt().args([
-        "encrypt",
-        "--plain-http",
-        "--estargz",
-        "-r",
-        recipient,
-        plain,
-        image,
-    ]));
-}
-
 /// The digest of `image`'s manifest in its registry, and its layer digests.
 fn manifest_and_layers(image: &str) -> (String, Vec<String>) {
     let raw = ok(common::skopeo().args(["inspect", "--raw", "--tls-verify=false", image]));
@@ -378,18 +365,6 @@ fn manifest_and_layers(image: &str) -> (String, Vec<String>) {
         .map(|l| l["digest"].as_str().unwrap().to_string())
         .collect();
     (format!("sha256:{digest}"), layers)
-}
-
-/// skopeo encrypts `plain` (as tar.gz) to `recipient` and pushes it to `image`.
-fn push_skopeo(plain: &str, recipient: &str, image: &str) {
-    ok(common::skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--encryption-key",
-        recipient,
-        plain,
-        image,
-    ]));
 }
 
 /// A node keys dir holding `key` as `k.pem`, and the `serve` arguments that
@@ -483,7 +458,7 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     common::build_dir(&src, &plain, &[]);
     let k = common::rsa_keys(d.path(), "k");
     let image = reg.image("enc/app:v1");
-    push_estargz(&plain, &format!("jwe:{}", k.public.display()), &image);
+    common::encrypt_estargz(&plain, &image, &k.public);
     let (manifest, layers) = manifest_and_layers(&image);
     let layer = layers[0].clone();
     let name = image.trim_start_matches("docker://").to_string();
@@ -607,12 +582,16 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
         .arg(&root)
         .args(["--", &plain]));
     let k = common::rsa_keys(d.path(), "k");
-    let recipient = format!("jwe:{}", k.public.display());
     // One image encrypted by us as eStargz, one by skopeo as tar.gz.
     let esgz = reg.image("enc/esgz:v1");
-    push_estargz(&plain, &recipient, &esgz);
+    common::encrypt_estargz(&plain, &esgz, &k.public);
     let targz = reg.image("enc/targz:v1");
-    push_skopeo(&plain, &recipient, &targz);
+    common::skopeo_encrypt(
+        &plain,
+        &targz,
+        &[format!("jwe:{}", k.public.display())],
+        None,
+    );
 
     let (keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
@@ -744,8 +723,7 @@ fn a_cri_pull_mounts_encrypted_layers_lazily() {
     let plain = format!("oci:{}:plain", d.path().join("img").display());
     common::build_dir(&src, &plain, &["--no-gzip"]);
     let k = common::rsa_keys(d.path(), "k");
-    let recipient = format!("jwe:{}", k.public.display());
-    push_estargz(&plain, &recipient, &reg.image("cri/app:v1"));
+    common::encrypt_estargz(&plain, &reg.image("cri/app:v1"), &k.public);
     // Both containerd (CRI) and lazycrypt reach the registry through a
     // proxy that counts what the registry serves.
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
@@ -812,7 +790,7 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
     let k = common::rsa_keys(d.path(), "k");
     let image = reg.image("multi/app:v1");
     let recipient = format!("jwe:{}", k.public.display());
-    push_skopeo(&plain, &recipient, &image);
+    common::skopeo_encrypt(&plain, &image, &[recipient], None);
     let (manifest, layers) = manifest_and_layers(&image);
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
     let name = format!("{}/multi/app:v1", proxy.addr);
@@ -879,7 +857,7 @@ fn layers_are_fetched_through_the_mirrors_hosts_toml_names() {
     common::build_dir(&src, &plain, &[]);
     let k = common::rsa_keys(d.path(), "k");
     let image = reg.image("mirrored/app:v1");
-    push_estargz(&plain, &format!("jwe:{}", k.public.display()), &image);
+    common::encrypt_estargz(&plain, &image, &k.public);
     let (manifest, layers) = manifest_and_layers(&image);
     let layer = layers[0].clone();
     // The image is named on a registry that does not answer; its hosts.toml
@@ -928,7 +906,12 @@ fn a_daemon_killed_in_the_middle_of_a_prepare_leaves_nothing_half_done() {
     common::build_dir(&src, &plain, &[]);
     let k = common::rsa_keys(d.path(), "k");
     let image = reg.image("crash/app:v1");
-    push_skopeo(&plain, &format!("jwe:{}", k.public.display()), &image);
+    common::skopeo_encrypt(
+        &plain,
+        &image,
+        &[format!("jwe:{}", k.public.display())],
+        None,
+    );
     let (manifest, layers) = manifest_and_layers(&image);
     let name = image.trim_start_matches("docker://").to_string();
     let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);

@@ -3,7 +3,11 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod data;
 pub mod mounts;
+
+#[allow(unused_imports)]
+pub use data::noise;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -352,17 +356,35 @@ impl Drop for Registry {
     }
 }
 
-/// Incompressible bytes (xorshift), so compressed layers are as large as their data.
-pub fn noise(n: usize) -> Vec<u8> {
-    let mut x = 88172645463325252u64;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// `lazycrypt encrypt --estargz` of `plain` to the JWE key `public`, into
+/// `dst` (a layout, or a plain-HTTP registry); returns what it printed.
+pub fn encrypt_estargz(plain: &str, dst: &str, public: &Path) -> String {
+    ok(lazycrypt().args([
+        "encrypt",
+        "--plain-http",
+        "--estargz",
+        "-r",
+        &format!("jwe:{}", public.display()),
+        plain,
+        dst,
+    ]))
+}
+
+/// skopeo encrypts `src` to `recipients` into `dst` (a layout, or a
+/// plain-HTTP registry), compressing layers with `format` when given.
+pub fn skopeo_encrypt(src: &str, dst: &str, recipients: &[String], format: Option<&str>) {
+    let mut c = skopeo();
+    c.arg("copy");
+    if dst.starts_with("docker://") {
+        c.arg("--dest-tls-verify=false");
+    }
+    if let Some(f) = format {
+        c.args(["--dest-compress-format", f]);
+    }
+    for r in recipients {
+        c.arg("--encryption-key").arg(r);
+    }
+    ok(c.arg(src).arg(dst));
 }
 
 /// A layer's private options, unwrapped with the key file at `key`.
