@@ -522,13 +522,15 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     assert!(!daemon.log().contains("remote layer marker"));
 
     // SIGKILL, and start again while the key is away: the layer cannot be
-    // mounted at start. With the key back, the next container's Prepare
-    // mounts it (never hands out the empty directory) and it serves.
+    // opened at start, so its mount stays unserved (held by the FUSE
+    // keeper). With the key back, the next container's Prepare takes it
+    // over (never hands out an empty directory) and it serves.
     daemon.kill();
     std::fs::remove_file(keys.join("k.pem")).unwrap();
     let daemon = Daemon::start_with(d.path(), &args);
     std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
-    assert_eq!(fuse_mounts_under(&root), 0, "{}", daemon.log());
+    assert_eq!(fuse_mounts_under(&root), 1, "{}", daemon.log());
+    assert!(!daemon.log().contains("taken over"), "{}", daemon.log());
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
         let m = prepare(c, "c3", "L").await.unwrap();
@@ -537,6 +539,8 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
             read_through(&opts, &d.path().join("rootfs"), "marker"),
             "remote layer marker\n"
         );
+        assert_eq!(fuse_mounts_under(&root), 1);
+        assert!(daemon.log().contains("taken over"), "{}", daemon.log());
         for k in ["c1", "c3", "L"] {
             remove(c, k).await.unwrap();
         }
@@ -567,6 +571,41 @@ fn secret_rootfs(dir: &Path, marker: &str) -> std::path::PathBuf {
     root
 }
 
+/// An image of `secret_rootfs(marker)` plus `extra` files, pushed to `reg`
+/// encrypted twice: by us as eStargz (`REPO/esgz:v1`) and by skopeo as
+/// tar.gz (`REPO/targz:v1`). The plaintext inputs are deleted once pushed,
+/// so the whole test directory can be scanned for plaintext afterwards.
+fn encrypted_pair(
+    dir: &Path,
+    reg: &Registry,
+    repo: &str,
+    marker: &str,
+    extra: &[(&str, &[u8])],
+) -> ([String; 2], common::RsaKeys) {
+    let inputs = dir.join("inputs");
+    let root = secret_rootfs(&inputs, marker);
+    for (name, data) in extra {
+        std::fs::write(root.join(name), data).unwrap();
+    }
+    let plain = format!("oci:{}:plain", inputs.join("img").display());
+    ok(lazycrypt()
+        .args(["build", "--cmd", "/bin/sh", "--layer"])
+        .arg(&root)
+        .args(["--", &plain]));
+    let k = common::rsa_keys(dir, "k");
+    let esgz = reg.image(&format!("{repo}/esgz:v1"));
+    common::encrypt_estargz(&plain, &esgz, &k.public);
+    let targz = reg.image(&format!("{repo}/targz:v1"));
+    common::skopeo_encrypt(
+        &plain,
+        &targz,
+        &[format!("jwe:{}", k.public.display())],
+        None,
+    );
+    std::fs::remove_dir_all(&inputs).unwrap();
+    ([esgz, targz], k)
+}
+
 #[test]
 fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest() {
     let d = tmp();
@@ -575,23 +614,7 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
         d.path().as_os_str().as_encoded_bytes(),
     ));
     let marker = format!("LZPULL{}", &seed[..12]);
-    let root = secret_rootfs(d.path(), &marker);
-    let plain = format!("oci:{}:plain", d.path().join("img").display());
-    ok(lazycrypt()
-        .args(["build", "--cmd", "/bin/sh", "--layer"])
-        .arg(&root)
-        .args(["--", &plain]));
-    let k = common::rsa_keys(d.path(), "k");
-    // One image encrypted by us as eStargz, one by skopeo as tar.gz.
-    let esgz = reg.image("enc/esgz:v1");
-    common::encrypt_estargz(&plain, &esgz, &k.public);
-    let targz = reg.image("enc/targz:v1");
-    common::skopeo_encrypt(
-        &plain,
-        &targz,
-        &[format!("jwe:{}", k.public.display())],
-        None,
-    );
+    let ([esgz, targz], k) = encrypted_pair(d.path(), &reg, "enc", &marker, &[]);
 
     let (keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
@@ -643,13 +666,13 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
         pull(image);
     }
 
-    // No plaintext at rest: lazycrypt's root, containerd's root and state,
-    // and the test's temp dir (skipping the plaintext inputs made above).
+    // No plaintext at rest in the test's temp dir, which holds lazycrypt's
+    // root, containerd's root and state, the keys and the logs (the
+    // plaintext inputs were deleted once encrypted).
     let needles: [&[u8]; 1] = [marker.as_bytes()];
-    for dir in [daemon.root.clone(), ctd.dir.clone()] {
-        let hits = common::mounts::files_containing(&dir, &needles);
-        assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
-    }
+    assert!(daemon.root.starts_with(d.path()) && ctd.dir.starts_with(d.path()));
+    let hits = common::mounts::files_containing(d.path(), &needles);
+    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
     assert!(!daemon.log().contains(&marker));
 
     // The key goes: a new container is refused, with imgcrypt's words.
@@ -678,34 +701,175 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
     std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
     daemon.kill();
     let daemon = Daemon::start_with(d.path(), &args);
-    // containerd redials the snapshotter socket with backoff.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let out = loop {
-        let o = run(ctd.ctr().args([
+    let out = once_reconnected(|| run_rm(&ctd, name, "c10", &["cat", "/data/secret"]));
+    assert!(out.contains(&marker), "{out}");
+    drop(ctd);
+    daemon.stop();
+}
+
+/// `ctr run --rm` of busybox applet `argv` in `image` through lazycrypt.
+fn run_rm(ctd: &Containerd, image: &str, id: &str, argv: &[&str]) -> std::process::Output {
+    run(ctd
+        .ctr()
+        .args([
             "run",
             "--rm",
             "--snapshotter",
             "lazycrypt",
-            name,
-            "c10",
+            image,
+            id,
             "/bin/busybox",
-            "cat",
-            "/data/secret",
-        ]));
+        ])
+        .args(argv))
+}
+
+/// Runs `cmd` until containerd has redialled a restarted snapshotter (it
+/// answers "unavailable" until then).
+fn once_reconnected(mut cmd: impl FnMut() -> std::process::Output) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let o = cmd();
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         if o.status.success() || !err.trim_end().ends_with("unavailable") {
             assert!(o.status.success(), "{err}");
-            break String::from_utf8_lossy(&o.stdout).into_owned();
+            return String::from_utf8_lossy(&o.stdout).into_owned();
         }
         assert!(
             std::time::Instant::now() < deadline,
             "containerd did not reconnect: {err}"
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted() {
+    let d = tmp();
+    let reg = Registry::start();
+    let marker = "LZALIVE7c1e9";
+    // Several chunks, none read before the kill.
+    let big = common::data::noise(6 << 20);
+    let big_sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big));
+    let ([esgz, targz], k) = encrypted_pair(d.path(), &reg, "alive", marker, &[("data/big", &big)]);
+    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let mut daemon = Daemon::start_with(d.path(), &args);
+    let ctd = Containerd::start(d.path(), &daemon.socket);
+    let images = [&esgz, &targz].map(|i| i.trim_start_matches("docker://").to_string());
+    for (i, name) in images.iter().enumerate() {
+        ok(lazycrypt()
+            .args(["pull", "--plain-http", "--namespace", "lazycrypt-test"])
+            .arg("--address")
+            .arg(&ctd.socket)
+            .arg(name));
+        ok(ctd.ctr().args([
+            "run",
+            "-d",
+            "--snapshotter",
+            "lazycrypt",
+            name,
+            &format!("alive{i}"),
+            "/bin/busybox",
+            "sleep",
+            "1000",
+        ]));
+    }
+    let exec = |c: &str, id: &str, argv: &[&str]| {
+        let mut cmd = ctd.ctr();
+        cmd.args(["task", "exec", "--exec-id", id, c]).args(argv);
+        cmd
     };
-    assert!(out.contains(&marker), "{out}");
+    for i in 0..2 {
+        let out = ok(&mut exec(
+            &format!("alive{i}"),
+            "before",
+            &["/bin/busybox", "cat", "/data/secret"],
+        ));
+        assert!(out.contains(marker), "{out}");
+    }
+    let layers = fuse_mounts_under(&daemon.root);
+
+    for round in 0..2 {
+        daemon.kill();
+        // With no daemon, a first read of the big file waits in the kernel's
+        // queue instead of failing.
+        let mut waiting: Vec<_> = (0..2)
+            .map(|i| {
+                exec(
+                    &format!("alive{i}"),
+                    &format!("sum{round}"),
+                    &["/bin/busybox", "sha256sum", "/data/big"],
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        if let Some(i) = waiting
+            .iter_mut()
+            .position(|w| w.try_wait().unwrap().is_some())
+        {
+            {
+                let o = waiting.swap_remove(i).wait_with_output().unwrap();
+                panic!(
+                    "a read finished with no daemon serving it: {} {}\n{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr),
+                    std::fs::read_to_string(d.path().join("lz/serve.log")).unwrap_or_default()
+                );
+            }
+        }
+        daemon = Daemon::start_with(d.path(), &args);
+        for w in waiting {
+            let o = w.wait_with_output().unwrap();
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success() && out.starts_with(&big_sum),
+                "{out} {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        for i in 0..2 {
+            let out = ok(&mut exec(
+                &format!("alive{i}"),
+                &format!("after{round}"),
+                &["/bin/busybox", "cat", "/data/secret"],
+            ));
+            assert!(out.contains(marker), "{out}");
+        }
+        // The same mounts, taken over rather than mounted anew.
+        assert_eq!(fuse_mounts_under(&daemon.root), layers);
+        assert!(daemon.log().contains("taken over"), "{}", daemon.log());
+    }
+    // A new container still starts once containerd has redialled.
+    let out = once_reconnected(|| run_rm(&ctd, &images[0], "fresh", &["cat", "/data/secret"]));
+    assert!(out.contains(marker), "{out}");
+
+    // Once the containers are gone, SIGTERM unmounts everything and the
+    // keeper leaves with it.
+    for i in 0..2 {
+        let c = format!("alive{i}");
+        run(ctd.ctr().args(["task", "kill", "-s", "KILL", &c]));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !run(ctd.ctr().args(["task", "rm", &c])).status.success() {
+            assert!(std::time::Instant::now() < deadline, "task {c} never ended");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        ok(ctd.ctr().args(["container", "rm", &c]));
+    }
     drop(ctd);
+    let root_dir = daemon.root.clone();
     daemon.stop();
+    assert_eq!(fuse_mounts_under(&root_dir), 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !common::containerd::keeper_pids(&root_dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the FUSE keeper outlived a graceful stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]

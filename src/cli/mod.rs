@@ -44,6 +44,9 @@ enum Command {
     CriPull(cri_pull::Args),
     /// Serve the containerd snapshots API (a proxy snapshotter plugin) on a unix socket.
     Serve(serve::Args),
+    /// Hold `serve`'s FUSE connections open across its restarts (started by `serve`).
+    #[command(hide = true)]
+    FuseKeeper(serve::KeeperArgs),
     /// Generate keys and an image, then encrypt, inspect, decrypt and verify it.
     Demo(demo::Args),
 }
@@ -73,6 +76,7 @@ pub fn main() -> i32 {
         Command::Demo(a) => demo::run(a),
         Command::Mount(a) => mount::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::FuseKeeper(a) => serve::keeper(a),
         Command::Pull(a) => pull::run(a),
         Command::CriPull(a) => cri_pull::run(a),
         Command::Umount(a) => mount::umount(a),

@@ -99,6 +99,7 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or(256 << 20),
         allow_unverified_lazy: a.allow_unverified_lazy
             || file.allow_unverified_lazy.unwrap_or(false),
+        keeper_socket: Some(root.join("fuse-keeper.sock")),
     };
     let upper = UpperConfig {
         tmpfs: a.upper.or(file.upper).as_deref() != Some("disk"),
@@ -146,4 +147,21 @@ pub fn run(a: Args) -> Result<()> {
     let _ = std::fs::remove_file(&address);
     println!("stopped");
     Ok(())
+}
+
+#[derive(ClapArgs)]
+pub struct KeeperArgs {
+    /// The unix socket to listen on.
+    pub socket: PathBuf,
+}
+
+/// The FUSE keeper process `serve` starts (see `mount::keeper`).
+pub fn keeper(a: KeeperArgs) -> Result<()> {
+    // Whatever the daemon's parent let it inherit (a build's jobserver
+    // pipe, a terminal) is not the keeper's to hold open for its lifetime.
+    // SAFETY: closes the descriptors above stdio of this fresh process,
+    // before anything in it owns one.
+    unsafe { libc::close_range(3, u32::MAX, 0) };
+    crate::mount::keeper::serve(&a.socket)
+        .with_context(|| format!("FUSE keeper at {}", a.socket.display()))
 }

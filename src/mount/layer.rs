@@ -1,10 +1,11 @@
 //! One layer served as a read-only FUSE file system at a directory.
 
-use std::io;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 
 use super::sys;
 use crate::cache::chunks::ChunkCache;
@@ -16,15 +17,23 @@ pub struct LayerMount {
     dir: PathBuf,
     session: Option<BackgroundSession>,
     layer: Arc<Layer>,
+    /// The kernel connection (a duplicate), for the FUSE keeper.
+    conn: OwnedFd,
+    /// Taken over from an earlier process: fuser did not mount it, so
+    /// fuser will not unmount it.
+    resumed: bool,
 }
 
 impl LayerMount {
     /// Mounts `layer` at the existing directory `dir`, reading through `cache`.
     pub fn new(layer: Arc<Layer>, cache: Arc<ChunkCache>, dir: &Path) -> io::Result<Self> {
-        let session = fuser::spawn_mount(LayerFs::new(layer.clone(), cache), dir, &fuse_config())
-            .map_err(|e| {
+        let fail = |e: io::Error| {
             io::Error::new(e.kind(), format!("FUSE mount at {}: {e}", dir.display()))
-        })?;
+        };
+        let session =
+            Session::new(LayerFs::new(layer.clone(), cache), dir, &fuse_config()).map_err(fail)?;
+        let conn = session.as_fd().try_clone_to_owned().map_err(fail)?;
+        let session = session.spawn().map_err(fail)?;
         if let Err(e) = sys::set_read_ahead(dir, READ_AHEAD_KB) {
             tracing::debug!("could not set read-ahead for {}: {e}", dir.display());
         }
@@ -32,7 +41,67 @@ impl LayerMount {
             dir: dir.to_path_buf(),
             session: Some(session),
             layer,
+            conn,
+            resumed: false,
         })
+    }
+
+    /// Serves `layer` again on `conn`, the connection of the mount at `dir`
+    /// that an earlier daemon served (kept open by the FUSE keeper). The
+    /// kernel queued the reads made meanwhile; those the earlier daemon had
+    /// taken and not answered are asked for again. The layer must be the
+    /// same, so that its inode numbers are the ones the kernel knows.
+    pub fn resume(
+        layer: Arc<Layer>,
+        cache: Arc<ChunkCache>,
+        dir: &Path,
+        conn: OwnedFd,
+    ) -> io::Result<Self> {
+        let fail = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("resuming the FUSE mount at {}: {e}", dir.display()),
+            )
+        };
+        // fuser starts a session with the INIT handshake, which the kernel
+        // sends once per connection and sent long ago. So the session is
+        // started on a socket that delivers a stand-in INIT, and the kernel
+        // connection then takes that socket's descriptor number.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(fail)?;
+        (&theirs).write_all(&stand_in_init()).map_err(fail)?;
+        let mut config = fuse_config();
+        config.mount_options.clear();
+        let session = Session::from_fd(
+            LayerFs::new(layer.clone(), cache),
+            OwnedFd::from(ours),
+            SessionACL::All,
+            config,
+        )
+        .map_err(fail)?;
+        let slot = session.as_fd().as_raw_fd();
+        // SAFETY: both are open descriptors; `slot` belongs to the session,
+        // which has not read from it since the handshake and keeps the
+        // number, now naming the kernel connection.
+        if unsafe { libc::dup3(conn.as_raw_fd(), slot, libc::O_CLOEXEC) } < 0 {
+            return Err(fail(io::Error::last_os_error()));
+        }
+        drop(theirs);
+        if let Err(e) = resend_pending(conn.as_fd()) {
+            tracing::debug!("FUSE resend at {}: {e}", dir.display());
+        }
+        let session = session.spawn().map_err(fail)?;
+        Ok(LayerMount {
+            dir: dir.to_path_buf(),
+            session: Some(session),
+            layer,
+            conn,
+            resumed: true,
+        })
+    }
+
+    /// The kernel connection, for the FUSE keeper to hold.
+    pub fn connection(&self) -> BorrowedFd<'_> {
+        self.conn.as_fd()
     }
 
     /// Where the layer is mounted.
@@ -51,10 +120,15 @@ impl LayerMount {
     }
 
     fn take_down(&mut self) -> io::Result<()> {
-        match self.session.take() {
-            Some(s) => s.umount_and_join(),
-            None => Ok(()),
+        let Some(s) = self.session.take() else {
+            return Ok(());
+        };
+        if self.resumed {
+            // Like fuser's own unmount: a mount in use stays, and its
+            // threads are left to serve it until the process ends.
+            sys::unmount_idle(&self.dir)?;
         }
+        s.umount_and_join()
     }
 }
 
@@ -82,6 +156,41 @@ fn fuse_config() -> Config {
     // Kernel read-ahead keeps several requests in flight; a thread per
     // request lets both cores verify chunks while others wait on the cache.
     c.n_threads = Some(4);
-    c.clone_fd = true;
+    // One shared descriptor, not one per thread: requests a thread had
+    // taken when the daemon died stay on the descriptor the keeper holds,
+    // where a resumed daemon can ask for them again. (A cloned descriptor's
+    // requests fail with ECONNABORTED when it closes.)
+    c.clone_fd = false;
     c
+}
+
+/// FUSE_INIT as the kernel sends it: `fuse_in_header` then `fuse_init_in`
+/// (protocol 7.40, no capability flags). Only fuser reads it.
+fn stand_in_init() -> Vec<u8> {
+    const FUSE_INIT: u32 = 26;
+    let mut m = Vec::with_capacity(104);
+    m.extend_from_slice(&104u32.to_ne_bytes()); // len
+    m.extend_from_slice(&FUSE_INIT.to_ne_bytes()); // opcode
+    m.extend_from_slice(&[0; 8 + 8 + 4 + 4 + 4 + 4]); // unique, nodeid, uid, gid, pid, pad
+    m.extend_from_slice(&7u32.to_ne_bytes()); // major
+    m.extend_from_slice(&40u32.to_ne_bytes()); // minor
+    m.extend_from_slice(&MAX_READ.to_ne_bytes()); // max_readahead
+    m.extend_from_slice(&[0; 4 + 4 + 44]); // flags, flags2, unused
+    m
+}
+
+/// Asks the kernel (Linux 6.9 and later) to queue again the requests that
+/// were taken from `conn` and never answered: FUSE_NOTIFY_RESEND, a bare
+/// `fuse_out_header` with unique 0.
+fn resend_pending(conn: BorrowedFd<'_>) -> io::Result<()> {
+    const FUSE_NOTIFY_RESEND: i32 = 7;
+    let mut m = Vec::with_capacity(16);
+    m.extend_from_slice(&16u32.to_ne_bytes());
+    m.extend_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
+    m.extend_from_slice(&0u64.to_ne_bytes());
+    let n = nix::unistd::write(conn, &m)?;
+    if n != m.len() {
+        return Err(io::Error::other("short write"));
+    }
+    Ok(())
 }

@@ -103,6 +103,23 @@ fn mount_table() -> Vec<(std::path::PathBuf, String)> {
         .collect()
 }
 
+/// Whether the topmost mount at `target` is one of our FUSE layers (by the
+/// source name we mount them with).
+pub fn is_layer_mount(target: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let source = f.next()?;
+            let point = unescape_mount_path(f.next()?);
+            let kind = f.next()?;
+            (Path::new(&point) == target).then(|| source == "lazycrypt" && kind.starts_with("fuse"))
+        })
+        .next_back()
+        .unwrap_or(false)
+}
+
 /// Mount points at or below `dir`, deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out: Vec<std::path::PathBuf> = mount_table()
@@ -153,6 +170,20 @@ fn unescape_mount_path(p: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts `target` unless it is in use.
+pub fn unmount_idle(target: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: `t` is a NUL-terminated path.
+    if unsafe { libc::umount2(t.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    Err(io::Error::new(
+        e.kind(),
+        format!("unmounting {}: {e}", target.display()),
+    ))
 }
 
 /// Unmounts `target`; a busy mount is detached instead, so it goes away once

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -18,6 +19,7 @@ use crate::crypto::envelope::layer_keys;
 use crate::crypto::keyprovider::ProviderConfig;
 use crate::crypto::recipient::KeyRing;
 use crate::layer::index::Layer;
+use crate::mount::keeper::Keeper;
 use crate::mount::layer::LayerMount;
 use crate::mount::open::{Mode, OpenOptions, open_layer};
 use crate::oci::reference::RegistryRef;
@@ -82,6 +84,9 @@ pub struct RemoteConfig {
     pub cache_bytes: u64,
     /// Serve eStargz layers with no TOC anchor before verifying them whole.
     pub allow_unverified_lazy: bool,
+    /// The FUSE keeper's socket: layer mounts outlive a killed daemon and
+    /// are taken over by the next one. None: they die with the daemon.
+    pub keeper_socket: Option<PathBuf>,
 }
 
 /// The remote layers mounted by this daemon, by snapshot id.
@@ -96,6 +101,10 @@ pub struct Remotes {
     late: Mutex<()>,
     /// Layers being opened (or opened and not yet mounted), by digest.
     opening: Mutex<HashMap<String, Arc<OnceLock<Result<Opened>>>>>,
+    keeper: Option<Keeper>,
+    /// Connections an earlier daemon served, by mount directory, until
+    /// taken over.
+    inherited: Mutex<HashMap<PathBuf, OwnedFd>>,
 }
 
 /// An opened layer, how it is served, and its remote with the descriptor.
@@ -115,6 +124,24 @@ pub struct RemoteStats {
 
 impl Remotes {
     pub fn new(config: RemoteConfig) -> Self {
+        let keeper = config
+            .keeper_socket
+            .as_deref()
+            .and_then(|s| match Keeper::start(s) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::warn!("layer mounts will not outlive this daemon: {e}");
+                    None
+                }
+            });
+        let inherited = match keeper.as_ref().map(Keeper::held) {
+            Some(Ok(held)) => held.into_iter().collect(),
+            Some(Err(e)) => {
+                tracing::warn!("taking over the FUSE connections of the last daemon: {e}");
+                HashMap::new()
+            }
+            None => HashMap::new(),
+        };
         Remotes {
             cache: Arc::new(ChunkCache::new(config.cache_bytes, 2)),
             config,
@@ -122,6 +149,8 @@ impl Remotes {
             fetched_before: std::sync::atomic::AtomicU64::new(0),
             late: Mutex::new(()),
             opening: Mutex::new(HashMap::new()),
+            keeper,
+            inherited: Mutex::new(inherited),
         }
     }
 
@@ -225,11 +254,81 @@ impl Remotes {
         *remote = resolved;
         let m = LayerMount::new(layer, self.cache.clone(), dir)
             .map_err(|e| Error::io("mounting layer", e))?;
+        if let Some(k) = &self.keeper
+            && let Err(e) = k.keep(dir, m.connection())
+        {
+            tracing::warn!("{} will not outlive this daemon: {e}", dir.display());
+        }
         self.mounts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, m);
         Ok(mode)
+    }
+
+    /// Serves snapshot `id`'s layer again on the connection an earlier
+    /// daemon left at `dir`, if the keeper kept one that is still mounted
+    /// there. The containers reading it never notice more than a pause.
+    fn take_over(&self, id: u64, remote: &Remote, dir: &Path) -> Result<bool> {
+        let Some(conn) = self
+            .inherited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dir)
+        else {
+            return Ok(false);
+        };
+        if !crate::mount::sys::is_layer_mount(dir) || !connection_alive(&conn) {
+            if let Some(k) = &self.keeper {
+                let _ = k.release(dir);
+            }
+            return Ok(false);
+        }
+        let layer = match self.take_opened(remote) {
+            Ok((layer, _, _)) => layer,
+            Err(e) => {
+                // Tried again by the next call that needs the layer.
+                self.inherited
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(dir.to_path_buf(), conn);
+                return Err(e);
+            }
+        };
+        let m = LayerMount::resume(layer, self.cache.clone(), dir, conn)
+            .map_err(|e| Error::io("taking over a layer mount", e))?;
+        tracing::info!(
+            "layer {} at {} taken over from the last daemon",
+            remote.layer,
+            dir.display()
+        );
+        self.mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, m);
+        Ok(true)
+    }
+
+    /// Lets go of the connections an earlier daemon left at directories
+    /// other than `claimed` (their snapshots are gone).
+    pub fn release_unclaimed(&self, claimed: &std::collections::HashSet<PathBuf>) {
+        let left: Vec<_> = {
+            let mut inherited = self.inherited.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<PathBuf> = inherited
+                .keys()
+                .filter(|d| !claimed.contains(*d))
+                .cloned()
+                .collect();
+            gone.into_iter()
+                .filter_map(|d| inherited.remove_entry(&d))
+                .collect()
+        };
+        for (dir, _) in left {
+            if let Some(k) = &self.keeper {
+                let _ = k.release(&dir);
+            }
+            let _ = crate::mount::sys::unmount_under(&dir);
+        }
     }
 
     /// Opens `remote`'s layer once: concurrent callers (a prefetch and the
@@ -303,16 +402,27 @@ impl Remotes {
         {
             return Ok(());
         }
+        let not_mounted = |e: Error| {
+            Error::new(
+                e.code,
+                format!("layer {} is not mounted: {}", remote.layer, e.message),
+            )
+        };
+        match self.take_over(id, remote, dir) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                // The layer cannot be opened now (no key, no registry): a
+                // fresh mount would fail the same way. The connection stays
+                // with the keeper; its readers wait for a daemon that can.
+                return Err(not_mounted(e));
+            }
+        }
         // What a killed daemon left here: a dead FUSE mount.
         let _ = crate::mount::sys::unmount_under(dir);
         self.mount(id, &mut remote.clone(), dir)
             .map(|_| ())
-            .map_err(|e| {
-                Error::new(
-                    e.code,
-                    format!("layer {} is not mounted: {}", remote.layer, e.message),
-                )
-            })
+            .map_err(not_mounted)
     }
 
     /// Unmounts snapshot `id`'s layer, if this daemon mounted one.
@@ -323,9 +433,26 @@ impl Remotes {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
         match m {
-            Some(m) => m.unmount(),
+            Some(m) => self.take_down(m),
             None => Ok(()),
         }
+    }
+
+    /// Unmounts `m`. One still in use by a container stays mounted and
+    /// served by this process, and the keeper keeps holding it, so the next
+    /// daemon serves it after this one ends.
+    fn take_down(&self, m: LayerMount) -> io::Result<()> {
+        self.retire(&m);
+        if let Some(k) = &self.keeper {
+            let _ = k.release(m.dir());
+        }
+        let dir = m.dir().to_path_buf();
+        let conn = m.connection().try_clone_to_owned();
+        m.unmount().inspect_err(|_| {
+            if let (Some(k), Ok(c)) = (&self.keeper, &conn) {
+                let _ = k.keep(&dir, c.as_fd());
+            }
+        })
     }
 
     /// Unmounts every layer (daemon shutdown) and wipes the chunk cache.
@@ -336,11 +463,25 @@ impl Remotes {
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .collect();
+        let mut busy = 0;
         for (_, m) in all {
-            self.retire(&m);
-            if let Err(e) = m.unmount() {
-                tracing::warn!("{e}");
+            if let Err(e) = self.take_down(m) {
+                tracing::warn!("{e}; left for the next daemon to serve");
+                busy += 1;
             }
+        }
+        // Mounts taken from the last daemon and not served yet (their layer
+        // could not be opened) also wait for the next one.
+        busy += self
+            .inherited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        if busy == 0
+            && let Some(k) = &self.keeper
+            && let Err(e) = k.quit()
+        {
+            tracing::debug!("stopping the FUSE keeper: {e}");
         }
         self.cache.clear();
     }
@@ -382,4 +523,12 @@ fn layer_error(e: &io::Error) -> Error {
     } else {
         Error::failed_precondition(msg)
     }
+}
+
+/// Whether a kept FUSE connection still has its mount (an aborted one
+/// reports an error when polled).
+fn connection_alive(conn: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut p = [PollFd::new(conn.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut p, PollTimeout::ZERO), Ok(0))
 }

@@ -76,9 +76,11 @@ impl Store {
     /// (registry down, key gone) is logged and left for a later start.
     pub fn restore(&self) -> Result<usize> {
         let mut n = 0;
+        let mut claimed = std::collections::HashSet::new();
         for (key, rec) in self.meta.all()? {
             let Some(remote) = &rec.remote else { continue };
             let fs_dir = self.dir(rec.id).join("fs");
+            claimed.insert(fs_dir.clone());
             if let Err(e) = fs::create_dir_all(&fs_dir) {
                 tracing::error!("snapshot {key}: {}: {e}", fs_dir.display());
                 continue;
@@ -88,6 +90,7 @@ impl Store {
                 Err(e) => tracing::error!("snapshot {key}: {e}"),
             }
         }
+        self.remotes.release_unclaimed(&claimed);
         Ok(n)
     }
 

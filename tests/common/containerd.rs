@@ -13,6 +13,7 @@ pub struct Daemon {
     pub root: PathBuf,
     pub socket: PathBuf,
     log: PathBuf,
+    crashed: bool,
 }
 
 fn wait_for(path: &Path, what: &str, child: &mut Child, log: &Path) {
@@ -66,6 +67,7 @@ impl Daemon {
             root,
             socket,
             log,
+            crashed: false,
         }
     }
 
@@ -74,12 +76,15 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL: no chance to clean up, as in a crash.
+    /// SIGKILL: no chance to clean up, as in a crash. What it leaves (its
+    /// mounts, its FUSE keeper) stays for the next daemon on this root,
+    /// whose drop cleans up.
     pub fn kill(mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.crashed = true;
     }
 
     /// SIGTERM, and waits for a clean exit.
@@ -97,6 +102,9 @@ impl Drop for Daemon {
     /// A test that failed half-way: stop gracefully (the daemon unmounts its
     /// layers), and detach whatever is still mounted under its root.
     fn drop(&mut self) {
+        if self.crashed {
+            return;
+        }
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -108,7 +116,30 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
         unmount_under(&self.root);
+        for pid in keeper_pids(&self.root) {
+            // SAFETY: signalling a process this test's daemon started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
+}
+
+/// The FUSE keeper processes a daemon with state in `root` started.
+pub fn keeper_pids(root: &Path) -> Vec<i32> {
+    let socket = root.join("fuse-keeper.sock");
+    let mut want = b"fuse-keeper\0".to_vec();
+    want.extend_from_slice(socket.as_os_str().as_encoded_bytes());
+    want.push(0);
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmd.windows(want.len()).any(|w| w == want).then_some(pid)
+        })
+        .collect()
 }
 
 /// Lazily unmounts everything mounted at or below `dir`, deepest first.
@@ -219,12 +250,13 @@ state = "{state}"
 impl Drop for Containerd {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // Stop the tasks first so their mounts go away with them.
-            let _ = Command::new("ctr")
-                .arg("--address")
-                .arg(&self.socket)
-                .args(["--namespace", "lazycrypt-test", "tasks", "ls", "-q"])
-                .output();
+            // Stop the tasks first (a failed test may leave some running),
+            // so their mounts and runc state go away with them.
+            let tasks = self.ctr().args(["tasks", "ls", "-q"]).output();
+            let ids = tasks.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            for id in ids.unwrap_or_default().split_whitespace() {
+                let _ = self.ctr().args(["tasks", "delete", "--force", id]).output();
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
