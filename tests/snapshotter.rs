@@ -707,6 +707,23 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
     daemon.stop();
 }
 
+/// The child's output if it ends within `limit`; otherwise it is killed.
+fn output_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> Option<std::process::Output> {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
 /// `ctr run --rm` of busybox applet `argv` in `image` through lazycrypt.
 fn run_rm(ctd: &Containerd, image: &str, id: &str, argv: &[&str]) -> std::process::Output {
     run(ctd
@@ -750,11 +767,22 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted() {
     // Several chunks, none read before the kill.
     let big = common::data::noise(6 << 20);
     let big_sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big));
-    let ([esgz, targz], k) = encrypted_pair(d.path(), &reg, "alive", marker, &[("data/big", &big)]);
-    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let big2 = common::data::noise(3 << 20);
+    let big2_sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big2));
+    let (_, k) = encrypted_pair(
+        d.path(),
+        &reg,
+        "alive",
+        marker,
+        &[("data/big", &big), ("data/big2", &big2[..])],
+    );
+    // The daemon reaches the registry through a proxy that can hold back
+    // its answers.
+    let proxy = common::mounts::CountingProxy::start(&reg.addr);
+    let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
     let mut daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start(d.path(), &daemon.socket);
-    let images = [&esgz, &targz].map(|i| i.trim_start_matches("docker://").to_string());
+    let images = ["esgz", "targz"].map(|f| format!("{}/alive/{f}:v1", proxy.addr));
     for (i, name) in images.iter().enumerate() {
         ok(lazycrypt()
             .args(["pull", "--plain-http", "--namespace", "lazycrypt-test"])
@@ -842,6 +870,39 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted() {
         assert_eq!(fuse_mounts_under(&daemon.root), layers);
         assert!(daemon.log().contains("taken over"), "{}", daemon.log());
     }
+    // A read the daemon had taken when it was killed: the registry's answer
+    // is held back, so the daemon is waiting on it at the kill. The next
+    // daemon has the kernel send that request again, and answers it.
+    proxy.pause(true);
+    let taken = exec(
+        "alive0",
+        "taken",
+        &["/bin/busybox", "sha256sum", "/data/big2"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while proxy.held() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read never reached the registry"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    daemon.kill();
+    proxy.pause(false);
+    daemon = Daemon::start_with(d.path(), &args);
+    let o = output_within(taken, std::time::Duration::from_secs(60))
+        .expect("a read the killed daemon had taken was never answered");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.starts_with(&big2_sum),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     // A new container still starts once containerd has redialled.
     let out = once_reconnected(|| run_rm(&ctd, &images[0], "fresh", &["cat", "/data/secret"]));
     assert!(out.contains(marker), "{out}");

@@ -314,10 +314,13 @@ pub fn layout_from_tars(dir: &Path, tag: &str, tars: &[Vec<u8>], gzip: bool) -> 
     format!("oci:{}:{tag}", dir.display())
 }
 
-/// A TCP proxy in front of a registry that counts the bytes it serves.
+/// A TCP proxy in front of a registry that counts the bytes it serves, and
+/// can hold back the registry's answers.
 pub struct CountingProxy {
     pub addr: String,
     served: Arc<AtomicU64>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<AtomicU64>,
 }
 
 impl CountingProxy {
@@ -325,7 +328,10 @@ impl CountingProxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let served = Arc::new(AtomicU64::new(0));
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = Arc::new(AtomicU64::new(0));
         let (up, count) = (upstream.to_string(), served.clone());
+        let (pause, hold) = (paused.clone(), held.clone());
         std::thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(client) = c else { continue };
@@ -334,6 +340,7 @@ impl CountingProxy {
                 };
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let count = count.clone();
+                let (pause, hold) = (pause.clone(), hold.clone());
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut c2, &mut s2);
                     let _ = s2.shutdown(std::net::Shutdown::Write);
@@ -345,6 +352,12 @@ impl CountingProxy {
                         match s.read(&mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
+                                if pause.load(Ordering::SeqCst) {
+                                    hold.fetch_add(1, Ordering::SeqCst);
+                                    while pause.load(Ordering::SeqCst) {
+                                        std::thread::sleep(std::time::Duration::from_millis(10));
+                                    }
+                                }
                                 count.fetch_add(n as u64, Ordering::SeqCst);
                                 if c.write_all(&buf[..n]).is_err() {
                                     break;
@@ -356,7 +369,22 @@ impl CountingProxy {
                 });
             }
         });
-        CountingProxy { addr, served }
+        CountingProxy {
+            addr,
+            served,
+            paused,
+            held,
+        }
+    }
+
+    /// Holds back (true) or lets through (false) what the registry sends.
+    pub fn pause(&self, on: bool) {
+        self.paused.store(on, Ordering::SeqCst);
+    }
+
+    /// How many answers were held back while paused.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Bytes the registry has sent through the proxy.
