@@ -4,6 +4,7 @@
 //! [`crypto`] (layer cipher, key wrapping, key sources) → [`layer`] (eStargz)
 //! → [`convert`] (whole-image encrypt/decrypt) → [`cli`].
 
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod containerd;

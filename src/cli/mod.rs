@@ -1,5 +1,6 @@
 //! The `lazycrypt` command line.
 
+mod bench;
 mod build;
 mod common;
 mod cri_pull;
@@ -49,6 +50,8 @@ enum Command {
     FuseKeeper(serve::KeeperArgs),
     /// Generate keys and an image, then encrypt, inspect, decrypt and verify it.
     Demo(demo::Args),
+    /// Cold-start benchmarks: generated workloads, each way of starting them side by side.
+    Bench(bench::Args),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -66,7 +69,10 @@ pub fn main() -> i32 {
         )
         .without_time()
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     let res = match cli.command {
         Command::Encrypt(a) => crypt::encrypt(a),
         Command::Decrypt(a) => crypt::decrypt(a),
@@ -74,6 +80,7 @@ pub fn main() -> i32 {
         Command::StreamDecrypt(a) => stream::run(a),
         Command::Build(a) => build::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Mount(a) => mount::run(a),
         Command::Serve(a) => serve::run(a),
         Command::FuseKeeper(a) => serve::keeper(a),
@@ -89,4 +96,29 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// Help and version go to stdout as clap prints them; a usage error becomes
+/// one line (clap's first paragraph, which says what is wrong), exit code 2.
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let what: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    eprintln!(
+        "lazycrypt: {} (see --help)",
+        what.join(" ").trim_start_matches("error: ")
+    );
+    2
 }

@@ -1,0 +1,429 @@
+//! `lazycrypt bench cold-start`: each workload started from a cold node
+//! through each path, several times, side by side.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::node::{Node, Registry, Shaping, drop_caches, missing_tools, sh};
+use super::workload::{Generated, Workload, generate};
+
+/// The ways a container can start from an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StartPath {
+    /// (a) lazycrypt, lazily: an encrypted eStargz image.
+    A,
+    /// (b) lazycrypt, lazily: a skopeo-encrypted tar.gz (stream index).
+    B,
+    /// (c) containerd's own: full pull, decrypt (stream processor), unpack.
+    C,
+    /// (d) containerd's own: full pull and unpack of the unencrypted image.
+    D,
+}
+
+impl StartPath {
+    pub const ALL: [StartPath; 4] = [StartPath::A, StartPath::B, StartPath::C, StartPath::D];
+
+    /// Parses `a`, `b`, `c` or `d`.
+    pub fn parse(s: &str) -> Result<StartPath, String> {
+        match s {
+            "a" => Ok(StartPath::A),
+            "b" => Ok(StartPath::B),
+            "c" => Ok(StartPath::C),
+            "d" => Ok(StartPath::D),
+            _ => Err(format!("unknown path {s:?}; the paths are a, b, c, d")),
+        }
+    }
+
+    pub fn letter(self) -> char {
+        match self {
+            StartPath::A => 'a',
+            StartPath::B => 'b',
+            StartPath::C => 'c',
+            StartPath::D => 'd',
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            StartPath::A => "lazycrypt lazy, encrypted eStargz",
+            StartPath::B => "lazycrypt lazy, skopeo-encrypted tar.gz",
+            StartPath::C => "containerd pull + decrypt + unpack",
+            StartPath::D => "containerd pull + unpack, unencrypted",
+        }
+    }
+
+    /// Which pushed variant of the workload image the path starts.
+    fn tag(self) -> &'static str {
+        match self {
+            StartPath::A => "esgz",
+            StartPath::B | StartPath::C => "targz",
+            StartPath::D => "plain",
+        }
+    }
+
+    fn lazy(self) -> bool {
+        matches!(self, StartPath::A | StartPath::B)
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub workloads: Vec<String>,
+    pub paths: Vec<StartPath>,
+    pub runs: usize,
+    pub scale: f64,
+    pub shaping: Option<Shaping>,
+    /// Generated images, registry data and node state.
+    pub work: PathBuf,
+    /// `results.json`, `results.md`, `chart.svg`.
+    pub out: PathBuf,
+    /// lazycrypt's chunk cache budget (`--cache-size`).
+    pub cache_size: String,
+}
+
+/// One repetition of one workload through one path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    pub workload: String,
+    pub path: StartPath,
+    pub run: usize,
+    /// Time from the pull command to `ready` on the container's stdout.
+    pub ready_ms: Option<f64>,
+    /// Bytes the registry sent during the run.
+    pub fetched: Option<u64>,
+    pub lazycrypt_peak_rss_kib: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    /// Why the run failed, if it did.
+    pub error: Option<String>,
+}
+
+/// All runs, with what each workload is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub machine: String,
+    pub shaping: Option<String>,
+    pub cache_size: String,
+    pub workloads: Vec<WorkloadInfo>,
+    pub samples: Vec<Sample>,
+    /// Problems that stopped whole paths or workloads.
+    pub notes: Vec<String>,
+}
+
+/// A workload's size and the bytes its start-up reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadInfo {
+    pub name: String,
+    pub layers: usize,
+    pub files: usize,
+    pub image_bytes: u64,
+    pub read_bytes: u64,
+}
+
+/// Runs the benchmark; results are written to `opts.out` after every run,
+/// so an interrupted benchmark keeps what it measured.
+pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
+    for w in &opts.workloads {
+        Workload::builtin(w, opts.scale)?;
+    }
+    let missing = missing_tools(&["docker-registry", "containerd", "ctr", "runc", "busybox"]);
+    if !missing.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("missing: {}", missing.join(", ")),
+        ));
+    }
+    std::fs::create_dir_all(&opts.work)?;
+    std::fs::create_dir_all(&opts.out)?;
+    let mut res = Results {
+        machine: machine(),
+        shaping: opts
+            .shaping
+            .as_ref()
+            .map(|s| format!("{} with {} ms delay each way", s.rate, s.delay_ms)),
+        cache_size: opts.cache_size.clone(),
+        ..Default::default()
+    };
+    let keys = opts.work.join("keys");
+    let public = write_keys(&keys)?;
+    log("starting the registry");
+    let reg = Registry::start(&opts.work.join("registry"), opts.shaping.as_ref())?;
+    let skopeo_missing = missing_tools(&["skopeo"]);
+
+    for name in &opts.workloads {
+        let w = Workload::builtin(name, opts.scale)?;
+        log(&format!("generating {name} (scale {})", opts.scale));
+        let g = match generated(&w, &opts.work.join("images").join(name), opts.scale) {
+            Ok(g) => g,
+            Err(e) => {
+                res.notes.push(format!("{name}: generating: {e}"));
+                continue;
+            }
+        };
+        res.workloads.push(WorkloadInfo {
+            name: name.clone(),
+            layers: w.layers.len(),
+            files: w.layers.iter().map(Vec::len).sum::<usize>() + 3,
+            image_bytes: g.image_bytes,
+            read_bytes: g.read_bytes,
+        });
+        // Push each variant the paths need; a failed push fails its paths.
+        let mut pushed: Vec<(&str, Result<String, String>)> = Vec::new();
+        for p in &opts.paths {
+            if pushed.iter().any(|(t, _)| *t == p.tag()) {
+                continue;
+            }
+            log(&format!("pushing {name}:{}", p.tag()));
+            let r = push(&g, p.tag(), &reg.addr, &public, &skopeo_missing);
+            if let Err(e) = &r {
+                res.notes.push(format!("{name}:{}: {e}", p.tag()));
+            }
+            pushed.push((p.tag(), r));
+        }
+        for run in 1..=opts.runs {
+            for &p in &opts.paths {
+                let image = &pushed
+                    .iter()
+                    .find(|(t, _)| *t == p.tag())
+                    .expect("pushed above")
+                    .1;
+                let s = match image {
+                    Ok(image) => sample(opts, &reg, &keys, &w, p, run, image),
+                    Err(e) => failed(name, p, run, format!("image not pushed: {e}")),
+                };
+                log(&describe(&s));
+                res.samples.push(s);
+                super::report::write(&res, &opts.out)?;
+            }
+        }
+    }
+    super::report::write(&res, &opts.out)?;
+    Ok(res)
+}
+
+fn describe(s: &Sample) -> String {
+    match (&s.error, s.ready_ms) {
+        (Some(e), _) => format!(
+            "{} ({}) run {}: failed: {e}",
+            s.workload,
+            s.path.letter(),
+            s.run
+        ),
+        (None, Some(ms)) => format!(
+            "{} ({}) run {}: ready in {ms:.0} ms, {} fetched",
+            s.workload,
+            s.path.letter(),
+            s.run,
+            super::report::mib(s.fetched.unwrap_or(0))
+        ),
+        (None, None) => String::new(),
+    }
+}
+
+fn failed(workload: &str, path: StartPath, run: usize, error: String) -> Sample {
+    Sample {
+        workload: workload.to_string(),
+        path,
+        run,
+        ready_ms: None,
+        fetched: None,
+        lazycrypt_peak_rss_kib: None,
+        cpu_seconds: None,
+        error: Some(error),
+    }
+}
+
+/// The workload's image, generated unless `dir` already holds it at this scale.
+fn generated(w: &Workload, dir: &Path, scale: f64) -> io::Result<Generated> {
+    let record = dir.join("workload.json");
+    if let Ok(b) = std::fs::read(&record)
+        && let Ok(g) = serde_json::from_slice::<Generated>(&b)
+        && g.scale == scale
+        && g.workload.name == w.name
+    {
+        return Ok(g);
+    }
+    std::fs::create_dir_all(dir)?;
+    generate(w, scale, dir)
+}
+
+/// Pushes the `tag` variant of the workload image to `registry`.
+fn push(
+    g: &Generated,
+    tag: &str,
+    registry: &str,
+    public: &Path,
+    skopeo_missing: &[String],
+) -> Result<String, String> {
+    let dst = format!("{registry}/bench/{}:{tag}", g.workload.name);
+    let recipient = format!("jwe:{}", public.display());
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = exe.to_str().ok_or("executable path is not UTF-8")?;
+    let r = match tag {
+        "esgz" => sh(
+            exe,
+            &[
+                "encrypt",
+                "--plain-http",
+                "--estargz",
+                "-r",
+                &recipient,
+                &g.image,
+                &format!("docker://{dst}"),
+            ],
+        ),
+        _ if !skopeo_missing.is_empty() => {
+            return Err(format!("missing: {}", skopeo_missing.join(", ")));
+        }
+        "targz" => sh(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                "--encryption-key",
+                &recipient,
+                &g.image,
+                &format!("docker://{dst}"),
+            ],
+        ),
+        _ => sh(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                &g.image,
+                &format!("docker://{dst}"),
+            ],
+        ),
+    };
+    r.map(|_| dst).map_err(|e| e.to_string())
+}
+
+/// One cold start: a fresh node, caches dropped, then pull and run until
+/// the workload says it is ready.
+fn sample(
+    opts: &Options,
+    reg: &Registry,
+    keys: &Path,
+    w: &Workload,
+    path: StartPath,
+    run: usize,
+    image: &str,
+) -> Sample {
+    let node = match Node::start(&opts.work.join("node"), &reg.addr, keys, &opts.cache_size) {
+        Ok(n) => n,
+        Err(e) => return failed(&w.name, path, run, format!("starting the node: {e}")),
+    };
+    let r = start_container(&node, w, path, run, image, reg);
+    let usage = node.usage();
+    node.stop();
+    match r {
+        Ok((ms, fetched)) => Sample {
+            workload: w.name.clone(),
+            path,
+            run,
+            ready_ms: Some(ms),
+            fetched: Some(fetched),
+            lazycrypt_peak_rss_kib: Some(usage.lazycrypt_peak_rss_kib),
+            cpu_seconds: Some(usage.cpu_seconds),
+            error: None,
+        },
+        Err(e) => failed(&w.name, path, run, e.to_string()),
+    }
+}
+
+fn start_container(
+    node: &Node,
+    w: &Workload,
+    path: StartPath,
+    run: usize,
+    image: &str,
+    reg: &Registry,
+) -> io::Result<(f64, u64)> {
+    if let Err(e) = drop_caches() {
+        tracing::warn!("caches not dropped: {e}");
+    }
+    let exe = std::env::current_exe()?;
+    let exe = exe.to_string_lossy();
+    let sock = node.containerd_socket.to_string_lossy();
+    let before = reg.served();
+    let t0 = Instant::now();
+    let ns = if path.lazy() {
+        sh(
+            &exe,
+            &[
+                "pull",
+                "--plain-http",
+                "--address",
+                &sock,
+                "--namespace",
+                "bench",
+                image,
+            ],
+        )?;
+        "bench"
+    } else {
+        sh(&exe, &["cri-pull", "--address", &sock, image])?;
+        "k8s.io"
+    };
+    let id = format!("{}-{}-{run}", w.name, path.letter());
+    let mut args = vec!["run", "--rm"];
+    if path.lazy() {
+        args.extend(["--snapshotter", "lazycrypt"]);
+    }
+    args.extend([image, id.as_str()]);
+    let out = node.ctr(ns, &args)?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let want = format!("ready {}", w.name);
+    if !out.lines().any(|l| l == want) {
+        return Err(io::Error::other(format!(
+            "the container did not say {want:?}: {}",
+            out.trim()
+        )));
+    }
+    Ok((ms, reg.served() - before))
+}
+
+/// A fresh RSA key pair: the private key in `dir` (the node's keys), the
+/// public one beside it; returns the public key's path.
+fn write_keys(dir: &Path) -> io::Result<PathBuf> {
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    std::fs::create_dir_all(dir)?;
+    let public = dir.with_extension("pub.pem");
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(io::Error::other)?;
+    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(io::Error::other)?;
+    std::fs::write(dir.join("bench.pem"), pem.as_bytes())?;
+    let pubpem = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(io::Error::other)?;
+    std::fs::write(&public, pubpem)?;
+    Ok(public)
+}
+
+/// CPU model and counts, for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    format!("{cores} × {cpu}, {} GiB", (mem + (1 << 19)) >> 20)
+}

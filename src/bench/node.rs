@@ -1,0 +1,478 @@
+//! The processes a cold-start benchmark runs: a registry (optionally behind
+//! a shaped link in a network namespace of its own), a proxy in front of it
+//! that counts what the registry serves, and per repetition a fresh node:
+//! containerd with lazycrypt as its proxy snapshotter, and `lazycrypt serve`.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A command the benchmark needs, and the Debian package that has it.
+pub const TOOLS: [(&str, &str); 6] = [
+    ("docker-registry", "docker-registry"),
+    ("containerd", "containerd"),
+    ("ctr", "containerd"),
+    ("runc", "runc"),
+    ("skopeo", "skopeo"),
+    ("busybox", "busybox-static"),
+];
+
+/// The tools missing from PATH, each with the package to install.
+pub fn missing_tools(names: &[&str]) -> Vec<String> {
+    TOOLS
+        .iter()
+        .filter(|(t, _)| names.contains(t) && !on_path(t))
+        .map(|(t, p)| format!("{t} (apt-get install {p})"))
+        .collect()
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// Network shaping of the registry's link: rate and one-way delay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shaping {
+    /// A `tc` rate, e.g. `1gbit`, `100mbit`.
+    pub rate: String,
+    pub delay_ms: u32,
+}
+
+/// A network namespace of the benchmark's own, joined to the host by a veth
+/// pair on a /30 of its own; removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+/// The registry's address inside the namespace.
+const NS_ADDR: &str = "10.213.47.2";
+const HOST_ADDR: &str = "10.213.47.1";
+
+impl Netns {
+    fn create(shaping: &Shaping) -> io::Result<Netns> {
+        let id = std::process::id();
+        let ns = Netns {
+            name: format!("lazycrypt-bench-{id}"),
+            host_if: format!("lzb{id}h"),
+        };
+        let peer = format!("lzb{id}n");
+        let delay = format!("{}ms", shaping.delay_ms);
+        let netem = |dev: &str| {
+            vec![
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "netem",
+                "rate",
+                &shaping.rate,
+                "delay",
+                &delay,
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+        };
+        sh("ip", &["netns", "add", &ns.name])?;
+        let in_ns = |cmd: &[&str]| {
+            let mut a = vec!["netns", "exec", ns.name.as_str()];
+            a.extend_from_slice(cmd);
+            sh("ip", &a)
+        };
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+            ],
+        )?;
+        sh("ip", &["link", "set", &peer, "netns", &ns.name])?;
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{HOST_ADDR}/30"),
+                "dev",
+                &ns.host_if,
+            ],
+        )?;
+        sh("ip", &["link", "set", &ns.host_if, "up"])?;
+        in_ns(&["ip", "addr", "add", &format!("{NS_ADDR}/30"), "dev", &peer])?;
+        in_ns(&["ip", "link", "set", &peer, "up"])?;
+        in_ns(&["ip", "link", "set", "lo", "up"])?;
+        let host_rule = netem(&ns.host_if);
+        sh(
+            "tc",
+            &host_rule.iter().map(String::as_str).collect::<Vec<_>>(),
+        )?;
+        let mut ns_rule = vec!["tc".to_string()];
+        ns_rule.extend(netem(&peer));
+        in_ns(&ns_rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["link", "del", &self.host_if]);
+        let _ = sh("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Runs a command to completion; its stderr becomes the error.
+pub fn sh(cmd: &str, args: &[&str]) -> io::Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("{cmd}: {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The registry, where every node pulls from (through the counting proxy).
+pub struct Registry {
+    child: Child,
+    /// What clients dial: the proxy, `127.0.0.1:PORT`.
+    pub addr: String,
+    served: Arc<AtomicU64>,
+    _netns: Option<Netns>,
+}
+
+impl Registry {
+    /// Starts Debian's registry with storage under `dir`, on loopback or,
+    /// with `shaping`, in a namespace behind a shaped veth link.
+    pub fn start(dir: &Path, shaping: Option<&Shaping>) -> io::Result<Registry> {
+        std::fs::create_dir_all(dir)?;
+        let netns = shaping.map(Netns::create).transpose()?;
+        let listen = match &netns {
+            Some(_) => format!("{NS_ADDR}:5000"),
+            None => format!("127.0.0.1:{}", free_port()?),
+        };
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\n\
+                 storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
+                 http: {{addr: {listen}}}\n",
+                dir.join("data").display()
+            ),
+        )?;
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, "docker-registry"]);
+                c
+            }
+            None => Command::new("docker-registry"),
+        };
+        let child = cmd
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("docker-registry: {e}")))?;
+        wait_until(Duration::from_secs(20), "the registry to listen", || {
+            TcpStream::connect(&listen).is_ok()
+        })?;
+        let (addr, served) = proxy(&listen)?;
+        Ok(Registry {
+            child,
+            addr,
+            served,
+            _netns: netns,
+        })
+    }
+
+    /// Bytes the registry has sent so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A TCP proxy on loopback in front of `upstream`, counting the bytes
+/// upstream sends.
+fn proxy(upstream: &str) -> io::Result<(String, Arc<AtomicU64>)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?.to_string();
+    let served = Arc::new(AtomicU64::new(0));
+    let (up, count) = (upstream.to_string(), served.clone());
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let (Ok(client), Ok(server)) = (c, TcpStream::connect(&up)) else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let _ = io::copy(&mut c2, &mut s2);
+                let _ = s2.shutdown(std::net::Shutdown::Write);
+            });
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let (mut s, mut c) = (server, client);
+                let mut buf = vec![0u8; 256 << 10];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    count.fetch_add(n as u64, Ordering::SeqCst);
+                    if c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    Ok((addr, served))
+}
+
+/// Polls `done` until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> io::Result<()> {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out waiting for {what}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// One cold node: fresh containerd and `lazycrypt serve` state.
+pub struct Node {
+    pub dir: PathBuf,
+    pub containerd_socket: PathBuf,
+    ctd: Child,
+    lz: Child,
+}
+
+/// What a node's daemons used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Peak resident memory of `lazycrypt serve`, KiB.
+    pub lazycrypt_peak_rss_kib: u64,
+    /// CPU time of containerd and `lazycrypt serve` with their exited
+    /// children (stream processors), seconds.
+    pub cpu_seconds: f64,
+}
+
+impl Node {
+    /// Starts containerd and `lazycrypt serve` (this executable) with state
+    /// in `dir`, reaching `registry` over plain HTTP with the keys in `keys`.
+    pub fn start(dir: &Path, registry: &str, keys: &Path, cache_size: &str) -> io::Result<Node> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("lz"))?;
+        std::fs::create_dir_all(dir.join("ctd"))?;
+        let exe = std::env::current_exe()?;
+        let lz_sock = dir.join("lz/lazycrypt.sock");
+        let lz = Command::new(&exe)
+            .arg("serve")
+            .arg("--root")
+            .arg(dir.join("lz/root"))
+            .arg("--address")
+            .arg(&lz_sock)
+            .arg("--keys-dir")
+            .arg(keys)
+            .args(["--plain-http", registry, "--cache-size", cache_size])
+            .arg("--hosts-dir")
+            .arg(dir.join("lz/no-hosts"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("lz/log"))?)
+            .spawn()?;
+        let ctd_sock = dir.join("ctd/containerd.sock");
+        let config = dir.join("ctd/config.toml");
+        std::fs::write(
+            &config,
+            containerd_config(&dir.join("ctd"), &lz_sock, &exe, keys, registry),
+        )?;
+        let ctd = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("ctd/log"))?)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("containerd: {e}")))?;
+        let node = Node {
+            dir: dir.to_path_buf(),
+            containerd_socket: ctd_sock,
+            ctd,
+            lz,
+        };
+        wait_until(Duration::from_secs(30), "containerd and lazycrypt", || {
+            node.containerd_socket.exists() && lz_sock.exists()
+        })?;
+        wait_until(
+            Duration::from_secs(30),
+            "containerd's lazycrypt plugin",
+            || {
+                node.ctr("default", &["plugins", "ls"]).is_ok_and(|o| {
+                    o.lines().any(|l| {
+                        l.contains("lazycrypt") && l.split_whitespace().last() == Some("ok")
+                    })
+                })
+            },
+        )?;
+        Ok(node)
+    }
+
+    /// Runs `ctr` against this node's containerd in namespace `ns`.
+    pub fn ctr(&self, ns: &str, args: &[&str]) -> io::Result<String> {
+        let mut a = vec![
+            "--address",
+            self.containerd_socket.to_str().unwrap_or(""),
+            "--namespace",
+            ns,
+        ];
+        a.extend_from_slice(args);
+        sh("ctr", &a)
+    }
+
+    /// What the daemons used so far.
+    pub fn usage(&self) -> Usage {
+        let ticks = clock_ticks();
+        let cpu = |pid: u32| -> f64 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name (which may hold spaces) start
+            // at field 3; utime, stime, cutime and cstime are fields 14-17.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t: u64 = f
+                .get(11..15)
+                .map_or(0, |v| v.iter().filter_map(|x| x.parse::<u64>().ok()).sum());
+            t as f64 / ticks
+        };
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.lz.id())).unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        Usage {
+            lazycrypt_peak_rss_kib: hwm,
+            cpu_seconds: cpu(self.ctd.id()) + cpu(self.lz.id()),
+        }
+    }
+
+    /// Stops both daemons and removes every mount and file of this node.
+    pub fn stop(mut self) {
+        for ns in ["bench", "k8s.io"] {
+            if let Ok(tasks) = self.ctr(ns, &["tasks", "ls", "-q"]) {
+                for t in tasks.split_whitespace() {
+                    let _ = self.ctr(ns, &["tasks", "delete", "--force", t]);
+                }
+            }
+        }
+        let _ = self.ctd.kill();
+        let _ = self.ctd.wait();
+        // SIGTERM: lazycrypt unmounts its layers and stops its FUSE keeper.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.lz.id() as i32, libc::SIGTERM) };
+        let _ = wait_until(Duration::from_secs(20), "lazycrypt to stop", || {
+            self.lz.try_wait().ok().flatten().is_some()
+        });
+        let _ = self.lz.kill();
+        let _ = self.lz.wait();
+        let _ = crate::mount::sys::unmount_under(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// containerd 1.6 with lazycrypt as the `lazycrypt` proxy snapshotter, the
+/// ocicrypt stream processor (`lazycrypt stream-decrypt`, the node's keys),
+/// and CRI pulling with overlayfs from the registry over plain HTTP.
+fn containerd_config(
+    dir: &Path,
+    lz_sock: &Path,
+    exe: &Path,
+    keys: &Path,
+    registry: &str,
+) -> String {
+    let d = dir.display();
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[proxy_plugins.lazycrypt]
+  type = "snapshot"
+  address = "{lz}"
+[stream_processors]
+  [stream_processors."io.containerd.ocicrypt.decoder.v1.tar.gzip"]
+    accepts = ["application/vnd.oci.image.layer.v1.tar+gzip+encrypted"]
+    returns = "application/vnd.oci.image.layer.v1.tar+gzip"
+    path = "{exe}"
+    args = ["stream-decrypt", "--decryption-keys-path", "{keys}"]
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".image_decryption]
+    key_model = "node"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{registry}"]
+    endpoint = ["http://{registry}"]
+"#,
+        lz = lz_sock.display(),
+        exe = exe.display(),
+        keys = keys.display(),
+    )
+}
+
+/// Drops the page cache, dentries and inodes, so reads start cold.
+pub fn drop_caches() -> io::Result<()> {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+}

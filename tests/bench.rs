@@ -1,0 +1,128 @@
+//! `lazycrypt bench`: the workload generator, and a tiny cold-start run
+//! through all four paths with real containerd, runc, skopeo and registry.
+//! Nothing here is timed; the tests check what the benchmark produces.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn generated_workloads_are_deterministic_images_with_their_declared_layers() {
+    let d = tmp();
+    let gen_into = |out: &std::path::Path| {
+        ok(lazycrypt()
+            .args([
+                "bench",
+                "gen",
+                "--workload",
+                "many-layers",
+                "--scale",
+                "0.05",
+                "--out",
+            ])
+            .arg(out))
+    };
+    let out = gen_into(&d.path().join("one"));
+    assert!(out.starts_with("many-layers: oci:"), "{out}");
+    gen_into(&d.path().join("two"));
+    let image = |dir: &str| {
+        format!(
+            "oci:{}:many-layers",
+            d.path().join(dir).join("many-layers/image").display()
+        )
+    };
+    let layers = layer_digests(&image("one"));
+    assert_eq!(layers.len(), 20);
+    assert_eq!(
+        layers,
+        layer_digests(&image("two")),
+        "generation is not deterministic"
+    );
+
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.path().join("one/many-layers/workload.json")).unwrap(),
+    )
+    .unwrap();
+    let (read, size) = (
+        record["read_bytes"].as_u64().unwrap(),
+        record["image_bytes"].as_u64().unwrap(),
+    );
+    assert!(read > 0 && read < size / 10, "reads {read} of {size}");
+    // The layer trees (plaintext inputs) are gone; only the image stays.
+    assert!(!d.path().join("one/many-layers/layers").exists());
+
+    let err = fails(lazycrypt().args(["bench", "gen", "--workload", "java-like"]));
+    assert!(
+        err.contains(
+            "unknown workload \"java-like\"; the workloads are python-like, model-serving, many-layers"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tiny_cold_start_run_reports_every_path() {
+    let d = tmp();
+    let out = d.path().join("results");
+    let stdout = ok(lazycrypt()
+        .args([
+            "bench",
+            "cold-start",
+            "--workload",
+            "python-like",
+            "--scale",
+            "0.01",
+            "--runs",
+            "1",
+            "--work",
+        ])
+        .arg(d.path().join("work"))
+        .arg("--out")
+        .arg(&out));
+    for row in [
+        "| python-like | (a) lazycrypt lazy, encrypted eStargz | 1 |",
+        "| python-like | (b) lazycrypt lazy, skopeo-encrypted tar.gz | 1 |",
+        "| python-like | (c) containerd pull + decrypt + unpack | 1 |",
+        "| python-like | (d) containerd pull + unpack, unencrypted | 1 |",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("- python-like: (c)/(a) = "), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let samples = results["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 4);
+    for s in samples {
+        assert!(s["error"].is_null(), "{s}");
+        assert!(s["ready_ms"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["fetched"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["lazycrypt_peak_rss_kib"].as_u64().unwrap() > 0, "{s}");
+    }
+    assert_eq!(results["summary"].as_array().unwrap().len(), 4);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(stdout.starts_with(&md), "stdout is the Markdown report");
+    let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("(a) lazycrypt lazy"),
+        "{svg:.300}"
+    );
+    // Nothing is left mounted or running from the benchmark's nodes.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&*d.path().to_string_lossy()), "{mounts}");
+}
+
+#[test]
+fn bad_benchmark_arguments_name_what_is_wrong() {
+    let err = fails(lazycrypt().args(["bench", "cold-start", "--paths", "a,x"]));
+    assert!(
+        err.contains("unknown path \"x\"; the paths are a, b, c, d"),
+        "{err}"
+    );
+    let err = fails(lazycrypt().args(["bench", "cold-start", "--shape", "fast"]));
+    assert!(
+        err.contains("rate \"fast\": want a number with gbit, mbit or kbit"),
+        "{err}"
+    );
+    let err = fails(lazycrypt().args(["bench", "cold-start", "--workload", "java-like"]));
+    assert!(err.contains("unknown workload \"java-like\""), "{err}");
+}
