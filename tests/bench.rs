@@ -24,6 +24,8 @@ fn generated_workloads_are_deterministic_images_with_their_declared_layers() {
     };
     let out = gen_into(&d.path().join("one"));
     assert!(out.starts_with("many-layers: oci:"), "{out}");
+    // A second later: file times must not leak into the digests.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     gen_into(&d.path().join("two"));
     let image = |dir: &str| {
         format!(

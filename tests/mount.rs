@@ -392,12 +392,43 @@ fn reading_one_small_file_of_a_200_mib_image_fetches_little_from_the_registry() 
     .unwrap();
     assert_eq!(std::fs::read(mnt.join("config.bin")).unwrap(), small);
     let served = proxy.served();
-    let (out, _) = m.umount();
     assert!(
         served < 3 << 20,
         "the registry served {served} bytes to read 4 KiB of a 200 MiB image"
     );
+    // A short run of reads in order in the middle of a file (a tensor, a
+    // header) loads no chunks beyond it. O_DIRECT keeps the kernel's own
+    // read-ahead out of the count.
+    let f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(mnt.join("weights/w10.bin"))
+            .unwrap()
+    };
+    let mut buf = vec![0u8; (64 << 10) + 4096];
+    let at = buf.as_ptr().align_offset(4096);
+    let piece = &mut buf[at..at + (64 << 10)];
+    let base = 3 << 20;
+    for i in 0..8u64 {
+        use std::os::unix::fs::FileExt;
+        let off = base + i * (64 << 10);
+        f.read_exact_at(piece, off).unwrap();
+        let want = &data[(10 << 23) + off as usize..][..64 << 10];
+        assert!(piece == want, "wrong bytes at {off}");
+    }
+    // Give a read-ahead, had one been started, time to reach the registry.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let run = proxy.served() - served;
+    assert!(
+        run < 5 << 19,
+        "the registry served {run} bytes for 512 KiB read in order"
+    );
+    drop(f);
+    let (out, _) = m.umount();
     assert!(out.contains("1 lazy"), "{out}");
+    assert!(out.contains("(0 read ahead)"), "{out}");
 }
 
 #[test]

@@ -83,6 +83,8 @@ pub struct Options {
     pub out: PathBuf,
     /// lazycrypt's chunk cache budget (`--cache-size`).
     pub cache_size: String,
+    /// The kernel's read-ahead on lazycrypt's layer mounts (`--read-ahead`).
+    pub read_ahead: String,
 }
 
 /// One repetition of one workload through one path.
@@ -107,6 +109,8 @@ pub struct Results {
     pub machine: String,
     pub shaping: Option<String>,
     pub cache_size: String,
+    #[serde(default)]
+    pub read_ahead: String,
     pub workloads: Vec<WorkloadInfo>,
     pub samples: Vec<Sample>,
     /// Problems that stopped whole paths or workloads.
@@ -145,6 +149,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
             .as_ref()
             .map(|s| format!("{} with {} ms delay each way", s.rate, s.delay_ms)),
         cache_size: opts.cache_size.clone(),
+        read_ahead: opts.read_ahead.clone(),
         ..Default::default()
     };
     let keys = opts.work.join("keys");
@@ -315,7 +320,13 @@ fn sample(
     run: usize,
     image: &str,
 ) -> Sample {
-    let node = match Node::start(&opts.work.join("node"), &reg.addr, keys, &opts.cache_size) {
+    let node = match Node::start(
+        &opts.work.join("node"),
+        &reg.addr,
+        keys,
+        &opts.cache_size,
+        &opts.read_ahead,
+    ) {
         Ok(n) => n,
         Err(e) => return failed(&w.name, path, run, format!("starting the node: {e}")),
     };

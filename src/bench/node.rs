@@ -63,23 +63,11 @@ impl Netns {
             host_if: format!("lzb{id}h"),
         };
         let peer = format!("lzb{id}n");
-        let delay = format!("{}ms", shaping.delay_ms);
-        let netem = |dev: &str| {
-            vec![
-                "qdisc",
-                "add",
-                "dev",
-                dev,
-                "root",
-                "netem",
-                "rate",
-                &shaping.rate,
-                "delay",
-                &delay,
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>()
+        let rule = qdisc(shaping)?;
+        let shape = |dev: &str| {
+            let mut a = vec!["qdisc", "add", "dev", dev, "root"];
+            a.extend(rule.iter().map(String::as_str));
+            a.into_iter().map(String::from).collect::<Vec<_>>()
         };
         sh("ip", &["netns", "add", &ns.name])?;
         let in_ns = |cmd: &[&str]| {
@@ -115,13 +103,13 @@ impl Netns {
         in_ns(&["ip", "addr", "add", &format!("{NS_ADDR}/30"), "dev", &peer])?;
         in_ns(&["ip", "link", "set", &peer, "up"])?;
         in_ns(&["ip", "link", "set", "lo", "up"])?;
-        let host_rule = netem(&ns.host_if);
+        let host_rule = shape(&ns.host_if);
         sh(
             "tc",
             &host_rule.iter().map(String::as_str).collect::<Vec<_>>(),
         )?;
         let mut ns_rule = vec!["tc".to_string()];
-        ns_rule.extend(netem(&peer));
+        ns_rule.extend(shape(&peer));
         in_ns(&ns_rule.iter().map(String::as_str).collect::<Vec<_>>())?;
         Ok(ns)
     }
@@ -132,6 +120,59 @@ impl Drop for Netns {
         let _ = sh("ip", &["link", "del", &self.host_if]);
         let _ = sh("ip", &["netns", "del", &self.name]);
     }
+}
+
+/// The `tc` queueing discipline for `shaping`: netem (rate and delay) where
+/// the kernel has it, else a token bucket (rate only; a delay then is an
+/// error rather than silently left out).
+fn qdisc(shaping: &Shaping) -> io::Result<Vec<String>> {
+    let has_netem = std::fs::read_to_string("/proc/modules")
+        .is_ok_and(|m| m.lines().any(|l| l.starts_with("sch_netem ")))
+        || Command::new("modprobe")
+            .arg("sch_netem")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if has_netem {
+        return Ok(["netem", "rate", &shaping.rate, "delay"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("{}ms", shaping.delay_ms)])
+            .collect());
+    }
+    if shaping.delay_ms > 0 {
+        return Err(io::Error::other(
+            "a link delay needs tc's netem, which this kernel lacks (sch_netem); shape the rate only",
+        ));
+    }
+    // A burst of 10 ms at the rate (at least 64 KiB) keeps tbf at its rate
+    // whatever the kernel's timer frequency.
+    let bits = rate_bits(&shaping.rate)?;
+    let burst = (bits / 8 / 100).max(64 << 10);
+    Ok(vec![
+        "tbf".into(),
+        "rate".into(),
+        shaping.rate.clone(),
+        "burst".into(),
+        burst.to_string(),
+        "latency".into(),
+        "50ms".into(),
+    ])
+}
+
+/// `1gbit` → 1e9.
+fn rate_bits(rate: &str) -> io::Result<u64> {
+    let (n, mult) = [
+        ("gbit", 1_000_000_000),
+        ("mbit", 1_000_000),
+        ("kbit", 1_000),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| rate.strip_suffix(suffix).map(|n| (n, *m)))
+    .ok_or_else(|| io::Error::other(format!("rate {rate:?}")))?;
+    n.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| io::Error::other(format!("rate {rate:?}")))
 }
 
 /// Runs a command to completion; its stderr becomes the error.
@@ -299,7 +340,13 @@ pub struct Usage {
 impl Node {
     /// Starts containerd and `lazycrypt serve` (this executable) with state
     /// in `dir`, reaching `registry` over plain HTTP with the keys in `keys`.
-    pub fn start(dir: &Path, registry: &str, keys: &Path, cache_size: &str) -> io::Result<Node> {
+    pub fn start(
+        dir: &Path,
+        registry: &str,
+        keys: &Path,
+        cache_size: &str,
+        read_ahead: &str,
+    ) -> io::Result<Node> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir.join("lz"))?;
         std::fs::create_dir_all(dir.join("ctd"))?;
@@ -314,6 +361,7 @@ impl Node {
             .arg("--keys-dir")
             .arg(keys)
             .args(["--plain-http", registry, "--cache-size", cache_size])
+            .args(["--read-ahead", read_ahead])
             .arg("--hosts-dir")
             .arg(dir.join("lz/no-hosts"))
             .stdin(Stdio::null())
@@ -340,9 +388,25 @@ impl Node {
             ctd,
             lz,
         };
+        let mut node = node;
+        let mut exited = None;
         wait_until(Duration::from_secs(30), "containerd and lazycrypt", || {
+            for (name, c, log) in [
+                ("lazycrypt serve", &mut node.lz, "lz/log"),
+                ("containerd", &mut node.ctd, "ctd/log"),
+            ] {
+                if let Ok(Some(st)) = c.try_wait() {
+                    let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+                    let last = text.lines().last().unwrap_or("").to_string();
+                    exited = Some(format!("{name} exited ({st}): {last}"));
+                    return true;
+                }
+            }
             node.containerd_socket.exists() && lz_sock.exists()
         })?;
+        if let Some(e) = exited {
+            return Err(io::Error::other(e));
+        }
         wait_until(
             Duration::from_secs(30),
             "containerd's lazycrypt plugin",
@@ -396,7 +460,8 @@ impl Node {
         }
     }
 
-    /// Stops both daemons and removes every mount and file of this node.
+    /// Stops both daemons (lazycrypt gracefully) and removes every mount and
+    /// file of this node.
     pub fn stop(mut self) {
         for ns in ["bench", "k8s.io"] {
             if let Ok(tasks) = self.ctr(ns, &["tasks", "ls", "-q"]) {
@@ -413,8 +478,17 @@ impl Node {
         let _ = wait_until(Duration::from_secs(20), "lazycrypt to stop", || {
             self.lz.try_wait().ok().flatten().is_some()
         });
-        let _ = self.lz.kill();
-        let _ = self.lz.wait();
+    }
+}
+
+impl Drop for Node {
+    /// After `stop`, or when starting failed half-way: nothing of the node
+    /// stays running, mounted or on disk.
+    fn drop(&mut self) {
+        for c in [&mut self.ctd, &mut self.lz] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = crate::mount::sys::unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }

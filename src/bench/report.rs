@@ -105,10 +105,11 @@ pub fn markdown(r: &Results) -> String {
     let sums = summarize(r);
     let mut m = String::new();
     m.push_str(&format!(
-        "Machine: {}. Network: {}. lazycrypt cache: {}.\n\n",
+        "Machine: {}. Network: {}. lazycrypt cache: {}, read-ahead: {}.\n\n",
         r.machine,
         r.shaping.as_deref().unwrap_or("loopback, unshaped"),
-        r.cache_size
+        r.cache_size,
+        r.read_ahead
     ));
     m.push_str("| workload | image | read at start-up | layers |\n|---|---|---|---|\n");
     for w in &r.workloads {

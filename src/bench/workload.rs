@@ -310,6 +310,9 @@ pub fn generate(w: &Workload, scale: f64, out: &Path) -> io::Result<Generated> {
     let script = top.join(READY_SCRIPT.trim_start_matches('/'));
     std::fs::create_dir_all(script.parent().expect("script has a parent"))?;
     std::fs::write(&script, w.ready_script())?;
+    for d in &dirs {
+        pin_times(d)?;
+    }
 
     let image = format!("oci:{}:{}", out.join("image").display(), w.name);
     let spec = BuildSpec {
@@ -335,6 +338,44 @@ pub fn generate(w: &Workload, scale: f64, out: &Path) -> io::Result<Generated> {
         serde_json::to_vec_pretty(&g).map_err(io::Error::other)?,
     )?;
     Ok(g)
+}
+
+/// Sets every entry under `root` (symlinks themselves included) to one fixed
+/// time, so the image's tar headers, and so its digests, do not depend on
+/// when it was generated.
+fn pin_times(root: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    const PINNED: libc::timespec = libc::timespec {
+        tv_sec: 1_577_836_800, // 2020-01-01T00:00:00Z
+        tv_nsec: 0,
+    };
+    let mut stack = vec![root.to_path_buf()];
+    let mut all = Vec::new();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() && !p.is_symlink() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+        all.push(p);
+    }
+    for p in all {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        let times = [PINNED, PINNED];
+        // SAFETY: `c` is a NUL-terminated path and `times` holds two entries.
+        let r = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Where the static busybox comes from (Debian's busybox-static).

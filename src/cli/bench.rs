@@ -66,6 +66,9 @@ struct ColdStartArgs {
     /// lazycrypt's chunk cache budget.
     #[arg(long, default_value = "256M")]
     cache_size: String,
+    /// The kernel's read-ahead on lazycrypt's layer mounts (`serve --read-ahead`).
+    #[arg(long, default_value = "4M")]
+    read_ahead: String,
     /// Print the results as JSON instead of the Markdown table.
     #[arg(long)]
     json: bool,
@@ -140,6 +143,7 @@ fn cold_start(a: ColdStartArgs) -> Result<()> {
         work: a.work.clone(),
         out: a.out.clone(),
         cache_size: a.cache_size.clone(),
+        read_ahead: a.read_ahead.clone(),
     };
     let res = coldstart::run(&opts, &mut |l| eprintln!("{l}"))?;
     if a.json {

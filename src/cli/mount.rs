@@ -65,6 +65,19 @@ pub struct UmountArgs {
 
 /// `256M` → bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size_at_least(s, 1 << 20, "1M")
+}
+
+/// A read-ahead size: at least 4K, at most 1G.
+pub fn parse_read_ahead(s: &str) -> Result<u64, String> {
+    let n = parse_size_at_least(s, 4 << 10, "4K")?;
+    if n > 1 << 30 {
+        return Err(format!("read-ahead {s:?} is over 1G"));
+    }
+    Ok(n)
+}
+
+fn parse_size_at_least(s: &str, least: u64, named: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -81,8 +94,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     num.parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n >= 1 << 20)
-        .ok_or_else(|| format!("invalid size {s:?} (at least 1M)"))
+        .filter(|&n| n >= least)
+        .ok_or_else(|| format!("invalid size {s:?} (at least {named})"))
 }
 
 /// This mount's runtime directory: named by a hash of the mount point, so

@@ -41,6 +41,11 @@ pub struct Args {
     /// Plaintext chunk cache budget in memory, shared by all layers [default: 256M].
     #[arg(long, value_parser = super::mount::parse_size)]
     pub cache_size: Option<u64>,
+    /// The kernel's read-ahead on each layer mount [default: 4M]: large for
+    /// fast sequential reads, small (e.g. 128K) so that partial reads of
+    /// big files fetch less over the network.
+    #[arg(long, value_parser = super::mount::parse_read_ahead)]
+    pub read_ahead: Option<u64>,
     /// Where containers over lazily served layers write: a tmpfs per
     /// container (no plaintext reaches the disk) or the disk [default: tmpfs].
     #[arg(long, value_parser = ["tmpfs", "disk"])]
@@ -59,8 +64,16 @@ pub struct Args {
 const DEFAULT_CONFIG: &str = "/etc/lazycrypt/config.toml";
 
 fn size(field: &str, v: &Option<String>) -> Result<Option<u64>> {
+    parsed(field, v, super::mount::parse_size)
+}
+
+fn parsed(
+    field: &str,
+    v: &Option<String>,
+    parse: fn(&str) -> Result<u64, String>,
+) -> Result<Option<u64>> {
     v.as_deref()
-        .map(super::mount::parse_size)
+        .map(parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("config: {field}: {e}"))
 }
@@ -99,6 +112,16 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or(256 << 20),
         allow_unverified_lazy: a.allow_unverified_lazy
             || file.allow_unverified_lazy.unwrap_or(false),
+        read_ahead_kb: (a
+            .read_ahead
+            .or(parsed(
+                "read_ahead",
+                &file.read_ahead,
+                super::mount::parse_read_ahead,
+            )?)
+            .unwrap_or(u64::from(crate::fs::READ_AHEAD_KB) << 10)
+            >> 10)
+            .clamp(4, 1 << 20) as u32,
         keeper_socket: Some(root.join("fuse-keeper.sock")),
     };
     let upper = UpperConfig {

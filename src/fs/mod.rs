@@ -32,6 +32,9 @@ pub const READ_AHEAD_KB: u32 = 4 * MAX_READ / 1024;
 /// Chunks loaded ahead of a sequential reader.
 const READ_AHEAD_CHUNKS: usize = 4;
 
+/// A sequential run earns one chunk of read-ahead per this many bytes read.
+const RUN_PER_CHUNK_AHEAD: u64 = 2 << 20;
+
 /// How far behind the furthest read a request may start and still count as
 /// part of a sequential pass.
 const SEQUENTIAL_SLACK: u64 = 4 * MAX_READ as u64;
@@ -43,17 +46,21 @@ pub struct LayerFs {
     cache: Arc<ChunkCache>,
     /// Where the last read of each inode ended, to spot sequential readers.
     last_end: Vec<AtomicU64>,
+    /// Where the current sequential run of each inode began.
+    run_start: Vec<AtomicU64>,
 }
 
 impl LayerFs {
     pub fn new(layer: Arc<Layer>, cache: Arc<ChunkCache>) -> Self {
         let tree = Tree::build(layer.nodes(), layer.what());
         let last_end = (0..tree.inodes.len()).map(|_| AtomicU64::new(0)).collect();
+        let run_start = (0..tree.inodes.len()).map(|_| AtomicU64::new(0)).collect();
         LayerFs {
             layer,
             tree,
             cache,
             last_end,
+            run_start,
         }
     }
 
@@ -89,6 +96,30 @@ impl LayerFs {
         self.tree.get(ino.0).ok_or(Errno::ENOENT)
     }
 
+    /// How many chunks past this read to load now. The kernel's read-ahead
+    /// sends several requests at once to our threads, so "sequential" means
+    /// near the furthest read so far, not exactly at its end. The count
+    /// grows with the length of the sequential run: a short read in the
+    /// middle of a file (a header, a tensor) loads nothing more, since each
+    /// chunk of a lazily fetched layer costs network; a reader streaming
+    /// the file gets several chunks ahead.
+    fn chunks_ahead(&self, ino: u64, offset: u64, end: u64) -> usize {
+        let i = (ino - 1) as usize;
+        let (Some(last), Some(start)) = (self.last_end.get(i), self.run_start.get(i)) else {
+            return 0;
+        };
+        let furthest = last.fetch_max(end, Ordering::Relaxed);
+        let sequential = furthest > 0
+            && offset <= furthest.saturating_add(u64::from(MAX_READ))
+            && end.saturating_add(SEQUENTIAL_SLACK) >= furthest;
+        if !sequential {
+            start.store(offset, Ordering::Relaxed);
+            return 0;
+        }
+        let run = end.saturating_sub(start.load(Ordering::Relaxed));
+        ((run / RUN_PER_CHUNK_AHEAD) as usize).min(READ_AHEAD_CHUNKS)
+    }
+
     /// Reads `[offset, offset + size)` of file `node`, handing the bytes to
     /// `reply` without copying when they lie in one chunk.
     fn read_file(&self, ino: u64, node: usize, offset: u64, size: u32, reply: ReplyData) {
@@ -99,20 +130,10 @@ impl LayerFs {
             return;
         }
         let parts: Vec<_> = overlapping(&n.extents, offset, end).copied().collect();
-        // The kernel's read-ahead sends several requests at once to our
-        // threads, so "sequential" means near the furthest read so far,
-        // not exactly at its end.
-        let sequential = self
-            .last_end
-            .get((ino - 1) as usize)
-            .map(|l| {
-                let furthest = l.fetch_max(end, Ordering::Relaxed);
-                offset <= furthest.saturating_add(u64::from(MAX_READ))
-                    && end.saturating_add(SEQUENTIAL_SLACK) >= furthest
-                    && furthest > 0
-            })
-            .unwrap_or(false);
-        if sequential && let Some(last) = parts.last() {
+        let ahead = self.chunks_ahead(ino, offset, end);
+        if ahead > 0
+            && let Some(last) = parts.last()
+        {
             // Keep the next chunks of this file loading while the reader
             // works through this one: verifying and inflating are the slow
             // steps, and the read-ahead workers use the other core.
@@ -120,7 +141,7 @@ impl LayerFs {
                 .extents
                 .iter()
                 .filter(|x| x.file_offset > last.file_offset);
-            for x in after.take(READ_AHEAD_CHUNKS) {
+            for x in after.take(ahead) {
                 self.cache.prefetch(&self.layer, x.chunk);
             }
         }

@@ -9,7 +9,7 @@ use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 
 use super::sys;
 use crate::cache::chunks::ChunkCache;
-use crate::fs::{LayerFs, MAX_READ, READ_AHEAD_KB};
+use crate::fs::{LayerFs, MAX_READ};
 use crate::layer::index::Layer;
 
 /// A layer's FUSE mount; unmounted by [`LayerMount::unmount`] or on drop.
@@ -25,8 +25,14 @@ pub struct LayerMount {
 }
 
 impl LayerMount {
-    /// Mounts `layer` at the existing directory `dir`, reading through `cache`.
-    pub fn new(layer: Arc<Layer>, cache: Arc<ChunkCache>, dir: &Path) -> io::Result<Self> {
+    /// Mounts `layer` at the existing directory `dir`, reading through
+    /// `cache`, with the kernel reading ahead `read_ahead_kb` KiB.
+    pub fn new(
+        layer: Arc<Layer>,
+        cache: Arc<ChunkCache>,
+        dir: &Path,
+        read_ahead_kb: u32,
+    ) -> io::Result<Self> {
         let fail = |e: io::Error| {
             io::Error::new(e.kind(), format!("FUSE mount at {}: {e}", dir.display()))
         };
@@ -34,7 +40,7 @@ impl LayerMount {
             Session::new(LayerFs::new(layer.clone(), cache), dir, &fuse_config()).map_err(fail)?;
         let conn = session.as_fd().try_clone_to_owned().map_err(fail)?;
         let session = session.spawn().map_err(fail)?;
-        if let Err(e) = sys::set_read_ahead(dir, READ_AHEAD_KB) {
+        if let Err(e) = sys::set_read_ahead(dir, read_ahead_kb) {
             tracing::debug!("could not set read-ahead for {}: {e}", dir.display());
         }
         Ok(LayerMount {

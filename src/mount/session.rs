@@ -14,6 +14,7 @@ use super::open::{Mode, OpenOptions, open_layer};
 use super::sys;
 use crate::cache::chunks::{ChunkCache, Stats};
 use crate::crypto::recipient::KeyRing;
+use crate::fs::READ_AHEAD_KB;
 use crate::layer::index::Layer;
 use crate::oci::Descriptor;
 use crate::oci::transport::ImageSource;
@@ -115,8 +116,12 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
     for (i, (layer, _)) in m.layers.iter().enumerate() {
         let dir = spec.run_dir.join(format!("layer-{i}"));
         fs::create_dir_all(&dir)?;
-        m.sessions
-            .push(LayerMount::new(layer.clone(), m.cache.clone(), &dir)?);
+        m.sessions.push(LayerMount::new(
+            layer.clone(),
+            m.cache.clone(),
+            &dir,
+            READ_AHEAD_KB,
+        )?);
         lowers.push(dir);
     }
     lowers.reverse();

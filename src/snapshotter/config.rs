@@ -19,6 +19,8 @@ pub struct FileConfig {
     pub hosts_dir: Option<PathBuf>,
     /// Size with a K/M/G suffix, e.g. "256M".
     pub cache_size: Option<String>,
+    /// The kernel's read-ahead per layer mount, e.g. "4M" or "128K".
+    pub read_ahead: Option<String>,
     /// "tmpfs" or "disk".
     pub upper: Option<String>,
     pub upper_size: Option<String>,
