@@ -112,10 +112,11 @@ pub fn open(
         } else {
             e.chunk_size
         };
+        // `starts` is sorted: a binary search keeps a TOC of many entries
+        // from costing quadratic time (a hostile TOC could make it hours).
         let end = starts
-            .iter()
+            .get(starts.partition_point(|&s| s <= e.offset))
             .copied()
-            .find(|&s| s > e.offset)
             .unwrap_or(toc_at);
         if len > MAX_CHUNK || end - e.offset > MAX_CHUNK {
             return Err(bad(
