@@ -56,6 +56,7 @@ enum Command {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
+    fixed_mmap_threshold();
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -121,4 +122,24 @@ fn usage_error(e: clap::Error) -> i32 {
         what.join(" ").trim_start_matches("error: ")
     );
     2
+}
+
+/// glibc raises its mmap threshold to the largest block freed so far. Once a
+/// big block (a whole TOC, a blob buffer) has been freed, each FUSE thread's
+/// 16 MiB request buffer comes from the heap, where calloc must write every
+/// byte of it: 20 layers of 4 FUSE threads took `serve` to 400 MiB peak RSS
+/// with 22 MiB decrypted. With the threshold fixed at 4 MiB those buffers
+/// stay mapped and untouched (44 MiB), while 1 MiB chunk buffers still come
+/// from the heap, as fast as before.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it runs before any
+    // other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        // Fixing one threshold also fixes the trim threshold at 128 KiB,
+        // which would hand freed chunk buffers back to the kernel only to
+        // fault them in again; keep the dynamic default's order instead.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+    }
 }
