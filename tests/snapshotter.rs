@@ -703,6 +703,15 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
     let daemon = Daemon::start_with(d.path(), &args);
     let out = once_reconnected(|| run_rm(&ctd, name, "c10", &["cat", "/data/secret"]));
     assert!(out.contains(&marker), "{out}");
+    // The layers were taken over from the killed daemon (through the FUSE
+    // keeper) and read again: still nothing at rest, nothing in the log.
+    assert!(daemon.log().contains("taken over"), "{}", daemon.log());
+    let hits = common::mounts::files_containing(d.path(), &needles);
+    assert!(
+        hits.is_empty(),
+        "plaintext at rest after the restart: {hits:?}"
+    );
+    assert!(!daemon.log().contains(&marker));
     drop(ctd);
     daemon.stop();
 }
