@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use zeroize::Zeroizing;
 
@@ -158,7 +158,7 @@ impl Remotes {
 
     /// Counts for the metrics endpoint.
     pub fn stats(&self) -> RemoteStats {
-        let mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mounts = lock(&self.mounts);
         let live: u64 = mounts.values().map(|m| m.layer().fetched()).sum();
         RemoteStats {
             mounts: mounts.len(),
@@ -261,10 +261,7 @@ impl Remotes {
         {
             tracing::warn!("{} will not outlive this daemon: {e}", dir.display());
         }
-        self.mounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, m);
+        lock(&self.mounts).insert(id, m);
         Ok(mode)
     }
 
@@ -272,12 +269,7 @@ impl Remotes {
     /// daemon left at `dir`, if the keeper kept one that is still mounted
     /// there. The containers reading it never notice more than a pause.
     fn take_over(&self, id: u64, remote: &Remote, dir: &Path) -> Result<bool> {
-        let Some(conn) = self
-            .inherited
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(dir)
-        else {
+        let Some(conn) = lock(&self.inherited).remove(dir) else {
             return Ok(false);
         };
         if !crate::mount::sys::is_layer_mount(dir) || !connection_alive(&conn) {
@@ -290,10 +282,7 @@ impl Remotes {
             Ok((layer, _, _)) => layer,
             Err(e) => {
                 // Tried again by the next call that needs the layer.
-                self.inherited
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(dir.to_path_buf(), conn);
+                lock(&self.inherited).insert(dir.to_path_buf(), conn);
                 return Err(e);
             }
         };
@@ -304,10 +293,7 @@ impl Remotes {
             remote.layer,
             dir.display()
         );
-        self.mounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, m);
+        lock(&self.mounts).insert(id, m);
         Ok(true)
     }
 
@@ -315,7 +301,7 @@ impl Remotes {
     /// other than `claimed` (their snapshots are gone).
     pub fn release_unclaimed(&self, claimed: &std::collections::HashSet<PathBuf>) {
         let left: Vec<_> = {
-            let mut inherited = self.inherited.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inherited = lock(&self.inherited);
             let gone: Vec<PathBuf> = inherited
                 .keys()
                 .filter(|d| !claimed.contains(*d))
@@ -338,11 +324,11 @@ impl Remotes {
     /// once.
     fn take_opened(&self, remote: &Remote) -> Result<Opened> {
         let cell = {
-            let mut m = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+            let mut m = lock(&self.opening);
             m.entry(remote.layer.clone()).or_default().clone()
         };
         let out = cell.get_or_init(|| self.open_now(remote)).clone();
-        let mut m = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = lock(&self.opening);
         if m.get(&remote.layer).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             m.remove(&remote.layer);
         }
@@ -372,7 +358,7 @@ impl Remotes {
     pub fn prefetch(self: &Arc<Self>, image: &str, manifest: &str, layers: &[String]) {
         for layer in layers {
             let cell = {
-                let mut m = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+                let mut m = lock(&self.opening);
                 if m.contains_key(layer) || m.len() >= MAX_PREFETCH {
                     continue;
                 }
@@ -395,13 +381,8 @@ impl Remotes {
 
     /// Mounts snapshot `id`'s layer unless it is mounted already.
     pub fn ensure_mounted(&self, id: u64, remote: &Remote, dir: &Path) -> Result<()> {
-        let _one_at_a_time = self.late.lock().unwrap_or_else(|e| e.into_inner());
-        if self
-            .mounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&id)
-        {
+        let _one_at_a_time = lock(&self.late);
+        if lock(&self.mounts).contains_key(&id) {
             return Ok(());
         }
         let not_mounted = |e: Error| {
@@ -429,11 +410,7 @@ impl Remotes {
 
     /// Unmounts snapshot `id`'s layer, if this daemon mounted one.
     pub fn unmount(&self, id: u64) -> io::Result<()> {
-        let m = self
-            .mounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let m = lock(&self.mounts).remove(&id);
         match m {
             Some(m) => self.take_down(m),
             None => Ok(()),
@@ -459,12 +436,7 @@ impl Remotes {
 
     /// Unmounts every layer (daemon shutdown) and wipes the chunk cache.
     pub fn unmount_all(&self) {
-        let all: Vec<_> = self
-            .mounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let all: Vec<_> = lock(&self.mounts).drain().collect();
         let mut busy = 0;
         for (_, m) in all {
             if let Err(e) = self.take_down(m) {
@@ -474,11 +446,7 @@ impl Remotes {
         }
         // Mounts taken from the last daemon and not served yet (their layer
         // could not be opened) also wait for the next one.
-        busy += self
-            .inherited
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len();
+        busy += lock(&self.inherited).len();
         if busy == 0
             && let Some(k) = &self.keeper
             && let Err(e) = k.quit()
@@ -533,4 +501,10 @@ fn connection_alive(conn: &OwnedFd) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut p = [PollFd::new(conn.as_fd(), PollFlags::empty())];
     matches!(poll(&mut p, PollTimeout::ZERO), Ok(0))
+}
+
+/// Every update under these locks is one insert or remove, so a map whose
+/// holder panicked is still consistent: keep using it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
