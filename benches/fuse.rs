@@ -48,7 +48,13 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(ChunkCache::new(256 << 20, 2));
-    let m = LayerMount::new(Arc::new(layer), cache, dir.path(), 4096).unwrap();
+    let m = LayerMount::new(
+        Arc::new(layer),
+        cache,
+        dir.path(),
+        lazycrypt::fs::ReadAhead::Kib(4096),
+    )
+    .unwrap();
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)

@@ -257,6 +257,62 @@ fn malformed_keys_and_recipients_say_which_file() {
 }
 
 #[test]
+fn bad_estargz_layout_options_say_what_is_wrong() {
+    let f = fixture();
+    let (out, path) = f.out("esgz");
+    let r = format!("jwe:{}", f.key.public.display());
+    let err = fails(lazycrypt().args([
+        "encrypt",
+        "--estargz",
+        "--prioritize",
+        "/nonexistent/start-up.txt",
+        "-r",
+        &r,
+        &f.plain,
+        &out,
+    ]));
+    assert!(
+        err.contains("--prioritize /nonexistent/start-up.txt") && err.contains("No such file"),
+        "{err}"
+    );
+    let err = fails(lazycrypt().args([
+        "encrypt",
+        "--estargz",
+        "--chunk-size",
+        "1K",
+        "-r",
+        &r,
+        &f.plain,
+        &out,
+    ]));
+    assert!(err.contains("at least 4K"), "{err}");
+    let err = fails(lazycrypt().args([
+        "encrypt",
+        "--estargz",
+        "--chunk-size",
+        "65M",
+        "-r",
+        &r,
+        &f.plain,
+        &out,
+    ]));
+    assert!(err.contains("over 64M"), "{err}");
+    let list = f.dir.path().join("list.txt");
+    std::fs::write(&list, "/etc/x\n").unwrap();
+    let err = fails(lazycrypt().args([
+        "encrypt",
+        "--prioritize",
+        list.to_str().unwrap(),
+        "-r",
+        &r,
+        &f.plain,
+        &out,
+    ]));
+    assert!(err.contains("--estargz"), "{err}");
+    assert!(!path.exists(), "no output after a refused conversion");
+}
+
+#[test]
 fn bad_references_and_layouts() {
     let f = fixture();
     let (out, _) = f.out("o");

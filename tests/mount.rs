@@ -768,3 +768,55 @@ fn concurrent_readers_get_correct_bytes_under_a_small_cache() {
         .unwrap_or_else(|| panic!("no eviction count in {out}"));
     assert!(evicted > 0, "the 16 MiB budget was never reached: {out}");
 }
+
+#[test]
+fn prioritized_files_are_fetched_at_mount_in_one_range_not_file_by_file() {
+    let d = tmp();
+    let reg = Registry::start();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(src.join("lib")).unwrap();
+    let all = noise(300 * 6000);
+    let files: Vec<&[u8]> = all.chunks(6000).collect();
+    for (i, f) in files.iter().enumerate() {
+        std::fs::write(src.join(format!("lib/m{i:03}.py")), f).unwrap();
+    }
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    build_dir(&src, &plain, &["--no-gzip"]);
+    let k = rsa_keys(d.path(), "k");
+    let picked: Vec<usize> = (0..300).step_by(15).collect();
+    let list = d.path().join("start-up.txt");
+    let names: Vec<String> = picked.iter().map(|i| format!("/lib/m{i:03}.py")).collect();
+    std::fs::write(&list, format!("# read at start-up\n{}\n", names.join("\n"))).unwrap();
+
+    let mut served = Vec::new();
+    for prioritize in [false, true] {
+        let remote = reg.image(&format!("lazy/prio:{prioritize}"));
+        let mut args = vec!["encrypt", "--plain-http", "--estargz"];
+        if prioritize {
+            args.extend(["--prioritize", list.to_str().unwrap()]);
+        }
+        let recipient = format!("jwe:{}", k.public.display());
+        args.extend(["-r", &recipient, &plain, &remote]);
+        ok(lazycrypt().args(&args));
+        let proxy = common::mounts::CountingProxy::start(&reg.addr);
+        let image = format!("docker://{}/lazy/prio:{prioritize}", proxy.addr);
+        let mnt = d.path().join(format!("mnt-{prioritize}"));
+        let state = d.path().join(format!("state-{prioritize}"));
+        let key = k.private.to_str().unwrap();
+        let m = mount(&image, &mnt, &state, &["--plain-http", "--key", key]).unwrap();
+        for &i in &picked {
+            let got = std::fs::read(mnt.join(format!("lib/m{i:03}.py"))).unwrap();
+            assert!(got == files[i], "wrong bytes in m{i:03}.py");
+        }
+        served.push(proxy.served());
+        m.umount();
+    }
+    // File by file, each of the 20 files costs a fetch of its own;
+    // prioritized, they lie together and come in one range at mount.
+    assert!(
+        served[1] * 2 < served[0],
+        "the registry served {} bytes with the files prioritized, {} without",
+        served[1],
+        served[0]
+    );
+}

@@ -85,6 +85,8 @@ pub struct Options {
     pub cache_size: String,
     /// The kernel's read-ahead on lazycrypt's layer mounts (`--read-ahead`).
     pub read_ahead: String,
+    /// The eStargz chunk size of path (a)'s image (`encrypt --chunk-size`).
+    pub chunk_size: String,
 }
 
 /// One repetition of one workload through one path.
@@ -95,6 +97,9 @@ pub struct Sample {
     pub run: usize,
     /// Time from the pull command to `ready` on the container's stdout.
     pub ready_ms: Option<f64>,
+    /// Of which the pull command took this long.
+    #[serde(default)]
+    pub pull_ms: Option<f64>,
     /// Bytes the registry sent during the run.
     pub fetched: Option<u64>,
     pub lazycrypt_peak_rss_kib: Option<u64>,
@@ -111,6 +116,8 @@ pub struct Results {
     pub cache_size: String,
     #[serde(default)]
     pub read_ahead: String,
+    #[serde(default)]
+    pub chunk_size: String,
     pub workloads: Vec<WorkloadInfo>,
     pub samples: Vec<Sample>,
     /// Problems that stopped whole paths or workloads.
@@ -150,6 +157,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
             .map(|s| format!("{} with {} ms delay each way", s.rate, s.delay_ms)),
         cache_size: opts.cache_size.clone(),
         read_ahead: opts.read_ahead.clone(),
+        chunk_size: opts.chunk_size.clone(),
         ..Default::default()
     };
     let keys = opts.work.join("keys");
@@ -182,7 +190,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
                 continue;
             }
             log(&format!("pushing {name}:{}", p.tag()));
-            let r = push(&g, p.tag(), &reg.addr, &public, &skopeo_missing);
+            let r = push(&g, p.tag(), &reg.addr, &public, &skopeo_missing, opts);
             if let Err(e) = &r {
                 res.notes.push(format!("{name}:{}: {e}", p.tag()));
             }
@@ -218,10 +226,11 @@ fn describe(s: &Sample) -> String {
             s.run
         ),
         (None, Some(ms)) => format!(
-            "{} ({}) run {}: ready in {ms:.0} ms, {} fetched",
+            "{} ({}) run {}: ready in {ms:.0} ms (pull {:.0} ms), {} fetched",
             s.workload,
             s.path.letter(),
             s.run,
+            s.pull_ms.unwrap_or(0.0),
             super::report::mib(s.fetched.unwrap_or(0))
         ),
         (None, None) => String::new(),
@@ -234,6 +243,7 @@ fn failed(workload: &str, path: StartPath, run: usize, error: String) -> Sample 
         path,
         run,
         ready_ms: None,
+        pull_ms: None,
         fetched: None,
         lazycrypt_peak_rss_kib: None,
         cpu_seconds: None,
@@ -262,8 +272,15 @@ fn push(
     registry: &str,
     public: &Path,
     skopeo_missing: &[String],
+    opts: &Options,
 ) -> Result<String, String> {
     let dst = format!("{registry}/bench/{}:{tag}", g.workload.name);
+    // What stargz's `optimize` records by running the image, the workload
+    // declares: its start-up reads.
+    let list = opts.work.join(format!("{}.prioritized", g.workload.name));
+    std::fs::write(&list, g.workload.prioritized().join("\n") + "\n")
+        .map_err(|e| format!("{}: {e}", list.display()))?;
+    let list = list.to_string_lossy();
     let recipient = format!("jwe:{}", public.display());
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let exe = exe.to_str().ok_or("executable path is not UTF-8")?;
@@ -274,6 +291,10 @@ fn push(
                 "encrypt",
                 "--plain-http",
                 "--estargz",
+                "--prioritize",
+                &list,
+                "--chunk-size",
+                &opts.chunk_size,
                 "-r",
                 &recipient,
                 &g.image,
@@ -334,18 +355,26 @@ fn sample(
     let usage = node.usage();
     node.stop();
     match r {
-        Ok((ms, fetched)) => Sample {
+        Ok(t) => Sample {
             workload: w.name.clone(),
             path,
             run,
-            ready_ms: Some(ms),
-            fetched: Some(fetched),
+            ready_ms: Some(t.ready_ms),
+            pull_ms: Some(t.pull_ms),
+            fetched: Some(t.fetched),
             lazycrypt_peak_rss_kib: Some(usage.lazycrypt_peak_rss_kib),
             cpu_seconds: Some(usage.cpu_seconds),
             error: None,
         },
         Err(e) => failed(&w.name, path, run, e.to_string()),
     }
+}
+
+/// What one cold start measured.
+struct Timing {
+    ready_ms: f64,
+    pull_ms: f64,
+    fetched: u64,
 }
 
 fn start_container(
@@ -355,7 +384,7 @@ fn start_container(
     run: usize,
     image: &str,
     reg: &Registry,
-) -> io::Result<(f64, u64)> {
+) -> io::Result<Timing> {
     if let Err(e) = drop_caches() {
         tracing::warn!("caches not dropped: {e}");
     }
@@ -382,22 +411,28 @@ fn start_container(
         sh(&exe, &["cri-pull", "--address", &sock, image])?;
         "k8s.io"
     };
+    let pulled = t0.elapsed();
     let id = format!("{}-{}-{run}", w.name, path.letter());
     let mut args = vec!["run", "--rm"];
     if path.lazy() {
         args.extend(["--snapshotter", "lazycrypt"]);
     }
     args.extend([image, id.as_str()]);
-    let out = node.ctr(ns, &args)?;
-    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    // Ready is when the line appears, as HelloBench times the first useful
+    // output; removing the container afterwards is not part of the start.
     let want = format!("ready {}", w.name);
-    if !out.lines().any(|l| l == want) {
+    let (ready, out) = node.ctr_until(ns, &args, &want)?;
+    let Some(ready) = ready else {
         return Err(io::Error::other(format!(
             "the container did not say {want:?}: {}",
             out.trim()
         )));
-    }
-    Ok((ms, reg.served() - before))
+    };
+    Ok(Timing {
+        ready_ms: (ready - t0).as_secs_f64() * 1000.0,
+        pull_ms: pulled.as_secs_f64() * 1000.0,
+        fetched: reg.served() - before,
+    })
 }
 
 /// A fresh RSA key pair: the private key in `dir` (the node's keys), the

@@ -192,6 +192,45 @@ pub fn sh(cmd: &str, args: &[&str]) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// [`sh`], noting the moment `line` appears on stdout.
+pub fn sh_until(cmd: &str, args: &[&str], line: &str) -> io::Result<(Option<Instant>, String)> {
+    use std::io::BufRead;
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{cmd}: {e}"));
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(named)?;
+    let stderr = child.stderr.take().expect("piped");
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = io::Read::read_to_string(&mut io::BufReader::new(stderr), &mut s);
+        s
+    });
+    let mut seen = None;
+    let mut out = String::new();
+    for l in io::BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let l = l.map_err(named)?;
+        if seen.is_none() && l == line {
+            seen = Some(Instant::now());
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    let status = child.wait().map_err(named)?;
+    let err = errs.join().unwrap_or_default();
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            err.trim()
+        )));
+    }
+    Ok((seen, out))
+}
+
 /// The registry, where every node pulls from (through the counting proxy).
 pub struct Registry {
     child: Child,
@@ -423,6 +462,21 @@ impl Node {
 
     /// Runs `ctr` against this node's containerd in namespace `ns`.
     pub fn ctr(&self, ns: &str, args: &[&str]) -> io::Result<String> {
+        sh("ctr", &self.ctr_args(ns, args))
+    }
+
+    /// Runs `ctr` like [`Node::ctr`], noting when `line` appears on its
+    /// stdout; returns that moment (if it came) and the whole stdout.
+    pub fn ctr_until(
+        &self,
+        ns: &str,
+        args: &[&str],
+        line: &str,
+    ) -> io::Result<(Option<Instant>, String)> {
+        sh_until("ctr", &self.ctr_args(ns, args), line)
+    }
+
+    fn ctr_args<'a>(&'a self, ns: &'a str, args: &[&'a str]) -> Vec<&'a str> {
         let mut a = vec![
             "--address",
             self.containerd_socket.to_str().unwrap_or(""),
@@ -430,7 +484,7 @@ impl Node {
             ns,
         ];
         a.extend_from_slice(args);
-        sh("ctr", &a)
+        a
     }
 
     /// What the daemons used so far.

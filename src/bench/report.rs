@@ -105,11 +105,12 @@ pub fn markdown(r: &Results) -> String {
     let sums = summarize(r);
     let mut m = String::new();
     m.push_str(&format!(
-        "Machine: {}. Network: {}. lazycrypt cache: {}, read-ahead: {}.\n\n",
+        "Machine: {}. Network: {}. lazycrypt cache: {}, read-ahead: {}, eStargz chunks: {}.\n\n",
         r.machine,
         r.shaping.as_deref().unwrap_or("loopback, unshaped"),
         r.cache_size,
-        r.read_ahead
+        r.read_ahead,
+        r.chunk_size
     ));
     m.push_str("| workload | image | read at start-up | layers |\n|---|---|---|---|\n");
     for w in &r.workloads {
@@ -291,6 +292,7 @@ mod tests {
             path,
             run,
             ready_ms: ms,
+            pull_ms: None,
             fetched: ms.map(|_| 3 << 20),
             lazycrypt_peak_rss_kib: ms.map(|_| 100 << 10),
             cpu_seconds: ms.map(|_| 0.5),

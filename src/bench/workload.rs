@@ -125,6 +125,20 @@ impl Workload {
         s
     }
 
+    /// The files to put first for prefetch, as an access profile recorded
+    /// on a first start would list them: the shell and the ready script it
+    /// runs, and the files start-up reads whole. Files read only in part
+    /// stay where they are, since prefetch fetches prioritized files whole.
+    pub fn prioritized(&self) -> Vec<String> {
+        let mut v = vec!["/bin/busybox".to_string(), READY_SCRIPT.to_string()];
+        for a in &self.ready {
+            if a.offset == 0 && self.file(&a.path).is_some_and(|f| f.size == a.len) {
+                v.push(a.path.clone());
+            }
+        }
+        v
+    }
+
     fn file(&self, path: &str) -> Option<&FileSpec> {
         self.layers.iter().flatten().find(|f| f.path == path)
     }

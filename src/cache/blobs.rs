@@ -1,6 +1,6 @@
 //! The ciphertext disk cache: a blob's bytes, exactly as the registry served
 //! them (encrypted for encrypted layers), kept in a sparse file per blob with
-//! a bitmap of the 64 KiB blocks present. A range read after a restart or an
+//! a bitmap of the 16 KiB blocks present. A range read after a restart or an
 //! eviction from memory then needs no network. Nothing decrypted goes here.
 
 use std::fs::{self, File, OpenOptions};
@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::flight::SingleFlight;
+use std::sync::Condvar;
+
 use crate::layer::source::{RangeSource, range_end};
 use crate::oci::digest::Digest;
 
 /// Cache granularity: fetches are rounded out to whole blocks.
-pub const BLOCK: u64 = 64 << 10;
+pub const BLOCK: u64 = 16 << 10;
 /// Tries of a range fetch before a read fails.
 const TRIES: u32 = 3;
 
@@ -25,7 +26,7 @@ pub struct DiskRange {
     file: File,
     map_path: PathBuf,
     present: Mutex<Vec<u8>>,
-    flights: SingleFlight<(u64, u64), ()>,
+    flights: Flights,
     size: u64,
 }
 
@@ -56,7 +57,7 @@ impl DiskRange {
             file,
             map_path,
             present: Mutex::new(present),
-            flights: SingleFlight::default(),
+            flights: Flights::default(),
             size,
         })
     }
@@ -115,28 +116,86 @@ impl DiskRange {
         Some((first, last + 1))
     }
 
-    fn fetch(&self, first: u64, end: u64) -> io::Result<()> {
+    /// Fetches the missing blocks of `[first, end)`. A fetch under way that
+    /// overlaps them (a prefetch, another reader) is waited for, not repeated.
+    fn fetch(&self, mut first: u64, mut end: u64) -> io::Result<()> {
+        let flight = loop {
+            match self.flights.join(first, end) {
+                Ok(mine) => break mine,
+                Err(theirs) => {
+                    theirs.wait();
+                    match self.missing(first, end) {
+                        Some((a, b)) => (first, end) = (a, b),
+                        None => return Ok(()),
+                    }
+                }
+            }
+        };
+        let r = self.fetch_now(first, end);
+        self.flights.land(flight);
+        r
+    }
+
+    fn fetch_now(&self, first: u64, end: u64) -> io::Result<()> {
         let start = first * BLOCK;
         let stop = (end * BLOCK).min(self.size);
-        self.flights.run((first, end), || {
-            if self.missing(first, end).is_none() {
-                return Ok(());
-            }
-            let mut attempt = 0;
-            let bytes = loop {
-                attempt += 1;
-                match self.inner.read_range(start, stop - start) {
-                    Ok(b) => break b,
-                    Err(e) if attempt < TRIES => {
-                        tracing::warn!("range fetch failed ({e}); retrying");
-                        std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
-                    }
-                    Err(e) => return Err(e),
+        let mut attempt = 0;
+        let bytes = loop {
+            attempt += 1;
+            match self.inner.read_range(start, stop - start) {
+                Ok(b) => break b,
+                Err(e) if attempt < TRIES => {
+                    tracing::warn!("range fetch failed ({e}); retrying");
+                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
                 }
-            };
-            self.file.write_all_at(&bytes, start)?;
-            self.mark(first, end)
-        })
+                Err(e) => return Err(e),
+            }
+        };
+        self.file.write_all_at(&bytes, start)?;
+        self.mark(first, end)
+    }
+}
+
+/// Block ranges being fetched, each with a signal for those waiting on it.
+#[derive(Default)]
+struct Flights(Mutex<Vec<(u64, u64, Arc<Landing>)>>);
+
+#[derive(Default)]
+struct Landing {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Landing {
+    fn wait(&self) {
+        let mut d = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*d {
+            d = self.cv.wait(d).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Flights {
+    /// Registers a fetch of `[first, end)`, or returns the flight under way
+    /// that overlaps it.
+    fn join(&self, first: u64, end: u64) -> Result<Arc<Landing>, Arc<Landing>> {
+        let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, l)) = f.iter().find(|(a, b, _)| *a < end && first < *b) {
+            return Err(l.clone());
+        }
+        let l = Arc::new(Landing::default());
+        f.push((first, end, l.clone()));
+        Ok(l)
+    }
+
+    /// Ends a flight (landed or failed): its waiters look again.
+    fn land(&self, l: Arc<Landing>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, _, x)| !Arc::ptr_eq(x, &l));
+        *l.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        l.cv.notify_all();
     }
 }
 
@@ -162,6 +221,11 @@ impl RangeSource for DiskRange {
             self.fetch(first, last)?;
         }
         Ok(())
+    }
+
+    fn has(&self, offset: u64, len: u64) -> bool {
+        range_end(offset, len, self.size)
+            .is_ok_and(|end| self.missing(offset / BLOCK, end.div_ceil(BLOCK)).is_none())
     }
 
     fn fetched(&self) -> u64 {
@@ -206,15 +270,19 @@ mod tests {
         let d = crate::oci::digest::of(&data);
         let src = Arc::new(MemoryRange::new(data.clone()));
         let c = DiskRange::open(dir.path(), &d, src.clone()).unwrap();
-        assert_eq!(c.read_range(70_000, 10).unwrap(), data[70_000..70_010]);
+        let b = BLOCK as usize;
+        assert_eq!(
+            c.read_range(BLOCK + 100, 10).unwrap(),
+            data[b + 100..b + 110]
+        );
         assert_eq!(src.fetched(), BLOCK);
-        assert_eq!(c.read_range(65_536, 1000).unwrap(), data[65_536..66_536]);
+        assert_eq!(c.read_range(BLOCK, 1000).unwrap(), data[b..b + 1000]);
         assert_eq!(src.fetched(), BLOCK);
         drop(c);
         let c = Arc::new(DiskRange::open(dir.path(), &d, src.clone()).unwrap());
         assert_eq!(
-            c.read_range(100_000, 30_000).unwrap(),
-            data[100_000..130_000]
+            c.read_range(BLOCK + 2000, BLOCK / 2).unwrap(),
+            data[b + 2000..b + 2000 + b / 2]
         );
         assert_eq!(src.fetched(), BLOCK, "still from disk after reopening");
         assert!(!c.is_complete());
@@ -228,5 +296,69 @@ mod tests {
         let mut back = Vec::new();
         c.local().unwrap().read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    /// A source whose first read waits until the test lets it go.
+    struct Gated {
+        inner: MemoryRange,
+        calls: std::sync::atomic::AtomicU32,
+        started: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl RangeSource for Gated {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            use std::sync::atomic::Ordering;
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.started.send(()).unwrap();
+                self.release.lock().unwrap().recv().unwrap();
+            }
+            self.inner.read_into(offset, buf)
+        }
+        fn fetched(&self) -> u64 {
+            self.inner.fetched()
+        }
+    }
+
+    #[test]
+    fn a_read_inside_a_fetch_under_way_waits_for_it_instead_of_fetching_again() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(6 * BLOCK) as u32).map(|i| (i * 13) as u8).collect();
+        let d = crate::oci::digest::of(&data);
+        let (started, wait_started) = std::sync::mpsc::sync_channel(1);
+        let (go, release) = std::sync::mpsc::channel();
+        let src = Arc::new(Gated {
+            inner: MemoryRange::new(data.clone()),
+            calls: Default::default(),
+            started,
+            release: Mutex::new(release),
+        });
+        let c = Arc::new(DiskRange::open(dir.path(), &d, src.clone()).unwrap());
+        let prefetch = {
+            let c = c.clone();
+            std::thread::spawn(move || c.prepare(0, 4 * BLOCK))
+        };
+        wait_started.recv().unwrap();
+        let reader = {
+            let c = c.clone();
+            std::thread::spawn(move || c.read_range(BLOCK + 10, 100))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        go.send(()).unwrap();
+        prefetch.join().unwrap().unwrap();
+        let got = reader.join().unwrap().unwrap();
+        assert_eq!(got, data[BLOCK as usize + 10..][..100]);
+        assert_eq!(src.calls.load(Ordering::SeqCst), 1, "one fetch for both");
+        // A range only partly under way fetches just the rest.
+        assert_eq!(
+            c.read_range(3 * BLOCK, 2 * BLOCK).unwrap(),
+            data[3 * BLOCK as usize..][..2 * BLOCK as usize]
+        );
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(src.fetched(), 5 * BLOCK);
     }
 }

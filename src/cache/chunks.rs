@@ -4,8 +4,9 @@
 //! concurrent misses on one chunk share one load, and sequential readers get
 //! the next chunk loaded ahead on a worker thread.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::{io, thread};
 
@@ -42,6 +43,10 @@ struct Shared {
     hits: AtomicU64,
     loaded: AtomicU64,
     read_ahead: AtomicU64,
+    /// Chunks queued for read-ahead or being read ahead: a sequential reader
+    /// asks for the same next chunks on every read, and a worker taking a
+    /// second job for a chunk under way would only wait on the first.
+    queued: Mutex<HashSet<Key>>,
 }
 
 struct Lru {
@@ -75,6 +80,7 @@ impl ChunkCache {
             hits: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             read_ahead: AtomicU64::new(0),
+            queued: Mutex::new(HashSet::new()),
         });
         let ahead = (workers > 0).then(|| {
             let (tx, rx) = sync_channel::<Job>(AHEAD_QUEUE);
@@ -99,16 +105,48 @@ impl ChunkCache {
         self.shared.get(layer, chunk, false)
     }
 
+    /// Loads chunks `0..count` of `layer` (its prioritized files) on this
+    /// thread, ahead of the reads that will want them; stops at half the
+    /// budget, so a large prefetch cannot push out everything else.
+    pub fn warm(&self, layer: &Layer, count: u32) -> io::Result<()> {
+        let mut loaded = 0u64;
+        let half = self
+            .shared
+            .lru
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .budget
+            / 2;
+        for c in 0..count.min(layer.chunk_count()) {
+            let chunk = self.shared.get(layer, c, true)?;
+            loaded += chunk.len() as u64;
+            if loaded >= half {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `chunk` of `layer` is in memory.
+    pub fn is_cached(&self, layer: &Layer, chunk: u32) -> bool {
+        self.shared.cached(layer.id(), chunk)
+    }
+
     /// Asks a worker to load `chunk` if it is not cached; never blocks.
     pub fn prefetch(&self, layer: &Arc<Layer>, chunk: u32) {
         if chunk >= layer.chunk_count() || self.shared.cached(layer.id(), chunk) {
             return;
         }
+        let key = (layer.id(), chunk);
+        if !lock(&self.shared.queued).insert(key) {
+            return;
+        }
         let guard = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = guard.as_ref() {
-            match tx.try_send((layer.clone(), chunk)) {
-                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-            }
+        let sent = guard
+            .as_ref()
+            .is_some_and(|tx| tx.try_send((layer.clone(), chunk)).is_ok());
+        if !sent {
+            lock(&self.shared.queued).remove(&key);
         }
     }
 
@@ -196,6 +234,10 @@ impl Shared {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn read_ahead_worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
     loop {
         let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
@@ -203,6 +245,7 @@ fn read_ahead_worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
         if let Err(e) = shared.get(&layer, chunk, true) {
             tracing::debug!("read-ahead of a chunk failed: {e}");
         }
+        lock(&shared.queued).remove(&(layer.id(), chunk));
     }
 }
 

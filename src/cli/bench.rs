@@ -67,8 +67,12 @@ struct ColdStartArgs {
     #[arg(long, default_value = "256M")]
     cache_size: String,
     /// The kernel's read-ahead on lazycrypt's layer mounts (`serve --read-ahead`).
-    #[arg(long, default_value = "4M")]
+    #[arg(long, default_value = "auto")]
     read_ahead: String,
+    /// The eStargz chunk size of path (a)'s image (`encrypt --chunk-size`):
+    /// smaller chunks fetch less for partial reads of big files.
+    #[arg(long, default_value = "256K")]
+    chunk_size: String,
     /// Print the results as JSON instead of the Markdown table.
     #[arg(long)]
     json: bool,
@@ -144,6 +148,7 @@ fn cold_start(a: ColdStartArgs) -> Result<()> {
         out: a.out.clone(),
         cache_size: a.cache_size.clone(),
         read_ahead: a.read_ahead.clone(),
+        chunk_size: a.chunk_size.clone(),
     };
     let res = coldstart::run(&opts, &mut |l| eprintln!("{l}"))?;
     if a.json {

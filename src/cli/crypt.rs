@@ -1,11 +1,17 @@
 //! `lazycrypt encrypt` and `lazycrypt decrypt`.
 
+use std::collections::HashSet;
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use clap::Args;
 
 use super::common::{Bars, TransportArgs, image_ref, key_ring};
 use crate::convert::{self, LayerChange, Selection};
 use crate::crypto::{KeyRing, Recipient};
+use crate::layer::estargz::CHUNK_SIZE;
+use crate::layer::index::MAX_CHUNK;
+use crate::layer::tarmeta::clean;
 use crate::oci::platform::Platform;
 use crate::oci::transport::{ImageDest, ImageSource, RawManifest, open_dest, open_source};
 
@@ -40,11 +46,20 @@ pub struct EncryptArgs {
         required_unless_present = "estargz"
     )]
     pub recipients: Vec<String>,
-    /// Convert layers to eStargz (1 MiB chunks) so they can be mounted lazily;
+    /// Convert layers to eStargz (1 MiB chunks by default) so they can be mounted lazily;
     /// the TOC digest goes into the encrypted private options. Without
     /// recipients, writes plain eStargz anchored by its TOC digest annotation.
     #[arg(long)]
     pub estargz: bool,
+    /// With --estargz: a file listing the paths a workload reads first, one
+    /// per line. They go first in their layer, before the prefetch landmark,
+    /// and are fetched together when the layer is mounted.
+    #[arg(long, value_name = "FILE", requires = "estargz")]
+    pub prioritize: Option<std::path::PathBuf>,
+    /// With --estargz: the chunk size, the unit a lazy read fetches and
+    /// verifies (4K to 64M).
+    #[arg(long, value_name = "SIZE", requires = "estargz", value_parser = parse_chunk_size)]
+    pub chunk_size: Option<u64>,
     /// A private key (FILE[:pass=PW|:file=F]) that unwraps already encrypted layers, to add recipients.
     #[arg(long = "key", value_name = "FILE")]
     pub keys: Vec<String>,
@@ -86,10 +101,16 @@ pub fn encrypt(a: EncryptArgs) -> Result<()> {
         recipients.extend(Recipient::parse(r)?);
     }
     let ring = key_ring(&a.keys, None)?;
+    let prioritized = match &a.prioritize {
+        Some(f) => prioritized(f)?,
+        None => HashSet::new(),
+    };
     let opts = convert::EncryptOptions {
         recipients: &recipients,
         ring: &ring,
         estargz: a.estargz,
+        prioritized: &prioritized,
+        chunk_size: a.chunk_size.unwrap_or(CHUNK_SIZE),
     };
     run(
         &a.src,
@@ -108,6 +129,28 @@ pub fn encrypt(a: EncryptArgs) -> Result<()> {
             )?)
         },
     )
+}
+
+fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    let n = super::mount::parse_size_at_least(s, 4 << 10, "4K")?;
+    if n > MAX_CHUNK {
+        return Err(format!("chunk size {s:?} is over 64M"));
+    }
+    Ok(n)
+}
+
+/// The paths listed in `file` (blank lines and `#` comments skipped), as
+/// TOC names.
+fn prioritized(file: &Path) -> Result<HashSet<String>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--prioritize {}", file.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(clean)
+        .filter(|n| !n.is_empty())
+        .collect())
 }
 
 pub fn decrypt(a: DecryptArgs) -> Result<()> {

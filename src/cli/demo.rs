@@ -78,6 +78,8 @@ pub fn run(a: Args) -> Result<()> {
         recipients: &recipients,
         ring: &KeyRing::default(),
         estargz: true,
+        prioritized: &Default::default(),
+        chunk_size: crate::layer::estargz::CHUNK_SIZE,
     };
     encrypt(
         &src,

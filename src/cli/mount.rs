@@ -10,6 +10,7 @@ use clap::Args as ClapArgs;
 use sha2::{Digest, Sha256};
 
 use super::common::{TransportArgs, image_ref, key_ring};
+use crate::fs::ReadAhead;
 use crate::mount::open::OpenOptions;
 use crate::mount::session::{MountSpec, clean_stale, mount};
 use crate::oci::image::Image;
@@ -68,16 +69,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     parse_size_at_least(s, 1 << 20, "1M")
 }
 
-/// A read-ahead size: at least 4K, at most 1G.
-pub fn parse_read_ahead(s: &str) -> Result<u64, String> {
+/// A read-ahead: `auto`, or a size from 4K to 1G.
+pub fn parse_read_ahead(s: &str) -> Result<ReadAhead, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(ReadAhead::Auto);
+    }
     let n = parse_size_at_least(s, 4 << 10, "4K")?;
     if n > 1 << 30 {
         return Err(format!("read-ahead {s:?} is over 1G"));
     }
-    Ok(n)
+    Ok(ReadAhead::Kib((n >> 10) as u32))
 }
 
-fn parse_size_at_least(s: &str, least: u64, named: &str) -> Result<u64, String> {
+pub fn parse_size_at_least(s: &str, least: u64, named: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {

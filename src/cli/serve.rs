@@ -1,6 +1,7 @@
 //! `lazycrypt serve`: the containerd snapshotter, on a unix socket, until
 //! SIGINT or SIGTERM.
 
+use crate::fs::ReadAhead;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -41,11 +42,12 @@ pub struct Args {
     /// Plaintext chunk cache budget in memory, shared by all layers [default: 256M].
     #[arg(long, value_parser = super::mount::parse_size)]
     pub cache_size: Option<u64>,
-    /// The kernel's read-ahead on each layer mount [default: 4M]: large for
-    /// fast sequential reads, small (e.g. 128K) so that partial reads of
-    /// big files fetch less over the network.
+    /// The kernel's read-ahead on each layer mount, or `auto` [default]:
+    /// 4M for a layer whose blob is on this node (fast sequential reads),
+    /// 128K for one still fetched lazily (partial reads of big files fetch
+    /// less over the network).
     #[arg(long, value_parser = super::mount::parse_read_ahead)]
-    pub read_ahead: Option<u64>,
+    pub read_ahead: Option<ReadAhead>,
     /// Where containers over lazily served layers write: a tmpfs per
     /// container (no plaintext reaches the disk) or the disk [default: tmpfs].
     #[arg(long, value_parser = ["tmpfs", "disk"])]
@@ -67,11 +69,11 @@ fn size(field: &str, v: &Option<String>) -> Result<Option<u64>> {
     parsed(field, v, super::mount::parse_size)
 }
 
-fn parsed(
+fn parsed<T>(
     field: &str,
     v: &Option<String>,
-    parse: fn(&str) -> Result<u64, String>,
-) -> Result<Option<u64>> {
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>> {
     v.as_deref()
         .map(parse)
         .transpose()
@@ -112,16 +114,14 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or(256 << 20),
         allow_unverified_lazy: a.allow_unverified_lazy
             || file.allow_unverified_lazy.unwrap_or(false),
-        read_ahead_kb: (a
+        read_ahead: a
             .read_ahead
             .or(parsed(
                 "read_ahead",
                 &file.read_ahead,
                 super::mount::parse_read_ahead,
             )?)
-            .unwrap_or(u64::from(crate::fs::READ_AHEAD_KB) << 10)
-            >> 10)
-            .clamp(4, 1 << 20) as u32,
+            .unwrap_or(ReadAhead::Auto),
         keeper_socket: Some(root.join("fuse-keeper.sock")),
     };
     let upper = UpperConfig {

@@ -4,7 +4,7 @@
 
 mod estargz;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 use oci_spec::image::MediaType;
@@ -45,8 +45,13 @@ pub struct EncryptOptions<'a> {
     pub recipients: &'a [Recipient],
     /// Keys that open already encrypted layers, to add recipients to them.
     pub ring: &'a KeyRing,
-    /// Convert layers to eStargz (1 MiB chunks) before encrypting them.
+    /// Convert layers to eStargz before encrypting them.
     pub estargz: bool,
+    /// With `estargz`: files (TOC names) to put first in each layer that
+    /// has them, for prefetch.
+    pub prioritized: &'a HashSet<String>,
+    /// With `estargz`: bytes of a file per chunk.
+    pub chunk_size: u64,
 }
 
 /// Encrypts the selected layers. Layers that are already encrypted get the
@@ -223,17 +228,13 @@ fn encrypt_layer(ctx: &LayerCtx<'_>, opts: &EncryptOptions<'_>) -> Result<Descri
 /// leak a hash of the file list); otherwise anchors it with the standard
 /// annotation.
 fn to_estargz(ctx: &LayerCtx<'_>, opts: &EncryptOptions<'_>) -> Result<Replaced, Error> {
-    let layer = ctx.desc.digest().to_string();
-    let (mut reader, worker) = estargz::start(
-        verified_source(ctx)?,
-        ctx.desc.media_type().as_ref(),
-        &layer,
-    )?;
     if opts.recipients.is_empty() {
-        let stored = ctx.dst.put_blob(&mut reader, media::OCI_LAYER_GZIP);
-        drop(reader);
-        // The converter's error, if any, says more than the upload's.
-        let c = worker.finish(&layer)?;
+        let (stored, c) =
+            estargz::convert_layer(ctx, opts.prioritized, opts.chunk_size, |mut reader| {
+                ctx.dst.put_blob(&mut reader, media::OCI_LAYER_GZIP)
+            })?;
+        // The converter's error, if any, says more than the upload's: it
+        // came first.
         let (d, size) = stored?;
         let mut annotations = ctx.desc.annotations().clone().unwrap_or_default();
         annotations.insert(TOC_DIGEST_ANNOTATION.to_string(), c.toc_digest);
@@ -248,8 +249,9 @@ fn to_estargz(ctx: &LayerCtx<'_>, opts: &EncryptOptions<'_>) -> Result<Replaced,
             diff_id: Some(c.diff_id),
         });
     }
-    let sealed = seal(ctx, Box::new(reader), media::OCI_LAYER_GZIP, None);
-    let c = worker.finish(&layer)?;
+    let (sealed, c) = estargz::convert_layer(ctx, opts.prioritized, opts.chunk_size, |reader| {
+        seal(ctx, Box::new(reader), media::OCI_LAYER_GZIP, None)
+    })?;
     let desc = describe(
         ctx,
         opts,

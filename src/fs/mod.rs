@@ -25,15 +25,42 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Largest read the kernel is told to send, and its read-ahead.
 pub const MAX_READ: u32 = 1 << 20;
 
-/// Kernel read-ahead for our mounts: a few requests in flight keep both
-/// cores busy on a sequential read.
+/// Kernel read-ahead for a layer whose blob is all on this node: a few
+/// requests in flight keep both cores busy on a sequential read.
 pub const READ_AHEAD_KB: u32 = 4 * MAX_READ / 1024;
 
-/// Chunks loaded ahead of a sequential reader.
-const READ_AHEAD_CHUNKS: usize = 4;
+/// Kernel read-ahead for a layer still fetched from its registry: each
+/// page read ahead may cost a chunk from the network, and a reader that
+/// stops wastes it; our own read-ahead follows the reader's run instead.
+pub const LAZY_READ_AHEAD_KB: u32 = 128;
 
-/// A sequential run earns one chunk of read-ahead per this many bytes read.
-const RUN_PER_CHUNK_AHEAD: u64 = 2 << 20;
+/// How much the kernel reads ahead on a layer mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAhead {
+    /// [`READ_AHEAD_KB`] for a layer whose blob is on this node, else
+    /// [`LAZY_READ_AHEAD_KB`].
+    Auto,
+    /// This many KiB for every layer.
+    Kib(u32),
+}
+
+impl ReadAhead {
+    /// The read-ahead for `layer`, in KiB.
+    pub fn for_layer(self, layer: &Layer) -> u32 {
+        match self {
+            ReadAhead::Kib(k) => k,
+            ReadAhead::Auto if layer.is_local() => READ_AHEAD_KB,
+            ReadAhead::Auto => LAZY_READ_AHEAD_KB,
+        }
+    }
+}
+
+/// Most bytes of chunks loaded ahead of a sequential reader.
+const READ_AHEAD_BYTES: u64 = 4 << 20;
+
+/// A sequential run earns read-ahead of this fraction of its length: a
+/// reader that stops costs at most a quarter more than it read.
+const RUN_PER_BYTE_AHEAD: u64 = 4;
 
 /// How far behind the furthest read a request may start and still count as
 /// part of a sequential pass.
@@ -96,17 +123,17 @@ impl LayerFs {
         self.tree.get(ino.0).ok_or(Errno::ENOENT)
     }
 
-    /// How many chunks past this read to load now. The kernel's read-ahead
-    /// sends several requests at once to our threads, so "sequential" means
-    /// near the furthest read so far, not exactly at its end. The count
-    /// grows with the length of the sequential run: a short read in the
-    /// middle of a file (a header, a tensor) loads nothing more, since each
-    /// chunk of a lazily fetched layer costs network; a reader streaming
-    /// the file gets several chunks ahead.
-    fn chunks_ahead(&self, ino: u64, offset: u64, end: u64) -> usize {
+    /// How long the sequential run this read extends is, or None if the
+    /// read is not part of one. The kernel's read-ahead sends several
+    /// requests at once to our threads, so "sequential" means near the
+    /// furthest read so far, not exactly at its end. Read-ahead grows with
+    /// the run: a short read in the middle of a file (a header, a tensor)
+    /// loads nothing more, since each chunk of a lazily fetched layer costs
+    /// network; a reader streaming the file gets megabytes ahead.
+    fn sequential_run(&self, ino: u64, offset: u64, end: u64) -> Option<u64> {
         let i = (ino - 1) as usize;
         let (Some(last), Some(start)) = (self.last_end.get(i), self.run_start.get(i)) else {
-            return 0;
+            return None;
         };
         let furthest = last.fetch_max(end, Ordering::Relaxed);
         let sequential = furthest > 0
@@ -114,10 +141,9 @@ impl LayerFs {
             && end.saturating_add(SEQUENTIAL_SLACK) >= furthest;
         if !sequential {
             start.store(offset, Ordering::Relaxed);
-            return 0;
+            return None;
         }
-        let run = end.saturating_sub(start.load(Ordering::Relaxed));
-        ((run / RUN_PER_CHUNK_AHEAD) as usize).min(READ_AHEAD_CHUNKS)
+        Some(end.saturating_sub(start.load(Ordering::Relaxed)))
     }
 
     /// Reads `[offset, offset + size)` of file `node`, handing the bytes to
@@ -130,20 +156,61 @@ impl LayerFs {
             return;
         }
         let parts: Vec<_> = overlapping(&n.extents, offset, end).copied().collect();
-        let ahead = self.chunks_ahead(ino, offset, end);
-        if ahead > 0
-            && let Some(last) = parts.last()
-        {
+        let run = self.sequential_run(ino, offset, end);
+        // The chunks of this file after the read that the run has earned.
+        let mut next: Vec<u32> = Vec::new();
+        if let (Some(run), Some(last)) = (run, parts.last()) {
+            let after = || {
+                n.extents
+                    .iter()
+                    .filter(|x| x.file_offset > last.file_offset)
+            };
+            let within = |ahead: u64| -> Vec<u32> {
+                let mut want = 0;
+                after()
+                    .take_while(|x| {
+                        want += u64::from(x.len);
+                        want <= ahead
+                    })
+                    .map(|x| x.chunk)
+                    .collect()
+            };
+            // Chunks already on this node cost no network: a sequential
+            // reader gets them all ahead at once.
+            next = within(READ_AHEAD_BYTES);
+            if !self.layer.is_local_chunks(&next) {
+                next = within((run / RUN_PER_BYTE_AHEAD).min(READ_AHEAD_BYTES));
+            }
             // Keep the next chunks of this file loading while the reader
             // works through this one: verifying and inflating are the slow
             // steps, and the read-ahead workers use the other core.
-            let after = n
-                .extents
-                .iter()
-                .filter(|x| x.file_offset > last.file_offset);
-            for x in after.take(ahead) {
-                self.cache.prefetch(&self.layer, x.chunk);
+            for &c in &next {
+                self.cache.prefetch(&self.layer, c);
             }
+            // A run longer than a chunk is likely to go on into the next.
+            if next.is_empty()
+                && let Some(x) = after().next()
+                && u64::from(x.len) <= run
+            {
+                next.push(x.chunk);
+            }
+        }
+        let missing: Vec<u32> = parts
+            .iter()
+            .map(|x| x.chunk)
+            .filter(|&c| !self.cache.is_cached(&self.layer, c))
+            .collect();
+        // Each fetch costs a round trip to the registry. A sequential reader
+        // that needs a fetch gets the chunks it is heading into in the same
+        // range: at least the next, which the kernel's read-ahead asks for
+        // soon anyway.
+        let then: &[u32] = if run.is_some() { &next } else { &[] };
+        if !missing.is_empty()
+            && (missing.len() > 1 || !then.is_empty())
+            && let Err(e) = self.layer.prepare(&missing, then)
+        {
+            // Each chunk's own load tries again and reports.
+            tracing::debug!("{e}");
         }
         let mut chunks = Vec::with_capacity(parts.len());
         for x in &parts {
@@ -161,13 +228,26 @@ impl LayerFs {
             reply.data(&chunks[0][a..b]);
             return;
         }
-        let mut buf = zeroize::Zeroizing::new(Vec::with_capacity((end - offset) as usize));
-        for (x, c) in parts.iter().zip(&chunks) {
-            let (a, b) = x.slice(offset, end);
-            buf.extend_from_slice(&c[a..b]);
-        }
-        reply.data(&buf);
+        // A read across chunks is joined in this thread's buffer, kept for
+        // the next such read: a fresh one would cost page faults, and its
+        // zeroizing on drop, as much as the copy.
+        JOINED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            for (x, c) in parts.iter().zip(&chunks) {
+                let (a, b) = x.slice(offset, end);
+                buf.extend_from_slice(&c[a..b]);
+            }
+            reply.data(&buf);
+        });
     }
+}
+
+thread_local! {
+    /// Plaintext of the last read that spanned chunks; zeroized when the
+    /// FUSE thread ends.
+    static JOINED: std::cell::RefCell<zeroize::Zeroizing<Vec<u8>>> =
+        std::cell::RefCell::new(zeroize::Zeroizing::new(Vec::new()));
 }
 
 fn file_type(i: &Inode) -> FileType {

@@ -38,6 +38,24 @@ pub trait ChunkSource: Send + Sync {
     fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>>;
     /// Bytes fetched from the blob's source so far.
     fn fetched(&self) -> u64;
+    /// Brings the blob ranges the image marks for prefetch (eStargz
+    /// prioritized files) into the ciphertext cache, ahead of any read;
+    /// returns how many chunks, from chunk 0 on, they hold.
+    fn prefetch(&self) -> io::Result<u32> {
+        Ok(0)
+    }
+    /// Whether loading `chunks` (adjacent, in order) needs no fetch; with
+    /// none, whether the whole blob is on this node.
+    fn is_local(&self, _chunks: Option<&[u32]>) -> bool {
+        true
+    }
+    /// Makes `chunks` cheap to load if one of them needs a fetch: fetches
+    /// them, and `then` (the chunks a reader is heading into), in one range
+    /// where loading them one by one would make a fetch each. All must be
+    /// adjacent, in order.
+    fn prepare(&self, _chunks: &[u32], _then: &[u32]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -142,6 +160,26 @@ impl Layer {
     /// Bytes fetched from the blob's source so far.
     pub fn fetched(&self) -> u64 {
         self.chunks.fetched()
+    }
+
+    /// Whether the layer's whole blob is on this node.
+    pub fn is_local(&self) -> bool {
+        self.chunks.is_local(None)
+    }
+
+    /// Whether loading `chunks` (adjacent, in order) needs no fetch.
+    pub fn is_local_chunks(&self, chunks: &[u32]) -> bool {
+        self.chunks.is_local(Some(chunks))
+    }
+
+    /// See [`ChunkSource::prepare`].
+    pub fn prepare(&self, chunks: &[u32], then: &[u32]) -> io::Result<()> {
+        self.chunks.prepare(chunks, then)
+    }
+
+    /// Fetches what the image marks for prefetch; see [`ChunkSource::prefetch`].
+    pub fn prefetch(&self) -> io::Result<u32> {
+        self.chunks.prefetch()
     }
 
     /// Reads up to `len` bytes of the regular file `name` from `offset`,

@@ -27,6 +27,10 @@ pub trait RangeSource: Send + Sync {
     fn prepare(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// Whether reading the range needs no fetch (it is cached locally).
+    fn has(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
     /// Bytes fetched from the underlying source so far.
     fn fetched(&self) -> u64;
 }

@@ -9,8 +9,30 @@ use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 
 use super::sys;
 use crate::cache::chunks::ChunkCache;
-use crate::fs::{LayerFs, MAX_READ};
+use crate::fs::{LayerFs, MAX_READ, ReadAhead};
 use crate::layer::index::Layer;
+
+/// Fetches the layer's prioritized files in the background: the workload
+/// is about to read them, and one range costs one round trip where reading
+/// them file by file costs one each.
+fn start_prefetch(layer: &Arc<Layer>, cache: &Arc<ChunkCache>) {
+    let (l, cache) = (layer.clone(), cache.clone());
+    let spawned = std::thread::Builder::new()
+        .name("prefetch".into())
+        .spawn(move || {
+            // Fetched in as few ranges as may be, then decrypted, verified
+            // and inflated into memory while the container starts.
+            let r = l.prefetch().and_then(|n| cache.warm(&l, n).map(|_| n));
+            match r {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("layer {}: prefetched {n} chunks", l.what()),
+                Err(e) => tracing::warn!("layer {}: prefetching prioritized files: {e}", l.what()),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("layer {}: no prefetch: {e}", layer.what());
+    }
+}
 
 /// A layer's FUSE mount; unmounted by [`LayerMount::unmount`] or on drop.
 pub struct LayerMount {
@@ -26,23 +48,28 @@ pub struct LayerMount {
 
 impl LayerMount {
     /// Mounts `layer` at the existing directory `dir`, reading through
-    /// `cache`, with the kernel reading ahead `read_ahead_kb` KiB.
+    /// `cache`, with the kernel reading ahead as `read_ahead` says.
     pub fn new(
         layer: Arc<Layer>,
         cache: Arc<ChunkCache>,
         dir: &Path,
-        read_ahead_kb: u32,
+        read_ahead: ReadAhead,
     ) -> io::Result<Self> {
         let fail = |e: io::Error| {
             io::Error::new(e.kind(), format!("FUSE mount at {}: {e}", dir.display()))
         };
-        let session =
-            Session::new(LayerFs::new(layer.clone(), cache), dir, &fuse_config()).map_err(fail)?;
+        let session = Session::new(
+            LayerFs::new(layer.clone(), cache.clone()),
+            dir,
+            &fuse_config(),
+        )
+        .map_err(fail)?;
         let conn = session.as_fd().try_clone_to_owned().map_err(fail)?;
         let session = session.spawn().map_err(fail)?;
-        if let Err(e) = sys::set_read_ahead(dir, read_ahead_kb) {
+        if let Err(e) = sys::set_read_ahead(dir, read_ahead.for_layer(&layer)) {
             tracing::debug!("could not set read-ahead for {}: {e}", dir.display());
         }
+        start_prefetch(&layer, &cache);
         Ok(LayerMount {
             dir: dir.to_path_buf(),
             session: Some(session),

@@ -14,7 +14,7 @@ use super::open::{Mode, OpenOptions, open_layer};
 use super::sys;
 use crate::cache::chunks::{ChunkCache, Stats};
 use crate::crypto::recipient::KeyRing;
-use crate::fs::READ_AHEAD_KB;
+use crate::fs::ReadAhead;
 use crate::layer::index::Layer;
 use crate::oci::Descriptor;
 use crate::oci::transport::ImageSource;
@@ -120,7 +120,7 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
             layer.clone(),
             m.cache.clone(),
             &dir,
-            READ_AHEAD_KB,
+            ReadAhead::Auto,
         )?);
         lowers.push(dir);
     }

@@ -85,7 +85,7 @@ pub struct RemoteConfig {
     /// Serve eStargz layers with no TOC anchor before verifying them whole.
     pub allow_unverified_lazy: bool,
     /// The kernel's read-ahead on each layer mount, KiB.
-    pub read_ahead_kb: u32,
+    pub read_ahead: crate::fs::ReadAhead,
     /// The FUSE keeper's socket: layer mounts outlive a killed daemon and
     /// are taken over by the next one. None: they die with the daemon.
     pub keeper_socket: Option<PathBuf>,
@@ -254,7 +254,7 @@ impl Remotes {
     pub fn mount(&self, id: u64, remote: &mut Remote, dir: &Path) -> Result<Mode> {
         let (layer, mode, resolved) = self.take_opened(remote)?;
         *remote = resolved;
-        let m = LayerMount::new(layer, self.cache.clone(), dir, self.config.read_ahead_kb)
+        let m = LayerMount::new(layer, self.cache.clone(), dir, self.config.read_ahead)
             .map_err(|e| Error::io("mounting layer", e))?;
         if let Some(k) = &self.keeper
             && let Err(e) = k.keep(dir, m.connection())

@@ -44,7 +44,13 @@ struct EstargzChunks {
     key: Option<LayerKey>,
     what: String,
     chunks: Vec<ChunkInfo>,
+    /// Where the prioritized files end (the prefetch landmark's member).
+    prioritized_end: u64,
 }
+
+/// Prioritized files are fetched in pieces of this size, so that a read
+/// waiting on the prefetch waits for one piece, not the whole region.
+const PREFETCH_PIECE: u64 = 4 << 20;
 
 /// Opens the layer: fetches the footer and TOC and checks the TOC against
 /// `anchor`. `key` decrypts an encrypted blob; `what` names the layer in
@@ -69,7 +75,11 @@ pub fn open(
 
     let mut nodes: Vec<Node> = Vec::new();
     let mut chunks = Vec::new();
+    let mut prioritized_end = 0;
     for (i, e) in toc.entries.into_iter().enumerate() {
+        if e.kind == "reg" && e.name == PREFETCH_LANDMARK {
+            prioritized_end = e.offset.min(toc_at);
+        }
         let payload = (e.kind == "reg" && e.size > 0) || e.kind == "chunk";
         let owner = if e.kind == "chunk" {
             match nodes.last_mut() {
@@ -145,6 +155,7 @@ pub fn open(
         key,
         what: what.to_string(),
         chunks,
+        prioritized_end,
     };
     Layer::new(what, nodes, Box::new(source), count)
 }
@@ -205,6 +216,19 @@ pub fn has_footer(src: &dyn RangeSource, key: Option<&LayerKey>) -> io::Result<b
     Ok(toc_offset(&footer).is_ok())
 }
 
+impl EstargzChunks {
+    /// The blob range the members of `ids` cover, and their total size
+    /// (equal to the range's when they are adjacent).
+    fn span<'a>(&self, ids: impl Iterator<Item = &'a u32>) -> Option<(u64, u64, u64)> {
+        let mut span: Option<(u64, u64, u64)> = None;
+        for c in ids.filter_map(|&c| self.chunks.get(c as usize)) {
+            let (lo, hi, sum) = span.unwrap_or((c.offset, c.end, 0));
+            span = Some((lo.min(c.offset), hi.max(c.end), sum + (c.end - c.offset)));
+        }
+        span
+    }
+}
+
 impl ChunkSource for EstargzChunks {
     fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
         let c = self
@@ -227,6 +251,41 @@ impl ChunkSource for EstargzChunks {
 
     fn fetched(&self) -> u64 {
         self.src.fetched()
+    }
+
+    fn is_local(&self, chunks: Option<&[u32]>) -> bool {
+        match chunks {
+            None => self.src.has(0, self.src.size()),
+            Some(ids) => self
+                .span(ids.iter())
+                .is_none_or(|(lo, hi, _)| self.src.has(lo, hi - lo)),
+        }
+    }
+
+    fn prepare(&self, chunks: &[u32], then: &[u32]) -> io::Result<()> {
+        if self.is_local(Some(chunks)) {
+            return Ok(());
+        }
+        match self.span(chunks.iter().chain(then)) {
+            // One range only if nothing lies between the members.
+            Some((lo, hi, sum)) if hi - lo == sum => self.src.prepare(lo, hi - lo),
+            _ => Ok(()),
+        }
+    }
+
+    fn prefetch(&self) -> io::Result<u32> {
+        let mut at = 0;
+        while at < self.prioritized_end {
+            let n = PREFETCH_PIECE.min(self.prioritized_end - at);
+            self.src.prepare(at, n)?;
+            at += n;
+        }
+        let held = self
+            .chunks
+            .iter()
+            .take_while(|c| c.end <= self.prioritized_end)
+            .count();
+        Ok(held as u32)
     }
 }
 
@@ -364,5 +423,75 @@ mod tests {
             !e.contains("big.bin"),
             "errors reach logs and must not name files: {e}"
         );
+    }
+
+    #[test]
+    fn prefetch_brings_the_prioritized_files_in_one_range_and_reads_need_no_more() {
+        use crate::cache::blobs::{BLOCK, DiskRange};
+        use crate::layer::estargz::writer::convert_prioritized;
+        use std::collections::HashSet;
+
+        let mut b = tar::Builder::new(Vec::new());
+        let files: Vec<Vec<u8>> = (0..40).map(|i| noise(3000 + i * 11)).collect();
+        for (i, f) in files.iter().enumerate() {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(f.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, format!("lib/m{i:02}.py"), &f[..])
+                .unwrap();
+        }
+        let big = noise(3 << 20);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(big.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "lib/native.so", &big[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        let picked = [3usize, 17, 29, 38];
+        let set: HashSet<String> = picked.iter().map(|i| format!("lib/m{i:02}.py")).collect();
+        let (blob, c) = convert_prioritized(|| Ok(&t[..]), Vec::new(), 1 << 20, &set).unwrap();
+        let key = LayerKey::generate();
+        let (mut r, _) = key.encrypt_reader(io::Cursor::new(blob), None);
+        let mut ct = Vec::new();
+        r.read_to_end(&mut ct).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryRange::new(ct.clone()));
+        let disk = Arc::new(
+            DiskRange::open(dir.path(), &crate::oci::digest::of(&ct), mem.clone()).unwrap(),
+        );
+        let l = open(
+            disk,
+            Some(LayerKey::from_options(&key.to_options(String::new()))),
+            &Anchor::Toc(c.toc_digest),
+            "L",
+        )
+        .unwrap();
+        let opened = mem.fetched.load(Ordering::Relaxed);
+        assert_eq!(
+            l.prefetch().unwrap(),
+            4,
+            "the four prioritized files' chunks"
+        );
+        let prefetched = mem.fetched.load(Ordering::Relaxed) - opened;
+        assert!(
+            prefetched <= 2 * BLOCK,
+            "prefetched {prefetched} bytes for four small files"
+        );
+        for i in picked {
+            assert_eq!(
+                l.read_file(&format!("lib/m{i:02}.py"), 0, 1 << 20).unwrap()[..],
+                files[i][..]
+            );
+        }
+        assert_eq!(
+            mem.fetched.load(Ordering::Relaxed) - opened,
+            prefetched,
+            "no fetch after the prefetch"
+        );
+        assert_eq!(
+            l.read_file("lib/m05.py", 0, 1 << 20).unwrap()[..],
+            files[5][..]
+        );
+        assert!(mem.fetched.load(Ordering::Relaxed) - opened > prefetched);
     }
 }

@@ -5,6 +5,7 @@
 //! a landmark entry and the TOC are added. Every regular file's payload is
 //! cut into chunks, each its own gzip member with its own digest.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 
 use flate2::Compression;
@@ -29,44 +30,140 @@ pub struct Converted {
 
 /// Converts the uncompressed tar `src` into eStargz on `out`.
 pub fn convert<R: Read, W: Write>(src: R, out: W, chunk_size: u64) -> io::Result<(W, Converted)> {
-    let mut sink = GzSink::new(out);
-    let mut toc = Toc {
-        version: 1,
-        entries: Vec::new(),
-    };
-    write_landmark(&mut sink, &mut toc)?;
+    let mut w = Writer::new(out, chunk_size);
+    w.landmark(NO_PREFETCH_LANDMARK)?;
+    w.entries(src, |_| Pick::Take)?;
+    w.finish()
+}
 
-    let mut archive = tar::Archive::new(src);
-    let mut pending = Pending::default();
-    let mut buf = vec![0u8; chunk_size as usize];
-    for entry in archive.entries()?.raw(true) {
-        let mut e = entry?;
-        let hdr = e.header().clone();
-        let size = hdr.entry_size()?;
-        let kind = hdr.entry_type();
-        if is_extension(kind) {
-            let data = pending.absorb(kind, size, &mut e)?;
-            sink.write(hdr.as_bytes())?;
-            sink.write(&data)?;
-            sink.pad(size)?;
-            continue;
+/// Converts like [`convert`], with the regular files named in `prioritized`
+/// (TOC names: no leading `/` or `./`) moved to the front and followed by
+/// the prefetch landmark, so a lazy reader can fetch all of them in one
+/// range before the workload asks. `open` is called twice: the first pass
+/// takes the prioritized files, the second the rest.
+pub fn convert_prioritized<R: Read, W: Write>(
+    mut open: impl FnMut() -> io::Result<R>,
+    out: W,
+    chunk_size: u64,
+    prioritized: &HashSet<String>,
+) -> io::Result<(W, Converted)> {
+    let mut w = Writer::new(out, chunk_size);
+    let mut moved = HashSet::new();
+    w.entries(open()?, |e| {
+        if e.kind == "reg" && prioritized.contains(&e.name) {
+            moved.insert(e.name.clone());
+            Pick::Take
+        } else {
+            Pick::Skip
         }
-        let mut te = pending.entry(&hdr)?;
-        if [TOC_NAME, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK].contains(&te.name.as_str()) {
-            // Re-converting an eStargz layer: its old TOC and landmarks are replaced.
-            io::copy(&mut (&mut e).take(size), &mut io::sink())?;
-            continue;
+    })?;
+    if moved.is_empty() {
+        w.landmark(NO_PREFETCH_LANDMARK)?;
+    } else {
+        w.landmark(PREFETCH_LANDMARK)?;
+    }
+    w.entries(open()?, |e| match moved.contains(&e.name) {
+        false => Pick::Take,
+        true if e.kind == "reg" => Pick::Skip,
+        // Moving the file ahead of an entry that replaced (or was replaced
+        // by) it would change what the layer unpacks to.
+        true => Pick::Refuse,
+    })?;
+    w.finish()
+}
+
+/// What a pass does with an entry.
+enum Pick {
+    Take,
+    Skip,
+    Refuse,
+}
+
+/// The blob being written: gzip members, and the TOC that indexes them.
+struct Writer<W: Write> {
+    sink: GzSink<W>,
+    toc: Toc,
+    buf: Vec<u8>,
+    chunk_size: u64,
+}
+
+impl<W: Write> Writer<W> {
+    fn new(out: W, chunk_size: u64) -> Self {
+        Writer {
+            sink: GzSink::new(out),
+            toc: Toc {
+                version: 1,
+                entries: Vec::new(),
+            },
+            buf: vec![0u8; chunk_size as usize],
+            chunk_size,
         }
+    }
+
+    /// Copies the entries of the tar `src` that `pick` takes, with their
+    /// extension headers, chunking regular files.
+    fn entries<R: Read>(
+        &mut self,
+        src: R,
+        mut pick: impl FnMut(&TocEntry) -> Pick,
+    ) -> io::Result<()> {
+        let mut archive = tar::Archive::new(src);
+        let mut pending = Pending::default();
+        // Extension headers (PAX, GNU long names) belong to the next entry:
+        // they are written only if it is.
+        let mut ext: Vec<u8> = Vec::new();
+        for entry in archive.entries()?.raw(true) {
+            let mut e = entry?;
+            let hdr = e.header().clone();
+            let size = hdr.entry_size()?;
+            let kind = hdr.entry_type();
+            if is_extension(kind) {
+                let data = pending.absorb(kind, size, &mut e)?;
+                ext.extend_from_slice(hdr.as_bytes());
+                ext.extend_from_slice(&data);
+                ext.resize(ext.len().next_multiple_of(512), 0);
+                continue;
+            }
+            let te = pending.entry(&hdr)?;
+            let ext = std::mem::take(&mut ext);
+            if [TOC_NAME, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK].contains(&te.name.as_str()) {
+                // Re-converting an eStargz layer: its old TOC and landmarks are replaced.
+                continue;
+            }
+            match pick(&te) {
+                Pick::Take => {}
+                Pick::Skip => continue,
+                Pick::Refuse => {
+                    return Err(bad(format!(
+                        "prioritized file {} also appears as a {} entry; it cannot be moved",
+                        te.name, te.kind
+                    )));
+                }
+            }
+            self.sink.write(&ext)?;
+            self.entry(te, &hdr, size, &mut e)?;
+        }
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        mut te: TocEntry,
+        hdr: &tar::Header,
+        size: u64,
+        e: &mut impl Read,
+    ) -> io::Result<()> {
+        let (sink, chunk_size) = (&mut self.sink, self.chunk_size);
         sink.write(hdr.as_bytes())?;
         let regular = te.kind == "reg";
         if regular && size > 0 {
-            let first = toc.entries.len();
+            let first = self.toc.entries.len();
             // A file in one chunk has its chunk digest as its digest: hash it once.
             let mut file_hash = (size > chunk_size).then(Sha256::new);
             let mut written = 0u64;
             while written < size {
                 let n = (size - written).min(chunk_size);
-                let chunk = &mut buf[..n as usize];
+                let chunk = &mut self.buf[..n as usize];
                 e.read_exact(chunk)?;
                 if let Some(h) = file_hash.as_mut() {
                     h.update(&*chunk);
@@ -87,60 +184,68 @@ pub fn convert<R: Read, W: Write>(src: R, out: W, chunk_size: u64) -> io::Result
                 ce.chunk_offset = written;
                 ce.chunk_size = if written + n < size { n } else { 0 };
                 ce.chunk_digest = format!("sha256:{}", hex::encode(Sha256::digest(&*chunk)));
-                toc.entries.push(ce);
+                self.toc.entries.push(ce);
                 written += n;
             }
-            toc.entries[first].digest = match file_hash {
+            self.toc.entries[first].digest = match file_hash {
                 Some(h) => format!("sha256:{}", hex::encode(h.finalize())),
-                None => toc.entries[first].chunk_digest.clone(),
+                None => self.toc.entries[first].chunk_digest.clone(),
             };
         } else {
             // Links, devices, directories: no payload (or one we pass through as is).
-            io::copy(&mut (&mut e).take(size), &mut WriteTo(&mut sink))?;
+            io::copy(&mut e.take(size), &mut WriteTo(sink))?;
             if regular {
                 te.size = 0;
             }
             if !te.name.is_empty() {
-                toc.entries.push(te);
+                self.toc.entries.push(te);
             }
         }
-        sink.pad(size)?;
+        self.sink.pad(size)
     }
 
-    // The TOC entry starts its own member and ends the archive.
-    let toc_json = serde_json::to_vec(&toc).map_err(|e| bad(e.to_string()))?;
-    let toc_digest = format!("sha256:{}", hex::encode(Sha256::digest(&toc_json)));
-    sink.close()?;
-    let toc_offset = sink.open()?;
-    let mut th = tar::Header::new_ustar();
-    th.set_path(TOC_NAME)?;
-    th.set_size(toc_json.len() as u64);
-    th.set_mode(0o444);
-    th.set_entry_type(tar::EntryType::Regular);
-    th.set_mtime(0);
-    th.set_cksum();
-    sink.write(th.as_bytes())?;
-    sink.write(&toc_json)?;
-    sink.pad(toc_json.len() as u64)?;
-    sink.write(&[0u8; 1024])?;
-    sink.close()?;
-    let entries = toc.entries.len();
-    let (mut out, diff, uncompressed_size) = sink.into_inner();
-    out.write_all(&footer::encode(toc_offset))?;
-    Ok((
-        out,
-        Converted {
-            toc_digest,
-            diff_id: format!("sha256:{}", hex::encode(diff)),
-            uncompressed_size,
-            entries,
-        },
-    ))
+    fn landmark(&mut self, name: &str) -> io::Result<()> {
+        write_landmark(&mut self.sink, &mut self.toc, name)
+    }
+
+    /// Writes the TOC and footer.
+    fn finish(self) -> io::Result<(W, Converted)> {
+        let Writer { mut sink, toc, .. } = self;
+        // The TOC entry starts its own member and ends the archive.
+        let toc_json = serde_json::to_vec(&toc).map_err(|e| bad(e.to_string()))?;
+        let toc_digest = format!("sha256:{}", hex::encode(Sha256::digest(&toc_json)));
+        sink.close()?;
+        let toc_offset = sink.open()?;
+        let mut th = tar::Header::new_ustar();
+        th.set_path(TOC_NAME)?;
+        th.set_size(toc_json.len() as u64);
+        th.set_mode(0o444);
+        th.set_entry_type(tar::EntryType::Regular);
+        th.set_mtime(0);
+        th.set_cksum();
+        sink.write(th.as_bytes())?;
+        sink.write(&toc_json)?;
+        sink.pad(toc_json.len() as u64)?;
+        sink.write(&[0u8; 1024])?;
+        sink.close()?;
+        let entries = toc.entries.len();
+        let (mut out, diff, uncompressed_size) = sink.into_inner();
+        out.write_all(&footer::encode(toc_offset))?;
+        Ok((
+            out,
+            Converted {
+                toc_digest,
+                diff_id: format!("sha256:{}", hex::encode(diff)),
+                uncompressed_size,
+                entries,
+            },
+        ))
+    }
 }
 
-fn write_landmark<W: Write>(sink: &mut GzSink<W>, toc: &mut Toc) -> io::Result<()> {
+fn write_landmark<W: Write>(sink: &mut GzSink<W>, toc: &mut Toc, name: &str) -> io::Result<()> {
     let mut h = tar::Header::new_ustar();
-    h.set_path(NO_PREFETCH_LANDMARK)?;
+    h.set_path(name)?;
     h.set_size(1);
     h.set_mode(0o644);
     h.set_entry_type(tar::EntryType::Regular);
@@ -153,7 +258,7 @@ fn write_landmark<W: Write>(sink: &mut GzSink<W>, toc: &mut Toc) -> io::Result<(
     sink.pad(1)?;
     let d = format!("sha256:{}", hex::encode(Sha256::digest([0x0fu8])));
     toc.entries.push(TocEntry {
-        name: NO_PREFETCH_LANDMARK.into(),
+        name: name.into(),
         kind: "reg".into(),
         size: 1,
         mode: 0o100644,
@@ -427,5 +532,116 @@ mod tests {
             .unwrap();
         let (_, second) = convert(&plain[..], Vec::new(), 4096).unwrap();
         assert_eq!(second.entries, first.entries);
+    }
+
+    /// Entry names and regular files' contents, in archive order.
+    fn listing(blob: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut plain = Vec::new();
+        flate2::read::MultiGzDecoder::new(blob)
+            .read_to_end(&mut plain)
+            .unwrap();
+        tar::Archive::new(&plain[..])
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (name, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prioritized_files_come_first_then_the_landmark_and_the_tree_is_the_same() {
+        let (tar_bytes, _) = sample_tar();
+        // The long name comes from a PAX header, which must move with its entry.
+        let long = format!("etc/{}/file", "d".repeat(150));
+        let set: HashSet<String> =
+            ["etc/big.bin".to_string(), long, "etc/missing".to_string()].into();
+        let mut opened = 0;
+        let (blob, c) = convert_prioritized(
+            || {
+                opened += 1;
+                Ok(&tar_bytes[..])
+            },
+            Vec::new(),
+            4096,
+            &set,
+        )
+        .unwrap();
+        assert_eq!(
+            opened, 2,
+            "one pass for the prioritized files, one for the rest"
+        );
+        let got = listing(&blob);
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[0], "etc/big.bin");
+        assert!(
+            names[1].ends_with("/file") && names[1].len() > 150,
+            "{names:?}"
+        );
+        assert_eq!(names[2], PREFETCH_LANDMARK);
+        assert_eq!(names.last().copied(), Some(TOC_NAME));
+
+        // The same entries and contents as the plain conversion, moved.
+        let (plain_blob, plain) = convert(&tar_bytes[..], Vec::new(), 4096).unwrap();
+        let strip = |v: Vec<(String, Vec<u8>)>| {
+            let mut v: Vec<_> = v
+                .into_iter()
+                .filter(|(n, _)| {
+                    ![PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_NAME].contains(&n.as_str())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(strip(got), strip(listing(&plain_blob)));
+        assert_eq!(c.entries, plain.entries);
+
+        // The TOC finds every chunk where the writer put it.
+        let off = reader::toc_offset(&blob[blob.len() - 51..]).unwrap();
+        let (toc, _) = reader::parse_toc_member(&blob[off as usize..blob.len() - 51]).unwrap();
+        let landmark = toc
+            .entries
+            .iter()
+            .find(|e| e.name == PREFETCH_LANDMARK)
+            .unwrap();
+        for e in toc.entries.iter().filter(|e| e.offset > 0) {
+            let moved = e.name == "etc/big.bin" || e.name.ends_with("/file");
+            assert_eq!(e.offset < landmark.offset, moved, "{}", e.name);
+        }
+    }
+
+    #[test]
+    fn a_list_naming_nothing_in_the_layer_changes_nothing() {
+        let (tar_bytes, _) = sample_tar();
+        let set: HashSet<String> = ["usr/bin/python3".to_string()].into();
+        let (blob, _) = convert_prioritized(|| Ok(&tar_bytes[..]), Vec::new(), 4096, &set).unwrap();
+        let (plain, _) = convert(&tar_bytes[..], Vec::new(), 4096).unwrap();
+        assert_eq!(blob, plain);
+    }
+
+    #[test]
+    fn a_prioritized_file_that_another_entry_replaces_is_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        b.append_data(&mut h, "app/x", &b"abc"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        b.append_data(&mut h, "app/x/", &[][..]).unwrap();
+        let t = b.into_inner().unwrap();
+        let set: HashSet<String> = ["app/x".to_string()].into();
+        let err = convert_prioritized(|| Ok(&t[..]), Vec::new(), 4096, &set)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "estargz: prioritized file app/x also appears as a dir entry; it cannot be moved"
+        );
     }
 }
