@@ -53,7 +53,38 @@ struct Lru {
     map: LruCache<Key, Chunk>,
     held: u64,
     budget: u64,
+    /// Held outside the map by layers' reservations.
+    reserved: u64,
     evicted: u64,
+}
+
+impl Lru {
+    /// Evicts until the chunks and the reservations fit the budget.
+    fn fit(&mut self) {
+        while self.held + self.reserved > self.budget {
+            match self.map.pop_lru() {
+                Some((_, old)) => {
+                    self.held -= old.len() as u64;
+                    self.evicted += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Plaintext-derived memory a layer keeps outside the cache (an indexed
+/// layer's inflater checkpoints, with their 32 KiB windows), counted
+/// against the cache's budget for as long as this lives.
+pub struct Reservation {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        lock(&self.shared.lru).reserved -= self.bytes;
+    }
 }
 
 /// The cache; cheap to share behind an `Arc`.
@@ -74,6 +105,7 @@ impl ChunkCache {
                 map: LruCache::unbounded(),
                 held: 0,
                 budget,
+                reserved: 0,
                 evicted: 0,
             }),
             flights: SingleFlight::default(),
@@ -103,6 +135,18 @@ impl ChunkCache {
     /// A chunk of `layer`, from memory or loaded (once, however many ask).
     pub fn get(&self, layer: &Layer, chunk: u32) -> io::Result<Chunk> {
         self.shared.get(layer, chunk, false)
+    }
+
+    /// Counts `bytes` held elsewhere against the budget until the returned
+    /// reservation is dropped; evicts chunks to make room.
+    pub fn reserve(&self, bytes: u64) -> Reservation {
+        let mut l = lock(&self.shared.lru);
+        l.reserved += bytes;
+        l.fit();
+        Reservation {
+            shared: self.shared.clone(),
+            bytes,
+        }
     }
 
     /// Loads chunks `0..count` of `layer` (its prioritized files) on this
@@ -215,22 +259,14 @@ impl Shared {
     fn insert(&self, key: Key, data: Chunk) {
         let mut l = self.lru.lock().unwrap_or_else(|p| p.into_inner());
         let size = data.len() as u64;
-        if size > l.budget {
+        if size + l.reserved > l.budget {
             return;
         }
         if let Some(old) = l.map.put(key, data) {
             l.held -= old.len() as u64;
         }
         l.held += size;
-        while l.held > l.budget {
-            match l.map.pop_lru() {
-                Some((_, old)) => {
-                    l.held -= old.len() as u64;
-                    l.evicted += 1;
-                }
-                None => break,
-            }
-        }
+        l.fit();
     }
 }
 
@@ -286,6 +322,34 @@ mod tests {
         assert!(c.get(&layer, 9).is_err());
         assert!(c.get(&layer, 9).is_err(), "a failed load is retried");
         assert_eq!(c.stats().loaded, 5);
+    }
+
+    #[test]
+    fn a_layers_reservation_takes_room_from_the_chunks_until_it_is_dropped() {
+        let layer = Arc::new(
+            Layer::new("L", Vec::new(), Box::new(Counting(AtomicU32::new(0))), 10).unwrap(),
+        );
+        let c = ChunkCache::new(3000, 0);
+        for k in 0..3 {
+            c.get(&layer, k).unwrap();
+        }
+        let r = c.reserve(1500);
+        assert_eq!(c.stats().held, 1000, "two chunks made room");
+        c.get(&layer, 3).unwrap();
+        assert_eq!(
+            c.stats().held,
+            1000,
+            "still one chunk beside the reservation"
+        );
+        let big = c.reserve(5000);
+        assert_eq!(c.stats().held, 0);
+        c.get(&layer, 4).unwrap();
+        assert_eq!(c.stats().held, 0, "no room: served, not kept");
+        drop((r, big));
+        for k in 5..8 {
+            c.get(&layer, k).unwrap();
+        }
+        assert_eq!(c.stats().held, 3000, "the whole budget again");
     }
 
     #[test]

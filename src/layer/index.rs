@@ -44,6 +44,11 @@ pub trait ChunkSource: Send + Sync {
     fn prefetch(&self) -> io::Result<u32> {
         Ok(0)
     }
+    /// Memory the source keeps for serving (checkpoints, digests), which
+    /// the chunk cache counts against its budget.
+    fn resident(&self) -> u64 {
+        0
+    }
     /// Whether loading `chunks` (adjacent, in order) needs no fetch; with
     /// none, whether the whole blob is on this node.
     fn is_local(&self, _chunks: Option<&[u32]>) -> bool {
@@ -160,6 +165,11 @@ impl Layer {
     /// Bytes fetched from the blob's source so far.
     pub fn fetched(&self) -> u64 {
         self.chunks.fetched()
+    }
+
+    /// See [`ChunkSource::resident`].
+    pub fn resident(&self) -> u64 {
+        self.chunks.resident()
     }
 
     /// Whether the layer's whole blob is on this node.

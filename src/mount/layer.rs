@@ -8,7 +8,7 @@ use std::sync::Arc;
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 
 use super::sys;
-use crate::cache::chunks::ChunkCache;
+use crate::cache::chunks::{ChunkCache, Reservation};
 use crate::fs::{LayerFs, MAX_READ, ReadAhead};
 use crate::layer::index::Layer;
 
@@ -44,6 +44,8 @@ pub struct LayerMount {
     /// Taken over from an earlier process: fuser did not mount it, so
     /// fuser will not unmount it.
     resumed: bool,
+    /// The layer's own memory, counted against the chunk cache's budget.
+    _reserved: Reservation,
 }
 
 impl LayerMount {
@@ -73,6 +75,7 @@ impl LayerMount {
         Ok(LayerMount {
             dir: dir.to_path_buf(),
             session: Some(session),
+            _reserved: cache.reserve(layer.resident()),
             layer,
             conn,
             resumed: false,
@@ -104,6 +107,7 @@ impl LayerMount {
         (&theirs).write_all(&stand_in_init()).map_err(fail)?;
         let mut config = fuse_config();
         config.mount_options.clear();
+        let reserved = cache.reserve(layer.resident());
         let session = Session::from_fd(
             LayerFs::new(layer.clone(), cache),
             OwnedFd::from(ours),
@@ -126,6 +130,7 @@ impl LayerMount {
         Ok(LayerMount {
             dir: dir.to_path_buf(),
             session: Some(session),
+            _reserved: reserved,
             layer,
             conn,
             resumed: true,

@@ -19,6 +19,11 @@ enum Phase {
     Done,
 }
 
+/// Memory one saved [`State`] holds.
+pub const STATE_BYTES: u64 = (std::mem::size_of::<State>()
+    + std::mem::size_of::<DecompressorOxide>()
+    + TINFL_LZ_DICT_SIZE) as u64;
+
 /// Everything needed to resume inflating at a point of the output.
 #[derive(Clone)]
 pub struct State {

@@ -252,6 +252,14 @@ pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
 }
 
 impl ChunkSource for StreamChunks {
+    fn resident(&self) -> u64 {
+        let states = match &self.stored {
+            Stored::Gzip(states) => states.len() as u64 * gzip::STATE_BYTES,
+            _ => 0,
+        };
+        states + self.digests.len() as u64 * 32
+    }
+
     fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
         let k = chunk as usize;
         let want = self
