@@ -244,6 +244,9 @@ impl Registry {
     /// Starts Debian's registry with storage under `dir`, on loopback or,
     /// with `shaping`, in a namespace behind a shaped veth link.
     pub fn start(dir: &Path, shaping: Option<&Shaping>) -> io::Result<Registry> {
+        // Every benchmark pushes its images afresh (new layer keys, new
+        // digests): what earlier benchmarks pushed would only pile up.
+        let _ = std::fs::remove_dir_all(dir.join("data"));
         std::fs::create_dir_all(dir)?;
         let netns = shaping.map(Netns::create).transpose()?;
         let listen = match &netns {
