@@ -160,26 +160,27 @@ impl LayerFs {
         // The chunks of this file after the read that the run has earned.
         let mut next: Vec<u32> = Vec::new();
         if let (Some(run), Some(last)) = (run, parts.last()) {
-            let after = || {
-                n.extents
-                    .iter()
-                    .filter(|x| x.file_offset > last.file_offset)
-            };
-            let within = |ahead: u64| -> Vec<u32> {
+            // Extents are in file order: those after the read start here.
+            let rest = &n.extents[n
+                .extents
+                .partition_point(|x| x.file_offset <= last.file_offset)..];
+            let within = |ahead: u64| {
                 let mut want = 0;
-                after()
+                rest.iter()
                     .take_while(|x| {
                         want += u64::from(x.len);
                         want <= ahead
                     })
-                    .map(|x| x.chunk)
-                    .collect()
+                    .count()
             };
             // Chunks already on this node cost no network: a sequential
             // reader gets them all ahead at once.
-            next = within(READ_AHEAD_BYTES);
+            next = rest[..within(READ_AHEAD_BYTES)]
+                .iter()
+                .map(|x| x.chunk)
+                .collect();
             if !self.layer.is_local_chunks(&next) {
-                next = within((run / RUN_PER_BYTE_AHEAD).min(READ_AHEAD_BYTES));
+                next.truncate(within((run / RUN_PER_BYTE_AHEAD).min(READ_AHEAD_BYTES)));
             }
             // Keep the next chunks of this file loading while the reader
             // works through this one: verifying and inflating are the slow
@@ -189,7 +190,7 @@ impl LayerFs {
             }
             // A run longer than a chunk is likely to go on into the next.
             if next.is_empty()
-                && let Some(x) = after().next()
+                && let Some(x) = rest.first()
                 && u64::from(x.len) <= run
             {
                 next.push(x.chunk);
