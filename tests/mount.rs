@@ -640,6 +640,20 @@ fn no_plaintext_reaches_the_disk_or_the_log() {
     let recipient = format!("jwe:{}", k.public.display());
     let esgz = format!("oci:{}:esgz", d.path().join("img").display());
     encrypt_estargz(&plain, &esgz, &k.public);
+    // Prioritized files are fetched and decrypted into memory at mount.
+    let list = d.path().join("start-up.txt");
+    std::fs::write(&list, format!("dir-{marker}/secret-{marker}.txt\n")).unwrap();
+    let prio = format!("oci:{}:prio", d.path().join("img").display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "--estargz",
+        "--prioritize",
+        list.to_str().unwrap(),
+        "-r",
+        &recipient,
+        &plain,
+        &prio,
+    ]));
     let targz = format!("oci:{}:targz", d.path().join("img").display());
     skopeo_encrypt(
         &plain,
@@ -659,7 +673,7 @@ fn no_plaintext_reaches_the_disk_or_the_log() {
 
     let state = d.path().join("state");
     let needles: [&[u8]; 2] = [marker.as_bytes(), b"secret-"];
-    for image in [&esgz, &targz, &zstd] {
+    for image in [&esgz, &prio, &targz, &zstd] {
         let mnt = d.path().join("mnt");
         let m = mount(
             image,
