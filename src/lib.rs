@@ -16,3 +16,4 @@ pub mod mount;
 pub mod oci;
 pub mod pipeline;
 pub mod snapshotter;
+pub mod sync;

@@ -7,13 +7,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-
-use std::sync::Condvar;
 
 use crate::layer::source::{RangeSource, range_end};
 use crate::oci::digest::Digest;
+use crate::sync::{lock, wait};
 
 /// Cache granularity: fetches are rounded out to whole blocks.
 pub const BLOCK: u64 = 16 << 10;
@@ -64,7 +63,7 @@ impl DiskRange {
 
     /// Whether every block is on disk.
     pub fn is_complete(&self) -> bool {
-        let p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        let p = lock(&self.present);
         (0..self.size.div_ceil(BLOCK)).all(|b| bit(&p, b))
     }
 
@@ -93,13 +92,13 @@ impl DiskRange {
 
     /// Forgets every block: what is on disk failed verification.
     pub fn forget(&self) -> io::Result<()> {
-        let mut p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = lock(&self.present);
         p.iter_mut().for_each(|b| *b = 0);
         fs::write(&self.map_path, &*p)
     }
 
     fn mark(&self, from: u64, to: u64) -> io::Result<()> {
-        let mut p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = lock(&self.present);
         for b in from..to {
             p[(b / 8) as usize] |= 1 << (b % 8);
         }
@@ -110,7 +109,7 @@ impl DiskRange {
     }
 
     fn missing(&self, from: u64, to: u64) -> Option<(u64, u64)> {
-        let p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        let p = lock(&self.present);
         let first = (from..to).find(|&b| !bit(&p, b))?;
         let last = (from..to).rev().find(|&b| !bit(&p, b))?;
         Some((first, last + 1))
@@ -168,9 +167,9 @@ struct Landing {
 
 impl Landing {
     fn wait(&self) {
-        let mut d = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = lock(&self.done);
         while !*d {
-            d = self.cv.wait(d).unwrap_or_else(|e| e.into_inner());
+            d = wait(&self.cv, d);
         }
     }
 }
@@ -179,7 +178,7 @@ impl Flights {
     /// Registers a fetch of `[first, end)`, or returns the flight under way
     /// that overlaps it.
     fn join(&self, first: u64, end: u64) -> Result<Arc<Landing>, Arc<Landing>> {
-        let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = lock(&self.0);
         if let Some((_, _, l)) = f.iter().find(|(a, b, _)| *a < end && first < *b) {
             return Err(l.clone());
         }
@@ -190,11 +189,8 @@ impl Flights {
 
     /// Ends a flight (landed or failed): its waiters look again.
     fn land(&self, l: Arc<Landing>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(_, _, x)| !Arc::ptr_eq(x, &l));
-        *l.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        lock(&self.0).retain(|(_, _, x)| !Arc::ptr_eq(x, &l));
+        *lock(&l.done) = true;
         l.cv.notify_all();
     }
 }

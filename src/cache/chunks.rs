@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use super::flight::SingleFlight;
 use crate::layer::index::Layer;
+use crate::sync::lock;
 
 /// One verified plaintext chunk, shared by readers.
 pub type Chunk = Arc<Zeroizing<Vec<u8>>>;
@@ -154,13 +155,7 @@ impl ChunkCache {
     /// budget, so a large prefetch cannot push out everything else.
     pub fn warm(&self, layer: &Layer, count: u32) -> io::Result<()> {
         let mut loaded = 0u64;
-        let half = self
-            .shared
-            .lru
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .budget
-            / 2;
+        let half = lock(&self.shared.lru).budget / 2;
         for c in 0..count.min(layer.chunk_count()) {
             let chunk = self.shared.get(layer, c, true)?;
             loaded += chunk.len() as u64;
@@ -185,7 +180,7 @@ impl ChunkCache {
         if !lock(&self.shared.queued).insert(key) {
             return;
         }
-        let guard = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = lock(&self.ahead);
         let sent = guard
             .as_ref()
             .is_some_and(|tx| tx.try_send((layer.clone(), chunk)).is_ok());
@@ -195,7 +190,7 @@ impl ChunkCache {
     }
 
     pub fn stats(&self) -> Stats {
-        let l = self.shared.lru.lock().unwrap_or_else(|p| p.into_inner());
+        let l = lock(&self.shared.lru);
         Stats {
             hits: self.shared.hits.load(Ordering::Relaxed),
             loaded: self.shared.loaded.load(Ordering::Relaxed),
@@ -208,8 +203,8 @@ impl ChunkCache {
     /// Drops every chunk (zeroizing those no reader holds) and stops the
     /// read-ahead workers.
     pub fn clear(&self) {
-        self.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let mut l = self.shared.lru.lock().unwrap_or_else(|p| p.into_inner());
+        lock(&self.ahead).take();
+        let mut l = lock(&self.shared.lru);
         l.map.clear();
         l.held = 0;
     }
@@ -223,13 +218,13 @@ impl Drop for ChunkCache {
 
 impl Shared {
     fn cached(&self, layer: u64, chunk: u32) -> bool {
-        let l = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        let l = lock(&self.lru);
         l.map.contains(&(layer, chunk))
     }
 
     /// The cached chunk, marked most recently used.
     fn lookup(&self, key: &Key) -> Option<Chunk> {
-        let mut l = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = lock(&self.lru);
         l.map.get(key).cloned()
     }
 
@@ -257,7 +252,7 @@ impl Shared {
     }
 
     fn insert(&self, key: Key, data: Chunk) {
-        let mut l = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = lock(&self.lru);
         let size = data.len() as u64;
         if size + l.reserved > l.budget {
             return;
@@ -270,13 +265,9 @@ impl Shared {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn read_ahead_worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
     loop {
-        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let job = lock(rx).recv();
         let Ok((layer, chunk)) = job else { return };
         if let Err(e) = shared.get(&layer, chunk, true) {
             tracing::debug!("read-ahead of a chunk failed: {e}");
@@ -307,11 +298,14 @@ mod tests {
         }
     }
 
+    /// Ten chunks of 1000 bytes; chunk 9 fails to load.
+    fn counting_layer() -> Arc<Layer> {
+        Arc::new(Layer::new("L", Vec::new(), Box::new(Counting(AtomicU32::new(0))), 10).unwrap())
+    }
+
     #[test]
     fn keeps_to_its_budget_and_counts() {
-        let layer = Arc::new(
-            Layer::new("L", Vec::new(), Box::new(Counting(AtomicU32::new(0))), 10).unwrap(),
-        );
+        let layer = counting_layer();
         let c = ChunkCache::new(3000, 0);
         for k in 0..5 {
             assert_eq!(c.get(&layer, k).unwrap()[0], k as u8);
@@ -326,9 +320,7 @@ mod tests {
 
     #[test]
     fn a_layers_reservation_takes_room_from_the_chunks_until_it_is_dropped() {
-        let layer = Arc::new(
-            Layer::new("L", Vec::new(), Box::new(Counting(AtomicU32::new(0))), 10).unwrap(),
-        );
+        let layer = counting_layer();
         let c = ChunkCache::new(3000, 0);
         for k in 0..3 {
             c.get(&layer, k).unwrap();
@@ -354,9 +346,7 @@ mod tests {
 
     #[test]
     fn read_ahead_fills_the_cache() {
-        let layer = Arc::new(
-            Layer::new("L", Vec::new(), Box::new(Counting(AtomicU32::new(0))), 10).unwrap(),
-        );
+        let layer = counting_layer();
         let c = ChunkCache::new(1 << 20, 2);
         c.prefetch(&layer, 3);
         for _ in 0..100 {

@@ -6,6 +6,8 @@ use std::hash::Hash;
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::sync::lock;
+
 type Outcome<V> = Result<V, (io::ErrorKind, String)>;
 
 /// Runs at most one computation per key at a time.
@@ -27,13 +29,13 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
     /// after one tries again.
     pub fn run(&self, key: K, f: impl FnOnce() -> io::Result<V>) -> io::Result<V> {
         let cell = {
-            let mut m = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = lock(&self.running);
             m.entry(key.clone()).or_default().clone()
         };
         let out = cell
             .get_or_init(|| f().map_err(|e| (e.kind(), e.to_string())))
             .clone();
-        let mut m = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.running);
         if m.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             m.remove(&key);
         }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use zeroize::Zeroizing;
 
@@ -26,6 +26,7 @@ use crate::oci::reference::RegistryRef;
 use crate::oci::registry::RegistryOptions;
 use crate::oci::transport::ImageSource;
 use crate::oci::{Descriptor, ImageManifest, media};
+use crate::sync::lock;
 
 /// The label containerd's unpacker puts on a layer's `Prepare`: the name the
 /// committed layer snapshot will have.
@@ -501,10 +502,4 @@ fn connection_alive(conn: &OwnedFd) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut p = [PollFd::new(conn.as_fd(), PollFlags::empty())];
     matches!(poll(&mut p, PollTimeout::ZERO), Ok(0))
-}
-
-/// Every update under these locks is one insert or remove, so a map whose
-/// holder panicked is still consistent: keep using it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
