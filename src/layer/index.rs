@@ -49,9 +49,12 @@ pub trait ChunkSource: Send + Sync {
     fn resident(&self) -> u64 {
         0
     }
-    /// Whether loading `chunks` (adjacent, in order) needs no fetch; with
-    /// none, whether the whole blob is on this node.
-    fn is_local(&self, _chunks: Option<&[u32]>) -> bool {
+    /// Whether the whole blob is on this node.
+    fn is_local(&self) -> bool {
+        true
+    }
+    /// Whether loading `chunks` (adjacent, in order) needs no fetch.
+    fn is_local_chunks(&self, _chunks: &[u32]) -> bool {
         true
     }
     /// Makes `chunks` cheap to load if one of them needs a fetch: fetches
@@ -174,12 +177,12 @@ impl Layer {
 
     /// Whether the layer's whole blob is on this node.
     pub fn is_local(&self) -> bool {
-        self.chunks.is_local(None)
+        self.chunks.is_local()
     }
 
     /// Whether loading `chunks` (adjacent, in order) needs no fetch.
     pub fn is_local_chunks(&self, chunks: &[u32]) -> bool {
-        self.chunks.is_local(Some(chunks))
+        self.chunks.is_local_chunks(chunks)
     }
 
     /// See [`ChunkSource::prepare`].

@@ -253,17 +253,17 @@ impl ChunkSource for EstargzChunks {
         self.src.fetched()
     }
 
-    fn is_local(&self, chunks: Option<&[u32]>) -> bool {
-        match chunks {
-            None => self.src.has(0, self.src.size()),
-            Some(ids) => self
-                .span(ids.iter())
-                .is_none_or(|(lo, hi, _)| self.src.has(lo, hi - lo)),
-        }
+    fn is_local(&self) -> bool {
+        self.src.has(0, self.src.size())
+    }
+
+    fn is_local_chunks(&self, chunks: &[u32]) -> bool {
+        self.span(chunks.iter())
+            .is_none_or(|(lo, hi, _)| self.src.has(lo, hi - lo))
     }
 
     fn prepare(&self, chunks: &[u32], then: &[u32]) -> io::Result<()> {
-        if self.is_local(Some(chunks)) {
+        if self.is_local_chunks(chunks) {
             return Ok(());
         }
         match self.span(chunks.iter().chain(then)) {
