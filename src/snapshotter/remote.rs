@@ -116,6 +116,9 @@ type Opened = (Arc<Layer>, Mode, Remote);
 /// Most layers opened ahead and not yet mounted.
 const MAX_PREFETCH: usize = 64;
 
+/// Layers opened ahead at once, as containerd downloads three at once.
+const OPEN_AHEAD_AT_ONCE: usize = 3;
+
 /// What the metrics endpoint reports of remote layers.
 #[derive(Debug, Clone)]
 pub struct RemoteStats {
@@ -357,6 +360,7 @@ impl Remotes {
     /// that follow for them find them ready. Failures are left for those
     /// Prepares to report.
     pub fn prefetch(self: &Arc<Self>, image: &str, manifest: &str, layers: &[String]) {
+        let mut queue = std::collections::VecDeque::new();
         for layer in layers {
             let cell = {
                 let mut m = lock(&self.opening);
@@ -371,10 +375,23 @@ impl Remotes {
                 layer: layer.clone(),
                 descriptor: String::new(),
             };
-            let this = Arc::clone(self);
+            queue.push_back((remote, cell));
+        }
+        // In order, a few at a time: the layers below are mounted first,
+        // and all of them at once would share the link (and, for whole
+        // blobs, the cores) until every one was nearly done.
+        let workers = OPEN_AHEAD_AT_ONCE.min(queue.len());
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..workers {
+            let (this, queue) = (Arc::clone(self), Arc::clone(&queue));
             std::thread::spawn(move || {
-                if let Err(e) = cell.get_or_init(|| this.open_now(&remote)) {
-                    tracing::debug!("opening layer {} ahead: {e}", remote.layer);
+                loop {
+                    // Popped apart from the open, so the queue stays free.
+                    let next = lock(&queue).pop_front();
+                    let Some((remote, cell)) = next else { break };
+                    if let Err(e) = cell.get_or_init(|| this.open_now(&remote)) {
+                        tracing::debug!("opening layer {} ahead: {e}", remote.layer);
+                    }
                 }
             });
         }
