@@ -85,7 +85,7 @@ pub struct RemoteConfig {
     pub cache_bytes: u64,
     /// Serve eStargz layers with no TOC anchor before verifying them whole.
     pub allow_unverified_lazy: bool,
-    /// The kernel's read-ahead on each layer mount, KiB.
+    /// The kernel's read-ahead on each layer mount.
     pub read_ahead: crate::fs::ReadAhead,
     /// The FUSE keeper's socket: layer mounts outlive a killed daemon and
     /// are taken over by the next one. None: they die with the daemon.
@@ -218,7 +218,7 @@ impl Remotes {
     }
 
     /// Finds the layer's descriptor in its manifest; fills `remote.descriptor`.
-    pub fn resolve(&self, remote: &mut Remote) -> Result<Descriptor> {
+    fn resolve(&self, remote: &mut Remote) -> Result<Descriptor> {
         let src = self.source(&remote.image)?;
         let want = crate::oci::digest::parse(&remote.manifest)
             .map_err(|e| Error::invalid(format!("manifest digest {}: {e}", remote.manifest)))?;
