@@ -432,6 +432,72 @@ fn reading_one_small_file_of_a_200_mib_image_fetches_little_from_the_registry() 
 }
 
 #[test]
+fn a_lazy_file_read_through_the_page_cache_costs_no_chunk_past_the_reader_and_still_maps() {
+    let d = tmp();
+    let reg = Registry::start();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = noise(4 << 20);
+    std::fs::write(src.join("data.bin"), &data).unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    build_dir(&src, &plain, &["--no-gzip"]);
+    let k = rsa_keys(d.path(), "k");
+    encrypt_estargz(&plain, &reg.image("lazy/stop:v1"), &k.public);
+    let proxy = common::mounts::CountingProxy::start(&reg.addr);
+    let mnt = d.path().join("mnt");
+    let m = mount(
+        &format!("docker://{}/lazy/stop:v1", proxy.addr),
+        &mnt,
+        &d.path().join("state"),
+        &["--plain-http", "--key", k.private.to_str().unwrap()],
+    )
+    .unwrap();
+    // Plain buffered reads, as `dd bs=64k` makes them, of the first 1 MiB
+    // chunk, stopping at its end. The kernel's read-ahead would ask for the
+    // next chunk; a file still fetched lazily is read around it.
+    let before = proxy.served();
+    let mut f = std::fs::File::open(mnt.join("data.bin")).unwrap();
+    let mut piece = vec![0u8; 64 << 10];
+    for i in 0..16 {
+        use std::io::Read;
+        f.read_exact(&mut piece).unwrap();
+        assert!(piece == data[i * (64 << 10)..][..64 << 10], "wrong bytes");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let served = proxy.served() - before;
+    assert!(
+        served < 3 << 19,
+        "the registry served {served} bytes for the first 1 MiB chunk read in order"
+    );
+    // Such a file may still be mapped, shared, and read through the map.
+    let len = data.len();
+    // SAFETY: a read-only shared mapping of an open file, unmapped below.
+    let map = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    // SAFETY: the mapping is `len` bytes long and readable.
+    let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, len) };
+    let at = (5 << 19) + 4321;
+    assert!(
+        mapped[at..at + 8192] == data[at..at + 8192],
+        "wrong mapped bytes"
+    );
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(map, len) };
+    drop(f);
+    m.umount();
+}
+
+#[test]
 fn tampered_chunks_fail_with_eio_while_other_files_keep_working() {
     let d = tmp();
     let src = d.path().join("src");

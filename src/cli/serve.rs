@@ -1,13 +1,13 @@
 //! `lazycrypt serve`: the containerd snapshotter, on a unix socket, until
 //! SIGINT or SIGTERM.
 
-use crate::fs::ReadAhead;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
+use crate::fs::ReadAhead;
 use crate::snapshotter::config::FileConfig;
 use crate::snapshotter::remote::RemoteConfig;
 use crate::snapshotter::service::{Service, serve};

@@ -2,20 +2,21 @@
 //! threads and block on the chunk cache; no async runtime is involved.
 //! Errors reaching the log name the layer and chunk, never a file.
 
+pub mod ahead;
 pub mod latency;
 pub mod tree;
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
+use self::ahead::Runs;
 use self::tree::{Inode, Kind, Tree};
 use crate::cache::chunks::ChunkCache;
 use crate::layer::index::{Layer, overlapping};
@@ -29,9 +30,10 @@ pub const MAX_READ: u32 = 1 << 20;
 /// requests in flight keep both cores busy on a sequential read.
 pub const READ_AHEAD_KB: u32 = 4 * MAX_READ / 1024;
 
-/// Kernel read-ahead for a layer still fetched from its registry: each
-/// page read ahead may cost a chunk from the network, and a reader that
-/// stops wastes it; our own read-ahead follows the reader's run instead.
+/// Kernel read-ahead for a layer still fetched from its registry, for the
+/// files still read through the page cache (executables, and files all on
+/// the node): each page read ahead may cost a chunk from the network, and a
+/// reader that stops wastes it.
 pub const LAZY_READ_AHEAD_KB: u32 = 128;
 
 /// How much the kernel reads ahead on a layer mount.
@@ -55,13 +57,6 @@ impl ReadAhead {
     }
 }
 
-/// Most bytes of chunks loaded ahead of a sequential reader.
-const READ_AHEAD_BYTES: u64 = 4 << 20;
-
-/// A sequential run earns read-ahead of this fraction of its length: a
-/// reader that stops costs at most a quarter more than it read.
-const RUN_PER_BYTE_AHEAD: u64 = 4;
-
 /// How far behind the furthest read a request may start and still count as
 /// part of a sequential pass.
 const SEQUENTIAL_SLACK: u64 = 4 * MAX_READ as u64;
@@ -71,23 +66,19 @@ pub struct LayerFs {
     layer: Arc<Layer>,
     tree: Tree,
     cache: Arc<ChunkCache>,
-    /// Where the last read of each inode ended, to spot sequential readers.
-    last_end: Vec<AtomicU64>,
-    /// Where the current sequential run of each inode began.
-    run_start: Vec<AtomicU64>,
+    /// Each inode's reads so far, to spot sequential readers.
+    runs: Vec<Runs>,
 }
 
 impl LayerFs {
     pub fn new(layer: Arc<Layer>, cache: Arc<ChunkCache>) -> Self {
         let tree = Tree::build(layer.nodes(), layer.what());
-        let last_end = (0..tree.inodes.len()).map(|_| AtomicU64::new(0)).collect();
-        let run_start = (0..tree.inodes.len()).map(|_| AtomicU64::new(0)).collect();
+        let runs = (0..tree.inodes.len()).map(|_| Runs::default()).collect();
         LayerFs {
             layer,
             tree,
             cache,
-            last_end,
-            run_start,
+            runs,
         }
     }
 
@@ -123,27 +114,24 @@ impl LayerFs {
         self.tree.get(ino.0).ok_or(Errno::ENOENT)
     }
 
-    /// How long the sequential run this read extends is, or None if the
-    /// read is not part of one. The kernel's read-ahead sends several
-    /// requests at once to our threads, so "sequential" means near the
-    /// furthest read so far, not exactly at its end. Read-ahead grows with
-    /// the run: a short read in the middle of a file (a header, a tensor)
-    /// loads nothing more, since each chunk of a lazily fetched layer costs
-    /// network; a reader streaming the file gets megabytes ahead.
-    fn sequential_run(&self, ino: u64, offset: u64, end: u64) -> Option<u64> {
-        let i = (ino - 1) as usize;
-        let (Some(last), Some(start)) = (self.last_end.get(i), self.run_start.get(i)) else {
-            return None;
-        };
-        let furthest = last.fetch_max(end, Ordering::Relaxed);
-        let sequential = furthest > 0
-            && offset <= furthest.saturating_add(u64::from(MAX_READ))
-            && end.saturating_add(SEQUENTIAL_SLACK) >= furthest;
-        if !sequential {
-            start.store(offset, Ordering::Relaxed);
-            return None;
+    /// How the kernel reads file `node`. Its content never changes, so the
+    /// page cache is kept across opens. But the kernel's read-ahead runs a
+    /// window past where a reader stops, and on a file still fetched from
+    /// the registry each page past it can cost a chunk: such a file is read
+    /// around the page cache, and our own read-ahead follows the reader's
+    /// runs instead. Executables keep the page cache, since exec and
+    /// dlopen map them and mapping a direct-I/O file drops its cached pages.
+    fn open_flags(&self, inode: &Inode, node: usize) -> FopenFlags {
+        let chunks: Vec<u32> = self.layer.nodes()[node]
+            .extents
+            .iter()
+            .map(|x| x.chunk)
+            .collect();
+        if inode.perm & 0o111 != 0 || self.layer.is_local_chunks(&chunks) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_DIRECT_IO
         }
-        Some(end.saturating_sub(start.load(Ordering::Relaxed)))
     }
 
     /// Reads `[offset, offset + size)` of file `node`, handing the bytes to
@@ -156,62 +144,43 @@ impl LayerFs {
             return;
         }
         let parts: Vec<_> = overlapping(&n.extents, offset, end).copied().collect();
-        let run = self.sequential_run(ino, offset, end);
-        // The chunks of this file after the read that the run has earned.
-        let mut next: Vec<u32> = Vec::new();
-        if let (Some(run), Some(last)) = (run, parts.last()) {
+        let Some(runs) = self.runs.get((ino - 1) as usize) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let run = runs.note(offset, end, u64::from(MAX_READ), SEQUENTIAL_SLACK);
+        let plan = match parts.last() {
             // Extents are in file order: those after the read start here.
-            let rest = &n.extents[n
-                .extents
-                .partition_point(|x| x.file_offset <= last.file_offset)..];
-            let within = |ahead: u64| {
-                let mut want = 0;
-                rest.iter()
-                    .take_while(|x| {
-                        want += u64::from(x.len);
-                        want <= ahead
-                    })
-                    .count()
-            };
-            // Chunks already on this node cost no network: a sequential
-            // reader gets them all ahead at once.
-            next = rest[..within(READ_AHEAD_BYTES)]
-                .iter()
-                .map(|x| x.chunk)
-                .collect();
-            if !self.layer.is_local_chunks(&next) {
-                next.truncate(within((run / RUN_PER_BYTE_AHEAD).min(READ_AHEAD_BYTES)));
-            }
-            // Keep the next chunks of this file loading while the reader
-            // works through this one: verifying and inflating are the slow
-            // steps, and the read-ahead workers use the other core.
-            for &c in &next {
-                self.cache.prefetch(&self.layer, c);
-            }
-            // A run longer than a chunk is likely to go on into the next.
-            if next.is_empty()
-                && let Some(x) = rest.first()
-                && u64::from(x.len) <= run
-            {
-                next.push(x.chunk);
-            }
-        }
+            Some(last) => ahead::plan(
+                &n.extents[n
+                    .extents
+                    .partition_point(|x| x.file_offset <= last.file_offset)..],
+                offset,
+                run,
+                |c| self.layer.is_local_chunks(c),
+            ),
+            None => ahead::Plan::default(),
+        };
         let missing: Vec<u32> = parts
             .iter()
             .map(|x| x.chunk)
             .filter(|&c| !self.cache.is_cached(&self.layer, c))
             .collect();
-        // Each fetch costs a round trip to the registry. A sequential reader
-        // that needs a fetch gets the chunks it is heading into in the same
-        // range: at least the next, which the kernel's read-ahead asks for
-        // soon anyway.
-        let then: &[u32] = if run.is_some() { &next } else { &[] };
+        // Each fetch costs a round trip to the registry: the chunks the
+        // reader is heading into come in the same range.
         if !missing.is_empty()
-            && (missing.len() > 1 || !then.is_empty())
-            && let Err(e) = self.layer.prepare(&missing, then)
+            && (missing.len() > 1 || !plan.with.is_empty())
+            && let Err(e) = self.layer.prepare(&missing, &plan.with)
         {
             // Each chunk's own load tries again and reports.
             tracing::debug!("{e}");
+        }
+        // Keep the next chunks of this file loading while the reader works
+        // through this one: verifying and inflating are the slow steps, and
+        // the read-ahead workers use the other core. Queued after the fetch
+        // above, so that no worker fetches one of them on its own first.
+        for &c in &plan.ahead {
+            self.cache.prefetch(&self.layer, c);
         }
         let mut chunks = Vec::with_capacity(parts.len());
         for x in &parts {
@@ -279,6 +248,8 @@ impl Filesystem for LayerFs {
         // The kernel sizes its requests by max_pages, which fuser derives from
         // max_write: without this, reads arrive 128 KiB at a time.
         let _ = config.set_max_write(MAX_READ);
+        // Files read around the page cache may still be mapped shared.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         Ok(())
     }
 
@@ -317,9 +288,13 @@ impl Filesystem for LayerFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match self.inode(ino).map(|i| &i.kind) {
-            // Immutable content: let the kernel keep its page cache across opens.
-            Ok(Kind::File(_)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+        match self.inode(ino) {
+            Ok(
+                i @ Inode {
+                    kind: Kind::File(node),
+                    ..
+                },
+            ) => reply.opened(FileHandle(0), self.open_flags(i, *node)),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
         }
