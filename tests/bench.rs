@@ -114,6 +114,72 @@ fn a_tiny_cold_start_run_reports_every_path() {
 }
 
 #[test]
+fn a_signal_stops_the_benchmark_and_tears_down_its_node_and_registry() {
+    use std::io::BufRead;
+    let d = tmp();
+    let work = d.path().join("work");
+    let out = d.path().join("results");
+    let mut child = lazycrypt()
+        .args(["bench", "cold-start", "--workload", "python-like"])
+        .args(["--scale", "0.01", "--runs", "20", "--paths", "a"])
+        .args(["--shape", "1gbit"])
+        .arg("--work")
+        .arg(&work)
+        .arg("--out")
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // Once the first run is in, the second is under way: stop it there.
+    while !log.contains("run 1:") {
+        let mut l = String::new();
+        assert!(err.read_line(&mut l).unwrap() > 0, "ended early:\n{log}");
+        log.push_str(&l);
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    log.push_str(&rest);
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("stopping"), "{log}");
+    assert!(log.contains("stopped by a signal"), "{log}");
+    // What was measured is kept; the run cut short is not recorded.
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let samples = results["samples"].as_array().unwrap();
+    assert!(!samples.is_empty() && samples.len() < 20, "{results}");
+    assert!(samples.iter().all(|s| s["error"].is_null()), "{results}");
+    // Nothing of the node or the registry is left.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&*work.to_string_lossy()), "{mounts}");
+    assert!(!work.join("node").exists());
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !netns.contains(&format!("lazycrypt-bench-{pid}")),
+        "{netns}"
+    );
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmd).contains(&*work.to_string_lossy()),
+            "still running: {}",
+            String::from_utf8_lossy(&cmd).replace('\0', " ")
+        );
+    }
+}
+
+#[test]
 fn bad_benchmark_arguments_name_what_is_wrong() {
     let err = fails(lazycrypt().args(["bench", "cold-start", "--paths", "a,x"]));
     assert!(

@@ -167,6 +167,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
     let skopeo_missing = missing_tools(&["skopeo"]);
 
     for name in &opts.workloads {
+        stop_if_asked(opts)?;
         let w = Workload::builtin(name, opts.scale)?;
         log(&format!("generating {name} (scale {})", opts.scale));
         let g = match generated(&w, &opts.work.join("images").join(name), opts.scale) {
@@ -189,6 +190,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
             if pushed.iter().any(|(t, _)| *t == p.tag()) {
                 continue;
             }
+            stop_if_asked(opts)?;
             log(&format!("pushing {name}:{}", p.tag()));
             let r = push(&g, p.tag(), &reg.addr, &public, &skopeo_missing, opts);
             if let Err(e) = &r {
@@ -207,6 +209,8 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
                     Ok(image) => sample(opts, &reg, &keys, &w, p, run, image),
                     Err(e) => failed(name, p, run, format!("image not pushed: {e}")),
                 };
+                // A run cut short by a signal measured nothing.
+                stop_if_asked(opts)?;
                 log(&describe(&s));
                 res.samples.push(s);
                 super::report::write(&res, &opts.out)?;
@@ -251,13 +255,28 @@ fn failed(workload: &str, path: StartPath, run: usize, error: String) -> Sample 
     }
 }
 
-/// The workload's image, generated unless `dir` already holds it at this scale.
+/// Fails once a signal has asked the benchmark to stop (see
+/// [`super::stop`]), saying where what was measured before it is.
+fn stop_if_asked(opts: &Options) -> io::Result<()> {
+    super::stop::check().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "stopped by a signal; the runs before it are in {}",
+                opts.out.display()
+            ),
+        )
+    })
+}
+
+/// The workload's image, generated unless `dir` already holds it at this
+/// scale, with the same files and reads.
 fn generated(w: &Workload, dir: &Path, scale: f64) -> io::Result<Generated> {
     let record = dir.join("workload.json");
     if let Ok(b) = std::fs::read(&record)
         && let Ok(g) = serde_json::from_slice::<Generated>(&b)
         && g.scale == scale
-        && g.workload.name == w.name
+        && g.workload == *w
     {
         return Ok(g);
     }
@@ -391,6 +410,7 @@ fn start_container(
     let exe = std::env::current_exe()?;
     let exe = exe.to_string_lossy();
     let sock = node.containerd_socket.to_string_lossy();
+    super::stop::check()?;
     let before = reg.served();
     let t0 = Instant::now();
     let ns = if path.lazy() {
@@ -412,7 +432,9 @@ fn start_container(
         "k8s.io"
     };
     let pulled = t0.elapsed();
-    let id = format!("{}-{}-{run}", w.name, path.letter());
+    // runc keeps its state by namespace and id, shared by every containerd
+    // on the machine: another benchmark at the same time must not clash.
+    let id = format!("{}-{}-{run}-{}", w.name, path.letter(), std::process::id());
     let mut args = vec!["run", "--rm"];
     if path.lazy() {
         args.extend(["--snapshotter", "lazycrypt"]);
@@ -421,6 +443,7 @@ fn start_container(
     // Ready is when the line appears, as HelloBench times the first useful
     // output; removing the container afterwards is not part of the start.
     let want = format!("ready {}", w.name);
+    super::stop::check()?;
     let (ready, out) = node.ctr_until(ns, &args, &want)?;
     let Some(ready) = ready else {
         return Err(io::Error::other(format!(

@@ -5,4 +5,5 @@
 pub mod coldstart;
 pub mod node;
 pub mod report;
+pub mod stop;
 pub mod workload;

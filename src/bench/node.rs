@@ -271,15 +271,15 @@ impl Registry {
             }
             None => Command::new("docker-registry"),
         };
-        let child = cmd
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("docker-registry: {e}")))?;
-        wait_until(Duration::from_secs(20), "the registry to listen", || {
+        let child = super::stop::spawn_daemon(
+            cmd.arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("docker-registry: {e}")))?;
+        starting(Duration::from_secs(20), "the registry to listen", || {
             TcpStream::connect(&listen).is_ok()
         })?;
         let (addr, served) = proxy(&listen)?;
@@ -301,6 +301,7 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        super::stop::daemon_gone(self.child.id());
     }
 }
 
@@ -344,6 +345,13 @@ fn proxy(upstream: &str) -> io::Result<(String, Arc<AtomicU64>)> {
         }
     });
     Ok((addr, served))
+}
+
+/// [`wait_until`] for a daemon to come up, giving up when a signal asks
+/// the benchmark to stop.
+fn starting(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> io::Result<()> {
+    wait_until(limit, what, || super::stop::requested() || done())?;
+    super::stop::check()
 }
 
 /// Polls `done` until it holds or `limit` passes.
@@ -394,36 +402,38 @@ impl Node {
         std::fs::create_dir_all(dir.join("ctd"))?;
         let exe = std::env::current_exe()?;
         let lz_sock = dir.join("lz/lazycrypt.sock");
-        let lz = Command::new(&exe)
-            .arg("serve")
-            .arg("--root")
-            .arg(dir.join("lz/root"))
-            .arg("--address")
-            .arg(&lz_sock)
-            .arg("--keys-dir")
-            .arg(keys)
-            .args(["--plain-http", registry, "--cache-size", cache_size])
-            .args(["--read-ahead", read_ahead])
-            .arg("--hosts-dir")
-            .arg(dir.join("lz/no-hosts"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("lz/log"))?)
-            .spawn()?;
+        let lz = super::stop::spawn_daemon(
+            Command::new(&exe)
+                .arg("serve")
+                .arg("--root")
+                .arg(dir.join("lz/root"))
+                .arg("--address")
+                .arg(&lz_sock)
+                .arg("--keys-dir")
+                .arg(keys)
+                .args(["--plain-http", registry, "--cache-size", cache_size])
+                .args(["--read-ahead", read_ahead])
+                .arg("--hosts-dir")
+                .arg(dir.join("lz/no-hosts"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("lz/log"))?),
+        )?;
         let ctd_sock = dir.join("ctd/containerd.sock");
         let config = dir.join("ctd/config.toml");
         std::fs::write(
             &config,
             containerd_config(&dir.join("ctd"), &lz_sock, &exe, keys, registry),
         )?;
-        let ctd = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("ctd/log"))?)
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("containerd: {e}")))?;
+        let ctd = super::stop::spawn_daemon(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("ctd/log"))?),
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("containerd: {e}")))?;
         let node = Node {
             dir: dir.to_path_buf(),
             containerd_socket: ctd_sock,
@@ -432,7 +442,7 @@ impl Node {
         };
         let mut node = node;
         let mut exited = None;
-        wait_until(Duration::from_secs(30), "containerd and lazycrypt", || {
+        starting(Duration::from_secs(30), "containerd and lazycrypt", || {
             for (name, c, log) in [
                 ("lazycrypt serve", &mut node.lz, "lz/log"),
                 ("containerd", &mut node.ctd, "ctd/log"),
@@ -449,7 +459,7 @@ impl Node {
         if let Some(e) = exited {
             return Err(io::Error::other(e));
         }
-        wait_until(
+        starting(
             Duration::from_secs(30),
             "containerd's lazycrypt plugin",
             || {
@@ -517,9 +527,9 @@ impl Node {
         }
     }
 
-    /// Stops both daemons (lazycrypt gracefully) and removes every mount and
-    /// file of this node.
-    pub fn stop(mut self) {
+    /// Deletes the node's tasks, then (dropping it) stops both daemons,
+    /// lazycrypt gracefully, and removes every mount and file of the node.
+    pub fn stop(self) {
         for ns in ["bench", "k8s.io"] {
             if let Ok(tasks) = self.ctr(ns, &["tasks", "ls", "-q"]) {
                 for t in tasks.split_whitespace() {
@@ -527,14 +537,6 @@ impl Node {
                 }
             }
         }
-        let _ = self.ctd.kill();
-        let _ = self.ctd.wait();
-        // SIGTERM: lazycrypt unmounts its layers and stops its FUSE keeper.
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.lz.id() as i32, libc::SIGTERM) };
-        let _ = wait_until(Duration::from_secs(20), "lazycrypt to stop", || {
-            self.lz.try_wait().ok().flatten().is_some()
-        });
     }
 }
 
@@ -542,9 +544,19 @@ impl Drop for Node {
     /// After `stop`, or when starting failed half-way: nothing of the node
     /// stays running, mounted or on disk.
     fn drop(&mut self) {
-        for c in [&mut self.ctd, &mut self.lz] {
-            let _ = c.kill();
-            let _ = c.wait();
+        let _ = self.ctd.kill();
+        let _ = self.ctd.wait();
+        // SIGTERM: lazycrypt unmounts its layers and stops its FUSE keeper,
+        // which a SIGKILL would leave running.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.lz.id() as i32, libc::SIGTERM) };
+        let _ = wait_until(Duration::from_secs(20), "lazycrypt to stop", || {
+            self.lz.try_wait().ok().flatten().is_some()
+        });
+        let _ = self.lz.kill();
+        let _ = self.lz.wait();
+        for c in [&self.ctd, &self.lz] {
+            super::stop::daemon_gone(c.id());
         }
         let _ = crate::mount::sys::unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);

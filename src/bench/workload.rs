@@ -26,7 +26,7 @@ pub enum Content {
 }
 
 /// One generated file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileSpec {
     /// Absolute path inside the image.
     pub path: String,
@@ -43,7 +43,7 @@ pub struct Access {
 }
 
 /// A declared workload.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
     pub name: String,
     /// Layers, bottom first; the first holds busybox, the last the ready script.
@@ -309,6 +309,7 @@ pub fn generate(w: &Workload, scale: f64, out: &Path) -> io::Result<Generated> {
         let dir = trees.join(format!("{i:02}"));
         std::fs::create_dir_all(&dir)?;
         for (k, f) in files.iter().enumerate() {
+            super::stop::check()?;
             write_file(&dir, f, seed(&w.name, i, k))?;
         }
         dirs.push(dir);

@@ -138,6 +138,8 @@ fn gen_images(a: GenArgs) -> Result<()> {
 
 fn cold_start(a: ColdStartArgs) -> Result<()> {
     anyhow::ensure!(a.runs > 0, "--runs must be at least 1");
+    // A signal then tears the node down instead of leaving it running.
+    crate::bench::stop::install()?;
     let opts = coldstart::Options {
         workloads: workloads(&a.workloads),
         paths: a.paths.clone(),
