@@ -15,5 +15,6 @@ pub mod layer;
 pub mod mount;
 pub mod oci;
 pub mod pipeline;
+pub mod private;
 pub mod snapshotter;
 pub mod sync;

@@ -326,6 +326,55 @@ fn a_mount_whose_process_was_killed_is_cleaned_up_by_the_next_one() {
     m.umount();
 }
 
+/// The options of the mount at `p` in the kernel's mount table.
+fn mount_options(p: &Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = table
+        .lines()
+        .rfind(|l| l.split(' ').nth(1) == p.to_str())
+        .unwrap_or_else(|| panic!("{} is not mounted", p.display()));
+    line.split(' ')
+        .nth(3)
+        .unwrap()
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn an_image_cannot_bring_set_user_id_files_or_devices_unless_allowed() {
+    let d = tmp();
+    let tars = vec![make_tar(&[
+        E::File("suid".into(), 0o4755, 0, b"x".to_vec()),
+        E::Char("null", 1, 3),
+    ])];
+    let plain = layout_from_tars(&d.path().join("img"), "plain", &tars, true);
+    let k = rsa_keys(d.path(), "k");
+    let enc = format!("oci:{}:enc", d.path().join("img").display());
+    encrypt_estargz(&plain, &enc, &k.public);
+    let (mnt, state) = (d.path().join("mnt"), d.path().join("state"));
+    let key = k.private.to_str().unwrap();
+    let m = mount(&enc, &mnt, &state, &["--key", key]).unwrap();
+    let opts = mount_options(&mnt);
+    assert!(
+        opts.iter().any(|o| o == "nosuid") && opts.iter().any(|o| o == "nodev"),
+        "{opts:?}"
+    );
+    let e = std::fs::File::open(mnt.join("null")).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    m.umount();
+    let m = mount(&enc, &mnt, &state, &["--key", key, "--allow-suid-dev"]).unwrap();
+    let opts = mount_options(&mnt);
+    assert!(
+        !opts.iter().any(|o| o == "nosuid" || o == "nodev"),
+        "{opts:?}"
+    );
+    let mut dev = std::fs::File::open(mnt.join("null")).unwrap();
+    assert_eq!(std::io::Read::read(&mut dev, &mut [0; 8]).unwrap(), 0);
+    drop(dev);
+    m.umount();
+}
+
 #[test]
 fn mount_fails_cleanly_without_a_key_or_with_a_wrong_one() {
     let d = tmp();

@@ -585,7 +585,9 @@ fn encrypted_pair(
     let inputs = dir.join("inputs");
     let root = secret_rootfs(&inputs, marker);
     for (name, data) in extra {
-        std::fs::write(root.join(name), data).unwrap();
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
     }
     let plain = format!("oci:{}:plain", inputs.join("img").display());
     ok(lazycrypt()
@@ -619,18 +621,7 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
     let (keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start(d.path(), &daemon.socket);
-    let pull = |image: &str| {
-        ok(lazycrypt()
-            .args([
-                "pull",
-                "--plain-http",
-                "--namespace",
-                "lazycrypt-test",
-                "--address",
-            ])
-            .arg(&ctd.socket)
-            .arg(image.trim_start_matches("docker://")))
-    };
+    let pull = |image: &str| lazycrypt_pull(&ctd, image);
     for (i, image) in [&esgz, &targz].into_iter().enumerate() {
         let out = pull(image);
         assert!(out.contains("1 layers mounted lazily"), "{out}");
@@ -712,6 +703,166 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
         "plaintext at rest after the restart: {hits:?}"
     );
     assert!(!daemon.log().contains(&marker));
+    drop(ctd);
+    daemon.stop();
+}
+
+/// `lazycrypt pull` of a plain-HTTP `image` into `ctd`; returns its output.
+fn lazycrypt_pull(ctd: &Containerd, image: &str) -> String {
+    ok(lazycrypt()
+        .args([
+            "pull",
+            "--plain-http",
+            "--namespace",
+            "lazycrypt-test",
+            "--address",
+        ])
+        .arg(&ctd.socket)
+        .arg(image.trim_start_matches("docker://")))
+}
+
+/// What `setpriv` makes of `argv` run as `nobody`: its exit status and stderr.
+fn as_nobody(argv: &[&str]) -> (bool, String) {
+    let o = run(std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(argv));
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn a_local_user_reaches_nothing_under_lazycrypts_root_while_containers_read() {
+    let d = tmp();
+    // The test's own directories are open to all: the only barrier left is
+    // what lazycrypt makes.
+    let open_all = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    open_all(d.path());
+    let reg = Registry::start();
+    let marker = format!("LZLOCAL{}", std::process::id());
+    let passwd: &[u8] = b"root:x:0:0::/:/bin/sh\nu:x:1000:1000::/:/bin/sh\n";
+    let ([esgz, _], k) =
+        encrypted_pair(d.path(), &reg, "local", &marker, &[("etc/passwd", passwd)]);
+    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    // umask 0: nothing lazycrypt makes may take its mode from it.
+    let daemon = Daemon::start_with_umask(d.path(), &args, Some(0));
+    open_all(&d.path().join("lz"));
+    let ctd = Containerd::start(d.path(), &daemon.socket);
+    let name = esgz.trim_start_matches("docker://");
+    lazycrypt_pull(&ctd, name);
+    // A container whose process runs as uid 1000 reads its image's files.
+    let out = ok(ctd.ctr().args([
+        "run",
+        "--rm",
+        "--snapshotter",
+        "lazycrypt",
+        name,
+        "u1000",
+        "/bin/busybox",
+        "su",
+        "-s",
+        "/bin/sh",
+        "-c",
+        "busybox id -u; busybox cat /data/secret",
+        "u",
+    ]));
+    assert!(out.starts_with("1000\n") && out.contains(&marker), "{out}");
+    // A running container with a file in its (tmpfs) upper layer.
+    ok(ctd.ctr().args([
+        "run",
+        "-d",
+        "--snapshotter",
+        "lazycrypt",
+        name,
+        "up",
+        "/bin/sh",
+        "-c",
+        &format!("echo {marker} > /written; exec sleep 300"),
+    ]));
+    let root = &daemon.root;
+    let snapshots = root.join("snapshots");
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let upper = loop {
+        if let Some(u) = dirs
+            .iter()
+            .map(|d| d.join("fs/written"))
+            .find(|p| p.exists())
+        {
+            break u;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upper layer with /written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let layer_file = dirs
+        .iter()
+        .map(|d| d.join("fs/data/secret"))
+        .find(|p| p.exists() && !p.starts_with(upper.parent().unwrap()))
+        .expect("a lazily mounted layer holding /data/secret");
+    assert!(
+        std::fs::read_to_string(&layer_file)
+            .unwrap()
+            .contains(&marker)
+    );
+
+    // Modes are explicit, whatever the daemon's umask.
+    assert_eq!(mode_of(root), 0o700);
+    assert_eq!(mode_of(&snapshots), 0o700);
+    assert_eq!(mode_of(&root.join("metadata.db")), 0o600);
+    assert_eq!(mode_of(&daemon.socket), 0o600);
+    assert_eq!(mode_of(&root.join("fuse-keeper.sock")), 0o600);
+    for dir in &dirs {
+        assert_eq!(mode_of(dir), 0o700, "{}", dir.display());
+    }
+    assert_eq!(mode_of(upper.parent().unwrap()), 0o755, "an upper's fs");
+    for e in std::fs::read_dir(root.join("blobs/sha256")).unwrap() {
+        assert_eq!(mode_of(&e.unwrap().path()), 0o600);
+    }
+
+    // nobody reads, lists and connects to nothing.
+    let denied = |argv: &[&str]| {
+        let (ok, err) = as_nobody(argv);
+        assert!(!ok && err.contains("Permission denied"), "{argv:?}: {err}");
+    };
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    denied(&["ls", &s(root)]);
+    denied(&["ls", &s(&snapshots)]);
+    denied(&["cat", &s(&layer_file)]);
+    denied(&["ls", &s(layer_file.parent().unwrap())]);
+    denied(&["cat", &s(&upper)]);
+    denied(&["cat", &s(&root.join("metadata.db"))]);
+    denied(&["ls", &s(&root.join("blobs"))]);
+    let connect = "import socket,sys\n\
+        t = socket.SOCK_SEQPACKET if sys.argv[2] == 'seq' else socket.SOCK_STREAM\n\
+        socket.socket(socket.AF_UNIX, t).connect(sys.argv[1])";
+    denied(&["python3", "-c", connect, &s(&daemon.socket), "stream"]);
+    denied(&[
+        "python3",
+        "-c",
+        connect,
+        &s(&root.join("fuse-keeper.sock")),
+        "seq",
+    ]);
+
+    let _ = run(ctd.ctr().args(["tasks", "kill", "-s", "KILL", "up"]));
     drop(ctd);
     daemon.stop();
 }

@@ -3,7 +3,7 @@
 //! a bitmap of the 16 KiB blocks present. A range read after a restart or an
 //! eviction from memory then needs no network. Nothing decrypted goes here.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -34,24 +34,19 @@ impl DiskRange {
     /// Opens (or starts) the cache file of blob `digest` under `dir`.
     pub fn open(dir: &Path, digest: &Digest, inner: Arc<dyn RangeSource>) -> io::Result<Self> {
         let dir = dir.join(digest.algorithm().as_ref());
-        fs::create_dir_all(&dir)?;
+        crate::private::dir(&dir)?;
         let base = dir.join(digest.digest());
         let data_path = base.with_extension("data");
         let map_path = base.with_extension("map");
         let size = inner.size();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&data_path)?;
+        let rw = || {
+            let mut o = OpenOptions::new();
+            o.read(true).write(true).create(true).truncate(false);
+            o
+        };
+        let file = crate::private::open(&data_path, &mut rw())?;
         let blocks = size.div_ceil(BLOCK) as usize;
-        let mut map = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&map_path)?;
+        let mut map = crate::private::open(&map_path, &mut rw())?;
         let mut present = Vec::new();
         map.read_to_end(&mut present)?;
         // A map from another size, or a data file shorter than it claims, is stale.

@@ -37,6 +37,11 @@ pub struct Args {
     /// Give the overlay a writable upper layer on a tmpfs.
     #[arg(long)]
     pub writable: bool,
+    /// Honour set-user-ID/set-group-ID bits and device files in the image.
+    /// By default the overlay is mounted `nosuid,nodev`: an image must not
+    /// hand a local user a root shell or a raw device.
+    #[arg(long)]
+    pub allow_suid_dev: bool,
     /// Print bytes fetched, chunks decrypted and cache hits at unmount.
     #[arg(long)]
     pub stats: bool,
@@ -122,6 +127,11 @@ pub fn run(a: Args) -> Result<()> {
     if !target.is_dir() {
         bail!("mount point {} is not a directory", target.display());
     }
+    // Both hold what only root may reach (ciphertext, layer mounts): made
+    // or tightened to 0700 before anything goes in.
+    for d in [&a.root, &a.run_dir] {
+        crate::private::dir(d).with_context(|| format!("state directory {}", d.display()))?;
+    }
     let run_dir = run_dir_for(&a.run_dir, &target);
     if let Ok(pid) = std::fs::read_to_string(run_dir.join("pid")) {
         match pid.trim().parse::<i32>() {
@@ -155,12 +165,23 @@ pub fn run(a: Args) -> Result<()> {
         },
         cache_bytes: a.cache_size,
         writable: a.writable,
+        allow_suid_dev: a.allow_suid_dev,
         run_dir: run_dir.clone(),
         target: target.clone(),
     };
     let started = Instant::now();
     let mounted = mount(src, spec).with_context(|| format!("mounting {}", a.image))?;
-    std::fs::write(run_dir.join("pid"), std::process::id().to_string())?;
+    {
+        use std::io::Write;
+        crate::private::open(
+            &run_dir.join("pid"),
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )?
+        .write_all(std::process::id().to_string().as_bytes())?;
+    }
     println!(
         "mounted {} at {} ({n} layers, {} ms)",
         a.image,

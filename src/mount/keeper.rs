@@ -132,6 +132,17 @@ impl Keeper {
             None,
         )?;
         connect(s.as_raw_fd(), &UnixAddr::new(&self.socket)?)?;
+        // The keeper is handed FUSE connections: whoever holds one answers
+        // that layer's reads. Talk only to a keeper of our own user.
+        if !same_user(&s) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "FUSE keeper at {}: the listener is another user's",
+                    self.socket.display()
+                ),
+            ));
+        }
         timeouts(&s)?;
         Ok(s)
     }
@@ -157,8 +168,12 @@ pub fn serve(socket_path: &Path) -> io::Result<()> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    let addr = UnixAddr::new(socket_path)?;
-    if bind(listener.as_raw_fd(), &addr).is_err() {
+    let bind_here = || {
+        crate::private::bind_socket(socket_path, |p| {
+            Ok(bind(listener.as_raw_fd(), &UnixAddr::new(p)?)?)
+        })
+    };
+    if bind_here().is_err() {
         // A keeper that answers owns the name; a dead one left its file.
         let other = Keeper {
             socket: socket_path.to_path_buf(),
@@ -167,7 +182,7 @@ pub fn serve(socket_path: &Path) -> io::Result<()> {
             return Ok(());
         }
         let _ = std::fs::remove_file(socket_path);
-        bind(listener.as_raw_fd(), &addr)?;
+        bind_here()?;
     }
     listen(&listener, Backlog::new(64).map_err(io::Error::from)?)?;
     let ours = inode(socket_path);
@@ -324,8 +339,10 @@ fn receive(conn: &OwnedFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
     Ok((buf, fd))
 }
 
-/// Only the user running the keeper (root, for the daemon) may talk to it:
-/// a descriptor of a FUSE connection lets its holder answer its reads.
+/// Whether the peer is the user we run as. Only the user running the keeper
+/// (root, for the daemon) may talk to it, and the daemon talks only to a
+/// keeper of its own user: a descriptor of a FUSE connection lets its holder
+/// answer its reads.
 fn same_user(conn: &OwnedFd) -> bool {
     getsockopt(conn, sockopt::PeerCredentials)
         .is_ok_and(|c| c.uid() == nix::unistd::geteuid().as_raw())

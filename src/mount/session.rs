@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use crate::fs::ReadAhead;
 use crate::layer::index::Layer;
 use crate::oci::Descriptor;
 use crate::oci::transport::ImageSource;
+use crate::private;
 
 /// What to mount and how.
 pub struct MountSpec {
@@ -28,6 +28,10 @@ pub struct MountSpec {
     pub cache_bytes: u64,
     /// Give the overlay a writable upper layer on a tmpfs.
     pub writable: bool,
+    /// Honour set-user-ID bits and device files in the image (off: the
+    /// overlay is mounted `nosuid,nodev`, so an image cannot hand a local
+    /// user a root shell or a raw disk).
+    pub allow_suid_dev: bool,
     /// A private directory for the layer mounts; made, and removed at unmount.
     pub run_dir: PathBuf,
     pub target: PathBuf,
@@ -97,11 +101,7 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
         let (l, m) = r.map_err(|e| io::Error::new(e.kind(), format!("layer {i}: {e}")))?;
         layers.push((Arc::new(l), m));
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&spec.run_dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", spec.run_dir.display())))?;
+    private::dir(&spec.run_dir)?;
     let mut m = Mounted {
         target: spec.target.clone(),
         run_dir: spec.run_dir.clone(),
@@ -115,7 +115,7 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
     let mut lowers = Vec::new();
     for (i, (layer, _)) in m.layers.iter().enumerate() {
         let dir = spec.run_dir.join(format!("layer-{i}"));
-        fs::create_dir_all(&dir)?;
+        private::dir(&dir)?;
         m.sessions.push(LayerMount::new(
             layer.clone(),
             m.cache.clone(),
@@ -127,26 +127,33 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
     lowers.reverse();
     let upper = if spec.writable {
         let rw = spec.run_dir.join("rw");
-        fs::create_dir_all(&rw)?;
+        private::dir(&rw)?;
         sys::tmpfs(&rw)?;
         m.tmpfs = Some(rw.clone());
         let u = sys::Upper {
             upper: rw.join("upper"),
             work: rw.join("work"),
         };
-        fs::create_dir_all(&u.upper)?;
-        fs::create_dir_all(&u.work)?;
+        // The upper directory's mode is the mounted root's: 0755 as an
+        // image's root; the work directory is overlayfs's alone.
+        private::new_dir(&u.upper, 0o755)?;
+        private::new_dir(&u.work, private::DIR)?;
         Some(u)
     } else {
         if lowers.len() == 1 {
             // A read-only overlay needs two lower layers.
             let empty = spec.run_dir.join("empty");
-            fs::create_dir_all(&empty)?;
+            private::dir(&empty)?;
             lowers.push(empty);
         }
         None
     };
-    sys::overlay(&lowers, upper.as_ref(), &spec.target)?;
+    let flags = if spec.allow_suid_dev {
+        0
+    } else {
+        libc::MS_NOSUID | libc::MS_NODEV
+    };
+    sys::overlay(&lowers, upper.as_ref(), &spec.target, flags)?;
     m.overlay = true;
     Ok(m)
 }

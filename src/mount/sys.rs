@@ -41,8 +41,14 @@ pub struct Upper {
     pub work: PathBuf,
 }
 
-/// Mounts an overlay of `lowers` (topmost first) at `target`.
-pub fn overlay(lowers: &[PathBuf], upper: Option<&Upper>, target: &Path) -> io::Result<()> {
+/// Mounts an overlay of `lowers` (topmost first) at `target`, with extra
+/// mount `flags` (`MS_NOSUID`, `MS_NODEV`).
+pub fn overlay(
+    lowers: &[PathBuf],
+    upper: Option<&Upper>,
+    target: &Path,
+    mut flags: libc::c_ulong,
+) -> io::Result<()> {
     let mut data = String::from("lowerdir=");
     for (i, l) in lowers.iter().enumerate() {
         let s = l.to_str().ok_or_else(|| {
@@ -59,7 +65,6 @@ pub fn overlay(lowers: &[PathBuf], upper: Option<&Upper>, target: &Path) -> io::
         }
         data.push_str(s);
     }
-    let mut flags = 0;
     match upper {
         Some(u) => data.push_str(&format!(
             ",upperdir={},workdir={}",

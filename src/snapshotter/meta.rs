@@ -72,9 +72,20 @@ fn db_err(e: impl std::fmt::Display) -> Error {
 impl Meta {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(|e| {
+        let open_err = |e: &dyn std::fmt::Display| {
             Error::internal(format!("cannot open metadata {}: {e}", path.display()))
-        })?;
+        };
+        // Created 0600 (or tightened to it), not from the umask: the labels
+        // name images and layers.
+        crate::private::open(
+            path,
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true),
+        )
+        .map_err(|e| open_err(&e))?;
+        let db = Database::create(path).map_err(|e| open_err(&e))?;
         let w = db.begin_write().map_err(db_err)?;
         w.open_table(SNAPSHOTS).map_err(db_err)?;
         w.open_table(COUNTERS).map_err(db_err)?;

@@ -47,10 +47,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let listener = UnixListener::bind(path)?;
+    // Only root may connect: containerd runs as root, and the snapshots API
+    // mounts, removes and reads out every layer.
+    let listener = crate::private::bind_socket(path, |p| {
+        let l = std::os::unix::net::UnixListener::bind(p)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })?;
+    let listener = UnixListener::from_std(listener)?;
     tonic::transport::Server::builder()
         .add_service(SnapshotsServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)

@@ -17,6 +17,11 @@ use super::remote::{
     IMAGE_LAYERS_LABELS, REF_LABEL, RemoteConfig, RemoteStats, Remotes, named_layer,
 };
 use crate::mount::sys;
+use crate::private;
+
+/// A snapshot's `fs` directory: the root of what containers see, so 0755 as
+/// containerd's overlayfs snapshotter makes it, inside a 0700 parent.
+const FS_MODE: u32 = 0o755;
 
 /// The most a label key and value may hold together (containerd's limit).
 const MAX_LABEL: usize = 4096;
@@ -60,8 +65,7 @@ pub struct Store {
 impl Store {
     /// Opens the store under `root` (metadata in `root/metadata.db`).
     pub fn open(root: &Path, remote: RemoteConfig, upper: UpperConfig) -> Result<Self> {
-        fs::create_dir_all(root.join("snapshots"))
-            .map_err(|e| Error::io(&format!("cannot create {}", root.display()), e))?;
+        tighten(root).map_err(|e| Error::io(&format!("cannot create {}", root.display()), e))?;
         let meta = Meta::open(&root.join("metadata.db"))?;
         Ok(Store {
             root: root.to_path_buf(),
@@ -81,7 +85,7 @@ impl Store {
             let Some(remote) = &rec.remote else { continue };
             let fs_dir = self.dir(rec.id).join("fs");
             claimed.insert(fs_dir.clone());
-            if let Err(e) = fs::create_dir_all(&fs_dir) {
+            if let Err(e) = layer_dir(&self.dir(rec.id)) {
                 tracing::error!("snapshot {key}: {}: {e}", fs_dir.display());
                 continue;
             }
@@ -194,12 +198,12 @@ impl Store {
     /// tmpfs of its own when asked.
     fn make_dir(&self, dir: &Path, tmpfs: bool) -> Result<()> {
         let io = |e| Error::io(&format!("cannot create {}", dir.display()), e);
-        fs::create_dir(dir).map_err(io)?;
+        private::new_dir(dir, private::DIR).map_err(io)?;
         if tmpfs {
             sys::tmpfs_sized(dir, self.upper.size).map_err(io)?;
         }
-        fs::create_dir(dir.join("fs")).map_err(io)?;
-        fs::create_dir(dir.join("work")).map_err(io)
+        private::new_dir(&dir.join("fs"), FS_MODE).map_err(io)?;
+        private::new_dir(&dir.join("work"), private::DIR).map_err(io)
     }
 
     /// Mounts the layer `remote` names and commits it under the `Prepare`'s
@@ -226,8 +230,7 @@ impl Store {
         };
         let dir = self.dir(id);
         let done = (|| {
-            fs::create_dir_all(dir.join("fs"))
-                .map_err(|e| Error::io("cannot create snapshot directory", e))?;
+            layer_dir(&dir).map_err(|e| Error::io("cannot create snapshot directory", e))?;
             self.prefetch_above(&remote, labels);
             let mode = self.remotes.mount(id, &mut remote, &dir.join("fs"))?;
             let now = SystemTime::now();
@@ -592,4 +595,33 @@ fn remove_tree(p: &Path) {
     {
         tracing::warn!("cannot remove {}: {e}", p.display());
     }
+}
+
+/// Makes the root, its `snapshots` directory and each snapshot directory
+/// root's alone, tightening what an older version made from the umask.
+fn tighten(root: &Path) -> std::io::Result<()> {
+    private::dir(root)?;
+    let snapshots = root.join("snapshots");
+    private::dir(&snapshots)?;
+    for e in fs::read_dir(&snapshots)? {
+        let p = e?.path();
+        if p.is_dir() {
+            private::set_mode(&p, private::DIR)?;
+        }
+    }
+    Ok(())
+}
+
+/// A remote layer's snapshot directory (0700) and its `fs` mount point
+/// (0755), made or put right.
+fn layer_dir(dir: &Path) -> std::io::Result<()> {
+    private::dir(dir)?;
+    let fs_dir = dir.join("fs");
+    // A layer mount there (live, or kept for takeover while no daemon
+    // serves it) shows the layer's root: leave it alone, and do not stat
+    // into it.
+    if sys::is_layer_mount(&fs_dir) {
+        return Ok(());
+    }
+    private::dir_mode(&fs_dir, FS_MODE)
 }

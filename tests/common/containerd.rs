@@ -38,12 +38,29 @@ impl Daemon {
 
     /// Starts `lazycrypt serve` with extra arguments.
     pub fn start_with(dir: &Path, args: &[String]) -> Daemon {
+        Self::start_with_umask(dir, args, None)
+    }
+
+    /// Starts `lazycrypt serve` with extra arguments and, when given, this
+    /// umask (what it creates must not depend on it).
+    pub fn start_with_umask(dir: &Path, args: &[String], umask: Option<u32>) -> Daemon {
         let root = dir.join("lz/root");
         let socket = dir.join("lz/lazycrypt.sock");
         let log = dir.join("lz/serve.log");
         std::fs::create_dir_all(dir.join("lz")).unwrap();
         let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(mask) = umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(["serve", "--root"])
             .arg(&root)
             .arg("--address")

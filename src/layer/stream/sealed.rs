@@ -28,7 +28,7 @@ pub struct Sealed {
 impl Sealed {
     /// Creates an empty sealed file in `dir`.
     pub fn create(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::private::dir(dir)?;
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
