@@ -117,8 +117,37 @@ fn tampered_ciphertext_names_the_layer_and_leaves_no_output() {
     bytes[n / 3] ^= 1;
     std::fs::write(&blob, &bytes).unwrap();
     let err = f.decrypt_fails(&[&f.key.private], "tampered");
+    // The manifest's digest catches it before the HMAC does.
+    assert!(err.contains(&format!("layer {layer} has digest")), "{err}");
+}
+
+/// A co-recipient of the key can make a layer whose HMAC is valid: the
+/// manifest's digest is what pins the content.
+#[test]
+fn a_blob_with_a_valid_hmac_but_another_digest_is_refused() {
+    use std::io::Read;
+    let f = fixture();
+    let layer = f.layer0();
+    let blob = blob_path(&split_layout(&f.enc).0, &layer);
+    let annotations: std::collections::HashMap<String, String> =
+        serde_json::from_value(layout_manifest(&f.enc)["layers"][0]["annotations"].clone())
+            .unwrap();
+    let opts = private_options(&annotations, &f.key.private);
+    let key = lazycrypt::crypto::cipher::LayerKey::from_options(&opts);
+    let mut plain = std::fs::read(&blob).unwrap();
+    key.apply_at(0, &mut plain);
+    let n = plain.len();
+    plain[n / 2] ^= 1;
+    let (mut r, result) = key.encrypt_reader(std::io::Cursor::new(plain), None);
+    let mut forged = Vec::new();
+    r.read_to_end(&mut forged).unwrap();
+    drop(r);
+    std::fs::write(&blob, &forged).unwrap();
+    let pubopts = result.public_options().unwrap().to_annotation();
+    f.set_annotation("org.opencontainers.image.enc.pubopts", &pubopts);
+    let err = f.decrypt_fails(&[&f.key.private], "forged");
     assert!(
-        err.contains(&format!("layer {layer}: HMAC mismatch")),
+        err.contains(&layer) && err.contains("digest") && !err.contains("HMAC"),
         "{err}"
     );
 }

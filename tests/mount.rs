@@ -582,6 +582,14 @@ fn tampered_chunks_fail_with_eio_while_other_files_keep_working() {
     std::io::Read::read_exact(&mut f, &mut head).unwrap();
     assert_eq!(head, big[..1 << 20]);
     drop(f);
+    // The source is mended: the bad copy was not kept in the ciphertext
+    // cache, so the next read fetches the chunk again and the file reads
+    // whole.
+    let mut mended = bytes.clone();
+    mended[mid] ^= 0x40;
+    std::fs::write(&blob, &mended).unwrap();
+    assert!(std::fs::read(mnt.join("big.bin")).unwrap() == big);
+    std::fs::write(&blob, &bytes).unwrap();
     let (_, log) = m.umount();
     let line = log
         .lines()

@@ -31,14 +31,17 @@ pub struct DiskRange {
 }
 
 impl DiskRange {
-    /// Opens (or starts) the cache file of blob `digest` under `dir`.
+    /// Opens (or starts) the cache file of blob `digest` under `dir`. The
+    /// file is named by the digest *and* the size the descriptor claims: a
+    /// descriptor that lies about the size of another image's blob gets a
+    /// file of its own, and cannot truncate or reset one in use.
     pub fn open(dir: &Path, digest: &Digest, inner: Arc<dyn RangeSource>) -> io::Result<Self> {
         let dir = dir.join(digest.algorithm().as_ref());
         crate::private::dir(&dir)?;
-        let base = dir.join(digest.digest());
+        let size = inner.size();
+        let base = dir.join(format!("{}-{size}", digest.digest()));
         let data_path = base.with_extension("data");
         let map_path = base.with_extension("map");
-        let size = inner.size();
         let rw = || {
             let mut o = OpenOptions::new();
             o.read(true).write(true).create(true).truncate(false);
@@ -237,6 +240,20 @@ impl RangeSource for DiskRange {
     fn fetched(&self) -> u64 {
         self.inner.fetched()
     }
+
+    fn forget_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= end {
+            return Ok(());
+        }
+        let (from, to) = (offset / BLOCK, end.div_ceil(BLOCK));
+        let mut p = lock(&self.present);
+        for b in from..to {
+            p[(b / 8) as usize] &= !(1 << (b % 8));
+        }
+        let (a, b) = ((from / 8) as usize, (to - 1) as usize / 8 + 1);
+        self.map.write_all_at(&p[a..b], a as u64)
+    }
 }
 
 /// A whole-blob stream being stored as it is read.
@@ -302,6 +319,50 @@ mod tests {
         let mut back = Vec::new();
         c.local().unwrap().read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    /// A descriptor that lies about another blob's size gets a file of its
+    /// own: the live one is neither truncated nor reset.
+    #[test]
+    fn a_lying_size_cannot_truncate_or_reset_a_live_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13) as u8).collect();
+        let d = crate::oci::digest::of(&data);
+        let src = Arc::new(MemoryRange::new(data.clone()));
+        let live = Arc::new(DiskRange::open(dir.path(), &d, src.clone()).unwrap());
+        let mut all = Vec::new();
+        DiskRange::filling(&live, &data[..])
+            .read_to_end(&mut all)
+            .unwrap();
+        live.mark_complete().unwrap();
+        let liar = Arc::new(MemoryRange::new(data[..10].to_vec()));
+        let other = DiskRange::open(dir.path(), &d, liar).unwrap();
+        assert_eq!(other.size(), 10);
+        assert!(!other.is_complete());
+        assert!(live.is_complete());
+        assert_eq!(live.read_range(90_000, 10).unwrap(), data[90_000..90_010]);
+        drop((live, other));
+        let again = DiskRange::open(dir.path(), &d, src.clone()).unwrap();
+        assert!(again.is_complete(), "the map survived the liar");
+        assert_eq!(again.read_range(0, 100_000).unwrap(), data);
+    }
+
+    /// A range that failed its check is fetched again, not served from disk.
+    #[test]
+    fn a_forgotten_range_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 3) as u8).collect();
+        let d = crate::oci::digest::of(&data);
+        let src = Arc::new(MemoryRange::new(data.clone()));
+        let c = DiskRange::open(dir.path(), &d, src.clone()).unwrap();
+        c.read_range(0, 100_000).unwrap();
+        let before = src.fetched();
+        c.read_range(BLOCK + 5, 10).unwrap();
+        assert_eq!(src.fetched(), before);
+        c.forget_range(BLOCK + 5, 10).unwrap();
+        assert!(!c.has(BLOCK, 1) && c.has(0, BLOCK) && c.has(2 * BLOCK, BLOCK));
+        c.read_range(BLOCK + 5, 10).unwrap();
+        assert_eq!(src.fetched(), before + BLOCK);
     }
 
     /// A source whose first read waits until the test lets it go.

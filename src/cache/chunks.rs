@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::{io, thread};
 
 use lru::LruCache;
-use zeroize::Zeroizing;
 
 use super::flight::SingleFlight;
 use crate::layer::index::Layer;
+use crate::layer::verified::Verified;
 use crate::sync::lock;
 
 /// One verified plaintext chunk, shared by readers.
-pub type Chunk = Arc<Zeroizing<Vec<u8>>>;
+pub type Chunk = Arc<Verified>;
 
 type Key = (u64, u32);
 /// A read-ahead request: a chunk of a layer.
@@ -280,18 +280,23 @@ fn read_ahead_worker(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
 mod tests {
     use std::sync::atomic::AtomicU32;
 
+    use zeroize::Zeroizing;
+
     use super::*;
     use crate::layer::index::ChunkSource;
+    use crate::layer::verified::Sha256Digest;
 
     struct Counting(AtomicU32);
 
     impl ChunkSource for Counting {
-        fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
+        fn load(&self, chunk: u32) -> io::Result<Verified> {
             self.0.fetch_add(1, Ordering::SeqCst);
             if chunk == 9 {
                 return Err(io::Error::other("layer L: chunk 9 is bad"));
             }
-            Ok(Zeroizing::new(vec![chunk as u8; 1000]))
+            let data = Zeroizing::new(vec![chunk as u8; 1000]);
+            let digest = Sha256Digest(<sha2::Sha256 as sha2::Digest>::digest(&data[..]).into());
+            Ok(Verified::check(data, &digest).expect("its own digest"))
         }
         fn fetched(&self) -> u64 {
             0

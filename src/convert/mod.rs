@@ -285,7 +285,9 @@ pub fn decrypt(
         let annotations = d.annotations().clone().unwrap_or_default();
         let (opts, pubopts) = layer_keys(&annotations, ring, &layer)?;
         let key = LayerKey::from_options(&opts);
-        let mut plain = key.decrypt_reader(ctx.open()?, &pubopts.hmac, None, &layer);
+        // The HMAC alone does not pin the content: every recipient holds its
+        // key. The manifest's digest does.
+        let mut plain = key.decrypt_reader(verified_source(ctx)?, &pubopts.hmac, None, &layer);
         let (got, size) = ctx.dst.put_blob(&mut plain, &media::decrypted(&mt))?;
         drop(plain);
         note_digest(&layer, got.as_ref(), &opts.digest);

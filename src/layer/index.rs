@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use zeroize::Zeroizing;
 
 use super::estargz::toc::TocEntry;
+use super::verified::Verified;
 
 /// Part of a regular file that lies in one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +35,9 @@ pub struct Node {
 /// digest. Blocking: called from FUSE and read-ahead threads, never from
 /// async code.
 pub trait ChunkSource: Send + Sync {
-    /// The chunk's plaintext, exactly as long as its extents need.
-    fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>>;
+    /// The chunk's plaintext, exactly as long as its extents need, checked
+    /// against the digest an anchor vouches for.
+    fn load(&self, chunk: u32) -> io::Result<Verified>;
     /// Bytes fetched from the blob's source so far.
     fn fetched(&self) -> u64;
     /// Brings the blob ranges the image marks for prefetch (eStargz
@@ -161,7 +163,7 @@ impl Layer {
     }
 
     /// Loads one chunk, uncached.
-    pub fn load_chunk(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
+    pub fn load_chunk(&self, chunk: u32) -> io::Result<Verified> {
         self.chunks.load(chunk)
     }
 

@@ -7,3 +7,4 @@ pub mod index;
 pub mod source;
 pub mod stream;
 pub mod tarmeta;
+pub mod verified;

@@ -33,6 +33,12 @@ pub trait RangeSource: Send + Sync {
     }
     /// Bytes fetched from the underlying source so far.
     fn fetched(&self) -> u64;
+    /// Drops a range from a local cache: bytes read from it failed their
+    /// check, so the next read must fetch them again rather than fail
+    /// forever on a bad copy.
+    fn forget_range(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The end of `[offset, offset + len)` if it lies within `size` bytes.

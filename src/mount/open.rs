@@ -6,12 +6,15 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use zeroize::Zeroizing;
+
 use crate::cache::blobs::DiskRange;
 use crate::crypto::cipher::LayerKey;
 use crate::crypto::envelope::layer_keys;
 use crate::crypto::recipient::KeyRing;
 use crate::layer::estargz::TOC_DIGEST_ANNOTATION;
 use crate::layer::estargz::lazy::{self, Anchor};
+use crate::layer::estargz::reader::toc_json;
 use crate::layer::index::Layer;
 use crate::layer::source::{BlobRange, RangeSource};
 use crate::layer::stream::{self, Compression, Plain};
@@ -107,8 +110,8 @@ pub fn open_layer(
             Some(a) => (Anchor::Toc(a), Mode::Lazy),
             None if opts.allow_unverified_lazy => (Anchor::Unverified, Mode::Unverified),
             None => {
-                verify_whole(&disk, whole()?)?;
-                (Anchor::VerifiedBlob, Mode::VerifiedEstargz)
+                let toc = verify_whole_keeping_toc(&disk, whole()?, key.as_ref(), &what)?;
+                (Anchor::Toc(toc), Mode::VerifiedEstargz)
             }
         };
         let layer = lazy::open(disk, key, &anchor, &what)?;
@@ -130,15 +133,44 @@ pub fn open_layer(
     Ok((layer, Mode::Indexed))
 }
 
-/// Reads a whole blob through its verifiers; keeps it cached only if it passed.
-fn verify_whole(disk: &DiskRange, mut r: Box<dyn Read + Send>) -> io::Result<()> {
-    match io::copy(&mut r, &mut io::sink()) {
-        Ok(_) => disk.mark_complete(),
-        Err(e) => {
-            disk.forget()?;
-            Err(e)
+/// Reads a whole eStargz blob through its verifiers (`r` yields plaintext
+/// and fails unless digest and HMAC match), keeps it cached only if it
+/// passed, and returns the digest of the TOC JSON *as the verified stream
+/// carried it*: the TOC is later read back from the cache file, which
+/// another image's fetches of the same blob may write, so it is anchored to
+/// what was verified, not trusted as it lies on disk.
+fn verify_whole_keeping_toc(
+    disk: &DiskRange,
+    mut r: Box<dyn Read + Send>,
+    key: Option<&LayerKey>,
+    what: &str,
+) -> io::Result<String> {
+    // Which bytes of the stream to keep; the footer on disk is only a guess
+    // here, and a wrong guess keeps bytes that fail to parse as a TOC.
+    let (toc_at, footer_at) = lazy::toc_range(disk, key, what)?;
+    let mut toc = Zeroizing::new(Vec::with_capacity((footer_at - toc_at) as usize));
+    let mut buf = Zeroizing::new(vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    let read = (|| loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let (lo, hi) = (at.max(toc_at), (at + n as u64).min(footer_at));
+        if lo < hi {
+            toc.extend_from_slice(&buf[(lo - at) as usize..(hi - at) as usize]);
         }
+        at += n as u64;
+    })();
+    if let Err(e) = read {
+        disk.forget()?;
+        return Err(e);
     }
+    disk.mark_complete()?;
+    let (_, digest) = toc_json(&toc).map_err(|e| bad(what, e.to_string()))?;
+    Ok(digest.to_string())
 }
 
 fn bad(what: &str, msg: String) -> io::Error {

@@ -10,22 +10,20 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::footer::FOOTER_SIZE;
-use super::reader::{MAX_TOC, inflate_chunk, parse_toc_member, toc_offset};
+use super::reader::{MAX_TOC, inflate_chunk, parse_toc, toc_json, toc_offset};
 use super::toc::Toc;
 use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME};
 use crate::crypto::cipher::LayerKey;
 use crate::layer::index::{ChunkSource, Extent, Layer, MAX_CHUNK, Node, bad};
 use crate::layer::source::{RangeReader, RangeSource};
+use crate::layer::verified::{Sha256Digest, Verified};
 
 /// What vouches for the TOC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Anchor {
     /// The TOC JSON must have this `sha256:` digest (from the private
-    /// options or a TOC-digest annotation).
+    /// options, a TOC-digest annotation, or the TOC of a blob verified whole).
     Toc(String),
-    /// The caller has verified the whole blob against its digest (and HMAC),
-    /// so the TOC in it is as trusted as the manifest.
-    VerifiedBlob,
     /// Nothing vouches for the TOC; the operator asked to serve it anyway.
     Unverified,
 }
@@ -35,7 +33,7 @@ struct ChunkInfo {
     offset: u64,
     end: u64,
     len: u64,
-    digest: String,
+    digest: Sha256Digest,
     toc_entry: usize,
 }
 
@@ -134,6 +132,8 @@ pub fn open(
                 format!("TOC entry {i} has a chunk larger than {MAX_CHUNK} bytes"),
             ));
         }
+        let digest = Sha256Digest::parse(&e.chunk_digest)
+            .ok_or_else(|| bad(what, format!("TOC entry {i} has no valid chunk digest")))?;
         owner.extents.push(Extent {
             file_offset: e.chunk_offset,
             chunk: chunks.len() as u32,
@@ -144,7 +144,7 @@ pub fn open(
             offset: e.offset,
             end,
             len,
-            digest: e.chunk_digest,
+            digest,
             toc_entry: i,
         });
     }
@@ -160,13 +160,12 @@ pub fn open(
     Layer::new(what, nodes, Box::new(source), count)
 }
 
-/// Fetches and checks the footer and TOC; returns the TOC and its offset.
-fn read_toc(
+/// Where the TOC member lies, by the footer: `(toc offset, footer offset)`.
+pub fn toc_range(
     src: &dyn RangeSource,
     key: Option<&LayerKey>,
-    anchor: &Anchor,
     what: &str,
-) -> io::Result<(Toc, u64)> {
+) -> io::Result<(u64, u64)> {
     let size = src.size();
     if size < FOOTER_SIZE as u64 {
         return Err(bad(
@@ -186,19 +185,41 @@ fn read_toc(
             format!("footer points at TOC offset {toc_at}, outside the blob"),
         ));
     }
+    Ok((toc_at, footer_at))
+}
+
+/// Fetches and checks the footer and TOC; returns the TOC and its offset.
+fn read_toc(
+    src: &dyn RangeSource,
+    key: Option<&LayerKey>,
+    anchor: &Anchor,
+    what: &str,
+) -> io::Result<(Toc, u64)> {
+    let (toc_at, footer_at) = toc_range(src, key, what)?;
     let mut member = Zeroizing::new(src.read_range(toc_at, footer_at - toc_at)?);
     if let Some(k) = key {
         k.apply_at(toc_at, &mut member);
     }
-    let (toc, digest) = parse_toc_member(&member).map_err(|e| bad(what, e.to_string()))?;
-    if let Anchor::Toc(want) = anchor
-        && !digest.eq_ignore_ascii_case(want)
-    {
-        return Err(bad(
-            what,
-            format!("TOC digest {digest} does not match its anchor {want}"),
-        ));
-    }
+    let (json, digest) = toc_json(&member).map_err(|e| bad(what, e.to_string()))?;
+    drop(member);
+    // Checked before a byte of it is parsed: a TOC no anchor vouches for
+    // never reaches the JSON parser.
+    let json = match anchor {
+        Anchor::Toc(want) => {
+            let want_digest = Sha256Digest::parse(&want.to_ascii_lowercase())
+                .ok_or_else(|| bad(what, format!("TOC anchor {want:?} is not a sha256 digest")))?;
+            Verified::check(json, &want_digest).map_err(|m| {
+                bad(
+                    what,
+                    format!("TOC digest {} does not match its anchor {want}", m.got),
+                )
+            })?
+        }
+        Anchor::Unverified => {
+            Verified::check(json, &digest).map_err(|_| bad(what, "TOC changed".into()))?
+        }
+    };
+    let toc = parse_toc(&json).map_err(|e| bad(what, e.to_string()))?;
     Ok((toc, toc_at))
 }
 
@@ -230,7 +251,7 @@ impl EstargzChunks {
 }
 
 impl ChunkSource for EstargzChunks {
-    fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
+    fn load(&self, chunk: u32) -> io::Result<Verified> {
         let c = self
             .chunks
             .get(chunk as usize)
@@ -239,6 +260,11 @@ impl ChunkSource for EstargzChunks {
         self.src.prepare(c.offset, c.end - c.offset)?;
         let member = RangeReader::new(&*self.src, self.key.as_ref(), c.offset, c.end);
         inflate_chunk(member, c.len, &c.digest).map_err(|err| {
+            // A bad copy in the ciphertext cache must not fail every later
+            // read: the next one fetches the member again.
+            if let Err(e) = self.src.forget_range(c.offset, c.end - c.offset) {
+                tracing::warn!("layer {}: forgetting a bad chunk: {e}", self.what);
+            }
             bad(
                 &self.what,
                 format!(
@@ -371,6 +397,43 @@ mod tests {
         );
     }
 
+    /// A TOC that its anchor does not vouch for is refused before a byte of
+    /// it is parsed: here JSON that would fail to parse fails the anchor.
+    #[test]
+    fn a_toc_is_checked_against_its_anchor_before_it_is_parsed() {
+        let json = b"{ this is no JSON, and would cost the parser if it were huge";
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(json.len() as u64);
+        tar.append_data(&mut h, super::super::TOC_NAME, &json[..])
+            .unwrap();
+        let mut blob = Vec::new();
+        let mut gz = flate2::write::GzEncoder::new(&mut blob, flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+        gz.finish().unwrap();
+        blob.extend_from_slice(&super::super::footer::encode(0));
+        let open_with = |anchor: String| {
+            open(
+                Arc::new(MemoryRange::new(blob.clone())),
+                None,
+                &Anchor::Toc(anchor),
+                "L",
+            )
+            .err()
+            .unwrap()
+            .to_string()
+        };
+        let other = format!("sha256:{}", "ab".repeat(32));
+        let e = open_with(other);
+        assert!(e.contains("does not match its anchor"), "{e}");
+        let own = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(json))
+        );
+        let e = open_with(own);
+        assert!(e.contains("TOC is not valid"), "{e}");
+    }
+
     #[test]
     fn wrong_anchor_tampered_chunk_and_wrong_key_are_refused() {
         let big = noise(3 << 20);
@@ -379,12 +442,21 @@ mod tests {
         let e = open(
             Arc::new(MemoryRange::new(ct.clone())),
             k(),
-            &Anchor::Toc("sha256:00".into()),
+            &Anchor::Toc(format!("sha256:{}", "00".repeat(32))),
             "L",
         )
         .err()
         .unwrap();
         assert!(e.to_string().contains("does not match its anchor"), "{e}");
+        let e = open(
+            Arc::new(MemoryRange::new(ct.clone())),
+            k(),
+            &Anchor::Toc("sha256:00".into()),
+            "L",
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("is not a sha256 digest"), "{e}");
         let e = open(
             Arc::new(MemoryRange::new(ct.clone())),
             Some(LayerKey::generate()),

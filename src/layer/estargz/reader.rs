@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use super::toc::Toc;
 use super::{TOC_NAME, footer};
 use crate::layer::index::chunk_buffer;
+use crate::layer::verified::{Hashing, Sha256Digest, Verified};
 
 /// Bytes inflated between digest updates.
 const PIECE: usize = 64 << 10;
@@ -26,34 +27,57 @@ pub fn toc_offset(footer_bytes: &[u8]) -> io::Result<u64> {
     footer::decode(footer_bytes).map_err(bad)
 }
 
-/// Parses the TOC member (from the TOC offset up to the footer); returns the
-/// TOC and the `sha256:` digest of its JSON.
-pub fn parse_toc_member(member: &[u8]) -> io::Result<(Toc, String)> {
+/// The TOC JSON of a TOC member (from the TOC offset up to the footer),
+/// unparsed, and its `sha256:` digest: what an anchor is compared with
+/// before a byte of it is parsed.
+pub fn toc_json(member: &[u8]) -> io::Result<(Zeroizing<Vec<u8>>, Sha256Digest)> {
     let mut gz = flate2::read::GzDecoder::new(member);
     let mut header = [0u8; 512];
     gz.read_exact(&mut header)
         .map_err(|e| bad(format!("TOC tar header: {e}")))?;
     let h = tar::Header::from_byte_slice(&header);
-    let name = String::from_utf8_lossy(&h.path_bytes()).into_owned();
-    if crate::layer::tarmeta::clean(&name) != TOC_NAME {
-        return Err(bad(format!("last entry is {name:?}, not {TOC_NAME}")));
+    // The entry's name is decrypted data: compared, never printed.
+    if crate::layer::tarmeta::clean(&String::from_utf8_lossy(&h.path_bytes())) != TOC_NAME {
+        return Err(bad(format!("the last entry is not {TOC_NAME}")));
     }
     let size = h.entry_size()?;
     if size > MAX_TOC {
         return Err(bad(format!("TOC of {size} bytes is too large")));
     }
-    let mut json = Vec::with_capacity(size as usize);
+    let mut json = Zeroizing::new(Vec::with_capacity(size as usize));
     (&mut gz).take(size).read_to_end(&mut json)?;
     if json.len() as u64 != size {
         return Err(bad("TOC is truncated".into()));
     }
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&json)));
-    let toc: Toc =
-        serde_json::from_slice(&json).map_err(|e| bad(format!("TOC is not valid JSON: {e}")))?;
+    let digest = Sha256Digest(Sha256::digest(&json[..]).into());
+    Ok((json, digest))
+}
+
+/// Parses TOC JSON that matched its anchor. Errors give the JSON position,
+/// never the values there (file names are plaintext).
+pub fn parse_toc(json: &Verified) -> io::Result<Toc> {
+    let toc: Toc = serde_json::from_slice(json.bytes()).map_err(|e| {
+        bad(format!(
+            "TOC is not valid ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     if toc.version != 1 {
         return Err(bad(format!("TOC version {} (want 1)", toc.version)));
     }
-    Ok((toc, digest))
+    Ok(toc)
+}
+
+/// Parses a TOC member whose bytes are trusted without an anchor (our own
+/// converter's output, tools, tests); returns the TOC and its JSON digest.
+/// Never for bytes from a registry: those go through [`toc_json`], an
+/// anchor check, then [`parse_toc`].
+pub fn parse_toc_member(member: &[u8]) -> io::Result<(Toc, String)> {
+    let (json, digest) = toc_json(member)?;
+    let json = Verified::check(json, &digest).map_err(|_| bad("TOC changed".into()))?;
+    Ok((parse_toc(&json)?, digest.to_string()))
 }
 
 /// Reads past a gzip member header (RFC 1952, section 2.3).
@@ -84,38 +108,36 @@ fn skip_gzip_header<R: BufRead>(r: &mut R) -> io::Result<()> {
     Ok(())
 }
 
-/// Inflates `len` bytes from a chunk's gzip member and checks its digest.
+/// Inflates `len` bytes from a chunk's gzip member; they are served only if
+/// they match `chunk_digest`.
 pub fn inflate_chunk<R: BufRead>(
     member: R,
     len: u64,
-    chunk_digest: &str,
-) -> io::Result<Zeroizing<Vec<u8>>> {
+    chunk_digest: &Sha256Digest,
+) -> io::Result<Verified> {
     let len = usize::try_from(len).map_err(|_| bad(format!("chunk of {len} bytes")))?;
     // Zeroizing from the start: a chunk that fails its check is plaintext too.
-    let mut out = chunk_buffer(len);
+    let mut out = Hashing::from(chunk_buffer(len));
     let mut member = member;
     skip_gzip_header(&mut member)?;
     // Raw inflate: the gzip CRC would be a second checksum pass over data
-    // the SHA-256 below already vouches for.
+    // the SHA-256 vouches for.
     let mut gz = flate2::bufread::DeflateDecoder::new(member);
-    let mut hasher = Sha256::new();
-    let mut at = 0;
-    // Hash each piece while it is still in the core's cache.
-    while at < len {
-        let n = gz.read(&mut out[at..len.min(at + PIECE)])?;
-        if n == 0 {
-            return Err(bad(format!("chunk is short: {at} of {len} bytes")));
+    // Each piece is hashed while it is still in the core's cache.
+    while out.filled() < len {
+        if out.fill(PIECE, |piece| gz.read(piece))? == 0 {
+            return Err(bad(format!(
+                "chunk is short: {} of {len} bytes",
+                out.filled()
+            )));
         }
-        hasher.update(&out[at..at + n]);
-        at += n;
     }
-    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-    if got != chunk_digest {
-        return Err(bad(format!(
-            "chunk digest {got} does not match the TOC's {chunk_digest}"
-        )));
-    }
-    Ok(out)
+    out.finish(chunk_digest).map_err(|m| {
+        bad(format!(
+            "chunk digest {} does not match the TOC's {chunk_digest}",
+            m.got
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -133,7 +155,7 @@ mod tests {
     #[test]
     fn chunks_inflate_past_any_optional_gzip_header_fields() {
         let data = b"some chunk bytes ".repeat(10_000);
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let digest = Sha256Digest(Sha256::digest(&data).into());
         let len = data.len() as u64;
         for b in [
             flate2::GzBuilder::new(),
@@ -143,7 +165,10 @@ mod tests {
                 .extra(vec![1, 2, 3]),
         ] {
             let m = member(b, &data);
-            assert_eq!(&inflate_chunk(&m[..], len, &digest).unwrap()[..], &data[..]);
+            assert_eq!(
+                inflate_chunk(&m[..], len, &digest).unwrap().bytes(),
+                &data[..]
+            );
         }
         let m = member(flate2::GzBuilder::new(), &data);
         let e = inflate_chunk(&m[..], len + 1, &digest).unwrap_err();
@@ -154,5 +179,26 @@ mod tests {
         let mid = evil.len() / 2;
         evil[mid] ^= 1;
         assert!(inflate_chunk(&evil[..], len, &digest).is_err());
+    }
+
+    /// A TOC whose values are wrong is refused by position: a file name in
+    /// it is plaintext and must not reach the error.
+    #[test]
+    fn toc_errors_name_no_value() {
+        let json = br#"{"version":1,"entries":[{"name":"secret-name","type":7}]}"#;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(json.len() as u64);
+        tar.append_data(&mut h, TOC_NAME, &json[..]).unwrap();
+        let m = member(flate2::GzBuilder::new(), &tar.into_inner().unwrap());
+        let e = parse_toc_member(&m).unwrap_err().to_string();
+        assert!(e.contains("line 1 column") && !e.contains("secret"), "{e}");
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        tar.append_data(&mut h, "secret-entry", &b"x"[..]).unwrap();
+        let m = member(flate2::GzBuilder::new(), &tar.into_inner().unwrap());
+        let e = parse_toc_member(&m).unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
     }
 }

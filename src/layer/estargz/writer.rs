@@ -413,6 +413,10 @@ mod tests {
         (b.into_inner().unwrap(), big)
     }
 
+    fn sha(s: &str) -> crate::layer::verified::Sha256Digest {
+        crate::layer::verified::Sha256Digest::parse(s).expect("a chunk digest")
+    }
+
     #[test]
     fn converted_blob_is_a_tar_gz_with_the_same_entries_and_a_verifiable_toc() {
         let (tar_bytes, big) = sample_tar();
@@ -494,7 +498,8 @@ mod tests {
                 ch.chunk_size
             };
             rebuilt.extend_from_slice(
-                &reader::inflate_chunk(&blob[ch.offset as usize..], len, &ch.chunk_digest).unwrap(),
+                &reader::inflate_chunk(&blob[ch.offset as usize..], len, &sha(&ch.chunk_digest))
+                    .unwrap(),
             );
         }
         assert_eq!(rebuilt, big);
@@ -516,7 +521,7 @@ mod tests {
             reader::inflate_chunk(
                 &evil[chunks[1].offset as usize..],
                 4096,
-                &chunks[1].chunk_digest
+                &sha(&chunks[1].chunk_digest)
             )
             .is_err()
         );

@@ -15,13 +15,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 use self::gzip::{GzReader, State};
 use self::sealed::{Sealed, Tee};
 use super::index::{ChunkSource, Layer, Node, bad, chunk_buffer, stream_extents};
 use super::source::{RangeReader, RangeSource};
 use super::tarmeta::{Pending, is_extension};
+use super::verified::{Hashing, Sha256Digest, Verified};
 use crate::crypto::cipher::LayerKey;
 
 /// Uncompressed bytes per chunk.
@@ -225,16 +225,15 @@ struct StreamChunks {
 /// Fills `out` a piece at a time with `fill(offset in out, piece)`, hashing
 /// each piece once it is filled.
 fn fill_hashed(
-    out: &mut [u8],
+    out: &mut Hashing,
     mut fill: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
-) -> io::Result<[u8; 32]> {
+) -> io::Result<()> {
     const PIECE: usize = 64 << 10;
-    let mut hasher = Sha256::new();
-    for (i, piece) in out.chunks_mut(PIECE).enumerate() {
-        fill((i * PIECE) as u64, piece)?;
-        hasher.update(&*piece);
+    while out.filled() < out.len() {
+        let at = out.filled() as u64;
+        out.fill(PIECE, |piece| fill(at, piece).map(|()| piece.len()))?;
     }
-    Ok(hasher.finalize().into())
+    Ok(())
 }
 
 /// A layer served from its index and a local copy of its blob.
@@ -260,7 +259,7 @@ impl ChunkSource for StreamChunks {
         states + self.digests.len() as u64 * 32
     }
 
-    fn load(&self, chunk: u32) -> io::Result<Zeroizing<Vec<u8>>> {
+    fn load(&self, chunk: u32) -> io::Result<Verified> {
         let k = chunk as usize;
         let want = self
             .digests
@@ -268,7 +267,7 @@ impl ChunkSource for StreamChunks {
             .ok_or_else(|| bad(&self.what, format!("no chunk {chunk}")))?;
         let start = u64::from(chunk) * CHUNK;
         let len = CHUNK.min(self.total - start);
-        let mut out = chunk_buffer(len as usize);
+        let mut out = Hashing::from(chunk_buffer(len as usize));
         let at_blob = |e: io::Error, from: u64| {
             bad(
                 &self.what,
@@ -277,7 +276,7 @@ impl ChunkSource for StreamChunks {
         };
         // Each piece is hashed right after it is produced, while it is
         // still in the core's cache.
-        let got = match &self.stored {
+        match &self.stored {
             Stored::Sealed(sealed) => {
                 fill_hashed(&mut out, |at, piece| sealed.read_into(start + at, piece))
                     .map_err(|e| bad(&self.what, format!("chunk {chunk}: {e}")))?
@@ -295,16 +294,34 @@ impl ChunkSource for StreamChunks {
                 fill_hashed(&mut out, |_, piece| gz.read_exact(piece))
                     .map_err(|e| at_blob(e, from))?
             }
-        };
-        if got != *want {
-            return Err(bad(
+        }
+        out.finish(&Sha256Digest(*want)).map_err(|_| {
+            // The copy on this node is bad (the blob was verified when it
+            // was indexed): drop the chunk's blob range from the ciphertext
+            // cache, so the next read fetches it again.
+            let range = match &self.stored {
+                Stored::Sealed(_) => None,
+                Stored::Tar => Some((start, len)),
+                Stored::Gzip(states) => {
+                    let from = states[k].in_pos;
+                    let to = states
+                        .get(k + 1)
+                        .map_or(self.plain.src.size(), |s| s.in_pos);
+                    Some((from, to.saturating_sub(from)))
+                }
+            };
+            if let Some((at, n)) = range
+                && let Err(e) = self.plain.src.forget_range(at, n)
+            {
+                tracing::warn!("layer {}: forgetting a bad chunk: {e}", self.what);
+            }
+            bad(
                 &self.what,
                 format!(
                     "chunk {chunk} does not match the digest recorded when the blob was verified"
                 ),
-            ));
-        }
-        Ok(out)
+            )
+        })
     }
 
     fn fetched(&self) -> u64 {
