@@ -169,12 +169,10 @@ pub fn unwrap(jwe: &[u8], keys: &[&PrivateKey]) -> Result<Option<Zeroizing<Vec<u
 
     let mut recipients: Vec<(Map<String, Value>, Value)> = Vec::new();
     match v.get("recipients") {
+        // The general form: a top-level "header" or "encrypted_key" is no
+        // member of it and is ignored (go-jose repeats the first recipient's
+        // encrypted_key there), so no header member can come from it.
         Some(Value::Array(list)) => {
-            if v.get("header").is_some() || v.get("encrypted_key").is_some() {
-                return Err(bad(
-                    "both \"recipients\" and a top-level \"header\" or \"encrypted_key\"".into(),
-                ));
-            }
             for r in list {
                 recipients.push((object(r, "header")?, r["encrypted_key"].clone()));
             }
@@ -542,17 +540,15 @@ mod tests {
             assert_eq!(e.to_string(), want);
         }
 
-        // The general form's recipients exclude a top-level header.
-        let (_, rpk) = rsa();
+        // The general form takes no header member from a top-level "header"
+        // (go-jose also repeats the first encrypted_key at the top level).
+        let (rsk, rpk) = rsa();
         let mut general: Value =
             serde_json::from_slice(&wrap(&[rpk.clone(), rpk], msg).unwrap()).unwrap();
-        general["header"] = alg();
-        let e = unwrap(&serde_json::to_vec(&general).unwrap(), &[&sk]).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("both \"recipients\" and a top-level"),
-            "{e}"
-        );
+        general["header"] = json!({"alg": "RSA-OAEP-256", "enc": "A128GCM"});
+        general["encrypted_key"] = general["recipients"][0]["encrypted_key"].clone();
+        let jwe = serde_json::to_vec(&general).unwrap();
+        assert_eq!(unwrap(&jwe, &[&rsk]).unwrap().unwrap().as_slice(), msg);
     }
 
     #[test]
