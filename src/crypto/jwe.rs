@@ -147,8 +147,13 @@ fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8], len: usize) -> Zeroiz
 }
 
 /// Unwraps a JWE with the first key that fits. `Ok(None)`: no key fits.
+///
+/// Header members come from three places (RFC 7516 §7.2.1): the protected
+/// header, the shared `unprotected` header and the recipient's `header`; their
+/// names must be disjoint, so no member, `alg` included, can be given twice.
+/// `enc` names the one content cipher all recipients share, so it is taken
+/// only from the protected or shared header, never from a recipient's.
 pub fn unwrap(jwe: &[u8], keys: &[&PrivateKey]) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
-    let bad = |why: String| Error::Malformed(format!("jwe: {why}"));
     let v: Value = serde_json::from_slice(jwe).map_err(|e| bad(format!("not JSON: {e}")))?;
     let protected_b64 = v["protected"].as_str().unwrap_or("");
     let protected: Map<String, Value> = if protected_b64.is_empty() {
@@ -159,23 +164,48 @@ pub fn unwrap(jwe: &[u8], keys: &[&PrivateKey]) -> Result<Option<Zeroizing<Vec<u
             .map_err(|e| bad(format!("protected header: {e}")))?;
         serde_json::from_slice(&raw).map_err(|e| bad(format!("protected header: {e}")))?
     };
-    let shared = v["unprotected"].as_object().cloned().unwrap_or_default();
+    let shared = object(&v, "unprotected")?;
+    disjoint(&protected, "protected", &shared, "shared unprotected")?;
 
     let mut recipients: Vec<(Map<String, Value>, Value)> = Vec::new();
-    match v["recipients"].as_array() {
-        Some(list) => {
+    match v.get("recipients") {
+        // The general form: a top-level "header" or "encrypted_key" is no
+        // member of it and is ignored (go-jose repeats the first recipient's
+        // encrypted_key there), so no header member can come from it.
+        Some(Value::Array(list)) => {
             for r in list {
-                recipients.push((
-                    r["header"].as_object().cloned().unwrap_or_default(),
-                    r["encrypted_key"].clone(),
-                ));
+                recipients.push((object(r, "header")?, r["encrypted_key"].clone()));
             }
         }
-        None => recipients.push((
-            v["header"].as_object().cloned().unwrap_or_default(),
-            v["encrypted_key"].clone(),
-        )),
+        Some(_) => return Err(bad("\"recipients\" is not an array".into())),
+        None => recipients.push((object(&v, "header")?, v["encrypted_key"].clone())),
     }
+    for (i, (rh, _)) in recipients.iter().enumerate() {
+        let at = |e: Error| match e {
+            Error::Malformed(m) => Error::Malformed(format!("{m} (recipient {i})")),
+            other => other,
+        };
+        disjoint(&protected, "protected", rh, "per-recipient").map_err(at)?;
+        disjoint(&shared, "shared unprotected", rh, "per-recipient").map_err(at)?;
+        if rh.contains_key("enc") {
+            return Err(at(bad(
+                "\"enc\" in a per-recipient header: it belongs in the protected or shared header"
+                    .into(),
+            )));
+        }
+    }
+    let enc = protected
+        .get("enc")
+        .or_else(|| shared.get("enc"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let cek_len = match enc.as_str() {
+        "A128GCM" => 16,
+        "A192GCM" => 24,
+        "A256GCM" => 32,
+        other => return Err(bad(format!("unsupported content encryption {other:?}"))),
+    };
 
     let field = |k: &str| -> Result<Vec<u8>, Error> {
         let s = v[k].as_str().ok_or_else(|| bad(format!("missing {k:?}")))?;
@@ -200,22 +230,11 @@ pub fn unwrap(jwe: &[u8], keys: &[&PrivateKey]) -> Result<Option<Zeroizing<Vec<u
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let enc = h
-            .get("enc")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
         let ek = match ek.as_str() {
             Some(s) => B64URL
                 .decode(s)
                 .map_err(|e| bad(format!("encrypted_key: {e}")))?,
             None => Vec::new(),
-        };
-        let cek_len = match enc.as_str() {
-            "A128GCM" => 16,
-            "A192GCM" => 24,
-            "A256GCM" => 32,
-            other => return Err(bad(format!("unsupported content encryption {other:?}"))),
         };
         for key in keys {
             let Some(cek) = unwrap_cek(&alg, &enc, cek_len, &h, &ek, key)? else {
@@ -237,7 +256,7 @@ pub fn unwrap(jwe: &[u8], keys: &[&PrivateKey]) -> Result<Option<Zeroizing<Vec<u
             };
             match res {
                 Ok(Ok(pt)) => return Ok(Some(Zeroizing::new(pt))),
-                // RSA-OAEP can "succeed" with a wrong key only by chance; try the next key.
+                // Not this key (or not a key that fits); try the next.
                 _ => continue,
             }
         }
@@ -245,7 +264,37 @@ pub fn unwrap(jwe: &[u8], keys: &[&PrivateKey]) -> Result<Option<Zeroizing<Vec<u
     Ok(None)
 }
 
-/// The content key for one recipient header, if `key` is its key.
+fn bad(why: String) -> Error {
+    Error::Malformed(format!("jwe: {why}"))
+}
+
+/// Member `k` of `v` as a header object; absent is empty.
+fn object(v: &Value, k: &str) -> Result<Map<String, Value>, Error> {
+    match v.get(k) {
+        None => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(_) => Err(bad(format!("{k:?} is not a JSON object"))),
+    }
+}
+
+/// RFC 7516 §7.2.1: a header member is given in one place only.
+fn disjoint(
+    a: &Map<String, Value>,
+    a_name: &str,
+    b: &Map<String, Value>,
+    b_name: &str,
+) -> Result<(), Error> {
+    match a.keys().find(|k| b.contains_key(*k)) {
+        Some(k) => Err(bad(format!(
+            "header member {k:?} is in both the {a_name} and the {b_name} header"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The content key for one recipient header, if `key` is its key. For RSA
+/// keys, a failed decryption gives a random key of the content cipher's
+/// length instead, so it fails at the content like any wrong key does.
 fn unwrap_cek(
     alg: &str,
     enc: &str,
@@ -255,14 +304,12 @@ fn unwrap_cek(
     key: &PrivateKey,
 ) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
     match (alg, key) {
-        ("RSA-OAEP", PrivateKey::Rsa(k)) => Ok(k
-            .decrypt(Oaep::new::<sha1::Sha1>(), ek)
-            .ok()
-            .map(Zeroizing::new)),
-        ("RSA-OAEP-256", PrivateKey::Rsa(k)) => Ok(k
-            .decrypt(Oaep::new::<Sha256>(), ek)
-            .ok()
-            .map(Zeroizing::new)),
+        ("RSA-OAEP", PrivateKey::Rsa(k)) => {
+            Ok(Some(rsa_oaep(k, Oaep::new::<sha1::Sha1>(), ek, cek_len)))
+        }
+        ("RSA-OAEP-256", PrivateKey::Rsa(k)) => {
+            Ok(Some(rsa_oaep(k, Oaep::new::<Sha256>(), ek, cek_len)))
+        }
         (a, PrivateKey::P256(k)) if a.starts_with("ECDH-ES") => {
             ecdh_unwrap::<p256::NistP256>(k, "P-256", a, enc, cek_len, h, ek)
         }
@@ -273,6 +320,17 @@ fn unwrap_cek(
             ecdh_unwrap::<p521::NistP521>(k, "P-521", a, enc, cek_len, h, ek)
         }
         _ => Ok(None),
+    }
+}
+
+/// Blinded RSA-OAEP decryption of the content key, or a random one of `len`
+/// bytes (drawn first either way) when it fails or has another length.
+fn rsa_oaep(k: &rsa::RsaPrivateKey, oaep: Oaep, ek: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
+    let mut fallback = Zeroizing::new(vec![0u8; len]);
+    OsRng.fill_bytes(&mut fallback);
+    match k.decrypt_blinded(&mut OsRng, oaep, ek).map(Zeroizing::new) {
+        Ok(cek) if cek.len() == len => cek,
+        _ => fallback,
     }
 }
 
@@ -291,7 +349,6 @@ where
         elliptic_curve::sec1::FromEncodedPoint<C> + elliptic_curve::sec1::ToEncodedPoint<C>,
     elliptic_curve::FieldBytesSize<C>: elliptic_curve::sec1::ModulusSize,
 {
-    let bad = |why: String| Error::Malformed(format!("jwe: {why}"));
     let epk = h
         .get("epk")
         .ok_or_else(|| bad(format!("{alg} without epk")))?;
@@ -387,6 +444,125 @@ mod tests {
 
         let (other, _) = rsa();
         assert!(unwrap(&both, &[&other]).unwrap().is_none());
+    }
+
+    /// A flattened RSA-OAEP/A256GCM JWE with its members placed as given.
+    fn flattened(
+        pk: &rsa::RsaPublicKey,
+        protected: Value,
+        unprotected: Option<Value>,
+        header: Option<Value>,
+        msg: &[u8],
+    ) -> Vec<u8> {
+        let cek = [9u8; 32];
+        let ek = pk
+            .encrypt(&mut OsRng, Oaep::new::<sha1::Sha1>(), &cek)
+            .unwrap();
+        let protected_b64 = B64URL.encode(serde_json::to_vec(&protected).unwrap());
+        let iv = [3u8; 12];
+        let sealed = Aes256Gcm::new((&cek).into())
+            .encrypt(
+                Nonce::from_slice(&iv),
+                Payload {
+                    msg,
+                    aad: protected_b64.as_bytes(),
+                },
+            )
+            .unwrap();
+        let (ct, tag) = sealed.split_at(sealed.len() - 16);
+        let mut out = json!({
+            "protected": protected_b64,
+            "encrypted_key": B64URL.encode(ek),
+            "iv": B64URL.encode(iv),
+            "ciphertext": B64URL.encode(ct),
+            "tag": B64URL.encode(tag),
+        });
+        if let Some(u) = unprotected {
+            out["unprotected"] = u;
+        }
+        if let Some(h) = header {
+            out["header"] = h;
+        }
+        serde_json::to_vec(&out).unwrap()
+    }
+
+    #[test]
+    fn header_members_come_from_one_place_only() {
+        let k = rsa::RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
+        let pk = k.to_public_key();
+        let sk = PrivateKey::Rsa(Box::new(k));
+        let msg = b"{}";
+        let alg = || json!({"alg": "RSA-OAEP"});
+        let enc = || json!({"enc": "A256GCM"});
+        let both = || json!({"alg": "RSA-OAEP", "enc": "A256GCM"});
+
+        // Where ocicrypt and RFC 7516 put them: accepted.
+        for (p, u, h) in [
+            (both(), None, None),
+            (enc(), None, Some(alg())),
+            (enc(), Some(alg()), None),
+            (json!({}), Some(enc()), Some(alg())),
+        ] {
+            let jwe = flattened(&pk, p, u, h, msg);
+            assert_eq!(unwrap(&jwe, &[&sk]).unwrap().unwrap().as_slice(), msg);
+        }
+
+        // Given twice, or enc per recipient: rejected, saying what.
+        for (p, u, h, want) in [
+            (
+                both(),
+                None,
+                Some(alg()),
+                "jwe: header member \"alg\" is in both the protected and the per-recipient header (recipient 0)",
+            ),
+            (
+                both(),
+                Some(enc()),
+                None,
+                "jwe: header member \"enc\" is in both the protected and the shared unprotected header",
+            ),
+            (
+                enc(),
+                Some(alg()),
+                Some(alg()),
+                "jwe: header member \"alg\" is in both the shared unprotected and the per-recipient header (recipient 0)",
+            ),
+            (
+                json!({}),
+                None,
+                Some(both()),
+                "jwe: \"enc\" in a per-recipient header: it belongs in the protected or shared header (recipient 0)",
+            ),
+        ] {
+            let jwe = flattened(&pk, p, u, h, msg);
+            let e = unwrap(&jwe, &[&sk]).unwrap_err();
+            assert!(matches!(e, Error::Malformed(_)), "{e}");
+            assert_eq!(e.to_string(), want);
+        }
+
+        // The general form takes no header member from a top-level "header"
+        // (go-jose also repeats the first encrypted_key at the top level).
+        let (rsk, rpk) = rsa();
+        let mut general: Value =
+            serde_json::from_slice(&wrap(&[rpk.clone(), rpk], msg).unwrap()).unwrap();
+        general["header"] = json!({"alg": "RSA-OAEP-256", "enc": "A128GCM"});
+        general["encrypted_key"] = general["recipients"][0]["encrypted_key"].clone();
+        let jwe = serde_json::to_vec(&general).unwrap();
+        assert_eq!(unwrap(&jwe, &[&rsk]).unwrap().unwrap().as_slice(), msg);
+    }
+
+    #[test]
+    fn tampered_rsa_oaep_key_fails_like_a_wrong_key() {
+        let (sk, pk) = rsa();
+        let one = wrap(std::slice::from_ref(&pk), b"{}").unwrap();
+        let mut v: Value = serde_json::from_slice(&one).unwrap();
+        let mut ek = B64URL.decode(v["encrypted_key"].as_str().unwrap()).unwrap();
+        ek[10] ^= 1;
+        v["encrypted_key"] = json!(B64URL.encode(&ek));
+        let tampered = serde_json::to_vec(&v).unwrap();
+        assert!(unwrap(&tampered, &[&sk]).unwrap().is_none());
+        let (other, _) = rsa();
+        assert!(unwrap(&one, &[&other]).unwrap().is_none());
     }
 
     #[test]

@@ -83,7 +83,15 @@ pub fn wrap(recipients: &[Certificate], plaintext: &[u8]) -> Result<Vec<u8>, Err
 }
 
 /// Decrypts with a (certificate, private key) pair naming one of the
-/// recipients. `Ok(None)`: no pair fits.
+/// recipients. `Ok(None)`: no pair opens it.
+///
+/// Whether a recipient's key transport failed (bad PKCS#1 padding, a key that
+/// is not the one it was wrapped to) or yielded a content key that does not
+/// open the content (wrong key, wrong length) is never told apart: a failed
+/// transport continues with a random key of the content cipher's length
+/// (implicit rejection), so every such pair goes through the same GCM step
+/// and ends the same way, `Ok(None)`. Telling them apart would be a
+/// Bleichenbacher padding oracle for whoever can feed us annotations.
 pub fn unwrap(
     der: &[u8],
     certs: &[&Certificate],
@@ -101,10 +109,11 @@ pub fn unwrap(
     env.next(INT, "version")?;
     let infos = env.next(SET, "recipientInfos")?;
     let eci = env.next(SEQ, "encryptedContentInfo")?;
+    // Parsed before any key is used, so its errors do not depend on the keys.
+    let content = Content::parse(eci.content)?;
 
-    let mut cek: Option<Zeroizing<Vec<u8>>> = None;
     let mut ri_list = Reader(infos.content);
-    'outer: while !ri_list.0.is_empty() {
+    while !ri_list.0.is_empty() {
         let ri = ri_list.next(SEQ, "RecipientInfo")?;
         let mut r = Reader(ri.content);
         r.next(INT, "RecipientInfo version")?;
@@ -121,57 +130,111 @@ pub fn unwrap(
                 if rk.n() != c.public.n() || rk.e() != c.public.e() {
                     continue;
                 }
-                if let Ok(key) = rk.decrypt(Pkcs1v15Encrypt, ek.content) {
-                    cek = Some(Zeroizing::new(key));
-                    break 'outer;
+                let cek = transport_key(rk, ek.content, content.cipher.key_len());
+                if let Some(pt) = content.open(&cek) {
+                    return Ok(Some(pt));
                 }
             }
         }
     }
-    let Some(cek) = cek else { return Ok(None) };
+    Ok(None)
+}
 
-    let mut e = Reader(eci.content);
-    e.next(OID, "contentType")?;
-    let alg = e.next(SEQ, "contentEncryptionAlgorithm")?;
-    let mut a = Reader(alg.content);
-    let alg_oid = a.next(OID, "algorithm")?;
-    let (params, _) = read(a.0)?;
-    // Standard: a constructed SEQUENCE. Go pkcs7: a primitive tag around one.
-    let params = if params.tag == SEQ {
-        params
-    } else {
-        expect(read(params.content)?.0, SEQ, "GCMParameters")?
-    };
-    let mut p = Reader(params.content);
-    let nonce = p.next_any("GCM nonce")?;
-    if (nonce.tag != OCTETS && nonce.tag != NONCE_TAG) || nonce.content.len() != 12 {
-        return Err(bad("GCM nonce is not 12 bytes"));
+/// The content key a recipient's `encryptedKey` carries, or a random key of
+/// `len` bytes when RSA decryption fails or yields another length. The random
+/// key is drawn first either way; decryption is blinded.
+fn transport_key(rk: &rsa::RsaPrivateKey, ek: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
+    let mut fallback = Zeroizing::new(vec![0u8; len]);
+    OsRng.fill_bytes(&mut fallback);
+    match rk
+        .decrypt_blinded(&mut OsRng, Pkcs1v15Encrypt, ek)
+        .map(Zeroizing::new)
+    {
+        Ok(key) if key.len() == len => key,
+        _ => fallback,
     }
-    let content = e.next_any("encryptedContent")?;
-    let sealed = if content.tag == 0x80 {
-        content.content.to_vec()
-    } else if content.tag == CTX0 {
-        let mut parts = Reader(content.content);
-        let mut out = Vec::new();
-        while !parts.0.is_empty() {
-            out.extend_from_slice(parts.next(OCTETS, "encryptedContent")?.content);
+}
+
+#[derive(Clone, Copy)]
+enum ContentCipher {
+    Aes128Gcm,
+    Aes256Gcm,
+}
+
+impl ContentCipher {
+    fn key_len(self) -> usize {
+        match self {
+            ContentCipher::Aes128Gcm => 16,
+            ContentCipher::Aes256Gcm => 32,
         }
-        out
-    } else {
-        return Err(bad("unexpected encryptedContent tag"));
-    };
-    let n = Nonce::from_slice(nonce.content);
-    let pt = match alg_oid.content {
-        x if x == OID_AES128_GCM && cek.len() == 16 => Aes128Gcm::new_from_slice(&cek)
-            .ok()
-            .and_then(|c| c.decrypt(n, &sealed[..]).ok()),
-        x if x == OID_AES256_GCM && cek.len() == 32 => Aes256Gcm::new_from_slice(&cek)
-            .ok()
-            .and_then(|c| c.decrypt(n, &sealed[..]).ok()),
-        _ => return Err(bad("unsupported content encryption (want AES-GCM)")),
-    };
-    pt.map(|p| Some(Zeroizing::new(p)))
-        .ok_or_else(|| bad("content authentication failed"))
+    }
+}
+
+/// The EncryptedContentInfo: cipher, nonce and sealed content.
+struct Content {
+    cipher: ContentCipher,
+    nonce: [u8; 12],
+    sealed: Vec<u8>,
+}
+
+impl Content {
+    fn parse(eci: &[u8]) -> Result<Content, Error> {
+        let mut e = Reader(eci);
+        e.next(OID, "contentType")?;
+        let alg = e.next(SEQ, "contentEncryptionAlgorithm")?;
+        let mut a = Reader(alg.content);
+        let alg_oid = a.next(OID, "algorithm")?;
+        let cipher = match alg_oid.content {
+            x if x == OID_AES128_GCM => ContentCipher::Aes128Gcm,
+            x if x == OID_AES256_GCM => ContentCipher::Aes256Gcm,
+            _ => return Err(bad("unsupported content encryption (want AES-GCM)")),
+        };
+        let (params, _) = read(a.0)?;
+        // Standard: a constructed SEQUENCE. Go pkcs7: a primitive tag around one.
+        let params = if params.tag == SEQ {
+            params
+        } else {
+            expect(read(params.content)?.0, SEQ, "GCMParameters")?
+        };
+        let mut p = Reader(params.content);
+        let nonce = p.next_any("GCM nonce")?;
+        let nonce: [u8; 12] = match nonce.content.try_into() {
+            Ok(n) if nonce.tag == OCTETS || nonce.tag == NONCE_TAG => n,
+            _ => return Err(bad("GCM nonce is not 12 bytes")),
+        };
+        let content = e.next_any("encryptedContent")?;
+        let sealed = if content.tag == 0x80 {
+            content.content.to_vec()
+        } else if content.tag == CTX0 {
+            let mut parts = Reader(content.content);
+            let mut out = Vec::new();
+            while !parts.0.is_empty() {
+                out.extend_from_slice(parts.next(OCTETS, "encryptedContent")?.content);
+            }
+            out
+        } else {
+            return Err(bad("unexpected encryptedContent tag"));
+        };
+        Ok(Content {
+            cipher,
+            nonce,
+            sealed,
+        })
+    }
+
+    /// The plaintext, if `cek` opens the content.
+    fn open(&self, cek: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let n = Nonce::from_slice(&self.nonce);
+        let pt = match self.cipher {
+            ContentCipher::Aes128Gcm => Aes128Gcm::new_from_slice(cek)
+                .ok()?
+                .decrypt(n, &self.sealed[..]),
+            ContentCipher::Aes256Gcm => Aes256Gcm::new_from_slice(cek)
+                .ok()?
+                .decrypt(n, &self.sealed[..]),
+        };
+        pt.ok().map(Zeroizing::new)
+    }
 }
 
 struct Tlv<'a> {
@@ -252,7 +315,118 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
+
     use super::*;
+    use crate::crypto::KeyRing;
+    use crate::crypto::envelope::{self, KEYS_PREFIX};
+
+    fn keypair() -> (RsaPrivateKey, Certificate) {
+        let k = RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
+        let cert = Certificate {
+            issuer_der: tlv(SEQ, &tlv(SET, b"test issuer")),
+            serial_der: tlv(INT, &[7]),
+            public: k.to_public_key(),
+        };
+        (k, cert)
+    }
+
+    /// `der` with its (first, 2048-bit) encryptedKey replaced by `ek`.
+    fn with_ek(der: &[u8], ek: &[u8]) -> Vec<u8> {
+        let head = [OCTETS, 0x82, 0x01, 0x00];
+        let at = der.windows(4).position(|w| w == head).unwrap() + 4;
+        let mut out = der.to_vec();
+        out[at..at + 256].copy_from_slice(ek);
+        out
+    }
+
+    fn pkcs1(public: &RsaPublicKey, msg: &[u8]) -> Vec<u8> {
+        public.encrypt(&mut OsRng, Pkcs1v15Encrypt, msg).unwrap()
+    }
+
+    /// Raw RSA of a block that is not PKCS#1 v1.5 padded (starts 00 01).
+    fn bad_padding(public: &RsaPublicKey) -> Vec<u8> {
+        let mut block = [0xa5u8; 256];
+        block[0] = 0;
+        block[1] = 1;
+        let c = BigUint::from_bytes_be(&block).modpow(public.e(), public.n());
+        let c = c.to_bytes_be();
+        [vec![0; 256 - c.len()], c].concat()
+    }
+
+    #[test]
+    fn bad_padding_wrong_key_and_bad_cek_fail_alike() {
+        let (k, cert) = keypair();
+        let (_, other) = keypair();
+        let msg = b"{\"symkey\":\"x\"}";
+        let good = wrap(std::slice::from_ref(&cert), msg).unwrap();
+        let key = PrivateKey::Rsa(Box::new(k));
+        assert_eq!(
+            unwrap(&good, &[&cert], &[&key])
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            msg
+        );
+
+        let mut cek16 = [0u8; 16];
+        OsRng.fill_bytes(&mut cek16);
+        let blobs = [
+            ("bad padding", with_ek(&good, &bad_padding(&cert.public))),
+            (
+                "wrapped to another key",
+                with_ek(&good, &pkcs1(&other.public, &cek16)),
+            ),
+            (
+                "wrong content key",
+                with_ek(&good, &pkcs1(&cert.public, &cek16)),
+            ),
+            (
+                "content key of 5 bytes",
+                with_ek(&good, &pkcs1(&cert.public, b"short")),
+            ),
+            (
+                "content key of 32 bytes",
+                with_ek(&good, &pkcs1(&cert.public, &[1; 32])),
+            ),
+            ("flipped encryptedKey", {
+                let mut b = good.clone();
+                let at = b
+                    .windows(4)
+                    .position(|w| w == [OCTETS, 0x82, 1, 0])
+                    .unwrap();
+                b[at + 100] ^= 1;
+                b
+            }),
+        ];
+        let mut ring = KeyRing::default();
+        ring.private.push(key);
+        ring.certs.push(cert.clone());
+        let mut errors = Vec::new();
+        for (what, blob) in &blobs {
+            let got = unwrap(blob, &[&ring.certs[0]], &[&ring.private[0]]);
+            assert!(matches!(got, Ok(None)), "{what}: {got:?}");
+            let ann = HashMap::from([(format!("{KEYS_PREFIX}pkcs7"), B64.encode(blob))]);
+            let e = envelope::unwrap(&ann, &ring, "L").err().unwrap();
+            assert!(matches!(e, Error::MissingKey(_)), "{what}: {e}");
+            errors.push((what, e.to_string()));
+        }
+        // Holding a key that is no recipient at all ends the same way.
+        let (stranger, stranger_cert) = keypair();
+        let mut ring2 = KeyRing::default();
+        ring2.private.push(PrivateKey::Rsa(Box::new(stranger)));
+        ring2.certs.push(stranger_cert);
+        let ann = HashMap::from([(format!("{KEYS_PREFIX}pkcs7"), B64.encode(&good))]);
+        let e = envelope::unwrap(&ann, &ring2, "L").err().unwrap();
+        errors.push((&"not a recipient", e.to_string()));
+        for (what, e) in &errors {
+            assert_eq!(e, &errors[0].1, "{what} differs from {}", errors[0].0);
+        }
+    }
 
     #[test]
     fn truncated_and_garbage_input_is_an_error() {

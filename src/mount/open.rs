@@ -56,6 +56,7 @@ pub fn open_layer(
     let mt = desc.media_type().to_string();
     let annotations = desc.annotations().clone().unwrap_or_default();
     let (key, hmac, private_anchor) = if media::is_encrypted(&mt) {
+        // The crypto::Error rides inside: the snapshotter tells a missing key by its variant.
         let (private, public) = layer_keys(&annotations, ring, &what).map_err(io::Error::other)?;
         (
             Some(LayerKey::from_options(&private)),

@@ -501,15 +501,20 @@ fn descriptor(remote: &Remote) -> Result<Descriptor> {
 /// A layer that cannot be opened: a missing key is a permission problem,
 /// the rest a failed precondition (containerd then falls back to unpacking,
 /// which fails the same way for a missing key).
+/// `open_layer` carries the crypto error inside the `io::Error`; its variant,
+/// not its text, says which.
 fn layer_error(e: &io::Error) -> Error {
-    let msg = e.to_string();
-    if msg.contains(crate::crypto::MISSING_KEY) {
+    let missing_key = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<crate::crypto::Error>())
+        .is_some_and(|c| matches!(c, crate::crypto::Error::MissingKey(_)));
+    if missing_key {
         Error::new(
             tonic::Code::PermissionDenied,
-            format!("you are not authorized to use this image: {msg}"),
+            format!("you are not authorized to use this image: {e}"),
         )
     } else {
-        Error::failed_precondition(msg)
+        Error::failed_precondition(e.to_string())
     }
 }
 
@@ -519,4 +524,33 @@ fn connection_alive(conn: &OwnedFd) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut p = [PollFd::new(conn.as_fd(), PollFlags::empty())];
     matches!(poll(&mut p, PollTimeout::ZERO), Ok(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto;
+
+    #[test]
+    fn layer_errors_are_classified_by_variant_not_text() {
+        let missing = io::Error::other(crypto::Error::MissingKey(" (layer L)".into()));
+        let e = layer_error(&missing);
+        assert_eq!(e.code, tonic::Code::PermissionDenied);
+        assert_eq!(
+            e.message,
+            "you are not authorized to use this image: missing private key needed for decryption (layer L)"
+        );
+
+        // A malicious image can put imgcrypt's text into a malformed header;
+        // that is still a malformed layer, not a missing key.
+        let jwe = format!(
+            r#"{{"unprotected":{{"enc":"{}"}},"iv":"AAAAAAAAAAAAAAAA","ciphertext":"","tag":""}}"#,
+            crypto::MISSING_KEY
+        );
+        let malformed = crypto::jwe::unwrap(jwe.as_bytes(), &[]).unwrap_err();
+        assert!(matches!(malformed, crypto::Error::Malformed(_)));
+        let e = layer_error(&io::Error::other(malformed));
+        assert_eq!(e.code, tonic::Code::FailedPrecondition, "{}", e.message);
+        assert!(e.message.contains(crypto::MISSING_KEY), "{}", e.message);
+    }
 }
