@@ -56,10 +56,10 @@ struct Bound<'a> {
     headers: Vec<(&'a str, &'a str)>,
 }
 
-/// Why an exchange failed.
+/// Why an exchange failed: the network, or a request or redirect that cannot be made.
 enum Failure {
     Net(ureq::Error),
-    Redirect(String),
+    Request(String),
 }
 
 impl Registry {
@@ -144,7 +144,8 @@ impl Registry {
                     b = b.header(*k, *v);
                 }
             }
-            let bad = |e: http::Error| Failure::Redirect(format!("{url}: {e}"));
+            // Not the URL: a redirect's may carry a signature.
+            let bad = |e: http::Error| Failure::Request(format!("request: {e}"));
             let res = match body {
                 Body::Empty => self.agent.run(b.body(()).map_err(bad)?),
                 Body::Bytes(bytes) => self.agent.run(b.body(*bytes).map_err(bad)?),
@@ -162,12 +163,12 @@ impl Registry {
             };
             hops += 1;
             if hops > MAX_REDIRECTS {
-                return Err(Failure::Redirect(format!(
+                return Err(Failure::Request(format!(
                     "more than {MAX_REDIRECTS} redirects"
                 )));
             }
             url = resolve_location(&url, &loc).ok_or_else(|| {
-                Failure::Redirect(format!("redirect to {loc:?}: not an http(s) URL"))
+                Failure::Request("redirect to a URL that is not http(s)".to_string())
             })?;
         }
     }
@@ -214,7 +215,7 @@ impl Registry {
                     )));
                 }
                 Err(Failure::Net(e)) => return Err(Error::Registry(format!("{what}: {e}"))),
-                Err(Failure::Redirect(e)) => return Err(Error::Registry(format!("{what}: {e}"))),
+                Err(Failure::Request(e)) => return Err(Error::Registry(format!("{what}: {e}"))),
             };
             let status = res.status().as_u16();
             // A challenge from elsewhere (a redirect's target) is not ours to answer.
@@ -295,7 +296,7 @@ impl Registry {
                     .map_err(|e| {
                         let e = match e {
                             Failure::Net(e) => e.to_string(),
-                            Failure::Redirect(e) => e,
+                            Failure::Request(e) => e,
                         };
                         Error::Registry(format!("{what}: token request to {realm}: {e}"))
                     })?;
