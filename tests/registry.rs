@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::auth_proxy::AuthCountingProxy;
 use common::*;
 
 #[test]
@@ -147,7 +148,16 @@ fn missing_repository_and_tag_are_404s_that_say_where() {
 fn fake_server(
     respond: impl Fn(&str, &str) -> String + Send + Sync + 'static,
 ) -> (String, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    fake_server_on("127.0.0.1", respond)
+}
+
+/// [`fake_server`] on loopback address `ip` (127.0.0.2 is another host to
+/// a client, but needs no name resolution).
+fn fake_server_on(
+    ip: &str,
+    respond: impl Fn(&str, &str) -> String + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind((ip, 0)).unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
@@ -321,4 +331,244 @@ fn docker_v2s2_images_encrypt_to_oci_types() {
         .arg(&k.private)
         .args([&enc, &out]));
     assert_eq!(layer_digests(&out), layer_digests(&plain));
+}
+
+/// An HTTP response with `headers` (each ending in CRLF) and `body`.
+fn reply(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// An image with no layers; its config blob is `{}`.
+const EMPTY_MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+
+/// A server whose address its own answers need: `respond(addr, line, auth)`.
+fn fake_server_knowing_its_addr(
+    ip: &str,
+    respond: impl Fn(&str, &str, &str) -> String + Send + Sync + 'static,
+) -> String {
+    let me = Arc::new(std::sync::Mutex::new(String::new()));
+    let m = me.clone();
+    let (addr, _) = fake_server_on(ip, move |line, auth| {
+        let addr = m.lock().unwrap().clone();
+        respond(&addr, line, auth)
+    });
+    *me.lock().unwrap() = addr.clone();
+    addr
+}
+
+#[test]
+fn a_mirror_gets_only_its_own_credentials() {
+    use lazycrypt::oci::mirrored;
+    use lazycrypt::oci::reference::RegistryRef;
+    use lazycrypt::oci::registry::RegistryOptions;
+
+    let d = tmp();
+    let htpasswd = d.path().join("htpasswd");
+    ok(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["tester", "s3cret"]));
+    let reg = Registry::start_with(Some(&htpasswd));
+    let plain = build_image(d.path(), "plain", 1);
+    ok(skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "tester:s3cret",
+        &plain,
+        &reg.image("auth/m:v1"),
+    ]));
+    let r = RegistryRef::parse(&format!("{}/auth/m:v1", reg.addr)).unwrap();
+    let certs = d.path().join("certs.d");
+    std::fs::create_dir_all(certs.join(&reg.addr)).unwrap();
+    let hosts = |mirror: &str, header: &str| {
+        std::fs::write(
+            certs.join(&reg.addr).join("hosts.toml"),
+            format!(
+                "server = \"http://{}\"\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{header}",
+                reg.addr
+            ),
+        )
+        .unwrap();
+    };
+    let pull = |opts: &RegistryOptions| {
+        let src = mirrored::open(&r, Some(&certs), opts).unwrap();
+        let root = src.root().unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&root.bytes).unwrap();
+        let config: lazycrypt::oci::Descriptor =
+            serde_json::from_value(m["config"].clone()).unwrap();
+        let mut bytes = Vec::new();
+        src.blob(&config).unwrap().read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, config.size());
+    };
+
+    // No credentials of its own: the mirror answers 401 and the registry
+    // itself serves, with --creds; the mirror never sees them.
+    let mirror = AuthCountingProxy::start(&reg.addr);
+    hosts(&mirror.addr, "");
+    pull(&RegistryOptions {
+        plain_http: true,
+        creds: Some("tester:s3cret".into()),
+    });
+    assert!(mirror.requests() > 0, "the mirror was tried");
+    assert_eq!(
+        mirror.authorizations(),
+        0,
+        "no registry credentials to the mirror"
+    );
+
+    // hosts.toml gives the mirror its own: it gets them, on every request,
+    // and serves without the registry's.
+    let mirror = AuthCountingProxy::start(&reg.addr);
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "tester:s3cret");
+    hosts(
+        &mirror.addr,
+        &format!(
+            "[host.\"http://{}\".header]\n  Authorization = \"Basic {basic}\"\n",
+            mirror.addr
+        ),
+    );
+    pull(&RegistryOptions {
+        plain_http: true,
+        creds: None,
+    });
+    assert!(
+        mirror.requests() >= 2,
+        "manifest and config through the mirror"
+    );
+    assert_eq!(mirror.authorizations(), mirror.requests());
+}
+
+#[test]
+fn no_basic_credentials_to_a_plain_http_realm_on_another_host() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s = seen.clone();
+    // The realm, on another host (127.0.0.2), hands out tokens to anyone.
+    let realm = fake_server_knowing_its_addr("127.0.0.2", move |_, line, auth| {
+        if line.starts_with("GET /token") {
+            s.lock().unwrap().push(auth.to_string());
+            return reply(
+                "200 OK",
+                "Content-Type: application/json\r\n",
+                r#"{"token":"anon"}"#,
+            );
+        }
+        reply("404 Not Found", "", "")
+    });
+    let addr = fake_server_knowing_its_addr("127.0.0.1", move |_, line, auth| {
+        if auth != "Bearer anon" {
+            let h = format!(
+                "WWW-Authenticate: Bearer realm=\"http://{realm}/token\",service=\"r\",scope=\"repository:a/b:pull\"\r\n"
+            );
+            return reply("401 Unauthorized", &h, "");
+        }
+        if line.starts_with("GET /v2/a/b/manifests/t") {
+            let ct = "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n";
+            return reply("200 OK", ct, EMPTY_MANIFEST);
+        }
+        if line.starts_with("GET /v2/a/b/blobs/") {
+            return reply("200 OK", "", "{}");
+        }
+        reply("404 Not Found", "", "")
+    });
+    let out = ok(lazycrypt().args([
+        "layerinfo",
+        "--json",
+        "--plain-http",
+        "--creds",
+        "u:p",
+        &format!("docker://{addr}/a/b:t"),
+    ]));
+    assert_eq!(out.trim(), "[]");
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty(), "the realm was asked for a token");
+    assert!(seen.iter().all(String::is_empty), "{seen:?}");
+}
+
+#[test]
+fn authorization_follows_redirects_only_on_the_same_origin() {
+    // Storage on another host (127.0.0.2): it serves /blob to anyone; /private
+    // challenges with a realm of its own, hoping for the registry's credentials.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let s = seen.clone();
+    let storage = fake_server_knowing_its_addr("127.0.0.2", move |me, line, auth| {
+        s.lock().unwrap().push((line.to_string(), auth.to_string()));
+        if line.starts_with("GET /blob") {
+            return reply("200 OK", "", "{}");
+        }
+        if line.starts_with("GET /token") {
+            return reply(
+                "200 OK",
+                "Content-Type: application/json\r\n",
+                r#"{"token":"t"}"#,
+            );
+        }
+        let h = format!("WWW-Authenticate: Bearer realm=\"http://{me}/token\"\r\n");
+        reply("401 Unauthorized", &h, "")
+    });
+    // The registry wants basic auth; its manifests live behind a redirect on
+    // its own origin, its blobs behind one to the storage.
+    let addr = fake_server_knowing_its_addr("127.0.0.1", move |_, line, auth| {
+        if auth != "Basic dTpw" {
+            return reply(
+                "401 Unauthorized",
+                "WWW-Authenticate: Basic realm=\"r\"\r\n",
+                "",
+            );
+        }
+        let path = line.split(' ').nth(1).unwrap_or("");
+        if let Some(rest) = path.strip_prefix("/v2/") {
+            let repo = rest.split('/').take(2).collect::<Vec<_>>().join("/");
+            if rest.contains("/manifests/") {
+                return reply("307 Temporary Redirect", "Location: /real/manifest\r\n", "");
+            }
+            let target = if repo == "a/private" {
+                "private"
+            } else {
+                "blob"
+            };
+            let h = format!("Location: http://{storage}/{target}\r\n");
+            return reply("307 Temporary Redirect", &h, "");
+        }
+        if path == "/real/manifest" {
+            let ct = "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n";
+            return reply("200 OK", ct, EMPTY_MANIFEST);
+        }
+        reply("404 Not Found", "", "")
+    });
+    let layerinfo = |repo: &str| {
+        let mut c = lazycrypt();
+        c.args([
+            "layerinfo",
+            "--json",
+            "--plain-http",
+            "--creds",
+            "u:p",
+            &format!("docker://{addr}/{repo}:t"),
+        ]);
+        c
+    };
+    // Same origin: the redirect keeps the credentials (the manifest is
+    // served); the storage gets none.
+    assert_eq!(ok(&mut layerinfo("a/b")).trim(), "[]");
+    // The storage's own challenge goes unanswered (layerinfo reads the
+    // config only for its platform, so it still succeeds).
+    ok(&mut layerinfo("a/private"));
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().any(|(l, _)| l.starts_with("GET /blob")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(l, _)| l.starts_with("GET /private")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|(_, auth)| auth.is_empty()), "{seen:?}");
+    assert!(
+        !seen.iter().any(|(l, _)| l.starts_with("GET /token")),
+        "{seen:?}"
+    );
 }

@@ -19,7 +19,8 @@ pub struct TransportArgs {
     /// Use plain HTTP for docker:// registries (for registries on loopback).
     #[arg(long)]
     pub plain_http: bool,
-    /// Registry credentials USER[:PASSWORD] (default: the docker/containers auth files).
+    /// Credentials USER[:PASSWORD] for the image's registry, never sent to
+    /// its mirrors or other hosts (default: the docker/containers auth files).
     #[arg(long, value_name = "USER[:PASSWORD]")]
     pub creds: Option<String>,
 }

@@ -25,7 +25,9 @@ pub fn open(
     Ok(Box::new(Registry::new(r.clone(), opts)?))
 }
 
-/// A repository reached through its mirrors, then its own server.
+/// A repository reached through its mirrors, then its own server. Each
+/// endpoint has its own credentials ([`Registry::at`]): a mirror never gets
+/// the registry's.
 pub struct Mirrored {
     endpoints: Vec<(Endpoint, Registry)>,
 }
@@ -38,7 +40,10 @@ impl Mirrored {
     ) -> Result<Self, Error> {
         let endpoints = endpoints
             .iter()
-            .map(|e| Ok((e.clone(), Registry::at(r.clone(), e.base.clone(), opts)?)))
+            .map(|e| {
+                let reg = Registry::at(r.clone(), e.base.clone(), e.headers.clone(), opts)?;
+                Ok((e.clone(), reg))
+            })
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(Mirrored { endpoints })
     }

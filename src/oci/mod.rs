@@ -1,6 +1,7 @@
 //! The image model and its transports: descriptors, manifests, indexes,
 //! media types, platforms, OCI layouts and registries.
 
+pub mod auth;
 pub mod build;
 pub mod copy;
 pub mod digest;

@@ -66,6 +66,11 @@ impl RegistryRef {
             _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
             _ => ("docker.io".to_string(), format!("library/{name}")),
         };
+        if !valid_host(&host) {
+            return Err(bad(
+                "invalid registry host (want a DNS name, IPv4 or [IPv6] address, and an optional :port)",
+            ));
+        }
         let repo_ok = !repo.is_empty()
             && repo.split('/').all(|c| {
                 !c.is_empty()
@@ -93,6 +98,37 @@ impl RegistryRef {
             reference,
         })
     }
+}
+
+/// Is `h` a registry `host[:port]`: dot-separated DNS labels (or an IPv4
+/// address) or a bracketed IPv6 address, and an optional port? Such a host
+/// is one plain path component, so it can name a `hosts.toml` directory
+/// (no `..`, no separators).
+pub fn valid_host(h: &str) -> bool {
+    let (name, port) = match h.rsplit_once(':') {
+        Some((n, p)) if !n.starts_with('[') || n.ends_with(']') => (n, Some(p)),
+        _ => (h, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    });
+    let name_ok = if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    port_ok && name_ok
 }
 
 impl ImageRef {
@@ -186,6 +222,26 @@ mod tests {
     }
 
     #[test]
+    fn hosts_are_single_path_components() {
+        for h in [
+            "localhost",
+            "127.0.0.1:5000",
+            "reg.example.com",
+            "[::1]:5000",
+            "[fe80::1]",
+            "a-b.io",
+        ] {
+            assert!(valid_host(h), "{h}");
+        }
+        for h in [
+            "", "..", ".", "a/b", "a\\b", "../x", "a..b", "-a.io", "a.io:", "[::1", "::1",
+            "a.io:x", "%2e%2e",
+        ] {
+            assert!(!valid_host(h), "{h}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_references() {
         for s in [
             "x",
@@ -194,6 +250,14 @@ mod tests {
             "docker://h.io/UPPER",
             "docker://h.io/a@sha256:12",
             "docker://h.io/a:b@c",
+            "docker://../a",
+            "docker://a..b/x",
+            "docker://.hidden/x",
+            "docker://h.io:/x",
+            "docker://h.io:99999/x",
+            "docker://h.io:5000:1/x",
+            "docker://[zz]/x",
+            "docker://bad_host.io/x",
         ] {
             assert!(ImageRef::parse(s).is_err(), "{s}");
         }

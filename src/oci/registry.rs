@@ -5,14 +5,12 @@
 //! blocking, and a blocking client needs no async runtime underneath.
 
 use std::io::{self, Read};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use ureq::http::{self, Response};
 
+use super::auth::{self, Header, Origin, Secret};
 use super::digest::{self, Digest};
 use super::reference::RegistryRef;
 use super::transport::{ImageDest, ImageSource, RawManifest};
@@ -23,22 +21,28 @@ use super::{Descriptor, Error, MAX_MANIFEST, media};
 pub struct RegistryOptions {
     /// Speak plain HTTP (for registries on loopback).
     pub plain_http: bool,
-    /// `USER[:PASSWORD]`, overriding the auth files.
+    /// `USER[:PASSWORD]` for the registry's own host, overriding the auth
+    /// files (never sent to its mirrors).
     pub creds: Option<String>,
 }
 
-/// A repository on a registry.
+/// A repository on a registry, reached at one endpoint (the registry or a
+/// mirror). Credentials follow [`super::auth`]'s rules.
 pub struct Registry {
     r: RegistryRef,
     base: String,
+    /// Where `Authorization` and `headers` may go.
+    origin: Origin,
     agent: ureq::Agent,
-    basic: Option<String>,
+    basic: Option<Secret>,
+    headers: Vec<Header>,
     /// The `Authorization` value that last worked.
-    auth: Mutex<Option<String>>,
+    auth: Mutex<Option<Secret>>,
 }
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 const TRIES: u32 = 4;
+const MAX_REDIRECTS: u32 = 10;
 
 enum Body<'a> {
     Empty,
@@ -46,36 +50,59 @@ enum Body<'a> {
     Stream(&'a mut dyn Read),
 }
 
+/// Headers that go only to `origin`, not to redirects elsewhere.
+struct Bound<'a> {
+    origin: &'a Origin,
+    headers: Vec<(&'a str, &'a str)>,
+}
+
+/// Why an exchange failed: the network, or a request or redirect that cannot be made.
+enum Failure {
+    Net(ureq::Error),
+    Request(String),
+}
+
 impl Registry {
     /// A client for `r`; credentials come from `opts.creds` or the auth files.
     pub fn new(r: RegistryRef, opts: &RegistryOptions) -> Result<Self, Error> {
         let scheme = if opts.plain_http { "http" } else { "https" };
         let base = format!("{scheme}://{}", r.api_host());
-        Self::at(r, base, opts)
+        Self::at(r, base, Vec::new(), opts)
     }
 
     /// The repository of `r`, reached at `base` (`scheme://host[:port]`, a
-    /// mirror's address); credentials are still those of `r`'s host.
-    pub fn at(r: RegistryRef, base: String, opts: &RegistryOptions) -> Result<Self, Error> {
+    /// mirror's address) with `headers` on each request. Credentials are
+    /// those of `base`'s own host: `r`'s (`opts.creds` included) only when
+    /// `base` is `r`'s registry.
+    pub fn at(
+        r: RegistryRef,
+        base: String,
+        headers: Vec<Header>,
+        opts: &RegistryOptions,
+    ) -> Result<Self, Error> {
+        let origin = Origin::of(&base)
+            .ok_or_else(|| Error::BadReference(format!("{base}: not an http(s) endpoint")))?;
+        // Redirects are followed by `exchange`, which decides what they carry.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
             .timeout_connect(Some(Duration::from_secs(15)))
             .user_agent(concat!("lazycrypt/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        let basic = match &opts.creds {
-            Some(c) => Some(B64.encode(if c.contains(':') {
-                c.clone()
-            } else {
-                format!("{c}:")
-            })),
-            None => auth_file_credentials(&r.host),
-        };
+        let basic = auth::basic_for(
+            &origin.authority(),
+            &r,
+            opts.creds.as_deref(),
+            &auth::auth_files(),
+        );
         Ok(Registry {
             r,
             base,
+            origin,
             agent,
             basic,
+            headers,
             auth: Mutex::new(None),
         })
     }
@@ -89,6 +116,61 @@ impl Registry {
             "registry {}: {method} /v2/{}/{path}",
             self.r.host, self.r.repo
         )
+    }
+
+    /// One request, following GET and HEAD redirects itself: `extra` goes
+    /// everywhere, `bound` only to its origin. Returns the final response
+    /// and whether it came from `bound`'s origin.
+    fn exchange(
+        &self,
+        method: &str,
+        url: &str,
+        extra: &[(&str, &str)],
+        bound: &Bound<'_>,
+        body: &mut Body<'_>,
+    ) -> Result<(Response<ureq::Body>, bool), Failure> {
+        let follow = matches!(method, "GET" | "HEAD");
+        let mut url = url.to_string();
+        let mut hops = 0;
+        loop {
+            let here = Origin::of(&url);
+            let ours = here.as_ref() == Some(bound.origin);
+            let mut b = http::Request::builder().method(method).uri(&url);
+            for (k, v) in extra {
+                b = b.header(*k, *v);
+            }
+            if ours {
+                for (k, v) in &bound.headers {
+                    b = b.header(*k, *v);
+                }
+            }
+            // Not the URL: a redirect's may carry a signature.
+            let bad = |e: http::Error| Failure::Request(format!("request: {e}"));
+            let res = match body {
+                Body::Empty => self.agent.run(b.body(()).map_err(bad)?),
+                Body::Bytes(bytes) => self.agent.run(b.body(*bytes).map_err(bad)?),
+                Body::Stream(r) => self
+                    .agent
+                    .run(b.body(ureq::SendBody::from_reader(*r)).map_err(bad)?),
+            }
+            .map_err(Failure::Net)?;
+            let status = res.status().as_u16();
+            if !follow || !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                return Ok((res, ours));
+            }
+            let Some(loc) = header(&res, "location") else {
+                return Ok((res, ours));
+            };
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return Err(Failure::Request(format!(
+                    "more than {MAX_REDIRECTS} redirects"
+                )));
+            }
+            url = resolve_location(&url, &loc).ok_or_else(|| {
+                Failure::Request("redirect to a URL that is not http(s)".to_string())
+            })?;
+        }
     }
 
     /// Sends a request, authenticating on 401 and retrying transient failures.
@@ -105,49 +187,39 @@ impl Registry {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut b = http::Request::builder().method(method).uri(url);
-            for (k, v) in headers {
-                b = b.header(*k, *v);
-            }
-            if let Some(a) = self.auth.lock().expect("lock").clone() {
-                b = b.header("Authorization", a);
-            }
-            let res = match &mut body {
-                Body::Empty => {
-                    let req = b
-                        .body(())
-                        .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
-                    self.agent.run(req)
-                }
-                Body::Bytes(bytes) => {
-                    let req = b
-                        .body(*bytes)
-                        .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
-                    self.agent.run(req)
-                }
-                Body::Stream(r) => {
-                    let req = b
-                        .body(ureq::SendBody::from_reader(*r))
-                        .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
-                    self.agent.run(req)
-                }
+            let auth = self.auth.lock().expect("lock").clone();
+            let mut bound = Bound {
+                origin: &self.origin,
+                headers: Vec::new(),
             };
-            let res = match res {
+            for h in &self.headers {
+                // An answered challenge's credential replaces a configured one.
+                if !(auth.is_some() && h.name.eq_ignore_ascii_case("authorization")) {
+                    bound.headers.push((&h.name, h.value.expose()));
+                }
+            }
+            if let Some(a) = &auth {
+                bound.headers.push(("Authorization", a.expose()));
+            }
+            let res = self.exchange(method, url, headers, &bound, &mut body);
+            let (res, ours) = match res {
                 Ok(r) => r,
-                Err(e) if replayable && attempt < TRIES && transient(&e) => {
+                Err(Failure::Net(e)) if replayable && attempt < TRIES && transient(&e) => {
                     tracing::warn!("{what}: {e}; retrying");
                     backoff(attempt);
                     continue;
                 }
-                Err(e) if self.base.starts_with("https") && tls_failure(&e) => {
+                Err(Failure::Net(e)) if self.base.starts_with("https") && tls_failure(&e) => {
                     return Err(Error::Registry(format!(
                         "{what}: TLS failed ({e}); if this registry speaks plain HTTP, use --plain-http"
                     )));
                 }
-                Err(e) => return Err(Error::Registry(format!("{what}: {e}"))),
+                Err(Failure::Net(e)) => return Err(Error::Registry(format!("{what}: {e}"))),
+                Err(Failure::Request(e)) => return Err(Error::Registry(format!("{what}: {e}"))),
             };
             let status = res.status().as_u16();
-            if status == 401 && !authed {
+            // A challenge from elsewhere (a redirect's target) is not ours to answer.
+            if status == 401 && !authed && ours {
                 let challenge = header(&res, "www-authenticate").unwrap_or_default();
                 self.authenticate(&challenge, what)?;
                 authed = true;
@@ -169,7 +241,7 @@ impl Registry {
         let (scheme, params) = parse_challenge(challenge);
         let value = match scheme.to_ascii_lowercase().as_str() {
             "basic" => match &self.basic {
-                Some(b) => format!("Basic {b}"),
+                Some(b) => format!("Basic {}", b.expose()),
                 None => {
                     return Err(Error::Registry(format!(
                         "{what}: 401 Unauthorized and no credentials (use --creds or docker login)"
@@ -184,6 +256,11 @@ impl Registry {
                     .ok_or_else(|| {
                         Error::Registry(format!("{what}: bearer challenge without realm"))
                     })?;
+                let realm_origin = Origin::of(&realm).ok_or_else(|| {
+                    Error::Registry(format!(
+                        "{what}: bearer realm {realm:?} is not an http(s) URL"
+                    ))
+                })?;
                 let mut q = Vec::new();
                 for key in ["service", "scope"] {
                     if let Some((_, v)) = params.iter().find(|(k, _)| k == key) {
@@ -195,13 +272,34 @@ impl Registry {
                 } else {
                     format!("{realm}?{}", q.join("&"))
                 };
-                let mut req = self.agent.get(&url);
-                if let Some(b) = &self.basic {
-                    req = req.header("Authorization", format!("Basic {b}"));
-                }
-                let mut res = req.call().map_err(|e| {
-                    Error::Registry(format!("{what}: token request to {realm}: {e}"))
-                })?;
+                let basic = match &self.basic {
+                    Some(b) if auth::basic_to_realm(&self.origin, &realm_origin) => {
+                        Some(Secret::new(format!("Basic {}", b.expose())))
+                    }
+                    Some(_) => {
+                        tracing::warn!(
+                            "{what}: token realm {realm} is plain HTTP on another host; asking it for an anonymous token, without credentials"
+                        );
+                        None
+                    }
+                    None => None,
+                };
+                let bound = Bound {
+                    origin: &realm_origin,
+                    headers: basic
+                        .iter()
+                        .map(|b| ("Authorization", b.expose()))
+                        .collect(),
+                };
+                let (mut res, _) = self
+                    .exchange("GET", &url, &[], &bound, &mut Body::Empty)
+                    .map_err(|e| {
+                        let e = match e {
+                            Failure::Net(e) => e.to_string(),
+                            Failure::Request(e) => e,
+                        };
+                        Error::Registry(format!("{what}: token request to {realm}: {e}"))
+                    })?;
                 if !res.status().is_success() {
                     return Err(Error::Registry(format!(
                         "{what}: token request to {realm}: HTTP {}",
@@ -228,7 +326,7 @@ impl Registry {
                 )));
             }
         };
-        *self.auth.lock().expect("lock") = Some(value);
+        *self.auth.lock().expect("lock") = Some(Secret::new(value));
         Ok(())
     }
 
@@ -612,39 +710,30 @@ fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
     (scheme.to_string(), params)
 }
 
-/// `user:password` (base64) for `host` from the files skopeo and docker use.
-fn auth_file_credentials(host: &str) -> Option<String> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    if let Ok(p) = std::env::var("REGISTRY_AUTH_FILE") {
-        files.push(p.into());
-    }
-    if let Ok(d) = std::env::var("XDG_RUNTIME_DIR") {
-        files.push(PathBuf::from(d).join("containers/auth.json"));
-    }
-    if let Ok(d) = std::env::var("DOCKER_CONFIG") {
-        files.push(PathBuf::from(d).join("config.json"));
-    }
-    if let Ok(h) = std::env::var("HOME") {
-        files.push(PathBuf::from(h).join(".docker/config.json"));
-    }
-    let keys: Vec<String> = if host == "docker.io" {
-        vec![
-            "docker.io".into(),
-            "https://index.docker.io/v1/".into(),
-            "registry-1.docker.io".into(),
-        ]
+/// The absolute URL a `Location` header names, relative to `current`;
+/// `None` unless it is `http`/`https`.
+fn resolve_location(current: &str, loc: &str) -> Option<String> {
+    let uri: http::Uri = current.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    let authority = uri.authority()?.as_str();
+    let lower = loc.to_ascii_lowercase();
+    let url = if lower.starts_with("http://") || lower.starts_with("https://") {
+        loc.to_string()
+    } else if let Some(rest) = loc.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if loc.starts_with('/') {
+        format!("{scheme}://{authority}{loc}")
+    } else if loc
+        .split('/')
+        .next()
+        .is_some_and(|first| first.contains(':'))
+    {
+        return None; // another scheme
     } else {
-        vec![
-            host.to_string(),
-            format!("https://{host}"),
-            format!("http://{host}"),
-        ]
+        let dir = uri.path().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        format!("{scheme}://{authority}{dir}/{loc}")
     };
-    files.iter().find_map(|f| {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f).ok()?).ok()?;
-        keys.iter()
-            .find_map(|k| v["auths"][k]["auth"].as_str().map(str::to_string))
-    })
+    Origin::of(&url).map(|_| url)
 }
 
 #[cfg(test)]
@@ -663,5 +752,26 @@ mod tests {
             urlencode("repository:a/b:pull"),
             "repository%3Aa%2Fb%3Apull"
         );
+    }
+
+    #[test]
+    fn resolves_redirect_locations() {
+        let cur = "http://127.0.0.1:5000/v2/a/b/blobs/sha256:x?y=1";
+        let r = |loc: &str| resolve_location(cur, loc);
+        assert_eq!(
+            r("https://s3.example/o?sig=1").as_deref(),
+            Some("https://s3.example/o?sig=1")
+        );
+        assert_eq!(
+            r("//cdn.example/o").as_deref(),
+            Some("http://cdn.example/o")
+        );
+        assert_eq!(r("/v2/o").as_deref(), Some("http://127.0.0.1:5000/v2/o"));
+        assert_eq!(
+            r("o").as_deref(),
+            Some("http://127.0.0.1:5000/v2/a/b/blobs/o")
+        );
+        assert_eq!(r("file:///etc/passwd"), None);
+        assert_eq!(r("ftp://x/y"), None);
     }
 }

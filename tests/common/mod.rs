@@ -2,6 +2,7 @@
 //! build`), a real registry (Debian's docker-registry) and skopeo.
 #![allow(dead_code)]
 
+pub mod auth_proxy;
 pub mod containerd;
 pub mod data;
 pub mod mounts;
