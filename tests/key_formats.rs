@@ -183,7 +183,7 @@ fn jwk_keys_including_rsa_oaep_256_interoperate_with_skopeo() {
     });
     let (pub_jwk, priv_jwk) = (p.join("pub.jwk"), p.join("priv.jwk"));
     std::fs::write(&pub_jwk, public.to_string()).unwrap();
-    std::fs::write(&priv_jwk, private.to_string()).unwrap();
+    write_private(&priv_jwk, private.to_string());
 
     roundtrip(
         p,
@@ -201,4 +201,84 @@ fn jwk_keys_including_rsa_oaep_256_interoperate_with_skopeo() {
         .arg(&k.private)
         .args([&enc, &out]));
     assert_eq!(layer_digests(&out), layer_digests(&plain));
+}
+
+#[test]
+fn private_key_files_others_can_read_or_change_are_refused() {
+    use std::os::unix::fs::{PermissionsExt, chown, symlink};
+    let d = tmp();
+    let p = d.path();
+    let plain = build_image(p, "plain", 1);
+    let k = rsa_keys(p, "k");
+    let enc = format!("oci:{}/enc:1", p.display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &plain,
+        &enc,
+    ]));
+    let chmod = |f: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let mut n = 0;
+    let mut decrypt = |key: &[&str], extra: &[&str]| {
+        n += 1;
+        let mut c = lazycrypt();
+        c.arg("decrypt")
+            .args(key)
+            .args(extra)
+            .args([&enc, &format!("oci:{}/dec:{n}", p.display())]);
+        c
+    };
+    let key = k.private.to_str().unwrap();
+    let allow = ["--allow-readable-keys"];
+    // A symlink, as in a Kubernetes secret volume: its target is judged.
+    let dir = p.join("keys");
+    std::fs::create_dir(&dir).unwrap();
+    symlink(&k.private, dir.join("k.pem")).unwrap();
+    // Public material beside it may be read by anyone.
+    for f in [&k.public, &k.cert] {
+        std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
+        chmod(&dir.join(f.file_name().unwrap()), 0o644);
+    }
+    let link = dir.join("k.pem");
+    let link = link.to_str().unwrap();
+    let dir = dir.to_str().unwrap();
+
+    chmod(&k.private, 0o644);
+    for (args, named) in [
+        (vec!["--key", key], key),
+        (vec!["--key", link], link),
+        (vec!["--decryption-keys-path", dir], link),
+    ] {
+        let err = fails(&mut decrypt(&args, &[]));
+        assert!(
+            err.contains(&format!(
+                "UNPROTECTED PRIVATE KEY FILE: permissions 0644 for {named} are too open"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("--allow-readable-keys"), "{err}");
+        ok(&mut decrypt(&args, &allow));
+    }
+
+    chmod(&k.private, 0o620);
+    let err = fails(&mut decrypt(&["--key", link], &allow));
+    assert!(
+        err.contains(&format!(
+            "permissions 0620 for private key file {link} let others than its owner change it"
+        )),
+        "{err}"
+    );
+    chmod(&k.private, 0o600);
+    chown(&k.private, Some(65534), None).unwrap();
+    let err = fails(&mut decrypt(&["--decryption-keys-path", dir], &allow));
+    assert!(err.contains("is owned by uid 65534"), "{err}");
+    chown(&k.private, Some(0), None).unwrap();
+    ok(&mut decrypt(&["--key", link], &[]));
+    ok(&mut decrypt(&["--decryption-keys-path", dir], &[]));
+
+    let help = ok(lazycrypt().args(["serve", "--help"]));
+    assert!(help.contains("--allow-readable-keys"), "{help}");
 }

@@ -741,6 +741,159 @@ fn hostile_tar_entries_are_contained_or_refused() {
     assert!(!is_mounted(&mnt));
 }
 
+/// A PAX header entry holding these records.
+fn raw_pax(out: &mut Vec<u8>, records: &[(&str, &[u8])]) {
+    let mut data = Vec::new();
+    for (k, v) in records {
+        let body = k.len() + v.len() + 3;
+        let mut len = body + body.to_string().len();
+        if len.to_string().len() != body.to_string().len() {
+            len += 1;
+        }
+        data.extend_from_slice(format!("{len} {k}=").as_bytes());
+        data.extend_from_slice(v);
+        data.push(b'\n');
+    }
+    raw_entry(out, "pax", b'x', "", &data, data.len() as u64);
+}
+
+/// Every extended attribute of `p` (not following symlinks), by name.
+fn all_xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: buffers are valid for the lengths given.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(n >= 0, "listxattr {}", p.display());
+    let mut out = BTreeMap::new();
+    for name in names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+    {
+        let cn = std::ffi::CString::new(name).unwrap();
+        let mut v = vec![0u8; 64 << 10];
+        // SAFETY: as above.
+        let len =
+            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        assert!(len >= 0, "getxattr on {}", p.display());
+        v.truncate(len as usize);
+        out.insert(String::from_utf8_lossy(name).into_owned(), v);
+    }
+    out
+}
+
+#[test]
+fn hostile_names_and_host_xattrs_do_not_steer_the_overlay() {
+    let d = tmp();
+    // File capabilities v2: effective, CAP_NET_RAW permitted (as ping has).
+    let caps: &[u8] = &[
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let mut lower = Vec::new();
+    raw_entry(&mut lower, "d/", b'5', "", b"", 0);
+    raw_entry(&mut lower, "d/keep.txt", b'0', "", b"kept\n", 5);
+    raw_entry(&mut lower, "src/", b'5', "", b"", 0);
+    raw_entry(&mut lower, "src/moved.txt", b'0', "", b"moved\n", 6);
+    lower.extend_from_slice(&[0u8; 1024]);
+    let mut upper = Vec::new();
+    // overlayfs would hide d/keep.txt below if it read this.
+    raw_pax(&mut upper, &[("SCHILY.xattr.trusted.overlay.opaque", b"y")]);
+    raw_entry(&mut upper, "d/", b'5', "", b"", 0);
+    raw_pax(
+        &mut upper,
+        &[
+            ("SCHILY.xattr.trusted.overlay.redirect", b"/src"),
+            (
+                "SCHILY.xattr.security.selinux",
+                b"system_u:object_r:shadow_t:s0",
+            ),
+        ],
+    );
+    raw_entry(&mut upper, "r/", b'5', "", b"", 0);
+    raw_pax(
+        &mut upper,
+        &[
+            ("SCHILY.xattr.trusted.other", b"1"),
+            ("SCHILY.xattr.security.ima", b"x"),
+            ("SCHILY.xattr.security.capability", caps),
+            ("SCHILY.xattr.user.kept", b"yes"),
+        ],
+    );
+    raw_entry(&mut upper, "f", b'0', "", b"f\n", 2);
+    raw_entry(&mut upper, "../escape", b'0', "", b"e\n", 2);
+    raw_entry(&mut upper, "/abs", b'0', "", b"a\n", 2);
+    raw_entry(&mut upper, "a/./b", b'0', "", b"b\n", 2);
+    raw_entry(&mut upper, "a//c", b'0', "", b"c\n", 2);
+    raw_entry(&mut upper, "dup", b'0', "", b"first\n", 6);
+    raw_entry(&mut upper, "./dup", b'0', "", b"second\n", 7);
+    raw_entry(&mut upper, "a/.wh...", b'0', "", b"", 0);
+    raw_entry(&mut upper, "x/../..", b'0', "", b"", 0);
+    raw_entry(&mut upper, "h", b'1', "/../a//b", b"", 0);
+    upper.extend_from_slice(&[0u8; 1024]);
+    let plain = layout_from_tars(&d.path().join("img"), "plain", &[lower, upper], false);
+    let k = rsa_keys(d.path(), "k");
+    let lazy = format!("oci:{}:estargz", d.path().join("img").display());
+    encrypt_estargz(&plain, &lazy, &k.public);
+    let key = k.private.to_str().unwrap();
+    let mnt = d.path().join("box/mnt");
+    for (i, (image, args)) in [(&plain, vec![]), (&lazy, vec!["--key", key])]
+        .into_iter()
+        .enumerate()
+    {
+        let state = d.path().join(format!("state-{i}"));
+        let m = mount(image, &mnt, &state, &args).unwrap();
+        let got = snapshot(&mnt);
+        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "a",
+                "a/b",
+                "a/c",
+                "abs",
+                "d",
+                "d/keep.txt",
+                "dup",
+                "escape",
+                "f",
+                "h",
+                "r",
+                "src",
+                "src/moved.txt"
+            ],
+            "{image}"
+        );
+        assert_eq!(std::fs::read(mnt.join("dup")).unwrap(), b"second\n");
+        assert_eq!(got["h"].nlink, 2, "h is a hard link to a/b");
+        assert!(!d.path().join("box/escape").exists());
+        let want: BTreeMap<String, Vec<u8>> = [
+            ("security.capability".to_string(), caps.to_vec()),
+            ("user.kept".to_string(), b"yes".to_vec()),
+        ]
+        .into();
+        assert_eq!(all_xattrs(&mnt.join("f")), want, "{image}");
+        for dir in ["d", "r"] {
+            assert_eq!(all_xattrs(&mnt.join(dir)), BTreeMap::new(), "{image} {dir}");
+        }
+        let (_, log) = m.umount();
+        assert!(log.contains("skipped: whiteout of no name"), "{log}");
+        assert!(!log.contains(".wh..."), "{log}");
+    }
+
+    // A NUL in a PAX name refuses the layer, in a line that names no file.
+    let mut t = Vec::new();
+    raw_pax(&mut t, &[("path", b"secret-name\0x")]);
+    raw_entry(&mut t, "placeholder", b'0', "", b"", 0);
+    t.extend_from_slice(&[0u8; 1024]);
+    let image = layout_from_tars(&d.path().join("img2"), "nul", &[t], false);
+    let err = mount(&image, &mnt, &d.path().join("state-nul"), &[])
+        .err()
+        .unwrap();
+    assert!(err.contains("PAX record holds a NUL byte"), "{err}");
+    assert!(!err.contains("secret-name"), "{err}");
+    assert!(!is_mounted(&mnt));
+}
+
 #[test]
 fn no_plaintext_reaches_the_disk_or_the_log() {
     let d = tmp();

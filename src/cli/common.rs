@@ -8,6 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::crypto::KeyRing;
 use crate::crypto::keyprovider::ProviderConfig;
+use crate::crypto::keys::ReadableKeys;
 use crate::oci::copy::Progress;
 use crate::oci::reference::ImageRef;
 use crate::oci::registry::RegistryOptions;
@@ -36,15 +37,41 @@ impl TransportArgs {
     }
 }
 
+/// How private key files are checked.
+#[derive(Args, Clone, Copy, Default)]
+pub struct KeyFileArgs {
+    /// Accept private key files that their group or others can read (for
+    /// example a Kubernetes secret volume left at mode 0644). By default such
+    /// a file is refused, as ssh refuses one; a file owned by another user
+    /// or writable by others is refused either way.
+    #[arg(long)]
+    pub allow_readable_keys: bool,
+}
+
+impl KeyFileArgs {
+    pub fn readable(self) -> ReadableKeys {
+        if self.allow_readable_keys {
+            ReadableKeys::Allow
+        } else {
+            ReadableKeys::Refuse
+        }
+    }
+}
+
 /// Parses an image reference argument.
 pub fn image_ref(s: &str) -> Result<ImageRef> {
     Ok(ImageRef::parse(s)?)
 }
 
 /// Builds the key ring from `--key` arguments and an optional keys directory.
-pub fn key_ring(keys: &[String], dir: Option<&std::path::Path>) -> Result<KeyRing> {
+pub fn key_ring(
+    keys: &[String],
+    dir: Option<&std::path::Path>,
+    files: KeyFileArgs,
+) -> Result<KeyRing> {
     let mut ring = KeyRing {
         provider_config: ProviderConfig::from_env()?,
+        readable_keys: files.readable(),
         ..Default::default()
     };
     for k in keys {
@@ -53,7 +80,7 @@ pub fn key_ring(keys: &[String], dir: Option<&std::path::Path>) -> Result<KeyRin
     }
     if let Some(d) = dir {
         let none = zeroize::Zeroizing::new(String::new());
-        for k in crate::crypto::keys::load_dir(d)? {
+        for k in crate::crypto::keys::load_dir(d, files.readable())? {
             ring.add(k, &none);
         }
     }

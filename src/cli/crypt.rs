@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::common::{Bars, TransportArgs, image_ref, key_ring};
+use super::common::{Bars, KeyFileArgs, TransportArgs, image_ref, key_ring};
 use crate::convert::{self, LayerChange, Selection};
 use crate::crypto::{KeyRing, Recipient};
 use crate::layer::estargz::CHUNK_SIZE;
@@ -64,6 +64,8 @@ pub struct EncryptArgs {
     #[arg(long = "key", value_name = "FILE")]
     pub keys: Vec<String>,
     #[command(flatten)]
+    pub key_files: KeyFileArgs,
+    #[command(flatten)]
     pub select: SelectArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
@@ -85,6 +87,8 @@ pub struct DecryptArgs {
     #[arg(long)]
     pub decryption_keys_path: Option<std::path::PathBuf>,
     #[command(flatten)]
+    pub key_files: KeyFileArgs,
+    #[command(flatten)]
     pub select: SelectArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
@@ -100,7 +104,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<()> {
     for r in &a.recipients {
         recipients.extend(Recipient::parse(r)?);
     }
-    let ring = key_ring(&a.keys, None)?;
+    let ring = key_ring(&a.keys, None, a.key_files)?;
     let prioritized = match &a.prioritize {
         Some(f) => prioritized(f)?,
         None => HashSet::new(),
@@ -154,7 +158,7 @@ fn prioritized(file: &Path) -> Result<HashSet<String>> {
 }
 
 pub fn decrypt(a: DecryptArgs) -> Result<()> {
-    let ring: KeyRing = key_ring(&a.keys, a.decryption_keys_path.as_deref())?;
+    let ring: KeyRing = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
     run(
         &a.src,
         &a.dst,

@@ -34,7 +34,21 @@ pub fn run(a: Args) -> Result<()> {
     println!("== generating an RSA-2048 key pair");
     let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)?;
     let (priv_pem, pub_pem) = (dir.join("key.pem"), dir.join("pub.pem"));
-    std::fs::write(&priv_pem, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // Private key files must be readable by their owner only (a file
+        // left by an earlier run keeps its mode unless set again).
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&priv_pem)
+            .with_context(|| format!("creating {}", priv_pem.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
+    }
     std::fs::write(
         &pub_pem,
         key.to_public_key().to_public_key_pem(LineEnding::LF)?,
@@ -93,6 +107,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("== layerinfo oci:{}/encrypted:demo", dir.display());
     layerinfo::run(layerinfo::Args {
         keys: vec![priv_pem.display().to_string()],
+        key_files: Default::default(),
         transport: Default::default(),
         json: false,
         image: format!("oci:{}:demo", enc_dir.display()),

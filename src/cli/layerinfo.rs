@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args as ClapArgs;
 use serde_json::{Value, json};
 
-use super::common::{TransportArgs, image_ref, key_ring};
+use super::common::{KeyFileArgs, TransportArgs, image_ref, key_ring};
 use crate::crypto::envelope::{self, KEYS_PREFIX};
 use crate::oci::image::Image;
 use crate::oci::media;
@@ -17,6 +17,8 @@ pub struct Args {
     /// Private keys to check against each layer (adds a KEY column).
     #[arg(long = "key", value_name = "FILE")]
     pub keys: Vec<String>,
+    #[command(flatten)]
+    pub key_files: KeyFileArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
     /// Print JSON instead of a table.
@@ -32,7 +34,7 @@ pub fn run(a: Args) -> Result<()> {
     let ring = if a.keys.is_empty() {
         None
     } else {
-        Some(key_ring(&a.keys, None)?)
+        Some(key_ring(&a.keys, None, a.key_files)?)
     };
     let mut rows = Vec::new();
     for pi in &image.manifests {

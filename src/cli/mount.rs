@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
 use sha2::{Digest, Sha256};
 
-use super::common::{TransportArgs, image_ref, key_ring};
+use super::common::{KeyFileArgs, TransportArgs, image_ref, key_ring};
 use crate::fs::ReadAhead;
 use crate::mount::open::OpenOptions;
 use crate::mount::session::{MountSpec, clean_stale, mount};
@@ -25,6 +25,8 @@ pub struct Args {
     /// Also use every key in this directory (like ctd-decoder).
     #[arg(long)]
     pub decryption_keys_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub key_files: KeyFileArgs,
     /// Plaintext chunk cache budget in memory (K, M, G suffixes).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub cache_size: u64,
@@ -139,7 +141,7 @@ pub fn run(a: Args) -> Result<()> {
             _ => clean_stale(&run_dir, &target).context("cleaning up after an earlier mount")?,
         }
     }
-    let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref())?;
+    let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
     let r = image_ref(&a.image)?;
     let src: Arc<dyn ImageSource> = Arc::from(open_source(&r, &a.transport.options())?);
     let image = Image::load(src.as_ref(), &a.image)?;

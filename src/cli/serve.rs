@@ -32,6 +32,8 @@ pub struct Args {
     /// [default: /etc/containerd/ocicrypt/keys].
     #[arg(long)]
     pub keys_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub key_files: super::common::KeyFileArgs,
     /// A registry (`host[:port]`) to reach over plain HTTP (repeatable).
     #[arg(long = "plain-http", value_name = "HOST")]
     pub plain_http: Vec<String>,
@@ -101,6 +103,11 @@ pub fn run(a: Args) -> Result<()> {
             .keys_dir
             .or(file.keys_dir)
             .unwrap_or_else(|| "/etc/containerd/ocicrypt/keys".into()),
+        readable_keys: super::common::KeyFileArgs {
+            allow_readable_keys: a.key_files.allow_readable_keys
+                || file.allow_readable_keys.unwrap_or(false),
+        }
+        .readable(),
         plain_http,
         hosts_dir: Some(
             a.hosts_dir

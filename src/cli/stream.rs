@@ -17,7 +17,7 @@ use clap::Args as ClapArgs;
 use prost::Message;
 use zeroize::Zeroizing;
 
-use super::common::key_ring;
+use super::common::{KeyFileArgs, key_ring};
 use crate::crypto::envelope::layer_keys;
 use crate::crypto::keys::parse_key_file;
 use crate::crypto::{KeyRing, cipher::LayerKey};
@@ -28,6 +28,8 @@ pub struct Args {
     /// Directory of private keys (like ctd-decoder's).
     #[arg(long)]
     pub decryption_keys_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub key_files: KeyFileArgs,
     /// Read the payload from this file instead of fd 3 (for testing).
     #[arg(long, hide = true)]
     pub payload: Option<PathBuf>,
@@ -51,7 +53,7 @@ pub fn run(a: Args) -> Result<()> {
     {
         bail!("media type {mt} is not encrypted");
     }
-    let mut ring = key_ring(&[], a.decryption_keys_path.as_deref())?;
+    let mut ring = key_ring(&[], a.decryption_keys_path.as_deref(), a.key_files)?;
     add_parameters(&mut ring, &v["DecryptConfig"]["Parameters"])?;
 
     let layer = desc.digest().to_string();

@@ -2,7 +2,17 @@
 //! JWK and OpenPGP key rings, and the `FILE[:pass=…|:file=…|:fd=…]` syntax
 //! imgcrypt uses. All private material zeroizes on drop (the `rsa`, `p256`…
 //! and `pgp` key types do so themselves).
+//!
+//! A file that holds private key material must be protected as ssh wants
+//! its private keys: owned by root or by this process's user, writable by
+//! its owner only, and readable by its owner only unless the operator
+//! allows more ([`ReadableKeys::Allow`]). The checks look at the file a
+//! symlink leads to (Kubernetes secret volumes are symlinks into `..data/`)
+//! and run after parsing tells private from public material, before any
+//! private key is handed on. Public keys and certificates may be readable.
 
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -54,6 +64,11 @@ pub enum KeyMaterial {
 }
 
 impl KeyMaterial {
+    /// Whether this is secret material, which only its owner may read.
+    pub fn is_secret(&self) -> bool {
+        matches!(self, KeyMaterial::Private(_) | KeyMaterial::PgpSecret(_))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             KeyMaterial::Private(_) => "private key",
@@ -63,6 +78,17 @@ impl KeyMaterial {
             KeyMaterial::PgpPublic(_) => "OpenPGP public key",
         }
     }
+}
+
+/// Whether a private key file may be readable by its group or by others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReadableKeys {
+    /// Refuse it, as ssh refuses an unprotected private key file.
+    #[default]
+    Refuse,
+    /// Accept it (`--allow-readable-keys`), e.g. from a Kubernetes secret
+    /// volume left at its default mode 0644. Owner and write checks stay.
+    Allow,
 }
 
 /// A key file argument: path and optional password, as `FILE:pass=PW`,
@@ -100,15 +126,58 @@ impl KeyArg {
         })
     }
 
-    /// Reads and parses the file.
-    pub fn load(&self) -> Result<Vec<KeyMaterial>, Error> {
-        let data = Zeroizing::new(
-            std::fs::read(&self.path)
-                .map_err(|e| Error::BadKey(format!("{}: {e}", self.path.display())))?,
-        );
-        parse_key_file(&data, self.password.as_deref().map(|s| s.as_str()))
-            .map_err(|e| Error::BadKey(format!("{}: {e}", self.path.display())))
+    /// Reads and parses the file; refuses private key material in a file
+    /// that others could change or (unless `readable` allows it) read.
+    pub fn load(&self, readable: ReadableKeys) -> Result<Vec<KeyMaterial>, Error> {
+        let (data, meta) = read_key_file(&self.path)
+            .map_err(|e| Error::BadKey(format!("{}: {e}", self.path.display())))?;
+        let keys = parse_key_file(&data, self.password.as_deref().map(|s| s.as_str()))
+            .map_err(|e| Error::BadKey(format!("{}: {e}", self.path.display())))?;
+        check_protected(&self.path, &meta, &keys, readable)?;
+        Ok(keys)
     }
+}
+
+/// The file's bytes and the metadata of the very file read (through any
+/// symlinks), so the checks see what was read.
+fn read_key_file(p: &Path) -> std::io::Result<(Zeroizing<Vec<u8>>, std::fs::Metadata)> {
+    let mut f = std::fs::File::open(p)?;
+    let meta = f.metadata()?;
+    let mut data = Zeroizing::new(Vec::new());
+    f.read_to_end(&mut data)?;
+    Ok((data, meta))
+}
+
+/// Refuses `keys` read from `path` if they include secret material and the
+/// file is not protected; see the module documentation.
+fn check_protected(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    keys: &[KeyMaterial],
+    readable: ReadableKeys,
+) -> Result<(), Error> {
+    if !keys.iter().any(KeyMaterial::is_secret) {
+        return Ok(());
+    }
+    let (uid, euid) = (meta.uid(), nix::unistd::geteuid().as_raw());
+    let mode = meta.mode() & 0o7777;
+    let p = path.display();
+    if uid != 0 && uid != euid {
+        return Err(Error::BadKey(format!(
+            "private key file {p} is owned by uid {uid}, not by root or by this process's user (uid {euid}); it will not be used"
+        )));
+    }
+    if mode & 0o022 != 0 {
+        return Err(Error::BadKey(format!(
+            "permissions {mode:04o} for private key file {p} let others than its owner change it; it will not be used (chmod 600)"
+        )));
+    }
+    if mode & 0o044 != 0 && readable == ReadableKeys::Refuse {
+        return Err(Error::BadKey(format!(
+            "UNPROTECTED PRIVATE KEY FILE: permissions {mode:04o} for {p} are too open: a private key file must be readable by its owner only (chmod 600), unless --allow-readable-keys is given"
+        )));
+    }
+    Ok(())
 }
 
 fn read_password(p: &Path) -> Result<Zeroizing<String>, Error> {
@@ -477,8 +546,10 @@ fn parse_jwk(d: &[u8]) -> Result<KeyMaterial, String> {
 }
 
 /// Loads every key in a directory tree, like `ctd-decoder --decryption-keys-path`.
-/// Files that hold no usable key (or need a password) are skipped.
-pub fn load_dir(dir: &Path) -> Result<Vec<KeyMaterial>, Error> {
+/// Files that hold no usable key (or need a password) are skipped; a file
+/// with private key material that is not protected (see the module
+/// documentation) fails the whole load, so that the operator sees why.
+pub fn load_dir(dir: &Path, readable: ReadableKeys) -> Result<Vec<KeyMaterial>, Error> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -488,13 +559,155 @@ pub fn load_dir(dir: &Path) -> Result<Vec<KeyMaterial>, Error> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if let Ok(data) = std::fs::read(&p).map(Zeroizing::new) {
+            } else if let Ok((data, meta)) = read_key_file(&p) {
                 match parse_key_file(&data, None) {
-                    Ok(keys) => out.extend(keys),
+                    Ok(keys) => {
+                        check_protected(&p, &meta, &keys, readable)?;
+                        out.extend(keys);
+                    }
                     Err(err) => tracing::debug!("skipping {}: {err}", p.display()),
                 }
             }
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt, chown, symlink};
+
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+
+    use super::*;
+
+    fn private_pem() -> Zeroizing<String> {
+        p256::SecretKey::random(&mut rand::rngs::OsRng)
+            .to_pkcs8_pem(LineEnding::LF)
+            .unwrap()
+    }
+
+    fn write(p: &Path, data: &[u8], mode: u32) {
+        std::fs::write(p, data).unwrap();
+        chmod(p, mode);
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn load(p: &Path, readable: ReadableKeys) -> Result<usize, String> {
+        KeyArg {
+            path: p.into(),
+            password: None,
+        }
+        .load(readable)
+        .map(|k| k.len())
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn private_key_files_must_be_protected_as_ssh_wants() {
+        use ReadableKeys::{Allow, Refuse};
+        let d = tempfile::tempdir().unwrap();
+        let key = d.path().join("key.pem");
+        write(&key, private_pem().as_bytes(), 0o600);
+        assert_eq!(load(&key, Refuse), Ok(1));
+        chmod(&key, 0o400);
+        assert_eq!(load(&key, Refuse), Ok(1));
+
+        let k = key.display();
+        for mode in [0o644, 0o640, 0o604] {
+            chmod(&key, mode);
+            assert_eq!(
+                load(&key, Refuse),
+                Err(format!(
+                    "UNPROTECTED PRIVATE KEY FILE: permissions {mode:04o} for {k} are too open: a private key file must be readable by its owner only (chmod 600), unless --allow-readable-keys is given"
+                ))
+            );
+            assert_eq!(load(&key, Allow), Ok(1), "{mode:o} allowed");
+        }
+        for mode in [0o620, 0o602, 0o666] {
+            chmod(&key, mode);
+            let want = Err(format!(
+                "permissions {mode:04o} for private key file {k} let others than its owner change it; it will not be used (chmod 600)"
+            ));
+            assert_eq!(load(&key, Refuse), want);
+            assert_eq!(
+                load(&key, Allow),
+                want,
+                "{mode:o} is refused even when allowed"
+            );
+        }
+        chmod(&key, 0o600);
+        chown(&key, Some(65534), None).unwrap();
+        let want = Err(format!(
+            "private key file {k} is owned by uid 65534, not by root or by this process's user (uid 0); it will not be used"
+        ));
+        assert_eq!(load(&key, Refuse), want);
+        assert_eq!(load(&key, Allow), want);
+
+        // A symlink is judged by the file it leads to, not by its own mode.
+        let link = d.path().join("link.pem");
+        symlink(&key, &link).unwrap();
+        assert!(
+            load(&link, Refuse)
+                .unwrap_err()
+                .contains("owned by uid 65534")
+        );
+        chown(&key, Some(0), None).unwrap();
+        assert_eq!(load(&link, Refuse), Ok(1));
+        chmod(&key, 0o644);
+        assert!(
+            load(&link, Refuse)
+                .unwrap_err()
+                .starts_with("UNPROTECTED PRIVATE KEY FILE: permissions 0644 for ")
+        );
+
+        // Public material may be read by anyone.
+        let public = d.path().join("pub.pem");
+        let pem = p256::SecretKey::random(&mut rand::rngs::OsRng)
+            .public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        write(&public, pem.as_bytes(), 0o644);
+        assert_eq!(load(&public, Refuse), Ok(1));
+    }
+
+    #[test]
+    fn a_kubernetes_style_keys_directory_is_checked_through_its_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        // A secret volume: NAME -> ..data/NAME, ..data -> ..<timestamp>/.
+        let data = d.path().join("..2024_01_01_00_00_00.1");
+        std::fs::create_dir(&data).unwrap();
+        let key = data.join("key.pem");
+        write(&key, private_pem().as_bytes(), 0o644);
+        symlink(data.file_name().unwrap(), d.path().join("..data")).unwrap();
+        symlink("..data/key.pem", d.path().join("key.pem")).unwrap();
+        let pem = p256::SecretKey::random(&mut rand::rngs::OsRng)
+            .public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        write(&d.path().join("pub.pem"), pem.as_bytes(), 0o644);
+
+        let e = load_dir(d.path(), ReadableKeys::Refuse)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("UNPROTECTED PRIVATE KEY FILE: permissions 0644 for "),
+            "{e}"
+        );
+        let secret = |keys: Vec<KeyMaterial>| keys.iter().filter(|k| k.is_secret()).count();
+        // Reached three ways: the timestamped dir, `..data` and the top link.
+        assert_eq!(secret(load_dir(d.path(), ReadableKeys::Allow).unwrap()), 3);
+        chmod(&key, 0o600);
+        assert_eq!(secret(load_dir(d.path(), ReadableKeys::Refuse).unwrap()), 3);
+        chmod(&key, 0o660);
+        let e = load_dir(d.path(), ReadableKeys::Allow)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("let others than its owner change it"), "{e}");
+    }
 }

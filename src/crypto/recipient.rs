@@ -5,7 +5,7 @@ use zeroize::Zeroizing;
 
 use super::Error;
 use super::keyprovider::ProviderConfig;
-use super::keys::{Certificate, KeyArg, KeyMaterial, PrivateKey, PublicKey};
+use super::keys::{Certificate, KeyArg, KeyMaterial, PrivateKey, PublicKey, ReadableKeys};
 
 /// One `--recipient SCHEME:VALUE`.
 pub enum Recipient {
@@ -32,7 +32,7 @@ impl Recipient {
                 path: value.into(),
                 password: None,
             }
-            .load()
+            .load(ReadableKeys::Refuse)
             .map_err(|e| Error::BadKey(format!("recipient {scheme}: {what}: {e}")))
         };
         let wrong = |k: &KeyMaterial, want: &str| {
@@ -91,6 +91,8 @@ pub struct KeyRing {
     /// Keyproviders that may be asked to unwrap (`--key provider:NAME`).
     pub providers: Vec<String>,
     pub provider_config: Option<ProviderConfig>,
+    /// Whether `--key` files with private keys may be readable by others.
+    pub readable_keys: ReadableKeys,
 }
 
 impl KeyRing {
@@ -106,7 +108,7 @@ impl KeyRing {
             .password
             .clone()
             .unwrap_or_else(|| Zeroizing::new(String::new()));
-        for k in ka.load()? {
+        for k in ka.load(self.readable_keys)? {
             self.add(k, &pw);
         }
         Ok(())

@@ -2,10 +2,21 @@
 //! extractor would (later entries replace earlier ones, missing parent
 //! directories appear), with OCI whiteouts turned into what overlayfs reads
 //! from a lower layer: `.wh.NAME` becomes a 0:0 character device `NAME`, and
-//! `.wh..wh..opq` marks its directory `trusted.overlay.opaque=y`. Names are
-//! already cleaned, so nothing can point outside the layer; entries that
-//! cannot be placed (a hard link to nothing, a path through a file) are
-//! skipped with a warning that gives the entry's index, not its name.
+//! `.wh..wh..opq` marks its directory `trusted.overlay.opaque=y`.
+//!
+//! Everything here comes from the image and is hostile:
+//! - Names and hard-link targets are cleaned lexically (`.`, `..`, repeated
+//!   and leading `/` go, as containerd's unpacker and the eStargz reader
+//!   clean them), so no entry lands outside the layer root. A later entry
+//!   with the same cleaned name replaces the earlier one, as tar extraction
+//!   does; a directory over a directory only takes its metadata.
+//! - Entries that cannot become a directory entry (a NUL in the name, a
+//!   component longer than `NAME_MAX`, a whiteout of `.` or `..`, a hard link
+//!   to nothing, a path through a file) are skipped with a warning that
+//!   gives the entry's index and the layer, never the name: names are
+//!   decrypted data.
+//! - Of the image's xattrs only `user.*` and `security.capability` are
+//!   served; see [`served_xattr`].
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -16,6 +27,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::layer::index::Node;
+use crate::layer::tarmeta::clean;
 
 /// The root directory's inode number.
 pub const ROOT: u64 = 1;
@@ -24,6 +36,11 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 /// The xattr overlayfs reads to treat a lower directory as opaque.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Longest name component Linux accepts (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// Longest xattr name and value Linux accepts (`XATTR_NAME_MAX`, `XATTR_SIZE_MAX`).
+const XATTR_NAME_MAX: usize = 255;
+const XATTR_SIZE_MAX: usize = 64 << 10;
 
 /// What an inode is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +94,14 @@ impl Tree {
 
     fn place(&mut self, i: usize, n: &Node) -> Result<(), &'static str> {
         let e = &n.entry;
-        let parts: Vec<&str> = e.name.split('/').filter(|p| !p.is_empty()).collect();
+        if e.name.contains('\0') || e.link_name.contains('\0') {
+            return Err("name holds a NUL byte");
+        }
+        let cleaned = clean(&e.name);
+        let parts: Vec<&str> = cleaned.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.iter().any(|p| p.len() > NAME_MAX) {
+            return Err("name component longer than NAME_MAX");
+        }
         let Some((last, dirs)) = parts.split_last() else {
             // The root itself: take its metadata.
             if e.kind == "dir" {
@@ -95,6 +119,10 @@ impl Tree {
             p.xattrs.insert(OPAQUE_XATTR.into(), b"y".to_vec());
             return Ok(());
         }
+        let whiteout = last.strip_prefix(WHITEOUT_PREFIX);
+        if whiteout.is_some_and(|h| matches!(h, "" | "." | "..")) {
+            return Err("whiteout of no name, `.` or `..`");
+        }
         let mut name = OsString::from(*last);
         let mut inode = match e.kind.as_str() {
             "dir" => dir_inode(0, 0, 0, UNIX_EPOCH),
@@ -105,7 +133,7 @@ impl Tree {
             "fifo" => plain(Kind::Fifo),
             "hardlink" => {
                 let target = self
-                    .resolve(&e.link_name)
+                    .resolve(&clean(&e.link_name))
                     .ok_or("hard link to a missing entry")?;
                 if matches!(self.inode(target).kind, Kind::Dir(_)) {
                     return Err("hard link to a directory");
@@ -115,7 +143,7 @@ impl Tree {
             _ => return Err("unknown entry type"),
         };
         set_meta(&mut inode, e);
-        if let Some(hidden) = last.strip_prefix(WHITEOUT_PREFIX) {
+        if let Some(hidden) = whiteout {
             // A whiteout: overlayfs hides `hidden` in the layers below.
             name = OsString::from(hidden);
             inode.kind = Kind::Char(0);
@@ -127,8 +155,10 @@ impl Tree {
             if let (Kind::Dir(kids), "dir") = (&self.inode(old).kind, e.kind.as_str()) {
                 let kids = kids.clone();
                 let o = self.inode_mut(old);
+                let opaque = o.xattrs.remove_entry(OsStr::new(OPAQUE_XATTR));
                 *o = inode;
                 o.kind = Kind::Dir(kids);
+                o.xattrs.extend(opaque);
                 return Ok(());
             }
         }
@@ -248,11 +278,32 @@ fn set_meta(i: &mut Inode, e: &crate::layer::estargz::toc::TocEntry) {
         Kind::Symlink(t) => t.len() as u64,
         _ => 0,
     };
+    // The opaque mark is ours (from `.wh..wh..opq`), not the image's.
+    let opaque = i.xattrs.remove_entry(OsStr::new(OPAQUE_XATTR));
     i.xattrs = e
         .xattrs
         .iter()
-        .filter_map(|(k, v)| Some((OsString::from(k), B64.decode(v).ok()?)))
+        .filter_map(|(k, v)| Some((k, B64.decode(v).ok()?)))
+        .filter(|(k, v)| served_xattr(k, v))
+        .map(|(k, v)| (OsString::from(k), v))
         .collect();
+    i.xattrs.extend(opaque);
+}
+
+/// Whether an xattr from the image is served. overlayfs reads
+/// `trusted.overlay.*` (opaque, redirect, metacopy, origin, ...) from lower
+/// layers and acts on it, and the kernel and LSMs act on other `trusted.*`
+/// and `security.*` names (SELinux labels, IMA/EVM): those are the host's to
+/// set, so they are dropped. `user.*` is kept (inert for the host, which
+/// mounts overlayfs with `trusted.` xattrs). `security.capability` is kept:
+/// file capabilities (`ping`) are ordinary image content that containerd's
+/// unpacker preserves, and the container's bounding set still limits them.
+/// `system.*` (ACLs) is dropped: FUSE without `posix_acl` never serves them.
+/// Names and values Linux could not hold are dropped too.
+pub fn served_xattr(name: &str, value: &[u8]) -> bool {
+    let allowed =
+        name == "security.capability" || name.strip_prefix("user.").is_some_and(|s| !s.is_empty());
+    allowed && !name.contains('\0') && name.len() <= XATTR_NAME_MAX && value.len() <= XATTR_SIZE_MAX
 }
 
 /// Linux's `makedev` for the 32-bit rdev FUSE carries.
@@ -349,6 +400,139 @@ mod tests {
             Kind::Symlink(_)
         ));
         assert_eq!(t.inode(ROOT).nlink, 4);
+    }
+
+    /// Every name in every directory of `t`, as `dir/name` paths.
+    fn all_names(t: &Tree) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![(ROOT, String::new())];
+        while let Some((ino, path)) = stack.pop() {
+            if let Kind::Dir(kids) = &t.inode(ino).kind {
+                for (n, &k) in kids {
+                    let p = format!("{path}/{}", n.to_string_lossy());
+                    out.push(p.clone());
+                    stack.push((k, p));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn hostile_names_land_inside_the_layer_or_nowhere() {
+        let mut link = node("h", "hardlink");
+        link.entry.link_name = "../../a//./b".into();
+        let mut nul_link = node("h2", "hardlink");
+        nul_link.entry.link_name = "a/b\0x".into();
+        let t = Tree::build(
+            &[
+                node("../escape", "reg"),
+                node("/abs", "reg"),
+                node("a/./b", "reg"),
+                node("a//c", "reg"),
+                node("./a/../../d/", "dir"),
+                node("x\0y", "reg"),
+                node(&"n".repeat(256), "reg"),
+                node(".wh.", "reg"),
+                node("a/.wh..", "reg"),
+                node("a/.wh...", "reg"),
+                node("..", "reg"),
+                link,
+                nul_link,
+            ],
+            "L",
+        );
+        assert_eq!(
+            all_names(&t),
+            ["/a", "/a/b", "/a/c", "/abs", "/d", "/escape", "/h"]
+        );
+        assert_eq!(t.resolve("h"), t.resolve("a/b"));
+    }
+
+    #[test]
+    fn a_later_entry_with_the_same_cleaned_name_wins() {
+        let mut s = node("./dup", "symlink");
+        s.entry.link_name = "target".into();
+        let mut d2 = node("/d/", "dir");
+        d2.entry.mode = 0o700;
+        let t = Tree::build(
+            &[
+                node("dup", "reg"),
+                s,
+                node("d", "dir"),
+                node("d//f", "reg"),
+                d2,
+            ],
+            "L",
+        );
+        assert_eq!(all_names(&t), ["/d", "/d/f", "/dup"]);
+        let dup = t.inode(t.resolve("dup").unwrap());
+        assert_eq!(dup.kind, Kind::Symlink(b"target".to_vec()));
+        assert_eq!(t.inode(t.resolve("d").unwrap()).perm, 0o700);
+    }
+
+    #[test]
+    fn only_user_and_capability_xattrs_of_the_image_are_served() {
+        let xattrs = |n: &mut Node| {
+            for k in [
+                "trusted.overlay.opaque",
+                "trusted.overlay.redirect",
+                "trusted.overlay.metacopy",
+                "trusted.overlay.origin",
+                "trusted.other",
+                "security.selinux",
+                "security.ima",
+                "security.capability",
+                "system.posix_acl_access",
+                "user.kept",
+                "user.",
+                "other.ns",
+            ] {
+                n.entry.xattrs.insert(k.into(), B64.encode(b"y"));
+            }
+            n.entry
+                .xattrs
+                .insert("user.big".into(), B64.encode(vec![0; 65537]));
+        };
+        let (mut f, mut d, mut root) = (node("f", "reg"), node("d", "dir"), node("./", "dir"));
+        xattrs(&mut f);
+        xattrs(&mut d);
+        xattrs(&mut root);
+        // `o` is made opaque by its whiteout, then its own entry comes again.
+        let t = Tree::build(
+            &[
+                f,
+                d,
+                node("o", "dir"),
+                node("o/.wh..wh..opq", "reg"),
+                node("o", "dir"),
+                node("./.wh..wh..opq", "reg"),
+                root,
+            ],
+            "L",
+        );
+        let names = |ino: u64| -> Vec<String> {
+            let mut v: Vec<_> = t
+                .inode(ino)
+                .xattrs
+                .keys()
+                .map(|k| k.to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        for p in ["f", "d"] {
+            let ino = t.resolve(p).unwrap();
+            assert_eq!(names(ino), ["security.capability", "user.kept"], "{p}");
+        }
+        let root_xattrs = names(ROOT);
+        assert_eq!(
+            root_xattrs,
+            ["security.capability", OPAQUE_XATTR, "user.kept"]
+        );
+        let o = t.resolve("o").unwrap();
+        assert_eq!(names(o), [OPAQUE_XATTR]);
     }
 
     #[test]

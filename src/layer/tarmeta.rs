@@ -102,6 +102,12 @@ impl Pending {
                 String::from_utf8_lossy(&rec[..eq]).into_owned(),
                 &rec[eq + 1..],
             );
+            // As Go's archive/tar: a NUL would cut a name short where the
+            // kernel reads it, so the record is malformed, not truncated.
+            let names = ["path", "linkpath", "uname", "gname"];
+            if k.contains('\0') || (names.contains(&k.as_str()) && v.contains(&0)) {
+                return Err(bad("PAX record holds a NUL byte".into()));
+            }
             let text = || String::from_utf8_lossy(v).into_owned();
             let num = || text().split('.').next().and_then(|s| s.parse::<u64>().ok());
             match k.as_str() {
@@ -216,5 +222,91 @@ mod tests {
         assert_eq!(clean("./a/b/"), "a/b");
         assert_eq!(clean("/a/../../b"), "b");
         assert_eq!(clean("./"), "");
+    }
+
+    /// A ustar header whose name and link name are these raw bytes.
+    fn header(name: &[u8], link: &[u8], kind: tar::EntryType) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h
+    }
+
+    fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in records {
+            let body = k.len() + v.len() + 3;
+            // The length field counts its own digits.
+            let mut len = body + body.to_string().len();
+            if len.to_string().len() != body.to_string().len() {
+                len += 1;
+            }
+            out.extend_from_slice(format!("{len} {k}=").as_bytes());
+            out.extend_from_slice(v);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    #[test]
+    fn hostile_tar_names_stay_inside_the_layer() {
+        use tar::EntryType::{Link, Regular, Symlink};
+        for (raw, want) in [
+            ("../escape", "escape"),
+            ("/abs", "abs"),
+            ("a/./b", "a/b"),
+            ("a//b", "a/b"),
+            ("a/../../../b", "b"),
+            ("..", ""),
+        ] {
+            let e = Pending::default()
+                .entry(&header(raw.as_bytes(), b"", Regular))
+                .unwrap();
+            assert_eq!(e.name, want, "{raw}");
+        }
+        let e = Pending::default()
+            .entry(&header(b"h", b"../../etc//passwd", Link))
+            .unwrap();
+        assert_eq!(e.link_name, "etc/passwd");
+        // A symlink's target is content, resolved in the container's root.
+        let e = Pending::default()
+            .entry(&header(b"s", b"../../etc/passwd", Symlink))
+            .unwrap();
+        assert_eq!(e.link_name, "../../etc/passwd");
+
+        // PAX names are cleaned the same way.
+        let mut p = Pending::default();
+        let rec = pax(&[("path", b"/../x/./y"), ("linkpath", b"/../../t")]);
+        p.absorb(tar::EntryType::XHeader, rec.len() as u64, &rec[..])
+            .unwrap();
+        let e = p.entry(&header(b"ignored", b"", Link)).unwrap();
+        assert_eq!((e.name.as_str(), e.link_name.as_str()), ("x/y", "t"));
+    }
+
+    #[test]
+    fn a_nul_in_a_pax_name_is_refused_without_naming_it() {
+        for rec in [
+            pax(&[("path", b"secret\0name")]),
+            pax(&[("linkpath", b"secret\0name")]),
+            pax(&[("SCHILY.xattr.user.a\0secret", b"v")]),
+        ] {
+            let e = Pending::default()
+                .absorb(tar::EntryType::XHeader, rec.len() as u64, &rec[..])
+                .unwrap_err();
+            assert_eq!(e.to_string(), "tar: PAX record holds a NUL byte");
+        }
+        // Elsewhere a NUL is only a byte of the value.
+        let rec = pax(&[("SCHILY.xattr.user.a", b"v\0w")]);
+        let mut p = Pending::default();
+        p.absorb(tar::EntryType::XHeader, rec.len() as u64, &rec[..])
+            .unwrap();
+        let e = p
+            .entry(&header(b"f", b"", tar::EntryType::Regular))
+            .unwrap();
+        assert_eq!(e.xattrs["user.a"], B64.encode(b"v\0w"));
     }
 }

@@ -13,6 +13,8 @@ pub struct FileConfig {
     pub root: Option<PathBuf>,
     pub address: Option<PathBuf>,
     pub keys_dir: Option<PathBuf>,
+    /// Accept private key files readable by their group or others.
+    pub allow_readable_keys: Option<bool>,
     #[serde(default)]
     pub plain_http: Vec<String>,
     /// containerd's registry hosts directory (`hosts.toml` per registry).
@@ -79,6 +81,11 @@ mod tests {
             FileConfig::load(&p, true)
                 .unwrap_err()
                 .contains("upper must be")
+        );
+        std::fs::write(&p, "allow_readable_keys = true\n").unwrap();
+        assert_eq!(
+            FileConfig::load(&p, true).unwrap().allow_readable_keys,
+            Some(true)
         );
         assert!(FileConfig::load(&d.path().join("none"), false).is_ok());
         assert!(FileConfig::load(&d.path().join("none"), true).is_err());

@@ -75,6 +75,8 @@ pub fn named_layer(labels: &BTreeMap<String, String>) -> Option<Remote> {
 pub struct RemoteConfig {
     /// Directory of private keys (like ctd-decoder's `--decryption-keys-path`).
     pub keys_dir: PathBuf,
+    /// Whether private key files in `keys_dir` may be readable by others.
+    pub readable_keys: crate::crypto::keys::ReadableKeys,
     /// Registries (`host[:port]`) reached over plain HTTP.
     pub plain_http: Vec<String>,
     /// containerd's `certs.d` directory: registry mirrors in `hosts.toml`.
@@ -188,9 +190,11 @@ impl Remotes {
             ..Default::default()
         };
         if self.config.keys_dir.exists() {
-            let keys = crate::crypto::keys::load_dir(&self.config.keys_dir).map_err(|e| {
-                Error::internal(format!("keys in {}: {e}", self.config.keys_dir.display()))
-            })?;
+            let keys =
+                crate::crypto::keys::load_dir(&self.config.keys_dir, self.config.readable_keys)
+                    .map_err(|e| {
+                        Error::internal(format!("keys in {}: {e}", self.config.keys_dir.display()))
+                    })?;
             let none = Zeroizing::new(String::new());
             for k in keys {
                 ring.add(k, &none);

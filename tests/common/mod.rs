@@ -74,6 +74,13 @@ pub fn skopeo() -> Command {
     c
 }
 
+/// Writes a private key file readable by its owner only, as lazycrypt
+/// wants key files (it refuses ones that others can read).
+pub fn write_private(p: &Path, data: impl AsRef<[u8]>) {
+    std::fs::write(p, data).unwrap();
+    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
 /// An RSA key pair and a self-signed certificate for it, made by openssl.
 pub struct RsaKeys {
     pub private: PathBuf,
@@ -161,11 +168,10 @@ pub fn pgp_keys(dir: &Path, name: &str) -> (PathBuf, String, PathBuf, PathBuf) {
     let public = dir.join(format!("{name}.gpg.pub"));
     let secret = dir.join(format!("{name}.gpg.sec"));
     std::fs::write(&public, run(gpg().args(["--export", &uid])).stdout).unwrap();
-    std::fs::write(
+    write_private(
         &secret,
         run(gpg().args(["--export-secret-keys", &uid])).stdout,
-    )
-    .unwrap();
+    );
     (home, uid, public, secret)
 }
 

@@ -16,6 +16,7 @@ use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME};
 use crate::crypto::cipher::LayerKey;
 use crate::layer::index::{ChunkSource, Extent, Layer, MAX_CHUNK, Node, bad};
 use crate::layer::source::{RangeReader, RangeSource};
+use crate::layer::tarmeta::clean;
 use crate::layer::verified::{Sha256Digest, Verified};
 
 /// What vouches for the TOC.
@@ -74,7 +75,12 @@ pub fn open(
     let mut nodes: Vec<Node> = Vec::new();
     let mut chunks = Vec::new();
     let mut prioritized_end = 0;
-    for (i, e) in toc.entries.into_iter().enumerate() {
+    for (i, mut e) in toc.entries.into_iter().enumerate() {
+        // Names as the tar-based formats store them (see `tarmeta::clean`).
+        e.name = clean(&e.name);
+        if e.kind == "hardlink" {
+            e.link_name = clean(&e.link_name);
+        }
         if e.kind == "reg" && e.name == PREFETCH_LANDMARK {
             prioritized_end = e.offset.min(toc_at);
         }
@@ -565,5 +571,78 @@ mod tests {
             files[5][..]
         );
         assert!(mem.fetched.load(Ordering::Relaxed) - opened > prefetched);
+    }
+
+    /// A blob that is only a TOC member and the footer: enough for entries
+    /// without content.
+    fn toc_only_blob(entries: Vec<super::super::toc::TocEntry>) -> Vec<u8> {
+        use std::io::Write;
+        let json = serde_json::to_vec(&Toc {
+            version: 1,
+            entries,
+        })
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path(TOC_NAME).unwrap();
+        h.set_size(json.len() as u64);
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(&json);
+        tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let mut blob = gz.finish().unwrap();
+        blob.extend_from_slice(&super::super::footer::encode(0));
+        blob
+    }
+
+    #[test]
+    fn toc_names_are_cleaned_and_a_name_that_cleans_to_nothing_is_refused() {
+        use super::super::toc::TocEntry;
+        let entry = |name: &str, kind: &str, link: &str| TocEntry {
+            name: name.into(),
+            kind: kind.into(),
+            link_name: link.into(),
+            mode: 0o755,
+            ..Default::default()
+        };
+        let blob = toc_only_blob(vec![
+            entry("../escape/", "dir", ""),
+            entry("/abs//x", "symlink", "../../t"),
+            entry("a/./b/", "dir", ""),
+            entry("h", "hardlink", "/../a/b/"),
+        ]);
+        let l = open(
+            Arc::new(MemoryRange::new(blob)),
+            None,
+            &Anchor::Unverified,
+            "L",
+        )
+        .unwrap();
+        let got: Vec<_> = l
+            .nodes()
+            .iter()
+            .map(|n| (n.entry.name.as_str(), n.entry.link_name.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("escape", ""),
+                ("abs/x", "../../t"),
+                ("a/b", ""),
+                ("h", "a/b")
+            ]
+        );
+
+        let blob = toc_only_blob(vec![entry("secret/../..", "reg", "")]);
+        let e = open(
+            Arc::new(MemoryRange::new(blob)),
+            None,
+            &Anchor::Unverified,
+            "L",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.to_string(), "layer L: TOC entry 0 has no name");
     }
 }
