@@ -466,7 +466,17 @@ fn write_keys(dir: &Path) -> io::Result<PathBuf> {
     let public = dir.with_extension("pub.pem");
     let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(io::Error::other)?;
     let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(io::Error::other)?;
-    std::fs::write(dir.join("bench.pem"), pem.as_bytes())?;
+    // The node's keys directory refuses a private key others could read.
+    io::Write::write_all(
+        &mut crate::private::open(
+            &dir.join("bench.pem"),
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )?,
+        pem.as_bytes(),
+    )?;
     let pubpem = key
         .to_public_key()
         .to_public_key_pem(LineEnding::LF)
