@@ -707,6 +707,186 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
     daemon.stop();
 }
 
+/// Two one-layer encrypted eStargz images in `reg`: V, whose secret carries
+/// `v_marker`, and X, an attacker's image with other content (`x_marker`)
+/// whose config claims V's diff IDs, so containerd names X's layer as V's.
+/// Returns their references (without `docker://`).
+fn lying_pair(
+    dir: &Path,
+    reg: &Registry,
+    repo: &str,
+    v_marker: &str,
+    x_marker: &str,
+    public: &Path,
+) -> (String, String) {
+    let work = dir.join(format!("lying-{repo}"));
+    let enc = work.join("enc");
+    for (tag, marker) in [("v", v_marker), ("x", x_marker)] {
+        let root = secret_rootfs(&work.join(tag), marker);
+        let plain = format!("oci:{}:plain", work.join(format!("{tag}-img")).display());
+        ok(lazycrypt()
+            .args(["build", "--cmd", "/bin/sh", "--layer"])
+            .arg(&root)
+            .args(["--", &plain]));
+        common::encrypt_estargz(&plain, &format!("oci:{}:{tag}", enc.display()), public);
+    }
+    let config_of = |tag: &str| -> (serde_json::Value, String) {
+        let m = common::layout_manifest(&format!("oci:{}:{tag}", enc.display()));
+        let d = m["config"]["digest"].as_str().unwrap().to_string();
+        (common::read_json_blob(&enc, &d), d)
+    };
+    let (v_config, _) = config_of("v");
+    let (mut x_config, _) = config_of("x");
+    assert_ne!(x_config["rootfs"], v_config["rootfs"]);
+    x_config["rootfs"]["diff_ids"] = v_config["rootfs"]["diff_ids"].clone();
+    let bytes = serde_json::to_vec(&x_config).unwrap();
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+    );
+    std::fs::write(common::blob_path(&enc, &digest), &bytes).unwrap();
+    common::edit_manifest(&format!("oci:{}:x", enc.display()), |m| {
+        m["config"]["digest"] = serde_json::Value::String(digest);
+        m["config"]["size"] = serde_json::Value::from(bytes.len());
+    });
+    let mut refs = Vec::new();
+    for tag in ["v", "x"] {
+        let dst = reg.image(&format!("{repo}/{tag}:1"));
+        ok(common::skopeo()
+            .args(["copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", enc.display()))
+            .arg(&dst));
+        refs.push(dst.trim_start_matches("docker://").to_string());
+    }
+    // Only ciphertext is left: the whole test directory can be scanned.
+    for tag in ["v", "x", "v-img", "x-img"] {
+        let _ = std::fs::remove_dir_all(work.join(tag));
+    }
+    (refs[0].clone(), refs[1].clone())
+}
+
+/// `lazycrypt pull` of `image` into namespace `ns`; stdout, or stderr on failure.
+fn pull_in(ctd: &Containerd, ns: &str, image: &str) -> Result<String, String> {
+    let o = run(lazycrypt()
+        .args(["pull", "--plain-http", "--namespace", ns, "--address"])
+        .arg(&ctd.socket)
+        .arg(image));
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// Waits until the daemon's log holds `text` `n` times.
+fn log_shows(daemon: &Daemon, text: &str, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while daemon.log().matches(text).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never showed {text:?}: {}",
+            daemon.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_anothers() {
+    let d = tmp();
+    let reg = Registry::start();
+    let k = common::rsa_keys(d.path(), "k");
+    let tag = std::process::id();
+    let (v_marker, x_marker) = (format!("LZVICTIM{tag}"), format!("LZATTACK{tag}"));
+    let (v, x) = lying_pair(d.path(), &reg, "one", &v_marker, &x_marker, &k.public);
+    let (v2_marker, x2_marker) = (format!("LZVICTWO{tag}"), format!("LZATTWO{tag}"));
+    let (v2, x2) = lying_pair(d.path(), &reg, "two", &v2_marker, &x2_marker, &k.public);
+    let (_keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    args.extend(["--diff-id-delay", "1"].map(String::from));
+    let daemon = Daemon::start_with(d.path(), &args);
+    let ctd = Containerd::start_with_cri(d.path(), &daemon.socket, Some(&reg.addr));
+    let cat = |ns: &str, image: &str, id: &str| {
+        run(ctd.ctr_in(ns).args([
+            "run",
+            "--rm",
+            "--snapshotter",
+            "lazycrypt",
+            image,
+            id,
+            "/bin/busybox",
+            "cat",
+            "/data/secret",
+        ]))
+    };
+
+    // X first, then V in another namespace (CRI's), at once or after X's
+    // check: V's Prepare reaches lazycrypt, which checks X's layer (or has),
+    // finds it poisoned and mounts V's own.
+    pull_in(&ctd, "attacker", &x).unwrap();
+    let pulled = rt().block_on(async {
+        let c = lazycrypt::containerd::client::Client::connect(&ctd.socket, "k8s.io")
+            .await
+            .unwrap();
+        use lazycrypt::containerd::proto::cri;
+        let mut images = cri::image_service_client::ImageServiceClient::new(c.channel);
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: v.clone(),
+                    annotations: HashMap::new(),
+                }),
+                auth: None,
+            })
+            .await
+    });
+    pulled.unwrap_or_else(|e| panic!("CRI pull of V: {e}\n{}", daemon.log()));
+    let out = cat("k8s.io", &v, "v1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&v_marker),
+        "{out:?}\n{}",
+        daemon.log()
+    );
+    assert!(!text.contains(&x_marker));
+    log_shows(&daemon, "is poisoned", 1);
+
+    // The same namespace: X2's layer is checked and poisoned before V2
+    // comes. containerd finds V2's layer name taken and asks lazycrypt,
+    // which refuses, saying why; nobody reads X2's files as V2's.
+    pull_in(&ctd, "same", &x2).unwrap();
+    log_shows(&daemon, "is poisoned", 2);
+    let out = cat("same", &x2, "x2");
+    assert!(!out.status.success(), "{out:?}");
+    let err = pull_in(&ctd, "same", &v2).unwrap_err();
+    assert!(
+        err.contains("not the sha256:") && err.contains("Remove the images that use this layer"),
+        "{err}"
+    );
+    let out = cat("same", &v2, "v2");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&x2_marker));
+    // In another namespace V2 runs, with its own layer.
+    pull_in(&ctd, "victim", &v2).unwrap();
+    let out = cat("victim", &v2, "v2b");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&v2_marker),
+        "{out:?}\n{}",
+        daemon.log()
+    );
+
+    // Neither the markers nor any file name reached the disk or the log.
+    let needles: [&[u8]; 4] = [
+        v_marker.as_bytes(),
+        x_marker.as_bytes(),
+        v2_marker.as_bytes(),
+        x2_marker.as_bytes(),
+    ];
+    let hits = common::mounts::files_containing(d.path(), &needles);
+    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
+    drop(ctd);
+    daemon.stop();
+}
+
 /// `lazycrypt pull` of a plain-HTTP `image` into `ctd`; returns its output.
 fn lazycrypt_pull(ctd: &Containerd, image: &str) -> String {
     ok(lazycrypt()

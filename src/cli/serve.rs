@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
 use crate::fs::ReadAhead;
+use crate::snapshotter::checks::DiffIdConfig;
 use crate::snapshotter::config::FileConfig;
 use crate::snapshotter::remote::RemoteConfig;
 use crate::snapshotter::service::{Service, serve};
@@ -63,6 +64,25 @@ pub struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9187).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Blob bytes a second a background diff-ID check may read (K, M, G
+    /// suffixes; 0: no limit). Each lazily mounted layer is hashed whole
+    /// once, at low CPU priority, to bind it to the diff ID its image claims
+    /// [default: 32M].
+    #[arg(long, value_name = "SIZE")]
+    pub diff_id_rate: Option<String>,
+    /// Seconds after a layer's mount before its diff-ID check starts, so the
+    /// container's start has the link to itself [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    pub diff_id_delay: Option<u64>,
+}
+
+/// `0` (no limit) or a size.
+fn parse_rate(s: &str) -> Result<Option<u64>, String> {
+    if s == "0" {
+        Ok(None)
+    } else {
+        super::mount::parse_size(s).map(Some)
+    }
 }
 
 const DEFAULT_CONFIG: &str = "/etc/lazycrypt/config.toml";
@@ -135,13 +155,26 @@ pub fn run(a: Args) -> Result<()> {
         tmpfs: a.upper.or(file.upper).as_deref() != Some("disk"),
         size: a.upper_size.or(size("upper_size", &file.upper_size)?),
     };
-    let store = Store::open(&root, remote, upper)
+    let defaults = DiffIdConfig::default();
+    let diff_id = DiffIdConfig {
+        rate: match (&a.diff_id_rate, &file.diff_id_rate) {
+            (Some(r), _) => parse_rate(r).map_err(|e| anyhow::anyhow!("--diff-id-rate: {e}"))?,
+            (None, f) => parsed("diff_id_rate", f, parse_rate)?.unwrap_or(defaults.rate),
+        },
+        delay: a
+            .diff_id_delay
+            .or(file.diff_id_delay)
+            .map_or(defaults.delay, std::time::Duration::from_secs),
+        ..defaults
+    };
+    let store = Store::open(&root, remote, upper, diff_id)
         .with_context(|| format!("opening the snapshot store in {}", root.display()))?;
     // Directories a crash left without metadata, then the remote layers.
     store.cleanup().context("cleaning up")?;
     let n = store.restore().context("re-mounting remote layers")?;
     tracing::info!("{n} remote layers mounted again");
     let store = Arc::new(store);
+    store.check_diff_ids();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -71,6 +71,11 @@ pub struct LayerFs {
 }
 
 impl LayerFs {
+    /// How many inodes the tree has (numbered from 1).
+    pub fn inode_count(&self) -> u64 {
+        self.tree.inodes.len() as u64
+    }
+
     pub fn new(layer: Arc<Layer>, cache: Arc<ChunkCache>) -> Self {
         let tree = Tree::build(layer.nodes(), layer.what());
         let runs = (0..tree.inodes.len()).map(|_| Runs::default()).collect();
@@ -110,7 +115,12 @@ impl LayerFs {
         }
     }
 
+    /// Every request goes through here: a poisoned layer (one that is not
+    /// what its image claimed) answers nothing but EIO, names included.
     fn inode(&self, ino: INodeNo) -> Result<&Inode, Errno> {
+        if self.layer.is_poisoned() {
+            return Err(Errno::EIO);
+        }
         self.tree.get(ino.0).ok_or(Errno::ENOENT)
     }
 

@@ -77,6 +77,9 @@ pub struct Layer {
     nodes: Vec<Node>,
     chunks: Box<dyn ChunkSource>,
     chunk_count: u32,
+    /// Set when the layer turned out not to be what its image claimed: from
+    /// then on nothing of it is served.
+    poisoned: std::sync::atomic::AtomicBool,
 }
 
 /// Most plaintext a single chunk may hold: a TOC that claims more is refused
@@ -141,7 +144,18 @@ impl Layer {
             nodes,
             chunks,
             chunk_count,
+            poisoned: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Stops serving the layer: every later load fails with EIO.
+    pub fn poison(&self) {
+        self.poisoned.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Layer::poison`] was called.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
     }
 
     /// A number unique to this layer in this process, for cache keys.
@@ -164,6 +178,12 @@ impl Layer {
 
     /// Loads one chunk, uncached.
     pub fn load_chunk(&self, chunk: u32) -> io::Result<Verified> {
+        if self.is_poisoned() {
+            return Err(bad(
+                &self.what,
+                "the layer does not match its image's diff ID".into(),
+            ));
+        }
         self.chunks.load(chunk)
     }
 

@@ -46,6 +46,8 @@ pub struct LayerMount {
     resumed: bool,
     /// The layer's own memory, counted against the chunk cache's budget.
     _reserved: Reservation,
+    /// Inodes of the mounted tree, numbered from 1.
+    inodes: u64,
 }
 
 impl LayerMount {
@@ -60,12 +62,9 @@ impl LayerMount {
         let fail = |e: io::Error| {
             io::Error::new(e.kind(), format!("FUSE mount at {}: {e}", dir.display()))
         };
-        let session = Session::new(
-            LayerFs::new(layer.clone(), cache.clone()),
-            dir,
-            &fuse_config(),
-        )
-        .map_err(fail)?;
+        let fs = LayerFs::new(layer.clone(), cache.clone());
+        let inodes = fs.inode_count();
+        let session = Session::new(fs, dir, &fuse_config()).map_err(fail)?;
         let conn = session.as_fd().try_clone_to_owned().map_err(fail)?;
         let session = session.spawn().map_err(fail)?;
         if let Err(e) = sys::set_read_ahead(dir, read_ahead.for_layer(&layer)) {
@@ -79,6 +78,7 @@ impl LayerMount {
             layer,
             conn,
             resumed: false,
+            inodes,
         })
     }
 
@@ -108,13 +108,10 @@ impl LayerMount {
         let mut config = fuse_config();
         config.mount_options.clear();
         let reserved = cache.reserve(layer.resident());
-        let session = Session::from_fd(
-            LayerFs::new(layer.clone(), cache),
-            OwnedFd::from(ours),
-            SessionACL::All,
-            config,
-        )
-        .map_err(fail)?;
+        let fs = LayerFs::new(layer.clone(), cache);
+        let inodes = fs.inode_count();
+        let session =
+            Session::from_fd(fs, OwnedFd::from(ours), SessionACL::All, config).map_err(fail)?;
         let slot = session.as_fd().as_raw_fd();
         // SAFETY: both are open descriptors; `slot` belongs to the session,
         // which has not read from it since the handshake and keeps the
@@ -134,6 +131,7 @@ impl LayerMount {
             layer,
             conn,
             resumed: true,
+            inodes,
         })
     }
 
@@ -150,6 +148,19 @@ impl LayerMount {
     /// The layer served.
     pub fn layer(&self) -> &Arc<Layer> {
         &self.layer
+    }
+
+    /// Stops serving the layer: every request gets EIO from now on, and the
+    /// kernel drops what it cached of its files, so open files cannot keep
+    /// reading pages served before.
+    pub fn poison(&self) {
+        self.layer.poison();
+        if let Some(s) = &self.session {
+            let n = s.notifier();
+            for ino in 1..=self.inodes {
+                let _ = n.inval_inode(fuser::INodeNo(ino), 0, -1);
+            }
+        }
     }
 
     /// Unmounts and waits for the FUSE threads to end.

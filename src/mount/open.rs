@@ -45,6 +45,106 @@ pub enum Mode {
     Indexed,
 }
 
+/// A layer blob as lazycrypt reads it: its key (if encrypted), how it is
+/// compressed, and its ciphertext cache file.
+pub(super) struct Blob {
+    src: Arc<dyn ImageSource>,
+    desc: Descriptor,
+    pub(super) what: String,
+    annotations: std::collections::HashMap<String, String>,
+    key: Option<LayerKey>,
+    hmac: Option<Vec<u8>>,
+    private_anchor: Option<String>,
+    pub(super) compression: Compression,
+    remote: Arc<BlobRange>,
+    pub(super) disk: Arc<DiskRange>,
+}
+
+impl Blob {
+    /// Unwraps the layer's key with `ring` and opens its cache file.
+    pub(super) fn open(
+        src: Arc<dyn ImageSource>,
+        desc: &Descriptor,
+        ring: &KeyRing,
+        opts: &OpenOptions,
+    ) -> io::Result<Self> {
+        let what = desc.digest().to_string();
+        let mt = desc.media_type().to_string();
+        let annotations = desc.annotations().clone().unwrap_or_default();
+        let (key, hmac, private_anchor) = if media::is_encrypted(&mt) {
+            // The crypto::Error rides inside: the snapshotter tells a missing key by its variant.
+            let (private, public) =
+                layer_keys(&annotations, ring, &what).map_err(io::Error::other)?;
+            (
+                Some(LayerKey::from_options(&private)),
+                Some(public.hmac),
+                private.toc_digest(),
+            )
+        } else {
+            (None, None, None)
+        };
+        let plain_type = media::decrypted(&mt);
+        let compression = if plain_type.ends_with("tar+gzip") || plain_type.ends_with("tar.gzip") {
+            Compression::Gzip
+        } else if plain_type.ends_with("tar+zstd") {
+            Compression::Zstd
+        } else if plain_type.ends_with(".tar") || plain_type.ends_with("tar") {
+            Compression::None
+        } else {
+            return Err(bad(
+                &what,
+                format!(
+                    "media type {plain_type} cannot be served (tar, tar+gzip and tar+zstd can)"
+                ),
+            ));
+        };
+        let remote = Arc::new(BlobRange::new(src.clone(), desc.clone()));
+        let disk = Arc::new(DiskRange::open(
+            &opts.cache_dir,
+            desc.digest(),
+            remote.clone() as Arc<dyn RangeSource>,
+        )?);
+        Ok(Blob {
+            src,
+            desc: desc.clone(),
+            what,
+            annotations,
+            key,
+            hmac,
+            private_anchor,
+            compression,
+            remote,
+            disk,
+        })
+    }
+
+    /// The whole blob, decrypted, failing at its end unless digest and HMAC
+    /// match: from disk if it is there, else fetched once, in order, and
+    /// stored as it passes. The caller marks the cache complete (or forgets
+    /// it) once it has read to the end.
+    pub(super) fn whole(&self) -> io::Result<Box<dyn Read + Send>> {
+        let raw: Box<dyn Read + Send> = if self.disk.is_complete() {
+            Box::new(self.disk.local()?)
+        } else {
+            let r = Counted {
+                inner: self.src.blob(&self.desc).map_err(io::Error::other)?,
+                blob: self.remote.clone(),
+            };
+            Box::new(DiskRange::filling(&self.disk, r))
+        };
+        let verified = VerifyingReader::new(
+            raw,
+            self.desc.digest().clone(),
+            Some(self.desc.size()),
+            &self.what,
+        );
+        Ok(match (&self.key, &self.hmac) {
+            (Some(k), Some(h)) => Box::new(k.decrypt_reader(verified, h, None, &self.what)),
+            _ => Box::new(verified),
+        })
+    }
+}
+
 /// Opens layer `desc` of an image read from `src`.
 pub fn open_layer(
     src: Arc<dyn ImageSource>,
@@ -52,85 +152,46 @@ pub fn open_layer(
     ring: &KeyRing,
     opts: &OpenOptions,
 ) -> io::Result<(Layer, Mode)> {
-    let what = desc.digest().to_string();
-    let mt = desc.media_type().to_string();
-    let annotations = desc.annotations().clone().unwrap_or_default();
-    let (key, hmac, private_anchor) = if media::is_encrypted(&mt) {
-        // The crypto::Error rides inside: the snapshotter tells a missing key by its variant.
-        let (private, public) = layer_keys(&annotations, ring, &what).map_err(io::Error::other)?;
-        (
-            Some(LayerKey::from_options(&private)),
-            Some(public.hmac),
-            private.toc_digest(),
-        )
-    } else {
-        (None, None, None)
-    };
-    let plain_type = media::decrypted(&mt);
-    let compression = if plain_type.ends_with("tar+gzip") || plain_type.ends_with("tar.gzip") {
-        Compression::Gzip
-    } else if plain_type.ends_with("tar+zstd") {
-        Compression::Zstd
-    } else if plain_type.ends_with(".tar") || plain_type.ends_with("tar") {
-        Compression::None
-    } else {
-        return Err(bad(
-            &what,
-            format!("media type {plain_type} cannot be served (tar, tar+gzip and tar+zstd can)"),
-        ));
-    };
-
-    let remote = Arc::new(BlobRange::new(src.clone(), desc.clone()));
-    let disk = Arc::new(DiskRange::open(
-        &opts.cache_dir,
-        desc.digest(),
-        remote.clone() as Arc<dyn RangeSource>,
-    )?);
-    // The verifier needs the whole blob: from disk if it is there, else fetched
-    // once, in order, and stored as it passes.
-    let whole = || -> io::Result<Box<dyn Read + Send>> {
-        let raw: Box<dyn Read + Send> = if disk.is_complete() {
-            Box::new(disk.local()?)
-        } else {
-            let r = Counted {
-                inner: src.blob(desc).map_err(io::Error::other)?,
-                blob: remote.clone(),
-            };
-            Box::new(DiskRange::filling(&disk, r))
-        };
-        let verified = VerifyingReader::new(raw, desc.digest().clone(), Some(desc.size()), &what);
-        Ok(match (&key, &hmac) {
-            (Some(k), Some(h)) => Box::new(k.decrypt_reader(verified, h, None, &what)),
-            _ => Box::new(verified),
-        })
-    };
-
-    if compression == Compression::Gzip && lazy::has_footer(&*disk, key.as_ref())? {
-        let anchor = private_anchor.or_else(|| annotations.get(TOC_DIGEST_ANNOTATION).cloned());
+    let blob = Blob::open(src, desc, ring, opts)?;
+    if blob.compression == Compression::Gzip && lazy::has_footer(&*blob.disk, blob.key.as_ref())? {
+        let anchor = blob
+            .private_anchor
+            .clone()
+            .or_else(|| blob.annotations.get(TOC_DIGEST_ANNOTATION).cloned());
         let (anchor, mode) = match anchor {
             Some(a) => (Anchor::Toc(a), Mode::Lazy),
             None if opts.allow_unverified_lazy => (Anchor::Unverified, Mode::Unverified),
             None => {
-                let toc = verify_whole_keeping_toc(&disk, whole()?, key.as_ref(), &what)?;
+                let toc = verify_whole_keeping_toc(
+                    &blob.disk,
+                    blob.whole()?,
+                    blob.key.as_ref(),
+                    &blob.what,
+                )?;
                 (Anchor::Toc(toc), Mode::VerifiedEstargz)
             }
         };
-        let layer = lazy::open(disk, key, &anchor, &what)?;
+        let layer = lazy::open(blob.disk, blob.key, &anchor, &blob.what)?;
         return Ok((layer, mode));
     }
-    let mut r = whole()?;
-    let indexed = stream::index(&mut r, compression, &opts.cache_dir.join("sealed"), &what);
+    let mut r = blob.whole()?;
+    let indexed = stream::index(
+        &mut r,
+        blob.compression,
+        &opts.cache_dir.join("sealed"),
+        &blob.what,
+    );
     let indexed = match indexed {
         Ok(i) => {
-            disk.mark_complete()?;
+            blob.disk.mark_complete()?;
             i
         }
         Err(e) => {
-            disk.forget()?;
+            blob.disk.forget()?;
             return Err(e);
         }
     };
-    let layer = stream::layer(indexed, Plain::new(disk, key), &what)?;
+    let layer = stream::layer(indexed, Plain::new(blob.disk, blob.key), &blob.what)?;
     Ok((layer, Mode::Indexed))
 }
 

@@ -29,6 +29,11 @@ pub struct FileConfig {
     pub allow_unverified_lazy: Option<bool>,
     /// Prometheus metrics address, e.g. "127.0.0.1:9187".
     pub metrics: Option<std::net::SocketAddr>,
+    /// Blob bytes a second a background diff-ID check may read, e.g. "32M";
+    /// "0" for no limit.
+    pub diff_id_rate: Option<String>,
+    /// Seconds after a layer's mount before its diff ID is checked.
+    pub diff_id_delay: Option<u64>,
 }
 
 impl FileConfig {

@@ -38,6 +38,23 @@ pub struct Remote {
     /// annotations carry only wrapped keys), to re-mount and re-authorize
     /// without asking the registry again.
     pub descriptor: String,
+    /// Whether the layer's content was checked against the diff ID its
+    /// image config claims (the name containerd gives the snapshot).
+    #[serde(default)]
+    pub diff_id: DiffId,
+}
+
+/// Where a remote layer stands against the diff ID its image claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiffId {
+    /// Not checked yet: served, but not reused for another image's layer.
+    #[default]
+    Pending,
+    /// The whole layer hashed to the claimed diff ID.
+    Verified(String),
+    /// It hashed to something else: the layer is poisoned, nothing of it
+    /// is served, and it is replaced when an image needs that chain.
+    Mismatch { claimed: String, actual: String },
 }
 
 /// One snapshot's metadata.

@@ -4,12 +4,18 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::store::Store;
 use crate::fs::latency::{BOUNDS_US, READS};
+
+/// Diff-ID checks of lazily mounted layers, by outcome.
+pub static DIFF_ID_VERIFIED: AtomicU64 = AtomicU64::new(0);
+pub static DIFF_ID_MISMATCHES: AtomicU64 = AtomicU64::new(0);
+pub static DIFF_ID_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 /// The metrics page, in Prometheus' text exposition format.
 pub fn render(store: &Store) -> String {
@@ -87,6 +93,23 @@ pub fn render(store: &Store) -> String {
     );
     for (kind, n) in ["view", "active", "committed"].iter().zip(kinds) {
         let _ = writeln!(out, "lazycrypt_snapshots{{kind=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lazycrypt_diff_id_checks_total Lazily mounted layers hashed whole against \
+         the diff ID their image claims, by result (mismatch: the layer was poisoned).\n\
+         # TYPE lazycrypt_diff_id_checks_total counter"
+    );
+    for (result, n) in [
+        ("verified", &DIFF_ID_VERIFIED),
+        ("mismatch", &DIFF_ID_MISMATCHES),
+        ("error", &DIFF_ID_ERRORS),
+    ] {
+        let n = n.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "lazycrypt_diff_id_checks_total{{result=\"{result}\"}} {n}"
+        );
     }
     let (buckets, sum, count) = READS.snapshot();
     let _ = writeln!(

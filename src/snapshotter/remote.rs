@@ -5,7 +5,7 @@
 //! registry, and its key unwrapped with the node's keys.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use zeroize::Zeroizing;
 
 use super::error::{Error, Result};
-use super::meta::Remote;
+use super::meta::{DiffId, Remote};
 use crate::cache::chunks::ChunkCache;
 use crate::crypto::envelope::layer_keys;
 use crate::crypto::keyprovider::ProviderConfig;
@@ -66,6 +66,7 @@ pub fn named_layer(labels: &BTreeMap<String, String>) -> Option<Remote> {
             manifest: labels.get(*m)?.clone(),
             layer: labels.get(*l)?.clone(),
             descriptor: String::new(),
+            diff_id: DiffId::Pending,
         })
     })
 }
@@ -114,6 +115,9 @@ pub struct Remotes {
 
 /// An opened layer, how it is served, and its remote with the descriptor.
 type Opened = (Arc<Layer>, Mode, Remote);
+
+/// Largest image config read to find a layer's diff ID.
+const MAX_CONFIG: u64 = 8 << 20;
 
 /// Most layers opened ahead and not yet mounted.
 const MAX_PREFETCH: usize = 64;
@@ -221,8 +225,9 @@ impl Remotes {
         Ok(Arc::from(src))
     }
 
-    /// Finds the layer's descriptor in its manifest; fills `remote.descriptor`.
-    fn resolve(&self, remote: &mut Remote) -> Result<Descriptor> {
+    /// The manifest `remote` names, read (and checked against its digest)
+    /// from its image's registry.
+    fn manifest(&self, remote: &Remote) -> Result<(Arc<dyn ImageSource>, ImageManifest)> {
         let src = self.source(&remote.image)?;
         let want = crate::oci::digest::parse(&remote.manifest)
             .map_err(|e| Error::invalid(format!("manifest digest {}: {e}", remote.manifest)))?;
@@ -239,6 +244,12 @@ impl Remotes {
                 remote.manifest, remote.image
             ))
         })?;
+        Ok((src, m))
+    }
+
+    /// Finds the layer's descriptor in its manifest; fills `remote.descriptor`.
+    fn resolve(&self, remote: &mut Remote) -> Result<Descriptor> {
+        let (_, m) = self.manifest(remote)?;
         let desc = m
             .layers()
             .iter()
@@ -253,6 +264,85 @@ impl Remotes {
         remote.descriptor =
             serde_json::to_string(&desc).map_err(|e| Error::internal(e.to_string()))?;
         Ok(desc)
+    }
+
+    /// The diff ID `remote`'s image config claims for its layer: what
+    /// containerd named the snapshot by.
+    fn claimed_diff_id(&self, remote: &Remote) -> Result<String> {
+        let (src, m) = self.manifest(remote)?;
+        let index = m
+            .layers()
+            .iter()
+            .position(|d| d.digest().to_string() == remote.layer)
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "layer {} is not in manifest {} of {}",
+                    remote.layer, remote.manifest, remote.image
+                ))
+            })?;
+        let cdesc = m.config();
+        let what = format!("config {} of {}", cdesc.digest(), remote.image);
+        if cdesc.size() > MAX_CONFIG {
+            return Err(Error::invalid(format!(
+                "{what}: {} bytes is more than {MAX_CONFIG}",
+                cdesc.size()
+            )));
+        }
+        let mut bytes = Vec::new();
+        let read = src.blob(cdesc).map_err(io::Error::other).and_then(|r| {
+            crate::oci::digest::VerifyingReader::new(
+                r,
+                cdesc.digest().clone(),
+                Some(cdesc.size()),
+                &what,
+            )
+            .read_to_end(&mut bytes)
+        });
+        read.map_err(|e| Error::new(tonic::Code::Unavailable, format!("{what}: {e}")))?;
+        let config: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+        config
+            .rootfs()
+            .diff_ids()
+            .get(index)
+            .cloned()
+            .ok_or_else(|| Error::invalid(format!("{what}: no diff ID for layer {index}")))
+    }
+
+    /// Checks `remote`'s layer against the diff ID its image config claims,
+    /// streaming it whole at most `rate` bytes a second (it lands in the
+    /// ciphertext cache on the way).
+    pub fn check_diff_id(&self, remote: &Remote, rate: Option<u64>) -> Result<DiffId> {
+        let claimed = self.claimed_diff_id(remote)?;
+        let desc = descriptor(remote)?;
+        let src = self.source(&remote.image)?;
+        let ring = self.ring()?;
+        let actual = crate::mount::diff_id::diff_id(src, &desc, &ring, &self.open_options(), rate)
+            .map_err(|e| layer_error(&e))?;
+        Ok(if actual.eq_ignore_ascii_case(&claimed) {
+            DiffId::Verified(actual)
+        } else {
+            DiffId::Mismatch { claimed, actual }
+        })
+    }
+
+    /// Stops serving snapshot `id`'s layer: everything of it answers EIO
+    /// from now on, and it is unmounted unless a container still holds it.
+    pub fn poison(&self, id: u64) {
+        let m = lock(&self.mounts).remove(&id);
+        if let Some(m) = m {
+            m.poison();
+            if let Err(e) = self.take_down(m) {
+                tracing::warn!("{e}; the poisoned layer answers EIO until it is released");
+            }
+        }
+    }
+
+    fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            cache_dir: self.config.cache_dir.clone(),
+            allow_unverified_lazy: self.config.allow_unverified_lazy,
+        }
     }
 
     /// Opens the layer (resolving its descriptor first if `remote` has
@@ -351,11 +441,8 @@ impl Remotes {
         let desc = descriptor(&remote)?;
         let src = self.source(&remote.image)?;
         let ring = self.ring()?;
-        let opts = OpenOptions {
-            cache_dir: self.config.cache_dir.clone(),
-            allow_unverified_lazy: self.config.allow_unverified_lazy,
-        };
-        let (layer, mode) = open_layer(src, &desc, &ring, &opts).map_err(|e| layer_error(&e))?;
+        let (layer, mode) =
+            open_layer(src, &desc, &ring, &self.open_options()).map_err(|e| layer_error(&e))?;
         Ok((Arc::new(layer), mode, remote))
     }
 
@@ -378,6 +465,7 @@ impl Remotes {
                 manifest: manifest.to_string(),
                 layer: layer.clone(),
                 descriptor: String::new(),
+                diff_id: DiffId::Pending,
             };
             queue.push_back((remote, cell));
         }

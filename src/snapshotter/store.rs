@@ -8,11 +8,14 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
 
+use super::checks::{DiffIdConfig, Job, Queue};
 use super::error::{Error, Result};
 use super::filter::Filter;
-use super::meta::{Kind, Meta, Record, Remote, Txn};
+use super::meta::{DiffId, Kind, Meta, Record, Remote, Txn};
+use super::metrics;
 use super::remote::{
     IMAGE_LAYERS_LABELS, REF_LABEL, RemoteConfig, RemoteStats, Remotes, named_layer,
 };
@@ -22,6 +25,10 @@ use crate::private;
 /// A snapshot's `fs` directory: the root of what containers see, so 0755 as
 /// containerd's overlayfs snapshotter makes it, inside a 0700 parent.
 const FS_MODE: u32 = 0o755;
+
+/// When a diff-ID check that could not run (registry down, key gone) is
+/// tried again.
+const RETRY_CHECK: Duration = Duration::from_secs(60);
 
 /// The most a label key and value may hold together (containerd's limit).
 const MAX_LABEL: usize = 4096;
@@ -60,11 +67,18 @@ pub struct Store {
     meta: Meta,
     remotes: Arc<Remotes>,
     upper: UpperConfig,
+    diff_id: DiffIdConfig,
+    checks: Queue,
 }
 
 impl Store {
     /// Opens the store under `root` (metadata in `root/metadata.db`).
-    pub fn open(root: &Path, remote: RemoteConfig, upper: UpperConfig) -> Result<Self> {
+    pub fn open(
+        root: &Path,
+        remote: RemoteConfig,
+        upper: UpperConfig,
+        diff_id: DiffIdConfig,
+    ) -> Result<Self> {
         tighten(root).map_err(|e| Error::io(&format!("cannot create {}", root.display()), e))?;
         let meta = Meta::open(&root.join("metadata.db"))?;
         Ok(Store {
@@ -72,7 +86,138 @@ impl Store {
             meta,
             remotes: Arc::new(Remotes::new(remote)),
             upper,
+            diff_id,
+            checks: Queue::default(),
         })
+    }
+
+    /// Runs the diff-ID checks of lazily mounted layers on a thread of low
+    /// CPU priority, for as long as the store lives. A layer containerd
+    /// names by a chain ID is bound to the diff ID its image config claims
+    /// only by hashing the whole layer, which a lazy mount never does by
+    /// itself: until then the layer is served to its own image but not
+    /// reused for another's; if it hashes to anything else, it is poisoned.
+    pub fn check_diff_ids(self: &Arc<Self>) {
+        let store = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("diff-id-checks".into())
+            .spawn(move || {
+                // SAFETY: setpriority on this thread's own id (Linux threads
+                // have their own nice value); failure leaves it as it was.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+                }
+                loop {
+                    let Some(s) = store.upgrade() else { break };
+                    if let Some(job) = s.checks.next(Duration::from_secs(1)) {
+                        s.check_one(&job);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("diff-ID checks cannot run: {e}");
+        }
+    }
+
+    /// Checks one layer and records the verdict; a mismatch poisons it.
+    fn check_one(&self, job: &Job) {
+        let rec = match self.meta.get(&job.key) {
+            Ok(Some(r)) if r.id == job.id => r,
+            _ => return self.checks.ended(job.id, Ok(())),
+        };
+        let Some(remote) = rec.remote.as_ref().filter(|r| r.diff_id == DiffId::Pending) else {
+            return self.checks.ended(job.id, Ok(()));
+        };
+        let rate = if job.urgent { None } else { self.diff_id.rate };
+        let verdict = match self.remotes.check_diff_id(remote, rate) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(
+                    "layer {}: diff ID not checked yet: {}",
+                    remote.layer,
+                    e.message
+                );
+                metrics::DIFF_ID_ERRORS.fetch_add(1, Ordering::Relaxed);
+                // Tried again later; a Prepare waiting for it hears why.
+                self.checks
+                    .push(&job.key, job.id, Instant::now() + RETRY_CHECK, false);
+                return self.checks.ended(job.id, Err(e.message));
+            }
+        };
+        let recorded = self.meta.update(|t| match t.get(&job.key)? {
+            Some(mut r) if r.id == job.id => {
+                if let Some(x) = r.remote.as_mut() {
+                    x.diff_id = verdict.clone();
+                }
+                t.put(&job.key, &r)
+            }
+            _ => Ok(()),
+        });
+        if let Err(e) = recorded {
+            tracing::warn!(
+                "layer {}: recording its diff ID: {}",
+                remote.layer,
+                e.message
+            );
+        }
+        match &verdict {
+            DiffId::Mismatch { claimed, actual } => {
+                metrics::DIFF_ID_MISMATCHES.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "layer {} of {}: its content has diff ID {actual}, but the image config \
+                     claims {claimed}: snapshot {} is poisoned (its reads fail with EIO) and \
+                     is replaced when an image needs that layer",
+                    remote.layer,
+                    remote.image,
+                    job.key
+                );
+                self.remotes.poison(rec.id);
+            }
+            _ => {
+                metrics::DIFF_ID_VERIFIED.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("layer {}: diff ID verified", remote.layer);
+            }
+        }
+        self.checks.ended(job.id, Ok(()));
+    }
+
+    /// Waits (at most the configured time) for the verdict on snapshot
+    /// `key` (id `id`), checking it now if it is still queued.
+    fn wait_diff_id(&self, key: &str, id: u64) -> Result<DiffId> {
+        let until = Instant::now() + self.diff_id.wait;
+        let mut seen = self.checks.seen();
+        self.checks.push(key, id, Instant::now(), true);
+        loop {
+            match self.meta.get(key)? {
+                Some(r) if r.id == id => match r.remote.map(|x| x.diff_id) {
+                    Some(DiffId::Pending) => {}
+                    Some(v) => return Ok(v),
+                    None => return Ok(DiffId::Pending),
+                },
+                // Removed meanwhile: nothing stands in the way.
+                _ => {
+                    return Ok(DiffId::Mismatch {
+                        claimed: String::new(),
+                        actual: String::new(),
+                    });
+                }
+            }
+            if let Some(e) = self.checks.failure(id) {
+                return Err(Error::new(
+                    tonic::Code::Unavailable,
+                    format!("snapshot {key}: its layer's diff ID cannot be checked: {e}"),
+                ));
+            }
+            if !self.checks.wait_news(&mut seen, until) {
+                return Err(Error::new(
+                    tonic::Code::Unavailable,
+                    format!(
+                        "snapshot {key}: another image's layer with this name is still being \
+                         checked against its diff ID; try again"
+                    ),
+                ));
+            }
+        }
     }
 
     /// At start: mounts every committed remote layer again. Mounts a killed
@@ -83,6 +228,15 @@ impl Store {
         let mut claimed = std::collections::HashSet::new();
         for (key, rec) in self.meta.all()? {
             let Some(remote) = &rec.remote else { continue };
+            match remote.diff_id {
+                // Poisoned: never served again.
+                DiffId::Mismatch { .. } => continue,
+                DiffId::Pending => {
+                    self.checks
+                        .push(&key, rec.id, Instant::now() + self.diff_id.delay, false)
+                }
+                DiffId::Verified(_) => {}
+            }
             let fs_dir = self.dir(rec.id).join("fs");
             claimed.insert(fs_dir.clone());
             if let Err(e) = layer_dir(&self.dir(rec.id)) {
@@ -145,6 +299,7 @@ impl Store {
         // (copy-up would put plaintext on disk), and only while a key on this
         // node still unwraps every encrypted layer below.
         let chain = self.chain(parent)?;
+        refuse_poisoned(&chain)?;
         let remotes: Vec<&Remote> = chain.iter().filter_map(|r| r.remote.as_ref()).collect();
         if kind == Kind::Active {
             for r in &remotes {
@@ -216,11 +371,17 @@ impl Store {
     ) -> Error {
         let target = labels.get(REF_LABEL).cloned().unwrap_or_default();
         let exists = || Error::already_exists(format!("target snapshot {target}: already exists"));
-        match self.meta.get(&target) {
-            Ok(Some(_)) => return exists(),
-            Ok(None) => {}
+        // A snapshot of that name is reused only once its layer is known to
+        // be what the name says, or when it is the very same blob.
+        let replacing = match self.meta.get(&target) {
+            Ok(Some(existing)) => match self.reusable(&target, &existing, &remote) {
+                Ok(None) => return exists(),
+                Ok(Some(old)) => Some(old),
+                Err(e) => return e,
+            },
+            Ok(None) => None,
             Err(e) => return e,
-        }
+        };
         let id = match self.meta.update(|t| {
             check_parent(t, parent)?;
             t.next_id()
@@ -235,7 +396,7 @@ impl Store {
             let mode = self.remotes.mount(id, &mut remote, &dir.join("fs"))?;
             let now = SystemTime::now();
             self.meta.update(|t| {
-                if t.get(&target)?.is_some() {
+                if t.get(&target)?.is_some_and(|cur| Some(cur.id) != replacing) {
                     return Err(exists());
                 }
                 t.put(
@@ -261,6 +422,18 @@ impl Store {
                     "layer {} mounted ({mode:?}) as snapshot {target}",
                     remote.layer
                 );
+                if let Some(old) = replacing {
+                    // Poisoned already; a container still holding it keeps
+                    // getting EIO from it.
+                    self.remotes.poison(old);
+                    remove_tree(&self.dir(old));
+                    tracing::warn!(
+                        "snapshot {target}: its poisoned layer was replaced by layer {}",
+                        remote.layer
+                    );
+                }
+                self.checks
+                    .push(&target, id, Instant::now() + self.diff_id.delay, false);
                 exists()
             }
             Err(e) => {
@@ -271,6 +444,30 @@ impl Store {
                 tracing::warn!("layer {} of {}: {e}", remote.layer, remote.image);
                 e
             }
+        }
+    }
+
+    /// Whether the existing snapshot `target` may answer a `Prepare` of
+    /// `remote`'s layer: `Ok(None)` if so, `Ok(Some(id))` if it is poisoned
+    /// and is to be replaced (snapshot `id`), an error if it cannot be
+    /// either. A layer not yet checked is reused as it is only for the same
+    /// blob; for another image's blob its check is waited for.
+    fn reusable(&self, target: &str, existing: &Record, remote: &Remote) -> Result<Option<u64>> {
+        let Some(theirs) = &existing.remote else {
+            return Ok(None);
+        };
+        let verdict = match &theirs.diff_id {
+            DiffId::Pending if theirs.layer != remote.layer => {
+                self.wait_diff_id(target, existing.id)?
+            }
+            v => v.clone(),
+        };
+        match verdict {
+            DiffId::Mismatch { .. } if theirs.layer == remote.layer => {
+                Err(poisoned(target, theirs))
+            }
+            DiffId::Mismatch { .. } => Ok(Some(existing.id)),
+            _ => Ok(None),
         }
     }
 
@@ -325,6 +522,7 @@ impl Store {
             )));
         }
         let chain = self.chain(&rec.parent)?;
+        refuse_poisoned(&chain)?;
         self.ensure_mounted(&chain)?;
         Ok(self.mounts_of(&rec, &chain))
     }
@@ -438,9 +636,19 @@ impl Store {
         Ok(())
     }
 
-    /// The info of `key`.
+    /// The info of `key`. A poisoned layer answers with why: containerd's
+    /// unpacker, finding its name taken, would otherwise skip the layer and
+    /// build an image on it.
     pub fn stat(&self, key: &str) -> Result<Info> {
-        Ok(info(key, &self.get(key)?))
+        let rec = self.get(key)?;
+        if let Some(x) = rec
+            .remote
+            .as_ref()
+            .filter(|x| matches!(x.diff_id, DiffId::Mismatch { .. }))
+        {
+            return Err(poisoned(key, x));
+        }
+        Ok(info(key, &rec))
     }
 
     /// Updates labels (the only mutable field). `paths` as in containerd's
@@ -624,4 +832,31 @@ fn layer_dir(dir: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     private::dir_mode(&fs_dir, FS_MODE)
+}
+
+/// Fails if a layer in `chain` is poisoned.
+fn refuse_poisoned(chain: &[Record]) -> Result<()> {
+    match chain.iter().find_map(|r| {
+        r.remote
+            .as_ref()
+            .filter(|x| matches!(x.diff_id, DiffId::Mismatch { .. }))
+            .map(|x| (r, x))
+    }) {
+        Some((r, x)) => Err(poisoned(&format!("with id {}", r.id), x)),
+        None => Ok(()),
+    }
+}
+
+/// Why a poisoned layer is refused, and what the operator does about it.
+fn poisoned(snapshot: &str, remote: &Remote) -> Error {
+    let (claimed, actual) = match &remote.diff_id {
+        DiffId::Mismatch { claimed, actual } => (claimed.as_str(), actual.as_str()),
+        _ => ("", ""),
+    };
+    Error::failed_precondition(format!(
+        "snapshot {snapshot}: layer {} of {} has diff ID {actual}, not the {claimed} its image \
+         config claims; it is not served. Remove the images that use this layer and pull them \
+         again",
+        remote.layer, remote.image
+    ))
 }
