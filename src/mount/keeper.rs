@@ -162,28 +162,34 @@ impl Keeper {
 /// The keeper process: serves requests at `socket` until told to quit or
 /// until every connection it kept has died.
 pub fn serve(socket_path: &Path) -> io::Result<()> {
-    let listener = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    // A fresh socket for each try: one bound in the staging directory
+    // cannot be bound again.
     let bind_here = || {
         crate::private::bind_socket(socket_path, |p| {
-            Ok(bind(listener.as_raw_fd(), &UnixAddr::new(p)?)?)
+            let s = socket(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            bind(s.as_raw_fd(), &UnixAddr::new(p)?)?;
+            Ok(s)
         })
     };
-    if bind_here().is_err() {
-        // A keeper that answers owns the name; a dead one left its file.
-        let other = Keeper {
-            socket: socket_path.to_path_buf(),
-        };
-        if other.exchange(b"PING", None).is_ok() {
-            return Ok(());
+    let listener = match bind_here() {
+        Ok(l) => l,
+        Err(_) => {
+            // A keeper that answers owns the name; a dead one left its file.
+            let other = Keeper {
+                socket: socket_path.to_path_buf(),
+            };
+            if other.exchange(b"PING", None).is_ok() {
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(socket_path);
+            bind_here()?
         }
-        let _ = std::fs::remove_file(socket_path);
-        bind_here()?;
-    }
+    };
     listen(&listener, Backlog::new(64).map_err(io::Error::from)?)?;
     let ours = inode(socket_path);
     let mut held: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
@@ -373,6 +379,18 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         (k, server)
+    }
+
+    /// A keeper killed without cleaning up leaves its socket file: the next
+    /// one takes the name over.
+    #[test]
+    fn a_stale_socket_file_is_taken_over() {
+        let d = tempfile::tempdir().unwrap();
+        drop(std::os::unix::net::UnixListener::bind(d.path().join("k.sock")).unwrap());
+        assert!(d.path().join("k.sock").exists());
+        let (k, server) = started(d.path());
+        k.quit().unwrap();
+        server.join().unwrap().unwrap();
     }
 
     #[test]
