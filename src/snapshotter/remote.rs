@@ -421,14 +421,15 @@ impl Remotes {
     /// Prepare that needs it) share one open, and its result is handed out
     /// once.
     fn take_opened(&self, remote: &Remote) -> Result<Opened> {
+        let key = opening_key(&remote.image, &remote.manifest, &remote.layer);
         let cell = {
             let mut m = lock(&self.opening);
-            m.entry(remote.layer.clone()).or_default().clone()
+            m.entry(key.clone()).or_default().clone()
         };
         let out = cell.get_or_init(|| self.open_now(remote)).clone();
         let mut m = lock(&self.opening);
-        if m.get(&remote.layer).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            m.remove(&remote.layer);
+        if m.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            m.remove(&key);
         }
         out
     }
@@ -453,12 +454,13 @@ impl Remotes {
     pub fn prefetch(self: &Arc<Self>, image: &str, manifest: &str, layers: &[String]) {
         let mut queue = std::collections::VecDeque::new();
         for layer in layers {
+            let key = opening_key(image, manifest, layer);
             let cell = {
                 let mut m = lock(&self.opening);
-                if m.contains_key(layer) || m.len() >= MAX_PREFETCH {
+                if m.contains_key(&key) || m.len() >= MAX_PREFETCH {
                     continue;
                 }
-                m.entry(layer.clone()).or_default().clone()
+                m.entry(key).or_default().clone()
             };
             let remote = Remote {
                 image: image.to_string(),
@@ -583,6 +585,14 @@ impl Remotes {
                 )
             })
     }
+}
+
+/// Layers being opened are shared by image, manifest *and* layer digest:
+/// a layer opened for one manifest carries that manifest's annotations
+/// (its key, its TOC anchor), so another image naming the same blob digest
+/// must not be handed it.
+fn opening_key(image: &str, manifest: &str, layer: &str) -> String {
+    format!("{image}\n{manifest}\n{layer}")
 }
 
 fn descriptor(remote: &Remote) -> Result<Descriptor> {
