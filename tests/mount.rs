@@ -620,6 +620,48 @@ fn tampered_chunks_fail_with_eio_while_other_files_keep_working() {
     }
 }
 
+/// A copy in the ciphertext cache that went bad after the blob was verified
+/// (a disk error, a writer gone wrong) fails its chunk once; the next read
+/// fetches that range again instead of failing forever.
+#[test]
+fn a_bad_copy_in_the_ciphertext_cache_is_fetched_again() {
+    let d = tmp();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big = noise(8 << 20);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    build_dir(&src, &plain, &[]);
+    let k = rsa_keys(d.path(), "k");
+    let enc = format!("oci:{}:enc", d.path().join("img").display());
+    skopeo_encrypt(
+        &plain,
+        &enc,
+        &[format!("jwe:{}", k.public.display())],
+        Some("gzip"),
+    );
+    let layer = layer_digests(&enc)[0].clone();
+    let (mnt, state) = (d.path().join("mnt"), d.path().join("state"));
+    let m = mount(&enc, &mnt, &state, &["--key", k.private.to_str().unwrap()]).unwrap();
+    let hex = layer.trim_start_matches("sha256:");
+    let cached = std::fs::read_dir(state.join("root/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(hex) && n.ends_with(".data")
+        })
+        .expect("the layer's cache file");
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&cached, &bytes).unwrap();
+    let e = std::fs::read(mnt.join("big.bin")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(std::fs::read(mnt.join("big.bin")).unwrap() == big);
+    m.umount();
+}
+
 #[test]
 fn an_estargz_layer_without_an_anchor_is_verified_whole_before_it_is_served() {
     let d = tmp();

@@ -268,11 +268,34 @@ impl ChunkSource for StreamChunks {
         let start = u64::from(chunk) * CHUNK;
         let len = CHUNK.min(self.total - start);
         let mut out = Hashing::from(chunk_buffer(len as usize));
+        // The blob range the chunk comes from: if what the ciphertext cache
+        // holds of it fails (to inflate, or its digest), that copy is bad
+        // (the blob was verified when it was indexed) and is dropped, so the
+        // next read fetches it again.
+        let range = match &self.stored {
+            Stored::Sealed(_) => None,
+            Stored::Tar => Some((start, len)),
+            Stored::Gzip(states) => {
+                let from = states[k].in_pos;
+                let to = states
+                    .get(k + 1)
+                    .map_or(self.plain.src.size(), |s| s.in_pos);
+                Some((from, to.saturating_sub(from)))
+            }
+        };
+        let failed = |e: io::Error| {
+            if let Some((at, n)) = range
+                && let Err(f) = self.plain.src.forget_range(at, n)
+            {
+                tracing::warn!("layer {}: forgetting a bad chunk: {f}", self.what);
+            }
+            e
+        };
         let at_blob = |e: io::Error, from: u64| {
-            bad(
+            failed(bad(
                 &self.what,
                 format!("chunk {chunk} (blob offset {from}): {e}"),
-            )
+            ))
         };
         // Each piece is hashed right after it is produced, while it is
         // still in the core's cache.
@@ -296,31 +319,12 @@ impl ChunkSource for StreamChunks {
             }
         }
         out.finish(&Sha256Digest(*want)).map_err(|_| {
-            // The copy on this node is bad (the blob was verified when it
-            // was indexed): drop the chunk's blob range from the ciphertext
-            // cache, so the next read fetches it again.
-            let range = match &self.stored {
-                Stored::Sealed(_) => None,
-                Stored::Tar => Some((start, len)),
-                Stored::Gzip(states) => {
-                    let from = states[k].in_pos;
-                    let to = states
-                        .get(k + 1)
-                        .map_or(self.plain.src.size(), |s| s.in_pos);
-                    Some((from, to.saturating_sub(from)))
-                }
-            };
-            if let Some((at, n)) = range
-                && let Err(e) = self.plain.src.forget_range(at, n)
-            {
-                tracing::warn!("layer {}: forgetting a bad chunk: {e}", self.what);
-            }
-            bad(
+            failed(bad(
                 &self.what,
                 format!(
                     "chunk {chunk} does not match the digest recorded when the blob was verified"
                 ),
-            )
+            ))
         })
     }
 
