@@ -20,6 +20,15 @@ pub fn dir(dir: &Path) -> io::Result<()> {
     dir_mode(dir, DIR)
 }
 
+/// Makes `dir` (and missing parents) 0700 if it is missing; an existing
+/// one, which the operator named and may share, is left as it is.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    dir_mode(dir, DIR)
+}
+
 /// Makes `dir` (missing parents 0700) with exactly `mode`, whatever the
 /// umask; an existing one gets `mode`.
 pub fn dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
@@ -78,7 +87,13 @@ pub fn bind_socket<T>(path: &Path, bind: impl FnOnce(&Path) -> io::Result<T>) ->
     if !parent.exists() {
         dir(&parent)?;
     }
-    let staging = parent.join(format!(".lazycrypt-bind-{}", std::process::id()));
+    // Not guessable: a local user who may write to the parent cannot take
+    // the name first.
+    let staging = parent.join(format!(
+        ".lazycrypt-bind-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let _ = fs::remove_dir_all(&staging);
     new_dir(&staging, DIR)?;
     let inner = staging.join("s");

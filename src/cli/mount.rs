@@ -129,10 +129,13 @@ pub fn run(a: Args) -> Result<()> {
     if !target.is_dir() {
         bail!("mount point {} is not a directory", target.display());
     }
-    // Both hold what only root may reach (ciphertext, layer mounts): made
-    // or tightened to 0700 before anything goes in.
-    for d in [&a.root, &a.run_dir] {
-        crate::private::dir(d).with_context(|| format!("state directory {}", d.display()))?;
+    // What goes in them only root may reach (ciphertext, layer mounts):
+    // the directories the operator named are made 0700 if missing, and the
+    // ones lazycrypt keeps inside them are made or tightened to 0700.
+    for (d, ours) in [(&a.root, "blobs"), (&a.run_dir, "mounts")] {
+        crate::private::ensure_dir(d)
+            .and_then(|()| crate::private::dir(&d.join(ours)))
+            .with_context(|| format!("state directory {}", d.display()))?;
     }
     let run_dir = run_dir_for(&a.run_dir, &target);
     if let Ok(pid) = std::fs::read_to_string(run_dir.join("pid")) {

@@ -213,13 +213,11 @@ fn read_toc(
     let json = match anchor {
         Anchor::Toc(want) => {
             let want_digest = Sha256Digest::parse(&want.to_ascii_lowercase())
-                .ok_or_else(|| bad(what, format!("TOC anchor {want:?} is not a sha256 digest")))?;
-            Verified::check(json, &want_digest).map_err(|m| {
-                bad(
-                    what,
-                    format!("TOC digest {} does not match its anchor {want}", m.got),
-                )
-            })?
+                .ok_or_else(|| bad(what, "TOC anchor is not a sha256 digest".into()))?;
+            // Neither digest is printed: the anchor may come from the
+            // private options, and the TOC's digest is a hash of the file list.
+            Verified::check(json, &want_digest)
+                .map_err(|_| bad(what, "TOC does not match its anchor".into()))?
         }
         Anchor::Unverified => {
             Verified::check(json, &digest).map_err(|_| bad(what, "TOC changed".into()))?
