@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::crypto::KeyRing;
 use crate::crypto::keyprovider::ProviderConfig;
-use crate::crypto::keys::ReadableKeys;
+use crate::crypto::keys::{KeyArg, ReadableKeys};
 use crate::oci::copy::Progress;
 use crate::oci::reference::ImageRef;
 use crate::oci::registry::RegistryOptions;
@@ -22,12 +22,19 @@ pub struct TransportArgs {
     pub plain_http: bool,
     /// Credentials USER[:PASSWORD] for the image's registry, never sent to
     /// its mirrors or other hosts (default: the docker/containers auth files).
+    /// Other local users can read a password given here (/proc/PID/cmdline):
+    /// prefer the auth files (`docker login`, $REGISTRY_AUTH_FILE).
     #[arg(long, value_name = "USER[:PASSWORD]")]
     pub creds: Option<String>,
 }
 
 impl TransportArgs {
+    /// The options; warns once when `--creds` carries a password.
     pub fn options(&self) -> TransportOptions {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        if let Some(w) = argv_password_warning(&[], self.creds.as_deref()) {
+            WARNED.call_once(|| tracing::warn!("{w}"));
+        }
         TransportOptions {
             registry: RegistryOptions {
                 plain_http: self.plain_http,
@@ -58,6 +65,28 @@ impl KeyFileArgs {
     }
 }
 
+/// Help of every `--key` flag.
+pub const KEY_HELP: &str = "A private key FILE; FILE:file=PWFILE or FILE:fd=N when it has a \
+password; provider:NAME for a keyprovider (repeatable). FILE:pass=PW works too (imgcrypt's \
+form), but other local users can read a password on the command line (/proc/PID/cmdline): \
+prefer file= or fd=";
+
+/// The warning for a password on the command line, if `--key` or `--creds`
+/// has one; it names the flag, never the password.
+pub fn argv_password_warning(keys: &[String], creds: Option<&str>) -> Option<&'static str> {
+    if keys.iter().any(|k| KeyArg::password_in_argv(k)) {
+        Some(
+            "a --key password given as FILE:pass=… can be read by other local users (/proc/PID/cmdline); prefer FILE:file=PWFILE or FILE:fd=N",
+        )
+    } else if creds.is_some_and(|c| c.contains(':')) {
+        Some(
+            "a --creds password can be read by other local users (/proc/PID/cmdline); prefer the auth files (docker login, $REGISTRY_AUTH_FILE)",
+        )
+    } else {
+        None
+    }
+}
+
 /// Parses an image reference argument.
 pub fn image_ref(s: &str) -> Result<ImageRef> {
     Ok(ImageRef::parse(s)?)
@@ -74,6 +103,9 @@ pub fn key_ring(
         readable_keys: files.readable(),
         ..Default::default()
     };
+    if let Some(w) = argv_password_warning(keys, None) {
+        tracing::warn!("{w}");
+    }
     for k in keys {
         ring.add_arg(k)
             .with_context(|| format!("--key {}", k.split(":pass=").next().unwrap_or(k)))?;
@@ -112,5 +144,46 @@ impl Progress for Bars {
         );
         pb.set_message(label.to_string());
         Box::new(pb.wrap_read(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn a_password_on_the_command_line_is_warned_about_never_quoted() {
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let w = argv_password_warning(&keys(&["a.pem", "k.pem:pass=hunter2"]), None).unwrap();
+        assert!(w.contains("FILE:pass=") && !w.contains("hunter2"), "{w}");
+        assert_eq!(
+            argv_password_warning(&keys(&["k.pem:file=/run/pw", "j.pem:fd=3"]), None),
+            None
+        );
+        let w = argv_password_warning(&[], Some("bob:hunter2")).unwrap();
+        assert!(w.starts_with("a --creds password") && !w.contains("hunter2"));
+        assert_eq!(argv_password_warning(&[], Some("bob")), None);
+    }
+
+    #[test]
+    fn help_says_a_password_on_the_command_line_is_readable_by_others() {
+        let mut cli = super::super::Cli::command();
+        for sub in ["encrypt", "decrypt", "layerinfo", "mount"] {
+            let help = cli
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_help()
+                .to_string()
+                .replace(char::is_whitespace, "");
+            for want in [
+                "FILE:file=PWFILEorFILE:fd=Nwhenithasapassword",
+                "otherlocaluserscanreadapasswordonthecommandline(/proc/PID/cmdline):preferfile=orfd=",
+            ] {
+                assert!(help.contains(want), "{sub}: {want}");
+            }
+            assert!(help.contains("prefertheauthfiles"), "{sub} --creds");
+        }
     }
 }

@@ -60,8 +60,7 @@ pub struct EncryptArgs {
     /// verifies (4K to 64M).
     #[arg(long, value_name = "SIZE", requires = "estargz", value_parser = parse_chunk_size)]
     pub chunk_size: Option<u64>,
-    /// A private key (FILE[:pass=PW|:file=F]) that unwraps already encrypted layers, to add recipients.
-    #[arg(long = "key", value_name = "FILE")]
+    #[arg(long = "key", value_name = "FILE", help = super::common::KEY_HELP)]
     pub keys: Vec<String>,
     #[command(flatten)]
     pub key_files: KeyFileArgs,
@@ -80,8 +79,7 @@ pub struct EncryptArgs {
 
 #[derive(Args)]
 pub struct DecryptArgs {
-    /// Private key FILE[:pass=PW|:file=F|:fd=N], or provider:NAME (repeatable).
-    #[arg(long = "key", value_name = "FILE")]
+    #[arg(long = "key", value_name = "FILE", help = super::common::KEY_HELP)]
     pub keys: Vec<String>,
     /// Also use every key in this directory (like ctd-decoder).
     #[arg(long)]

@@ -14,8 +14,7 @@ use crate::oci::transport::open_source;
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// Private keys to check against each layer (adds a KEY column).
-    #[arg(long = "key", value_name = "FILE")]
+    #[arg(long = "key", value_name = "FILE", help = super::common::KEY_HELP)]
     pub keys: Vec<String>,
     #[command(flatten)]
     pub key_files: KeyFileArgs,

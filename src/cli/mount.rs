@@ -19,8 +19,7 @@ use crate::oci::transport::{ImageSource, open_source};
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// A private key that unwraps the layers (repeatable; `FILE[:pass=…]`).
-    #[arg(long = "key", value_name = "FILE")]
+    #[arg(long = "key", value_name = "FILE", help = super::common::KEY_HELP)]
     pub keys: Vec<String>,
     /// Also use every key in this directory (like ctd-decoder).
     #[arg(long)]

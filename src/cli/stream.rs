@@ -7,7 +7,8 @@
 //! `{"DecryptConfig":{"Parameters":{…}},"Descriptor":{…}}` (the layer's
 //! annotations carry the wrapped keys; the parameters may carry keys too).
 
-use std::io::{self, Read, Write};
+use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -15,11 +16,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args as ClapArgs;
 use prost::Message;
+use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::common::{KeyFileArgs, key_ring};
 use crate::crypto::envelope::layer_keys;
 use crate::crypto::keys::parse_key_file;
+use crate::crypto::wipe::{self, SecretString, json_error};
 use crate::crypto::{KeyRing, cipher::LayerKey};
 use crate::oci::{Descriptor, media};
 
@@ -42,11 +45,10 @@ pub fn run(a: Args) -> Result<()> {
     let Some(payload) = payload else {
         bail!("no payload on fd 3: the layer descriptor with its encryption annotations is needed");
     };
-    let any = prost_types::Any::decode(&payload[..]).context("payload is not a protobuf Any")?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&any.value).context("payload value is not JSON")?;
-    let desc: Descriptor = serde_json::from_value(v["Descriptor"].clone())
-        .context("payload has no valid Descriptor")?;
+    let Payload {
+        decrypt_config,
+        descriptor: desc,
+    } = parse_payload(payload)?;
     if !mt.is_empty()
         && !media::is_encrypted(&mt)
         && !media::is_encrypted(desc.media_type().as_ref())
@@ -54,7 +56,9 @@ pub fn run(a: Args) -> Result<()> {
         bail!("media type {mt} is not encrypted");
     }
     let mut ring = key_ring(&[], a.decryption_keys_path.as_deref(), a.key_files)?;
-    add_parameters(&mut ring, &v["DecryptConfig"]["Parameters"])?;
+    add_parameters(&mut ring, &decrypt_config.parameters)?;
+    // The keys are in the ring now; their encoded copies go before the layer.
+    drop(decrypt_config);
 
     let layer = desc.digest().to_string();
     let annotations = desc.annotations().clone().unwrap_or_default();
@@ -70,7 +74,35 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn read_payload(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>> {
+/// `{"DecryptConfig":{"Parameters":{…}},"Descriptor":{…}}`: the parameters
+/// are Go's `map[string][][]byte`, so base64 strings (or `null`), and may
+/// hold private keys and their passwords.
+#[derive(Deserialize)]
+pub struct Payload {
+    #[serde(rename = "DecryptConfig", default)]
+    pub decrypt_config: DecryptConfig,
+    #[serde(rename = "Descriptor")]
+    pub descriptor: Descriptor,
+}
+
+#[derive(Deserialize, Default)]
+pub struct DecryptConfig {
+    #[serde(rename = "Parameters", default)]
+    pub parameters: BTreeMap<String, Option<Vec<SecretString>>>,
+}
+
+/// Parses the payload (consumed, and wiped with every copy made of it).
+/// Errors give the JSON position, never a value: the values are keys.
+pub fn parse_payload(payload: Zeroizing<Vec<u8>>) -> Result<Payload> {
+    let mut any =
+        prost_types::Any::decode(&payload[..]).context("payload is not a protobuf Any")?;
+    drop(payload);
+    let value = Zeroizing::new(std::mem::take(&mut any.value));
+    serde_json::from_slice(&value)
+        .map_err(|e| anyhow::anyhow!("payload value is not a valid payload ({})", json_error(&e)))
+}
+
+fn read_payload(path: Option<&PathBuf>) -> Result<Option<Zeroizing<Vec<u8>>>> {
     let p = match path {
         Some(p) => p.clone(),
         None => {
@@ -81,20 +113,23 @@ fn read_payload(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>> {
             fd3
         }
     };
-    let mut buf = Vec::new();
-    std::fs::File::open(&p)?.read_to_end(&mut buf)?;
+    // A pipe has no size to read up front: the buffer grows, wiping.
+    let buf = wipe::read_to_end(std::fs::File::open(&p)?)?;
     Ok(if buf.is_empty() { None } else { Some(buf) })
 }
 
 /// Keys containerd passes in the DecryptConfig (Go `[][]byte`, so base64 strings).
-fn add_parameters(ring: &mut KeyRing, params: &serde_json::Value) -> Result<()> {
+fn add_parameters(
+    ring: &mut KeyRing,
+    params: &BTreeMap<String, Option<Vec<SecretString>>>,
+) -> Result<()> {
     let list = |k: &str| -> Vec<Zeroizing<Vec<u8>>> {
-        params[k]
-            .as_array()
+        params
+            .get(k)
+            .and_then(Option::as_ref)
             .map(|v| {
                 v.iter()
-                    .filter_map(|s| s.as_str())
-                    .filter_map(|s| B64.decode(s).ok())
+                    .filter_map(|s| B64.decode(s.as_bytes()).ok())
                     .map(Zeroizing::new)
                     .collect()
             })

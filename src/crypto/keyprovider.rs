@@ -3,17 +3,18 @@
 //! Providers are named in the JSON file `$OCICRYPT_KEYPROVIDER_CONFIG`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::Error;
+use super::wipe::{self, SecretString, json_error};
 
 /// The generated gRPC client and server for `keyprovider.KeyProviderService`.
 pub mod pb {
@@ -85,19 +86,26 @@ pub fn wrap(
 ) -> Result<Vec<u8>, Error> {
     let p = provider(cfg, name)?;
     let params = json!({ name: [B64.encode(arg.unwrap_or("Enabled"))] });
-    let input = Zeroizing::new(
-        serde_json::to_vec(&json!({
-            "op": "keywrap",
-            "keywrapparams": {
-                "ec": {"Parameters": params, "DecryptConfig": {"Parameters": {}}},
-                "optsdata": B64.encode(opts),
-            },
-            "keyunwrapparams": {"dc": null, "annotation": null},
-        }))
-        .expect("json"),
-    );
+    // The private options in base64, borrowed into a request that is
+    // serialized into a wiped buffer (a `Value` would keep a copy).
+    let optsdata = Zeroizing::new(B64.encode(opts));
+    let input = wipe::to_json(&WrapRequest {
+        op: "keywrap",
+        keywrapparams: WrapParams {
+            ec: json!({"Parameters": params, "DecryptConfig": {"Parameters": {}}}),
+            optsdata: &optsdata,
+        },
+        keyunwrapparams: json!({"dc": null, "annotation": null}),
+    })
+    .expect("json");
     let out = call(p, name, &input, Op::Wrap)?;
-    decode_field(&out, "keywrapresults", "annotation", name).map(|z| z.to_vec())
+    let reply: WrapReply = parse_reply(&out, name)?;
+    decode_field(
+        reply.keywrapresults.and_then(|r| r.annotation),
+        "keywrapresults.annotation",
+        name,
+    )
+    .map(|z| z.to_vec())
 }
 
 /// Asks provider `name` to unwrap an annotation entry; returns private options.
@@ -117,28 +125,72 @@ pub fn unwrap(
     }))
     .expect("json");
     let out = call(p, name, &input, Op::Unwrap)?;
-    decode_field(&out, "keyunwrapresults", "optsdata", name)
+    let reply: UnwrapReply = parse_reply(&out, name)?;
+    decode_field(
+        reply.keyunwrapresults.and_then(|r| r.optsdata),
+        "keyunwrapresults.optsdata",
+        name,
+    )
+}
+
+/// The `keywrap` request.
+#[derive(Serialize)]
+struct WrapRequest<'a> {
+    op: &'static str,
+    keywrapparams: WrapParams<'a>,
+    keyunwrapparams: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct WrapParams<'a> {
+    ec: serde_json::Value,
+    optsdata: &'a str,
+}
+
+/// `{"keywrapresults":{"annotation":…}}`.
+#[derive(Deserialize)]
+struct WrapReply {
+    keywrapresults: Option<WrapResults>,
+}
+
+#[derive(Deserialize)]
+struct WrapResults {
+    annotation: Option<SecretString>,
+}
+
+/// `{"keyunwrapresults":{"optsdata":…}}`: the private options, base64.
+#[derive(Deserialize)]
+struct UnwrapReply {
+    keyunwrapresults: Option<UnwrapResults>,
+}
+
+#[derive(Deserialize)]
+struct UnwrapResults {
+    optsdata: Option<SecretString>,
+}
+
+/// Parses a provider's reply; errors give the JSON position, never a value.
+fn parse_reply<'de, T: Deserialize<'de>>(out: &'de [u8], name: &str) -> Result<T, Error> {
+    serde_json::from_slice(out).map_err(|e| {
+        Error::KeyProvider(format!(
+            "keyprovider {name:?}: response is not valid ({})",
+            json_error(&e)
+        ))
+    })
 }
 
 fn decode_field(
-    out: &[u8],
-    group: &str,
+    value: Option<SecretString>,
     field: &str,
     name: &str,
 ) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let v: Value = serde_json::from_slice(out).map_err(|e| {
-        Error::KeyProvider(format!("keyprovider {name:?}: response is not JSON: {e}"))
+    let s = value.ok_or_else(|| {
+        Error::KeyProvider(format!("keyprovider {name:?}: response has no {field}"))
     })?;
-    let s = v[group][field].as_str().ok_or_else(|| {
-        Error::KeyProvider(format!(
-            "keyprovider {name:?}: response has no {group}.{field}"
-        ))
-    })?;
-    B64.decode(s).map(Zeroizing::new).map_err(|e| {
-        Error::KeyProvider(format!(
-            "keyprovider {name:?}: {group}.{field} is not base64: {e}"
-        ))
-    })
+    // The decoder's error names a byte of the value: not printed.
+    B64.decode(s.as_bytes())
+        .map(Zeroizing::new)
+        .map_err(|_| Error::KeyProvider(format!("keyprovider {name:?}: {field} is not base64")))
 }
 
 #[derive(Clone, Copy)]
@@ -172,25 +224,43 @@ fn run_command(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::KeyProvider(format!("{what}: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A provider that exits without reading gets EPIPE here; its exit status says more.
-        let _ = stdin.write_all(input);
-    }
-    let out = child
-        .wait_with_output()
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    // All three pipes at once, so that a provider that answers before it
+    // has read everything cannot block on a full pipe. The answer holds the
+    // private options: it is read into a buffer that leaves no copies.
+    let (stdout, stderr) = std::thread::scope(|s| {
+        s.spawn(move || {
+            if let Some(mut stdin) = stdin {
+                // A provider that exits without reading gets EPIPE here; its exit status says more.
+                let _ = stdin.write_all(input);
+            }
+        });
+        let err = s.spawn(move || {
+            // Its first line is all an error quotes; the rest is drained.
+            let mut buf = Vec::new();
+            if let Some(mut e) = stderr {
+                let _ = (&mut e).take(64 << 10).read_to_end(&mut buf);
+                let _ = std::io::copy(&mut e, &mut std::io::sink());
+            }
+            buf
+        });
+        let out = stdout.map(wipe::read_to_end).transpose();
+        (out, err.join().unwrap_or_default())
+    });
+    let status = child
+        .wait()
         .map_err(|e| Error::KeyProvider(format!("{what}: {e}")))?;
-    let stdout = Zeroizing::new(out.stdout);
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = stdout
+        .map_err(|e| Error::KeyProvider(format!("{what}: {e}")))?
+        .unwrap_or_default();
+    if !status.success() {
+        let err = String::from_utf8_lossy(&stderr);
         let first = err
             .lines()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim();
-        return Err(Error::KeyProvider(format!(
-            "{what}: {}: {first}",
-            out.status
-        )));
+        return Err(Error::KeyProvider(format!("{what}: {status}: {first}")));
     }
     Ok(stdout)
 }

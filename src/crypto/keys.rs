@@ -26,6 +26,7 @@ use spki::DecodePublicKey;
 use zeroize::Zeroizing;
 
 use super::Error;
+use super::wipe::{SecretString, json_error};
 
 /// An RSA or EC private key (JWE, PKCS#7).
 pub enum PrivateKey {
@@ -93,12 +94,22 @@ pub enum ReadableKeys {
 
 /// A key file argument: path and optional password, as `FILE:pass=PW`,
 /// `FILE:file=PWFILE` or `FILE:fd=N` (imgcrypt's syntax).
+///
+/// `pass=` puts the password on the command line, where any local user
+/// reads it (`/proc/PID/cmdline`); it stays for imgcrypt's sake, and
+/// [`KeyArg::password_in_argv`] lets the CLI warn about it.
 pub struct KeyArg {
     pub path: PathBuf,
     pub password: Option<Zeroizing<String>>,
 }
 
 impl KeyArg {
+    /// Whether `arg` carries its password itself (`FILE:pass=PW`) rather
+    /// than naming a file or descriptor that holds it.
+    pub fn password_in_argv(arg: &str) -> bool {
+        arg.contains(":pass=")
+    }
+
     pub fn parse(arg: &str) -> Result<Self, Error> {
         for (marker, kind) in [(":pass=", 0), (":file=", 1), (":fd=", 2)] {
             if let Some(i) = arg.rfind(marker) {
@@ -181,9 +192,16 @@ fn check_protected(
 }
 
 fn read_password(p: &Path) -> Result<Zeroizing<String>, Error> {
-    let s = std::fs::read_to_string(p)
-        .map_err(|e| Error::BadKey(format!("password file {}: {e}", p.display())))?;
-    Ok(Zeroizing::new(s.trim_end_matches(['\n', '\r']).to_string()))
+    let bad = |e: std::io::Error| Error::BadKey(format!("password file {}: {e}", p.display()));
+    // A pipe (`fd=`) has no size to read up front: the buffer grows, wiping.
+    let raw = std::fs::File::open(p)
+        .and_then(super::wipe::read_to_end)
+        .map_err(bad)?;
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| Error::BadKey(format!("password file {}: not UTF-8", p.display())))?;
+    Ok(Zeroizing::new(
+        text.trim_end_matches(['\n', '\r']).to_string(),
+    ))
 }
 
 /// Parses whatever keys a file holds; fails when it holds none.
@@ -246,7 +264,8 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
             continue;
         };
         let end = format!("-----END {label}-----");
-        let mut body = Zeroizing::new(String::new());
+        // Sized for the whole file, so that it never moves and leaves a copy.
+        let mut body = Zeroizing::new(String::with_capacity(text.len()));
         let mut dek_info = None;
         let mut closed = false;
         for l in lines.by_ref() {
@@ -267,8 +286,9 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
             return Err(format!("PEM block {label:?} has no END line"));
         }
         let der = Zeroizing::new(
+            // The decoder's error names a byte of the key: not printed.
             B64.decode(body.as_bytes())
-                .map_err(|e| format!("PEM block {label:?}: bad base64: {e}"))?,
+                .map_err(|_| format!("PEM block {label:?}: bad base64"))?,
         );
         out.push(PemBlock {
             label: label.to_string(),
@@ -338,14 +358,19 @@ fn legacy_decrypt(
         ));
     }
     let mut key = Zeroizing::new(Vec::with_capacity(key_len + 16));
-    let mut prev: Vec<u8> = Vec::new();
+    // Each MD5 block is key material: kept in one wiped buffer.
+    let mut prev = Zeroizing::new([0u8; 16]);
+    let mut first = true;
     while key.len() < key_len {
         let mut h = Md5::new();
-        h.update(&prev);
+        if !first {
+            h.update(&prev[..]);
+        }
         h.update(pw.as_bytes());
         h.update(&iv[..8]);
-        prev = h.finalize().to_vec();
-        key.extend_from_slice(&prev);
+        h.finalize_into((&mut *prev).into());
+        key.extend_from_slice(&prev[..]);
+        first = false;
     }
     key.truncate(key_len);
     let wrong = || format!("{label}: wrong password for the encrypted private key");
@@ -475,45 +500,64 @@ fn parse_certificate(d: &[u8]) -> Result<Certificate, String> {
     })
 }
 
+/// A JWK as RFC 7517/7518 name its members; the private ones are wiped
+/// when dropped. `dp`, `dq` and `qi` are skipped unread: the key is
+/// rebuilt from `d`, `p` and `q`.
+#[derive(serde::Deserialize)]
+struct Jwk {
+    kty: Option<String>,
+    crv: Option<String>,
+    alg: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    d: Option<SecretString>,
+    p: Option<SecretString>,
+    q: Option<SecretString>,
+}
+
 fn parse_jwk(d: &[u8]) -> Result<KeyMaterial, String> {
-    let v: serde_json::Value = serde_json::from_slice(d).map_err(|e| format!("JWK: {e}"))?;
-    let field = |k: &str| -> Result<Zeroizing<Vec<u8>>, String> {
-        let s = v[k].as_str().ok_or_else(|| format!("JWK: missing {k:?}"))?;
+    // serde's text can quote a value, and some values are the private key.
+    let v: Jwk = serde_json::from_slice(d).map_err(|e| format!("JWK: {}", json_error(&e)))?;
+    let field = |k: &str, s: Option<&str>| -> Result<Zeroizing<Vec<u8>>, String> {
+        let s = s.ok_or_else(|| format!("JWK: missing {k:?}"))?;
+        // The decoder's error names the offending byte: not printed.
         B64URL
             .decode(s.trim_end_matches('='))
             .map(Zeroizing::new)
-            .map_err(|e| format!("JWK: {k:?} is not base64url: {e}"))
+            .map_err(|_| format!("JWK: {k:?} is not base64url"))
     };
-    let big = |k: &str| field(k).map(|b| BigUint::from_bytes_be(&b));
-    let has_d = v.get("d").is_some();
-    match v["kty"].as_str() {
+    let big = |k: &str, s: Option<&str>| field(k, s).map(|b| BigUint::from_bytes_be(&b));
+    let has_d = v.d.is_some();
+    match v.kty.as_deref() {
         Some("RSA") => {
-            let (n, e) = (big("n")?, big("e")?);
+            let (n, e) = (big("n", v.n.as_deref())?, big("e", v.e.as_deref())?);
             if has_d {
-                let primes = match (big("p"), big("q")) {
+                let primes = match (big("p", v.p.as_deref()), big("q", v.q.as_deref())) {
                     (Ok(p), Ok(q)) => vec![p, q],
                     _ => vec![],
                 };
-                let k = RsaPrivateKey::from_components(n, e, big("d")?, primes)
+                let k = RsaPrivateKey::from_components(n, e, big("d", v.d.as_deref())?, primes)
                     .map_err(|e| format!("JWK: {e}"))?;
                 Ok(KeyMaterial::Private(PrivateKey::Rsa(Box::new(k))))
             } else {
                 let k = RsaPublicKey::new(n, e).map_err(|e| format!("JWK: {e}"))?;
                 Ok(KeyMaterial::Public(PublicKey::Rsa(
                     Box::new(k),
-                    v["alg"].as_str() == Some("RSA-OAEP-256"),
+                    v.alg.as_deref() == Some("RSA-OAEP-256"),
                 )))
             }
         }
         Some("EC") => {
-            let crv = v["crv"].as_str().unwrap_or("");
-            let (x, y) = (field("x")?, field("y")?);
+            let crv = v.crv.as_deref().unwrap_or("");
+            let (x, y) = (field("x", v.x.as_deref())?, field("y", v.y.as_deref())?);
             let mut sec1 = vec![4u8];
             sec1.extend_from_slice(&x);
             sec1.extend_from_slice(&y);
             let bad = |e: &dyn std::fmt::Display| format!("JWK: bad {crv} key: {e}");
             if has_d {
-                let d = field("d")?;
+                let d = field("d", v.d.as_deref())?;
                 Ok(KeyMaterial::Private(match crv {
                     "P-256" => {
                         PrivateKey::P256(p256::SecretKey::from_slice(&d).map_err(|e| bad(&e))?)
@@ -604,6 +648,41 @@ mod tests {
         .load(readable)
         .map(|k| k.len())
         .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn key_parse_errors_quote_no_private_value() {
+        // A JWK whose `d` has a bad character near its end, and one whose
+        // `d` is of the wrong type: neither the value nor a byte of it is told.
+        let jwk = |d: &str| {
+            format!(r#"{{"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA","d":{d}}}"#).into_bytes()
+        };
+        let err = |data: &[u8]| parse_key_file(data, None).err().unwrap();
+        assert_eq!(
+            err(&jwk(r#""hunter2secret$Q""#)),
+            r#"JWK: "d" is not base64url"#
+        );
+        let e = err(&jwk(r#"["hunter2secret"]"#));
+        assert!(
+            e.starts_with("JWK: data error at line 1 column ") && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert_eq!(
+            err(b"-----BEGIN PRIVATE KEY-----\nhunter2secret$Q\n-----END PRIVATE KEY-----\n"),
+            r#"PEM block "PRIVATE KEY": bad base64"#
+        );
+    }
+
+    #[test]
+    fn a_password_file_is_read_without_its_line_end() {
+        let d = tempfile::tempdir().unwrap();
+        let pw = d.path().join("pw");
+        std::fs::write(&pw, "hunter2\r\n").unwrap();
+        let arg = format!("{}:file={}", d.path().join("k.pem").display(), pw.display());
+        let ka = KeyArg::parse(&arg).unwrap();
+        assert_eq!(ka.password.as_deref().map(|p| p.as_str()), Some("hunter2"));
+        assert!(!KeyArg::password_in_argv(&arg));
+        assert!(KeyArg::password_in_argv("k.pem:pass=hunter2"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod options;
 pub mod pgp;
 pub mod pkcs7;
 pub mod recipient;
+pub mod wipe;
 
 pub use keys::{KeyArg, KeyMaterial};
 pub use recipient::{KeyRing, Recipient};

@@ -88,13 +88,17 @@ impl std::fmt::Debug for PrivateOptions {
 impl PrivateOptions {
     /// The JSON every wrapper wraps; zeroized when dropped.
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(serde_json::to_vec(self).expect("options serialize"))
+        super::wipe::to_json(self).expect("options serialize")
     }
 
     /// Parses unwrapped private options and checks they can drive the cipher.
     pub fn from_json(raw: &[u8]) -> Result<Self, Error> {
+        // serde's text can quote a value, and these values are the key.
         let opts: PrivateOptions = serde_json::from_slice(raw).map_err(|e| {
-            Error::Malformed(format!("unwrapped private options are not valid JSON: {e}"))
+            Error::Malformed(format!(
+                "unwrapped private options are not valid ({})",
+                super::wipe::json_error(&e)
+            ))
         })?;
         if opts.symkey.len() != 32 {
             return Err(Error::Malformed(format!(
@@ -241,6 +245,26 @@ mod tests {
             "{e}"
         );
         assert!(PublicOptions::from_annotation("%%%").is_err());
+    }
+
+    #[test]
+    fn private_options_errors_quote_no_value() {
+        for raw in [
+            r#"{"symkey":"AAAA","digest":"x","cipheroptions":"hunter2-secret"}"#,
+            r#"{"symkey":"hunter2-secret!","digest":"x"}"#,
+            r#"{"symkey":["hunter2-secret"],"digest":"x"}"#,
+        ] {
+            let e = PrivateOptions::from_json(raw.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(
+                e.starts_with(
+                    "unwrapped private options are not valid (data error at line 1 column "
+                ),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -214,6 +214,12 @@ impl LayerFs {
         JOINED.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.clear();
+            // Growing in place would free the old buffer unwiped: a bigger
+            // one replaces it instead, and the old one is wiped on drop.
+            let want = usize::try_from(end - offset).unwrap_or(usize::MAX);
+            if buf.capacity() < want {
+                *buf = zeroize::Zeroizing::new(Vec::with_capacity(want));
+            }
             for (x, c) in parts.iter().zip(&chunks) {
                 let (a, b) = x.slice(offset, end);
                 buf.extend_from_slice(&c[a..b]);

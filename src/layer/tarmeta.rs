@@ -7,11 +7,61 @@ use std::io::{self, Read};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use zeroize::Zeroizing;
 
 use super::estargz::toc::{TocEntry, rfc3339};
 
 /// Most extension data we accept for one entry (names, xattrs).
 pub const MAX_EXTENSION: u64 = 1 << 20;
+
+/// A tar stream's source, whose own errors stay told apart from the tar
+/// parser's: the parser's quote the entry's name (`… when getting size for
+/// NAME`), and names are plaintext. See [`walk_error`].
+pub struct Source<R>(pub R);
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), FromSource(e)))
+    }
+}
+
+impl<R> Source<R> {
+    pub fn into_inner(self) -> R {
+        self.0
+    }
+}
+
+/// An error of the reader under a [`Source`].
+#[derive(Debug)]
+struct FromSource(io::Error);
+
+impl std::fmt::Display for FromSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for FromSource {}
+
+/// An error met while walking a tar stream read through a [`Source`]
+/// (with this module's help): the source's own error as it was, one of
+/// ours as it is, and for one of the tar parser's (which may quote an
+/// entry's name) a text of our own that names none.
+pub fn walk_error(e: io::Error) -> io::Error {
+    let kind = e.kind();
+    if e.get_ref().is_some_and(|i| i.is::<Own>()) {
+        return e;
+    }
+    if let Some(Ok(src)) = e.into_inner().map(|i| i.downcast::<FromSource>()) {
+        return src.0;
+    }
+    match kind {
+        io::ErrorKind::UnexpectedEof => bad("the archive is truncated".into()),
+        _ => bad("an entry header is malformed".into()),
+    }
+}
 
 /// PAX records or GNU long names that apply to the next real entry.
 #[derive(Default)]
@@ -46,13 +96,15 @@ impl Pending {
         kind: tar::EntryType,
         size: u64,
         r: R,
-    ) -> io::Result<Vec<u8>> {
+    ) -> io::Result<Zeroizing<Vec<u8>>> {
         if size > MAX_EXTENSION {
             return Err(bad(format!(
                 "tar extension header of {size} bytes is too large"
             )));
         }
-        let mut data = Vec::with_capacity(size as usize);
+        // Names and xattrs of the layer: plaintext, wiped after use (the
+        // capacity is exact, so reading does not move it).
+        let mut data = Zeroizing::new(Vec::with_capacity(size as usize));
         r.take(size).read_to_end(&mut data)?;
         match kind {
             tar::EntryType::XHeader => self.parse_pax(&data)?,
@@ -210,8 +262,20 @@ fn c_string(data: &[u8]) -> String {
 }
 
 fn bad(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("tar: {msg}"))
+    io::Error::new(io::ErrorKind::InvalidData, Own(format!("tar: {msg}")))
 }
+
+/// One of our own errors, which name no entry: [`walk_error`] keeps it.
+#[derive(Debug)]
+struct Own(String);
+
+impl std::fmt::Display for Own {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Own {}
 
 #[cfg(test)]
 mod tests {

@@ -11,10 +11,12 @@ use std::io::{self, Read, Write};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::toc::{Toc, TocEntry};
 use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME, footer};
-use crate::layer::tarmeta::{Pending, is_extension};
+use crate::crypto::wipe::{self, SecretBuf};
+use crate::layer::tarmeta::{Pending, Source, is_extension, walk_error};
 
 /// What a conversion produced, besides the blob.
 #[derive(Debug, Clone)]
@@ -83,7 +85,8 @@ enum Pick {
 struct Writer<W: Write> {
     sink: GzSink<W>,
     toc: Toc,
-    buf: Vec<u8>,
+    /// One chunk of a file's plaintext; wiped when the writer is dropped.
+    buf: Zeroizing<Vec<u8>>,
     chunk_size: u64,
 }
 
@@ -95,7 +98,7 @@ impl<W: Write> Writer<W> {
                 version: 1,
                 entries: Vec::new(),
             },
-            buf: vec![0u8; chunk_size as usize],
+            buf: Zeroizing::new(vec![0u8; chunk_size as usize]),
             chunk_size,
         }
     }
@@ -107,24 +110,27 @@ impl<W: Write> Writer<W> {
         src: R,
         mut pick: impl FnMut(&TocEntry) -> Pick,
     ) -> io::Result<()> {
-        let mut archive = tar::Archive::new(src);
+        // The tar parser's errors quote entry names: read through a
+        // `Source` and passed through `walk_error`, they name none.
+        let mut archive = tar::Archive::new(Source(src));
         let mut pending = Pending::default();
         // Extension headers (PAX, GNU long names) belong to the next entry:
-        // they are written only if it is.
-        let mut ext: Vec<u8> = Vec::new();
-        for entry in archive.entries()?.raw(true) {
-            let mut e = entry?;
+        // they are written only if it is. They hold names: wiped.
+        let mut ext = SecretBuf::default();
+        for entry in archive.entries().map_err(walk_error)?.raw(true) {
+            let mut e = entry.map_err(walk_error)?;
             let hdr = e.header().clone();
-            let size = hdr.entry_size()?;
+            let size = hdr.entry_size().map_err(walk_error)?;
             let kind = hdr.entry_type();
             if is_extension(kind) {
-                let data = pending.absorb(kind, size, &mut e)?;
+                let data = pending.absorb(kind, size, &mut e).map_err(walk_error)?;
                 ext.extend_from_slice(hdr.as_bytes());
                 ext.extend_from_slice(&data);
-                ext.resize(ext.len().next_multiple_of(512), 0);
+                let pad = ext.len().next_multiple_of(512) - ext.len();
+                ext.extend_from_slice(&[0u8; 512][..pad]);
                 continue;
             }
-            let te = pending.entry(&hdr)?;
+            let te = pending.entry(&hdr).map_err(walk_error)?;
             let ext = std::mem::take(&mut ext);
             if [TOC_NAME, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK].contains(&te.name.as_str()) {
                 // Re-converting an eStargz layer: its old TOC and landmarks are replaced.
@@ -164,7 +170,7 @@ impl<W: Write> Writer<W> {
             while written < size {
                 let n = (size - written).min(chunk_size);
                 let chunk = &mut self.buf[..n as usize];
-                e.read_exact(chunk)?;
+                e.read_exact(chunk).map_err(walk_error)?;
                 if let Some(h) = file_hash.as_mut() {
                     h.update(&*chunk);
                 }
@@ -193,7 +199,14 @@ impl<W: Write> Writer<W> {
             };
         } else {
             // Links, devices, directories: no payload (or one we pass through as is).
-            io::copy(&mut e.take(size), &mut WriteTo(sink))?;
+            let mut payload = e.take(size);
+            let mut block = [0u8; 512];
+            loop {
+                match payload.read(&mut block).map_err(walk_error)? {
+                    0 => break,
+                    n => sink.write(&block[..n])?,
+                }
+            }
             if regular {
                 te.size = 0;
             }
@@ -212,7 +225,8 @@ impl<W: Write> Writer<W> {
     fn finish(self) -> io::Result<(W, Converted)> {
         let Writer { mut sink, toc, .. } = self;
         // The TOC entry starts its own member and ends the archive.
-        let toc_json = serde_json::to_vec(&toc).map_err(|e| bad(e.to_string()))?;
+        // The TOC lists every name: serialized into a buffer that is wiped.
+        let toc_json = wipe::to_json(&toc).map_err(|e| bad(wipe::json_error(&e)))?;
         let toc_digest = format!("sha256:{}", hex::encode(Sha256::digest(&toc_json)));
         sink.close()?;
         let toc_offset = sink.open()?;
@@ -328,18 +342,6 @@ impl<W: Write> GzSink<W> {
         let _ = self.close();
         let out = self.out.take().expect("closed").inner;
         (out, self.diff.finalize().into(), self.size)
-    }
-}
-
-struct WriteTo<'a, W: Write>(&'a mut GzSink<W>);
-
-impl<W: Write> Write for WriteTo<'_, W> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.write(b)?;
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -537,6 +539,20 @@ mod tests {
             .unwrap();
         let (_, second) = convert(&plain[..], Vec::new(), 4096).unwrap();
         assert_eq!(second.entries, first.entries);
+    }
+
+    #[test]
+    fn a_malformed_header_names_no_entry() {
+        let (mut t, _) = sample_tar();
+        // A size field that is no number, under a valid checksum: tar's own
+        // error would end in "when getting size for NAME".
+        t[124..136].copy_from_slice(b"12x45678901\0");
+        let mut h = tar::Header::from_byte_slice(&t[..512]).clone();
+        assert!(!h.path_bytes().is_empty());
+        h.set_cksum();
+        t[..512].copy_from_slice(h.as_bytes());
+        let e = convert(&t[..], Vec::new(), 4096).err().unwrap().to_string();
+        assert_eq!(e, "tar: an entry header is malformed");
     }
 
     /// Entry names and regular files' contents, in archive order.

@@ -20,7 +20,7 @@ use self::gzip::{GzReader, State};
 use self::sealed::{Sealed, Tee};
 use super::index::{ChunkSource, Layer, Node, bad, chunk_buffer, stream_extents};
 use super::source::{RangeReader, RangeSource};
-use super::tarmeta::{Pending, is_extension};
+use super::tarmeta::{Pending, Source, is_extension, walk_error};
 use super::verified::{Hashing, Sha256Digest, Verified};
 use crate::crypto::cipher::LayerKey;
 
@@ -123,8 +123,10 @@ pub fn index<R: Read>(
 /// Walks the tar entries, then drains the stream so every byte is hashed
 /// (and the caller's digest and HMAC checks see the end).
 fn walk<R: Read>(r: ChunkHasher<R>, what: &str) -> io::Result<(Vec<Node>, ChunkHasher<R>)> {
-    let wrap = |e: io::Error| bad(what, e.to_string());
-    let mut archive = tar::Archive::new(r);
+    // Names are decrypted data: the tar parser's errors, which quote them,
+    // are replaced (`walk_error`).
+    let wrap = |e: io::Error| bad(what, walk_error(e).to_string());
+    let mut archive = tar::Archive::new(Source(r));
     let mut nodes = Vec::new();
     let mut pending = Pending::default();
     for entry in archive.entries().map_err(wrap)?.raw(true) {
@@ -147,8 +149,8 @@ fn walk<R: Read>(r: ChunkHasher<R>, what: &str) -> io::Result<(Vec<Node>, ChunkH
         };
         nodes.push(Node { entry: te, extents });
     }
-    let mut r = archive.into_inner();
-    io::copy(&mut r, &mut io::sink()).map_err(wrap)?;
+    let mut r = archive.into_inner().into_inner();
+    io::copy(&mut r, &mut io::sink()).map_err(|e| bad(what, e.to_string()))?;
     Ok((nodes, r))
 }
 
@@ -403,6 +405,23 @@ mod tests {
         let mut ct = zst;
         key.apply_at(0, &mut ct);
         check(ct, Compression::Zstd, Some(key), &big);
+    }
+
+    #[test]
+    fn a_malformed_header_names_no_entry() {
+        let mut tar = tar_with(b"data");
+        // A size field that is no number, under a valid checksum: tar's
+        // own error would end in "when getting size for a/small.txt".
+        tar[124..136].copy_from_slice(b"12x45678901\0");
+        let h = tar::Header::from_byte_slice(&tar[..512]).clone();
+        let mut h = h;
+        h.set_cksum();
+        tar[..512].copy_from_slice(h.as_bytes());
+        let e = index(&tar[..], Compression::None, Path::new("/nonexistent"), "L")
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(e, "layer L: tar: an entry header is malformed");
     }
 
     #[test]
