@@ -18,8 +18,14 @@ fn bench(c: &mut Criterion) {
         let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits).unwrap();
         let private = dir.path().join(format!("k{bits}.pem"));
         let public = dir.path().join(format!("k{bits}.pub.pem"));
-        std::fs::write(
-            &private,
+        // 0600: key files others can read are refused, as ssh refuses them.
+        std::io::Write::write_all(
+            &mut std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().write(true).create(true),
+                0o600,
+            )
+            .open(&private)
+            .unwrap(),
             key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
         )
         .unwrap();
