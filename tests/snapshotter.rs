@@ -765,6 +765,28 @@ fn lying_pair(
     (refs[0].clone(), refs[1].clone())
 }
 
+/// A kubelet's `PullImage` of `image` through containerd's CRI plugin;
+/// the image ref it answers with.
+fn cri_pull(ctd: &Containerd, image: &str) -> Result<String, tonic::Status> {
+    rt().block_on(async {
+        let c = lazycrypt::containerd::client::Client::connect(&ctd.socket, "k8s.io")
+            .await
+            .unwrap();
+        use lazycrypt::containerd::proto::cri;
+        let mut images = cri::image_service_client::ImageServiceClient::new(c.channel);
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.to_string(),
+                    annotations: HashMap::new(),
+                }),
+                auth: None,
+            })
+            .await
+            .map(|r| r.into_inner().image_ref)
+    })
+}
+
 /// `lazycrypt pull` of `image` into namespace `ns`; stdout, or stderr on failure.
 fn pull_in(ctd: &Containerd, ns: &str, image: &str) -> Result<String, String> {
     let o = run(lazycrypt()
@@ -823,23 +845,7 @@ fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_an
     // check: V's Prepare reaches lazycrypt, which checks X's layer (or has),
     // finds it poisoned and mounts V's own.
     pull_in(&ctd, "attacker", &x).unwrap();
-    let pulled = rt().block_on(async {
-        let c = lazycrypt::containerd::client::Client::connect(&ctd.socket, "k8s.io")
-            .await
-            .unwrap();
-        use lazycrypt::containerd::proto::cri;
-        let mut images = cri::image_service_client::ImageServiceClient::new(c.channel);
-        images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: v.clone(),
-                    annotations: HashMap::new(),
-                }),
-                auth: None,
-            })
-            .await
-    });
-    pulled.unwrap_or_else(|e| panic!("CRI pull of V: {e}\n{}", daemon.log()));
+    cri_pull(&ctd, &v).unwrap_or_else(|e| panic!("CRI pull of V: {e}\n{}", daemon.log()));
     let out = cat("k8s.io", &v, "v1");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -1296,23 +1302,7 @@ fn a_cri_pull_mounts_encrypted_layers_lazily() {
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start_with_cri(d.path(), &daemon.socket, Some(&proxy.addr));
     let image = format!("{}/cri/app:v1", proxy.addr);
-    let image_ref = rt().block_on(async {
-        let c = lazycrypt::containerd::client::Client::connect(&ctd.socket, "k8s.io")
-            .await
-            .unwrap();
-        use lazycrypt::containerd::proto::cri;
-        let mut images = cri::image_service_client::ImageServiceClient::new(c.channel);
-        images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.clone(),
-                    annotations: HashMap::new(),
-                }),
-                auth: None,
-            })
-            .await
-            .map(|r| r.into_inner().image_ref)
-    });
+    let image_ref = cri_pull(&ctd, &image);
     let image_ref = image_ref.unwrap_or_else(|e| panic!("CRI pull: {e}\n{}", daemon.log()));
     assert!(image_ref.starts_with("sha256:"), "{image_ref}");
     let served = proxy.served();

@@ -125,12 +125,7 @@ impl Keeper {
     }
 
     fn connect(&self) -> io::Result<OwnedFd> {
-        let s = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
+        let s = seqpacket()?;
         connect(s.as_raw_fd(), &UnixAddr::new(&self.socket)?)?;
         // The keeper is handed FUSE connections: whoever holds one answers
         // that layer's reads. Talk only to a keeper of our own user.
@@ -166,12 +161,7 @@ pub fn serve(socket_path: &Path) -> io::Result<()> {
     // cannot be bound again.
     let bind_here = || {
         crate::private::bind_socket(socket_path, |p| {
-            let s = socket(
-                AddressFamily::Unix,
-                SockType::SeqPacket,
-                SockFlag::SOCK_CLOEXEC,
-                None,
-            )?;
+            let s = seqpacket()?;
             bind(s.as_raw_fd(), &UnixAddr::new(p)?)?;
             Ok(s)
         })
@@ -244,6 +234,16 @@ pub fn serve(socket_path: &Path) -> io::Result<()> {
         let _ = std::fs::remove_file(socket_path);
     }
     Ok(())
+}
+
+/// A new unix message socket, the kind keeper and clients speak over.
+fn seqpacket() -> io::Result<OwnedFd> {
+    Ok(socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
 }
 
 fn inode(p: &Path) -> Option<u64> {
