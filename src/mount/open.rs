@@ -252,3 +252,48 @@ impl Read for Counted {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::estargz::writer::convert;
+    use crate::layer::source::MemoryRange;
+
+    /// The TOC of a blob verified whole is anchored to what the verified
+    /// stream carried: if the cache file changes afterwards (another
+    /// image's fetch of the same blob), the layer is refused, not served by
+    /// a TOC nobody checked.
+    #[test]
+    fn a_blob_verified_whole_keeps_the_toc_it_verified() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, "a.txt", &b"hello"[..]).unwrap();
+        let (blob, _) = convert(&tar.into_inner().unwrap()[..], Vec::new(), 1 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let digest = crate::oci::digest::of(&blob);
+        let open = || {
+            let src = Arc::new(MemoryRange::new(blob.clone()));
+            Arc::new(DiskRange::open(dir.path(), &digest, src).unwrap())
+        };
+        let disk = open();
+        let stream = Box::new(DiskRange::filling(&disk, io::Cursor::new(blob.clone())));
+        let toc = verify_whole_keeping_toc(&disk, stream, None, "L").unwrap();
+        assert!(lazy::open(disk.clone(), None, &Anchor::Toc(toc.clone()), "L").is_ok());
+        // A byte of the TOC member changes in the cache file.
+        let (toc_at, footer_at) = lazy::toc_range(&*disk, None, "L").unwrap();
+        let file = std::fs::read_dir(dir.path().join("sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "data"))
+            .unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[((toc_at + footer_at) / 2) as usize] ^= 0x01;
+        std::fs::write(&file, &bytes).unwrap();
+        let e = lazy::open(open(), None, &Anchor::Toc(toc), "L")
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("layer L:"), "{e}");
+    }
+}
