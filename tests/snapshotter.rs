@@ -555,6 +555,78 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     daemon.stop();
 }
 
+/// A layer opened ahead for one image's manifest carries that manifest's
+/// annotations and registry: an image that names another image's blob
+/// digest, with annotations of its own, must not have its open handed to
+/// the other image's Prepare.
+#[test]
+fn a_layer_opened_ahead_for_one_manifest_is_not_handed_to_another() {
+    let d = tmp();
+    let reg = Registry::start();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("marker"), "victim marker\n").unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    common::build_dir(&src, &plain, &[]);
+    let k = common::rsa_keys(d.path(), "k");
+    let image = reg.image("open/app:v1");
+    common::encrypt_estargz(&plain, &image, &k.public);
+    let (manifest, layers) = manifest_and_layers(&image);
+    let name = image.trim_start_matches("docker://").to_string();
+    // The attacker's manifest lists the victim's blob with a wrapped key
+    // nobody can open.
+    let raw = ok(common::skopeo().args(["inspect", "--raw", "--tls-verify=false", &image]));
+    let mut m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let jwe = "org.opencontainers.image.enc.keys.jwe";
+    m["layers"][0]["annotations"][jwe] = serde_json::Value::String("AAAA".into());
+    let bytes = serde_json::to_vec(&m).unwrap();
+    let evil_digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+    );
+    let put = std::process::Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H"])
+        .arg(format!(
+            "Content-Type: {}",
+            m["mediaType"].as_str().unwrap()
+        ))
+        .arg("--data-binary")
+        .arg("@-")
+        .arg(format!("http://{}/v2/open/app/manifests/evil", reg.addr))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut put.stdin.as_ref().unwrap(), &bytes).unwrap();
+    assert!(put.wait_with_output().unwrap().status.success());
+    let evil = name.replace(":v1", ":evil");
+
+    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let daemon = Daemon::start_with(d.path(), &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        // The attacker's pull prepares a layer whose image-layers label
+        // lists the victim's blob above it, then stops.
+        let mut labels = layer_labels(
+            "A",
+            &evil,
+            &evil_digest,
+            &format!("sha256:{}", "ab".repeat(32)),
+        );
+        labels.insert(
+            "containerd.io/snapshot/lazycrypt.image-layers".into(),
+            format!("sha256:{},{}", "ab".repeat(32), layers[0]),
+        );
+        let (cd, msg) = code(prepare_labelled(c, "a1", labels).await);
+        assert_eq!(cd, Code::NotFound, "{msg}");
+        // The victim's Prepare of its own layer opens it from its own
+        // manifest.
+        let (cd, msg) =
+            code(prepare_labelled(c, "v1", layer_labels("V", &name, &manifest, &layers[0])).await);
+        assert_eq!(cd, Code::AlreadyExists, "{msg}\n{}", daemon.log());
+    });
+    daemon.stop();
+}
+
 /// A busybox rootfs with a secret file whose name and content carry `marker`.
 fn secret_rootfs(dir: &Path, marker: &str) -> std::path::PathBuf {
     let root = dir.join("rootfs");
