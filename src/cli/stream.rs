@@ -79,7 +79,8 @@ pub fn run(a: Args) -> Result<()> {
 /// hold private keys and their passwords.
 #[derive(Deserialize)]
 pub struct Payload {
-    #[serde(rename = "DecryptConfig", default)]
+    /// Go writes `null` for a nil struct pointer or map: taken as empty.
+    #[serde(rename = "DecryptConfig", default, deserialize_with = "null_is_empty")]
     pub decrypt_config: DecryptConfig,
     #[serde(rename = "Descriptor")]
     pub descriptor: Descriptor,
@@ -87,8 +88,17 @@ pub struct Payload {
 
 #[derive(Deserialize, Default)]
 pub struct DecryptConfig {
-    #[serde(rename = "Parameters", default)]
+    #[serde(rename = "Parameters", default, deserialize_with = "null_is_empty")]
     pub parameters: BTreeMap<String, Option<Vec<SecretString>>>,
+}
+
+/// A field Go may write as `null` (a nil map or pointer): its default then.
+fn null_is_empty<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Parses the payload (consumed, and wiped with every copy made of it).
@@ -160,4 +170,38 @@ fn add_parameters(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(json: &str) -> Zeroizing<Vec<u8>> {
+        let a = prost_types::Any {
+            type_url: "github.com/containerd/imgcrypt/ctd/decryption/payload".into(),
+            value: json.as_bytes().to_vec(),
+        };
+        Zeroizing::new(a.encode_to_vec())
+    }
+
+    /// containerd's unpacker passes `"Parameters":null` when it has no
+    /// keys to add (Go's nil map): a payload as valid as any.
+    #[test]
+    fn null_parameters_and_config_are_empty() {
+        let desc = r#"{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip+encrypted","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1}"#;
+        for dc in [
+            r#"{"Parameters":null}"#,
+            "null",
+            r#"{"Parameters":{"privkeys":null}}"#,
+        ] {
+            let p = parse_payload(any(&format!(
+                r#"{{"DecryptConfig":{dc},"Descriptor":{desc}}}"#
+            )))
+            .unwrap_or_else(|e| panic!("{dc}: {e}"));
+            assert!(
+                p.decrypt_config.parameters.values().all(Option::is_none),
+                "{dc}"
+            );
+        }
+    }
 }
