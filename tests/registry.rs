@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,15 +69,20 @@ fn encrypt_to_registry_and_decrypt_from_it_with_both_tools() {
     assert_eq!(layers.as_array().unwrap().len(), 2);
 }
 
-#[test]
-fn basic_auth_with_creds_and_a_clear_401_without() {
-    let d = tmp();
-    let htpasswd = d.path().join("htpasswd");
+/// Debian's registry behind basic auth, user `tester`, password `s3cret`.
+fn registry_with_login(dir: &Path) -> Registry {
+    let htpasswd = dir.join("htpasswd");
     ok(Command::new("htpasswd")
         .args(["-Bbc"])
         .arg(&htpasswd)
         .args(["tester", "s3cret"]));
-    let reg = Registry::start_with(Some(&htpasswd));
+    Registry::start_with(Some(&htpasswd))
+}
+
+#[test]
+fn basic_auth_with_creds_and_a_clear_401_without() {
+    let d = tmp();
+    let reg = registry_with_login(d.path());
     let plain = build_image(d.path(), "plain", 1);
     let k = rsa_keys(d.path(), "k");
     let remote = reg.image("auth/enc:v1");
@@ -366,12 +372,7 @@ fn a_mirror_gets_only_its_own_credentials() {
     use lazycrypt::oci::registry::RegistryOptions;
 
     let d = tmp();
-    let htpasswd = d.path().join("htpasswd");
-    ok(Command::new("htpasswd")
-        .args(["-Bbc"])
-        .arg(&htpasswd)
-        .args(["tester", "s3cret"]));
-    let reg = Registry::start_with(Some(&htpasswd));
+    let reg = registry_with_login(d.path());
     let plain = build_image(d.path(), "plain", 1);
     ok(skopeo().args([
         "copy",

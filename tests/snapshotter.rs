@@ -367,6 +367,29 @@ fn manifest_and_layers(image: &str) -> (String, Vec<String>) {
     (format!("sha256:{digest}"), layers)
 }
 
+/// An image of `files`, encrypted as eStargz to a fresh key `k` and pushed
+/// to `reg` as `repo`: its reference, the key, its manifest digest and its
+/// layer digests.
+fn estargz_image(
+    dir: &Path,
+    reg: &Registry,
+    repo: &str,
+    files: &[(&str, &[u8])],
+) -> (String, common::RsaKeys, String, Vec<String>) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (name, data) in files {
+        std::fs::write(src.join(name), data).unwrap();
+    }
+    let plain = format!("oci:{}:plain", dir.join("img").display());
+    common::build_dir(&src, &plain, &[]);
+    let k = common::rsa_keys(dir, "k");
+    let image = reg.image(repo);
+    common::encrypt_estargz(&plain, &image, &k.public);
+    let (manifest, layers) = manifest_and_layers(&image);
+    (image, k, manifest, layers)
+}
+
 /// A node keys dir holding `key` as `k.pem`, and the `serve` arguments that
 /// use it and reach `registry` over plain HTTP.
 fn keys_dir_args(dir: &Path, key: &Path, registry: &str) -> (std::path::PathBuf, Vec<String>) {
@@ -450,16 +473,9 @@ fn fuse_mounts_under(dir: &Path) -> usize {
 fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     let d = tmp();
     let reg = Registry::start();
-    let src = d.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("marker"), "remote layer marker\n").unwrap();
-    std::fs::write(src.join("big.bin"), common::noise(8 << 20)).unwrap();
-    let plain = format!("oci:{}:plain", d.path().join("img").display());
-    common::build_dir(&src, &plain, &[]);
-    let k = common::rsa_keys(d.path(), "k");
-    let image = reg.image("enc/app:v1");
-    common::encrypt_estargz(&plain, &image, &k.public);
-    let (manifest, layers) = manifest_and_layers(&image);
+    let big = common::noise(8 << 20);
+    let files: [(&str, &[u8]); 2] = [("marker", b"remote layer marker\n"), ("big.bin", &big)];
+    let (image, k, manifest, layers) = estargz_image(d.path(), &reg, "enc/app:v1", &files);
     let layer = layers[0].clone();
     let name = image.trim_start_matches("docker://").to_string();
 
@@ -563,15 +579,8 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
 fn a_layer_opened_ahead_for_one_manifest_is_not_handed_to_another() {
     let d = tmp();
     let reg = Registry::start();
-    let src = d.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("marker"), "victim marker\n").unwrap();
-    let plain = format!("oci:{}:plain", d.path().join("img").display());
-    common::build_dir(&src, &plain, &[]);
-    let k = common::rsa_keys(d.path(), "k");
-    let image = reg.image("open/app:v1");
-    common::encrypt_estargz(&plain, &image, &k.public);
-    let (manifest, layers) = manifest_and_layers(&image);
+    let files: [(&str, &[u8]); 1] = [("marker", b"victim marker\n")];
+    let (image, k, manifest, layers) = estargz_image(d.path(), &reg, "open/app:v1", &files);
     let name = image.trim_start_matches("docker://").to_string();
     // The attacker's manifest lists the victim's blob with a wrapped key
     // nobody can open.
@@ -1477,15 +1486,8 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
 fn layers_are_fetched_through_the_mirrors_hosts_toml_names() {
     let d = tmp();
     let reg = Registry::start();
-    let src = d.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("marker"), "via the mirror\n").unwrap();
-    let plain = format!("oci:{}:plain", d.path().join("img").display());
-    common::build_dir(&src, &plain, &[]);
-    let k = common::rsa_keys(d.path(), "k");
-    let image = reg.image("mirrored/app:v1");
-    common::encrypt_estargz(&plain, &image, &k.public);
-    let (manifest, layers) = manifest_and_layers(&image);
+    let files: [(&str, &[u8]); 1] = [("marker", b"via the mirror\n")];
+    let (_, k, manifest, layers) = estargz_image(d.path(), &reg, "mirrored/app:v1", &files);
     let layer = layers[0].clone();
     // The image is named on a registry that does not answer; its hosts.toml
     // sends pulls to the real one first.
