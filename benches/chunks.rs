@@ -13,8 +13,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lazycrypt::crypto::cipher::LayerKey;
 use lazycrypt::layer::estargz::lazy::{Anchor, open};
 use lazycrypt::layer::estargz::writer::convert;
-use lazycrypt::layer::index::Layer;
+use lazycrypt::layer::index::{Layer, Unmetered};
 use lazycrypt::layer::source::MemoryRange;
+use lazycrypt::layer::stream::sealed::Scratch;
 use lazycrypt::layer::stream::{self, Compression, Plain};
 
 use data::noise;
@@ -75,13 +76,8 @@ fn stream_gzip(tar: &[u8]) -> Layer {
     let key = LayerKey::generate();
     let mut ct = gz.clone();
     key.apply_at(0, &mut ct);
-    let idx = stream::index(
-        &gz[..],
-        Compression::Gzip,
-        Path::new("/nonexistent"),
-        "bench",
-    )
-    .unwrap();
+    let nowhere = Scratch::new("/nonexistent".into(), u64::MAX);
+    let idx = stream::index(&gz[..], Compression::Gzip, &nowhere, "bench", &Unmetered).unwrap();
     stream::layer(
         idx,
         Plain::new(Arc::new(MemoryRange::new(ct)), Some(key)),
@@ -93,7 +89,8 @@ fn stream_gzip(tar: &[u8]) -> Layer {
 /// A zstd layer: served from its sealed scratch copy.
 fn stream_zstd(tar: &[u8], scratch: &Path) -> Layer {
     let zst = zstd::encode_all(tar, 3).unwrap();
-    let idx = stream::index(&zst[..], Compression::Zstd, scratch, "bench").unwrap();
+    let scratch = Scratch::new(scratch.into(), u64::MAX);
+    let idx = stream::index(&zst[..], Compression::Zstd, &scratch, "bench", &Unmetered).unwrap();
     stream::layer(
         idx,
         Plain::new(Arc::new(MemoryRange::new(zst)), None),

@@ -127,6 +127,10 @@ fn bench(c: &mut Criterion) {
     ring.add_arg(private.to_str().unwrap()).unwrap();
     let opts = OpenOptions {
         cache_dir: dir.path().join("blobs"),
+        scratch: lazycrypt::layer::stream::sealed::Scratch::new(
+            dir.path().join("blobs/sealed"),
+            u64::MAX,
+        ),
         allow_unverified_lazy: false,
     };
     let src: Arc<dyn ImageSource> = Arc::new(OneBlob(ct.clone()));

@@ -48,8 +48,10 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(ChunkCache::new(256 << 20, 2));
+    let reserved = Arc::new(cache.reservation());
     let m = LayerMount::new(
         Arc::new(layer),
+        reserved,
         cache,
         dir.path(),
         lazycrypt::fs::ReadAhead::Kib(4096),

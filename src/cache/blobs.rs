@@ -10,12 +10,16 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::bitmap::Bitmap;
 use crate::layer::source::{RangeSource, range_end};
 use crate::oci::digest::Digest;
 use crate::sync::{lock, wait};
 
 /// Cache granularity: fetches are rounded out to whole blocks.
 pub const BLOCK: u64 = 16 << 10;
+/// Largest blob the cache takes: a descriptor's size is the image's word,
+/// and it sizes the block map (8 MiB at this limit) and the sparse file.
+pub const MAX_BLOB: u64 = 1 << 40;
 /// Tries of a range fetch before a read fails.
 const TRIES: u32 = 3;
 
@@ -25,7 +29,7 @@ pub struct DiskRange {
     file: File,
     /// The bitmap on disk, rewritten in place: one small write per fetch.
     map: File,
-    present: Mutex<Vec<u8>>,
+    present: Mutex<Bitmap>,
     flights: Flights,
     size: u64,
 }
@@ -39,6 +43,15 @@ impl DiskRange {
         let dir = dir.join(digest.algorithm().as_ref());
         crate::private::dir(&dir)?;
         let size = inner.size();
+        if size > MAX_BLOB {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {digest}: its descriptor claims {size} bytes, more than the {} TiB limit",
+                    MAX_BLOB >> 40
+                ),
+            ));
+        }
         let base = dir.join(format!("{}-{size}", digest.digest()));
         let data_path = base.with_extension("data");
         let map_path = base.with_extension("map");
@@ -48,16 +61,23 @@ impl DiskRange {
             o
         };
         let file = crate::private::open(&data_path, &mut rw())?;
-        let blocks = size.div_ceil(BLOCK) as usize;
+        let blocks = size.div_ceil(BLOCK);
         let mut map = crate::private::open(&map_path, &mut rw())?;
-        let mut present = Vec::new();
-        map.read_to_end(&mut present)?;
+        let mut stored = Vec::new();
+        // A map longer than this size's could only be stale: read no more.
+        (&mut map)
+            .take(blocks.div_ceil(8) + 1)
+            .read_to_end(&mut stored)?;
         // A map from another size, or a data file shorter than it claims, is stale.
-        if present.len() != blocks.div_ceil(8) || file.metadata()?.len() != size {
-            present = vec![0; blocks.div_ceil(8)];
-            map.set_len(0)?;
-            map.write_all_at(&present, 0)?;
-        }
+        let present = match Bitmap::from_bytes(stored, blocks) {
+            Some(p) if file.metadata()?.len() == size => p,
+            _ => {
+                let p = Bitmap::new(blocks);
+                map.set_len(0)?;
+                map.write_all_at(p.as_bytes(), 0)?;
+                p
+            }
+        };
         file.set_len(size)?;
         Ok(DiskRange {
             inner,
@@ -71,8 +91,7 @@ impl DiskRange {
 
     /// Whether every block is on disk.
     pub fn is_complete(&self) -> bool {
-        let p = lock(&self.present);
-        (0..self.size.div_ceil(BLOCK)).all(|b| bit(&p, b))
+        lock(&self.present).is_full()
     }
 
     /// The whole blob from disk, for a blob that is complete.
@@ -100,32 +119,26 @@ impl DiskRange {
 
     /// Forgets every block: what is on disk failed verification.
     pub fn forget(&self) -> io::Result<()> {
-        let mut p = lock(&self.present);
-        p.iter_mut().for_each(|b| *b = 0);
-        self.map.write_all_at(&p, 0)
+        self.assign(0, self.size.div_ceil(BLOCK), false)
     }
 
     fn mark(&self, from: u64, to: u64) -> io::Result<()> {
+        self.assign(from, to, true)
+    }
+
+    fn assign(&self, from: u64, to: u64, present: bool) -> io::Result<()> {
         let mut p = lock(&self.present);
-        if from >= to {
-            return Ok(());
-        }
-        for b in from..to {
-            p[(b / 8) as usize] |= 1 << (b % 8);
-        }
+        let changed = p.assign(from, to, present);
         // Only the bytes that changed: replacing the file whole made ext4
         // flush it on every rename, a millisecond or more per fetch. Nothing
         // here is synced, as before: a block marked but lost in a crash
         // fails its chunk's digest, and its reads get EIO, not wrong bytes.
-        let (a, b) = ((from / 8) as usize, (to - 1) as usize / 8 + 1);
-        self.map.write_all_at(&p[a..b], a as u64)
+        let at = changed.start as u64;
+        self.map.write_all_at(&p.as_bytes()[changed], at)
     }
 
     fn missing(&self, from: u64, to: u64) -> Option<(u64, u64)> {
-        let p = lock(&self.present);
-        let first = (from..to).find(|&b| !bit(&p, b))?;
-        let last = (from..to).rev().find(|&b| !bit(&p, b))?;
-        Some((first, last + 1))
+        lock(&self.present).missing(from, to)
     }
 
     /// Fetches the missing blocks of `[first, end)`. A fetch under way that
@@ -208,10 +221,6 @@ impl Flights {
     }
 }
 
-fn bit(p: &[u8], b: u64) -> bool {
-    p[(b / 8) as usize] & (1 << (b % 8)) != 0
-}
-
 impl RangeSource for DiskRange {
     fn size(&self) -> u64 {
         self.size
@@ -246,13 +255,7 @@ impl RangeSource for DiskRange {
         if offset >= end {
             return Ok(());
         }
-        let (from, to) = (offset / BLOCK, end.div_ceil(BLOCK));
-        let mut p = lock(&self.present);
-        for b in from..to {
-            p[(b / 8) as usize] &= !(1 << (b % 8));
-        }
-        let (a, b) = ((from / 8) as usize, (to - 1) as usize / 8 + 1);
-        self.map.write_all_at(&p[a..b], a as u64)
+        self.assign(offset / BLOCK, end.div_ceil(BLOCK), false)
     }
 }
 
@@ -285,6 +288,40 @@ impl<R: Read> Read for Filling<R> {
 mod tests {
     use super::*;
     use crate::layer::source::MemoryRange;
+
+    /// A source whose size is whatever its descriptor claims.
+    struct Claims(u64);
+
+    impl RangeSource for Claims {
+        fn size(&self) -> u64 {
+            self.0
+        }
+        fn read_into(&self, _: u64, _: &mut [u8]) -> io::Result<()> {
+            Err(io::Error::other("never read"))
+        }
+        fn fetched(&self) -> u64 {
+            0
+        }
+    }
+
+    /// A size near 2^63 once sized a block map of 64 TiB and aborted the
+    /// daemon; now it is an error naming the blob.
+    #[test]
+    fn a_descriptor_claiming_a_huge_size_is_refused_not_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = crate::oci::digest::of(b"x");
+        let e = DiskRange::open(dir.path(), &d, Arc::new(Claims(i64::MAX as u64)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "blob {d}: its descriptor claims 9223372036854775807 bytes, more than the 1 TiB limit"
+            )
+        );
+        assert!(DiskRange::open(dir.path(), &d, Arc::new(Claims(MAX_BLOB))).is_ok());
+    }
 
     #[test]
     fn a_second_read_comes_from_disk_even_after_reopening() {

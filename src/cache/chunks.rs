@@ -13,7 +13,7 @@ use std::{io, thread};
 use lru::LruCache;
 
 use super::flight::SingleFlight;
-use crate::layer::index::Layer;
+use crate::layer::index::{Layer, Meter, no_room};
 use crate::layer::verified::Verified;
 use crate::sync::lock;
 
@@ -60,9 +60,13 @@ struct Lru {
 }
 
 impl Lru {
-    /// Evicts until the chunks and the reservations fit the budget.
+    /// Evicts until the chunks and the reservations fit the budget, or only
+    /// the newest chunk is left: a chunk larger than the room there is stays
+    /// alone until the next one comes, so each read of it does not load it
+    /// again. The cache holds at most the budget or one chunk (at most
+    /// [`crate::layer::index::MAX_CHUNK`]), whichever is larger.
     fn fit(&mut self) {
-        while self.held + self.reserved > self.budget {
+        while self.held + self.reserved > self.budget && self.map.len() > 1 {
             match self.map.pop_lru() {
                 Some((_, old)) => {
                     self.held -= old.len() as u64;
@@ -74,17 +78,64 @@ impl Lru {
     }
 }
 
-/// Plaintext-derived memory a layer keeps outside the cache (an indexed
-/// layer's inflater checkpoints, with their 32 KiB windows), counted
-/// against the cache's budget for as long as this lives.
+/// Plaintext-derived memory a layer keeps outside the cache (its entries,
+/// an indexed layer's chunk digests and inflater checkpoints with their
+/// 32 KiB windows), counted against the cache's budget for as long as this
+/// lives. Reservations together never pass the budget; chunks are evicted to
+/// make room for them.
 pub struct Reservation {
     shared: Arc<Shared>,
-    bytes: u64,
+    bytes: AtomicU64,
+}
+
+impl Reservation {
+    /// Bytes held now.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Holds exactly `bytes` from now on, or fails (holding what it held)
+    /// if the budget has no room for them: the error names `what`.
+    pub fn set(&self, bytes: u64, what: &str) -> io::Result<()> {
+        let now = self.bytes();
+        if bytes > now {
+            if !self.take(bytes - now) {
+                return Err(no_room(what, &format!("{} KiB", bytes.div_ceil(1024))));
+            }
+        } else {
+            self.give(now - bytes);
+        }
+        Ok(())
+    }
+}
+
+impl Meter for Reservation {
+    fn take(&self, bytes: u64) -> bool {
+        let mut l = lock(&self.shared.lru);
+        if l.reserved.saturating_add(bytes) > l.budget {
+            return false;
+        }
+        l.reserved += bytes;
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        l.fit();
+        true
+    }
+
+    fn give(&self, bytes: u64) {
+        let mut l = lock(&self.shared.lru);
+        let bytes = bytes.min(self.bytes());
+        l.reserved -= bytes;
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn budget(&self) -> u64 {
+        lock(&self.shared.lru).budget
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        lock(&self.shared.lru).reserved -= self.bytes;
+        lock(&self.shared.lru).reserved -= self.bytes();
     }
 }
 
@@ -138,15 +189,12 @@ impl ChunkCache {
         self.shared.get(layer, chunk, false)
     }
 
-    /// Counts `bytes` held elsewhere against the budget until the returned
-    /// reservation is dropped; evicts chunks to make room.
-    pub fn reserve(&self, bytes: u64) -> Reservation {
-        let mut l = lock(&self.shared.lru);
-        l.reserved += bytes;
-        l.fit();
+    /// An empty reservation, for a layer's memory to be counted against the
+    /// budget (see [`Reservation`]) until it is dropped.
+    pub fn reservation(&self) -> Reservation {
         Reservation {
             shared: self.shared.clone(),
-            bytes,
+            bytes: AtomicU64::new(0),
         }
     }
 
@@ -200,8 +248,27 @@ impl ChunkCache {
         }
     }
 
-    /// Drops every chunk (zeroizing those no reader holds) and stops the
-    /// read-ahead workers.
+    /// Drops the chunks of the layer numbered `layer` (zeroizing those no
+    /// reader holds), when it is unmounted. The cache is shared by every
+    /// layer of the daemon: the others keep their chunks and read-ahead.
+    pub fn forget_layer(&self, layer: u64) {
+        let mut l = lock(&self.shared.lru);
+        let keys: Vec<Key> = l
+            .map
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| k.0 == layer)
+            .collect();
+        for k in keys {
+            if let Some(old) = l.map.pop(&k) {
+                l.held -= old.len() as u64;
+            }
+        }
+    }
+
+    /// At shutdown: drops every chunk (zeroizing those no reader holds) and
+    /// stops the read-ahead workers. Not for one layer's unmount: see
+    /// [`ChunkCache::forget_layer`].
     pub fn clear(&self) {
         lock(&self.ahead).take();
         let mut l = lock(&self.shared.lru);
@@ -255,7 +322,10 @@ impl Shared {
         let mut l = lock(&self.lru);
         let size = data.len() as u64;
         if size + l.reserved > l.budget {
-            return;
+            // Too big to sit beside anything: it replaces everything.
+            l.evicted += l.map.len() as u64;
+            l.map.clear();
+            l.held = 0;
         }
         if let Some(old) = l.map.put(key, data) {
             l.held -= old.len() as u64;
@@ -330,7 +400,8 @@ mod tests {
         for k in 0..3 {
             c.get(&layer, k).unwrap();
         }
-        let r = c.reserve(1500);
+        let r = c.reservation();
+        assert!(r.take(1500));
         assert_eq!(c.stats().held, 1000, "two chunks made room");
         c.get(&layer, 3).unwrap();
         assert_eq!(
@@ -338,15 +409,62 @@ mod tests {
             1000,
             "still one chunk beside the reservation"
         );
-        let big = c.reserve(5000);
-        assert_eq!(c.stats().held, 0);
+        let big = c.reservation();
+        assert!(!big.take(1501), "reservations never pass the budget");
+        let e = big.set(5000, "L").unwrap_err().to_string();
+        assert!(
+            e.starts_with("layer L: its index (5 KiB) does not fit"),
+            "{e}"
+        );
+        assert!(big.take(1500));
+        assert_eq!(
+            c.stats().held,
+            1000,
+            "the whole budget reserved but one chunk"
+        );
         c.get(&layer, 4).unwrap();
-        assert_eq!(c.stats().held, 0, "no room: served, not kept");
+        assert_eq!(c.stats().held, 1000, "no room: kept alone");
+        r.give(1500);
+        big.set(0, "L").unwrap();
         drop((r, big));
         for k in 5..8 {
             c.get(&layer, k).unwrap();
         }
         assert_eq!(c.stats().held, 3000, "the whole budget again");
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_budget_is_kept_alone_and_loaded_once() {
+        let layer = counting_layer();
+        let c = ChunkCache::new(700, 0);
+        c.get(&layer, 0).unwrap();
+        for _ in 0..5 {
+            assert_eq!(c.get(&layer, 1).unwrap()[0], 1);
+        }
+        let s = c.stats();
+        assert_eq!((s.loaded, s.hits, s.held), (2, 4, 1000));
+        assert!(!c.is_cached(&layer, 0), "it replaced the others");
+    }
+
+    #[test]
+    fn forgetting_one_layer_keeps_the_others_chunks_and_read_ahead() {
+        let (a, b) = (counting_layer(), counting_layer());
+        let c = ChunkCache::new(1 << 20, 1);
+        for k in 0..3 {
+            c.get(&a, k).unwrap();
+            c.get(&b, k).unwrap();
+        }
+        c.forget_layer(a.id());
+        assert_eq!(c.stats().held, 3000, "b's three chunks stay");
+        assert!((0..3).all(|k| c.is_cached(&b, k) && !c.is_cached(&a, k)));
+        c.prefetch(&b, 5);
+        for _ in 0..200 {
+            if c.is_cached(&b, 5) {
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(c.is_cached(&b, 5), "read-ahead still runs");
     }
 
     #[test]

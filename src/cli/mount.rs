@@ -1,6 +1,7 @@
 //! `lazycrypt mount` and `lazycrypt umount`: an encrypted image as a
 //! read-only (or tmpfs-backed writable) overlay, served lazily over FUSE.
 
+use crate::layer::stream::sealed::Scratch;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,10 @@ pub struct Args {
     /// Plaintext chunk cache budget in memory (K, M, G suffixes).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub cache_size: u64,
+    /// Disk the sealed (encrypted) copies of zstd layers' tar streams may
+    /// take together (K, M, G suffixes).
+    #[arg(long, default_value = "16G", value_parser = parse_size)]
+    pub sealed_size: u64,
     /// State directory; ciphertext blobs are cached under `<root>/blobs`.
     #[arg(long, default_value = "/var/lib/lazycrypt")]
     pub root: PathBuf,
@@ -165,6 +170,7 @@ pub fn run(a: Args) -> Result<()> {
         ring,
         open: OpenOptions {
             cache_dir: a.root.join("blobs"),
+            scratch: Scratch::new(a.root.join("blobs").join("sealed"), a.sealed_size),
             allow_unverified_lazy: a.allow_unverified_lazy,
         },
         cache_bytes: a.cache_size,

@@ -45,6 +45,10 @@ pub struct Args {
     /// Plaintext chunk cache budget in memory, shared by all layers [default: 256M].
     #[arg(long, value_parser = super::mount::parse_size)]
     pub cache_size: Option<u64>,
+    /// Disk the sealed (encrypted) copies of zstd layers' tar streams may
+    /// take together [default: 16G].
+    #[arg(long, value_parser = super::mount::parse_size)]
+    pub sealed_size: Option<u64>,
     /// The kernel's read-ahead on each layer mount, or `auto` [default]:
     /// 4M for a layer whose blob is on this node (fast sequential reads),
     /// 128K for one still fetched lazily (partial reads of big files fetch
@@ -139,6 +143,10 @@ pub fn run(a: Args) -> Result<()> {
             .cache_size
             .or(size("cache_size", &file.cache_size)?)
             .unwrap_or(256 << 20),
+        sealed_bytes: a
+            .sealed_size
+            .or(size("sealed_size", &file.sealed_size)?)
+            .unwrap_or(crate::layer::stream::sealed::DEFAULT_SEALED_SIZE),
         allow_unverified_lazy: a.allow_unverified_lazy
             || file.allow_unverified_lazy.unwrap_or(false),
         read_ahead: a

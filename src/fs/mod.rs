@@ -236,6 +236,26 @@ thread_local! {
         std::cell::RefCell::new(zeroize::Zeroizing::new(Vec::new()));
 }
 
+/// A directory's listing from the kernel's `offset` on: `.` and `..`, then
+/// the entries, each with the offset to resume after it. Starts at the
+/// offset's position without walking what lies before it.
+fn listing<'a>(
+    ino: u64,
+    kids: &'a tree::Dir,
+    offset: u64,
+) -> impl Iterator<Item = (u64, u64, &'a OsStr)> + 'a {
+    let dots = [(1u64, ino, OsStr::new(".")), (2, ino, OsStr::new(".."))];
+    let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+    let first = skip.saturating_sub(2);
+    let dots = dots.into_iter().skip(skip.min(2));
+    let rest = kids
+        .from(first)
+        .iter()
+        .enumerate()
+        .map(move |(k, (n, c))| ((first + k + 3) as u64, *c, n.as_os_str()));
+    dots.chain(rest)
+}
+
 fn file_type(i: &Inode) -> FileType {
     match i.kind {
         Kind::Dir(_) => FileType::Directory,
@@ -270,12 +290,12 @@ impl Filesystem for LayerFs {
     }
 
     fn destroy(&mut self) {
-        self.cache.clear();
+        self.cache.forget_layer(self.layer.id());
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let child = match self.inode(parent).map(|p| &p.kind) {
-            Ok(Kind::Dir(kids)) => kids.get(name).copied(),
+            Ok(Kind::Dir(kids)) => kids.get(name),
             Ok(_) => return reply.error(Errno::ENOTDIR),
             Err(e) => return reply.error(e),
         };
@@ -359,16 +379,9 @@ impl Filesystem for LayerFs {
             Ok(_) => return reply.error(Errno::ENOTDIR),
             Err(e) => return reply.error(e),
         };
-        let dots = [
-            (ino.0, FileType::Directory, OsStr::new(".")),
-            (ino.0, FileType::Directory, OsStr::new("..")),
-        ];
-        let all = dots.into_iter().chain(
-            kids.iter()
-                .filter_map(|(n, &c)| Some((c, file_type(self.tree.get(c)?), n.as_os_str()))),
-        );
-        for (k, (c, t, n)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(c), k as u64 + 1, t, n) {
+        for (k, c, n) in listing(ino.0, kids, offset) {
+            let Some(i) = self.tree.get(c) else { continue };
+            if reply.add(INodeNo(c), k, file_type(i), n) {
                 break;
             }
         }
@@ -388,21 +401,9 @@ impl Filesystem for LayerFs {
             Ok(_) => return reply.error(Errno::ENOTDIR),
             Err(e) => return reply.error(e),
         };
-        let me = self.tree.get(ino.0).expect("looked up");
-        let dots = [(ino.0, me, OsStr::new(".")), (ino.0, me, OsStr::new(".."))];
-        let all = dots.into_iter().chain(
-            kids.iter()
-                .filter_map(|(n, &c)| Some((c, self.tree.get(c)?, n.as_os_str()))),
-        );
-        for (k, (c, i, n)) in all.enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(c),
-                k as u64 + 1,
-                n,
-                &TTL,
-                &self.attr(c, i),
-                Generation(0),
-            ) {
+        for (k, c, n) in listing(ino.0, kids, offset) {
+            let Some(i) = self.tree.get(c) else { continue };
+            if reply.add(INodeNo(c), k, n, &TTL, &self.attr(c, i), Generation(0)) {
                 break;
             }
         }
@@ -432,8 +433,49 @@ impl Filesystem for LayerFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let bytes: u64 = self.tree.inodes.iter().map(|i| i.size).sum();
+        // Sizes are the image's word: a sum of lies must not overflow.
+        let bytes = self
+            .tree
+            .inodes
+            .iter()
+            .fold(0u64, |t, i| t.saturating_add(i.size));
         let files = self.tree.inodes.len() as u64;
         reply.statfs(bytes.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `readdir` resumes where the kernel's offset says: `.` and `..` at
+    /// 1 and 2, then each entry at its position + 3.
+    #[test]
+    fn a_listing_resumes_at_the_kernels_offset() {
+        use crate::layer::estargz::toc::TocEntry;
+        let nodes: Vec<_> = ["b", "a", "c"]
+            .iter()
+            .map(|n| crate::layer::index::Node {
+                entry: TocEntry {
+                    name: (*n).into(),
+                    kind: "reg".into(),
+                    ..Default::default()
+                },
+                extents: Vec::new(),
+            })
+            .collect();
+        let t = Tree::build(&nodes, "L");
+        let Kind::Dir(root) = &t.inodes[0].kind else {
+            panic!("the root is a directory")
+        };
+        let names = |off| {
+            listing(1, root, off)
+                .map(|(k, _, n)| format!("{k}:{}", n.to_string_lossy()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0), ["1:.", "2:..", "3:a", "4:b", "5:c"]);
+        assert_eq!(names(1), ["2:..", "3:a", "4:b", "5:c"]);
+        assert_eq!(names(4), ["5:c"]);
+        assert!(names(5).is_empty() && names(u64::MAX).is_empty());
     }
 }

@@ -18,7 +18,7 @@
 //! - Of the image's xattrs only `user.*` and `security.capability` are
 //!   served; see [`served_xattr`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,10 +42,45 @@ const NAME_MAX: usize = 255;
 const XATTR_NAME_MAX: usize = 255;
 const XATTR_SIZE_MAX: usize = 64 << 10;
 
+/// A directory's entries, sorted by name: looked up by binary search, and
+/// listed from any position without walking the ones before it (`readdir`
+/// resumes at an index).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dir(Vec<(OsString, u64)>);
+
+impl Dir {
+    /// The inode named `name`.
+    pub fn get(&self, name: &OsStr) -> Option<u64> {
+        self.0
+            .binary_search_by(|(n, _)| n.as_os_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].1)
+    }
+
+    /// Entries from position `from` on.
+    pub fn from(&self, from: usize) -> &[(OsString, u64)] {
+        self.0.get(from..).unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Inode numbers of the entries.
+    pub fn inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().map(|(_, i)| *i)
+    }
+}
+
 /// What an inode is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    Dir(BTreeMap<OsString, u64>),
+    /// A directory; its entries are filled in when the tree is built.
+    Dir(Dir),
     /// A regular file: the layer node holding its content.
     File(usize),
     Symlink(Vec<u8>),
@@ -70,6 +105,9 @@ pub struct Inode {
 /// All inodes of a layer; inode `n` is `inodes[n - 1]`.
 pub struct Tree {
     pub inodes: Vec<Inode>,
+    /// Directory entries while building, by directory inode: a sorted map
+    /// takes names in any order, then becomes each [`Dir`].
+    building: HashMap<u64, BTreeMap<OsString, u64>>,
 }
 
 impl Tree {
@@ -82,10 +120,16 @@ impl Tree {
     pub fn build(nodes: &[Node], layer: &str) -> Tree {
         let mut t = Tree {
             inodes: vec![dir_inode(0o755, 0, 0, UNIX_EPOCH)],
+            building: HashMap::new(),
         };
         for (i, n) in nodes.iter().enumerate() {
             if let Err(why) = t.place(i, n) {
                 tracing::warn!("layer {layer}: entry {i} skipped: {why}");
+            }
+        }
+        for (ino, kids) in std::mem::take(&mut t.building) {
+            if let Kind::Dir(d) = &mut t.inode_mut(ino).kind {
+                d.0 = kids.into_iter().collect();
             }
         }
         t.count_links();
@@ -151,13 +195,12 @@ impl Tree {
             inode.xattrs.clear();
         }
         if let Some(old) = self.child(parent, &name) {
-            // A directory entry over a directory only updates its metadata.
-            if let (Kind::Dir(kids), "dir") = (&self.inode(old).kind, e.kind.as_str()) {
-                let kids = kids.clone();
+            // A directory entry over a directory only updates its metadata;
+            // its entries stay where they are kept while building.
+            if let (Kind::Dir(_), "dir") = (&self.inode(old).kind, e.kind.as_str()) {
                 let o = self.inode_mut(old);
                 let opaque = o.xattrs.remove_entry(OsStr::new(OPAQUE_XATTR));
                 *o = inode;
-                o.kind = Kind::Dir(kids);
                 o.xattrs.extend(opaque);
                 return Ok(());
             }
@@ -167,9 +210,9 @@ impl Tree {
     }
 
     fn link(&mut self, parent: u64, name: OsString, ino: u64) -> Result<(), &'static str> {
-        match &mut self.inode_mut(parent).kind {
-            Kind::Dir(kids) => {
-                kids.insert(name, ino);
+        match &self.inode(parent).kind {
+            Kind::Dir(_) => {
+                self.building.entry(parent).or_default().insert(name, ino);
                 Ok(())
             }
             _ => Err("parent is not a directory"),
@@ -199,7 +242,10 @@ impl Tree {
 
     fn child(&self, dir: u64, name: &OsStr) -> Option<u64> {
         match &self.inode(dir).kind {
-            Kind::Dir(kids) => kids.get(name).copied(),
+            Kind::Dir(d) => match self.building.get(&dir) {
+                Some(kids) => kids.get(name).copied(),
+                None => d.get(name),
+            },
             _ => None,
         }
     }
@@ -223,7 +269,7 @@ impl Tree {
         links[0] = 1;
         for i in &self.inodes {
             if let Kind::Dir(kids) = &i.kind {
-                for &k in kids.values() {
+                for k in kids.inodes() {
                     links[(k - 1) as usize] += 1;
                 }
             }
@@ -233,8 +279,8 @@ impl Tree {
             .iter()
             .map(|i| match &i.kind {
                 Kind::Dir(kids) => kids
-                    .values()
-                    .filter(|&&k| matches!(self.inode(k).kind, Kind::Dir(_)))
+                    .inodes()
+                    .filter(|&k| matches!(self.inode(k).kind, Kind::Dir(_)))
                     .count() as u32,
                 _ => 0,
             })
@@ -250,7 +296,7 @@ impl Tree {
 
 fn dir_inode(perm: u16, uid: u32, gid: u32, mtime: SystemTime) -> Inode {
     Inode {
-        kind: Kind::Dir(BTreeMap::new()),
+        kind: Kind::Dir(Dir::default()),
         perm,
         uid,
         gid,
@@ -367,6 +413,26 @@ mod tests {
         }
     }
 
+    /// A directory declared again keeps its entries (they are no longer
+    /// copied at each declaration), and lists sorted from any position.
+    #[test]
+    fn a_directory_declared_again_keeps_its_entries_in_order() {
+        let mut nodes = vec![node("d", "dir")];
+        for k in (0..50).rev() {
+            nodes.push(node(&format!("d/f{k:02}"), "reg"));
+            nodes.push(node("d", "dir"));
+        }
+        let t = Tree::build(&nodes, "L");
+        let Kind::Dir(d) = &t.inode(t.resolve("d").unwrap()).kind else {
+            panic!("d is a directory")
+        };
+        assert_eq!(d.len(), 50);
+        assert_eq!(d.from(48)[0].0, "f48");
+        assert!(d.from(50).is_empty() && d.from(usize::MAX).is_empty());
+        assert_eq!(d.get(OsStr::new("f07")), t.resolve("d/f07"));
+        assert_eq!(t.inode(t.resolve("d").unwrap()).nlink, 2);
+    }
+
     #[test]
     fn whiteouts_links_and_replacements() {
         let mut link = node("b/hard", "hardlink");
@@ -408,7 +474,7 @@ mod tests {
         let mut stack = vec![(ROOT, String::new())];
         while let Some((ino, path)) = stack.pop() {
             if let Kind::Dir(kids) = &t.inode(ino).kind {
-                for (n, &k) in kids {
+                for (n, k) in kids.from(0).iter().cloned() {
                     let p = format!("{path}/{}", n.to_string_lossy());
                     out.push(p.clone());
                     stack.push((k, p));

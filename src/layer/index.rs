@@ -68,6 +68,68 @@ pub trait ChunkSource: Send + Sync {
     }
 }
 
+/// Counts the memory a layer's index takes as it is built, against a budget
+/// it shares with the chunk cache: an image decides how much an index holds
+/// (entries, chunk digests, inflater checkpoints), so it must be able to run
+/// out of room, never to grow the daemon without bound.
+pub trait Meter: Send + Sync {
+    /// Takes `bytes` more; false (and nothing taken) if there is no room.
+    fn take(&self, bytes: u64) -> bool;
+    /// Gives back `bytes` taken before.
+    fn give(&self, bytes: u64);
+    /// The whole budget, for sizing what may be made sparser.
+    fn budget(&self) -> u64;
+}
+
+/// No budget: for one-shot tools that index a layer and exit.
+pub struct Unmetered;
+
+impl Meter for Unmetered {
+    fn take(&self, _: u64) -> bool {
+        true
+    }
+    fn give(&self, _: u64) {}
+    fn budget(&self) -> u64 {
+        u64::MAX
+    }
+}
+
+/// The error for an index that does not fit its budget.
+pub fn no_room(what: &str, held: &str) -> io::Error {
+    bad(
+        what,
+        format!(
+            "its index ({held}) does not fit in what the cache budget leaves; \
+             a larger cache budget (--cache-size, cache_size) would take it"
+        ),
+    )
+}
+
+/// Most entries one layer may have (tar entries or TOC entries).
+pub const MAX_ENTRIES: usize = 1 << 20;
+
+/// Memory a node holds, for [`Meter`]: the node, its strings, xattrs and
+/// extents, and the inode the file system will make of it.
+pub fn node_bytes(n: &Node) -> u64 {
+    let e = &n.entry;
+    let strings = e.name.len()
+        + e.kind.len()
+        + e.mod_time.len()
+        + e.link_name.len()
+        + e.user_name.len()
+        + e.group_name.len()
+        + e.digest.len();
+    let xattrs: usize = e.xattrs.iter().map(|(k, v)| k.len() + v.len() + 64).sum();
+    (std::mem::size_of::<Node>()
+        + strings
+        + xattrs
+        + n.extents.len() * std::mem::size_of::<Extent>()
+        + INODE_BYTES) as u64
+}
+
+/// What the file system's inode for an entry costs, name included.
+const INODE_BYTES: usize = 256;
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A layer ready to serve.
@@ -77,6 +139,8 @@ pub struct Layer {
     nodes: Vec<Node>,
     chunks: Box<dyn ChunkSource>,
     chunk_count: u32,
+    /// Memory the nodes hold ([`node_bytes`]).
+    nodes_bytes: u64,
     /// Set when the layer turned out not to be what its image claimed: from
     /// then on nothing of it is served.
     poisoned: std::sync::atomic::AtomicBool,
@@ -141,6 +205,7 @@ impl Layer {
         Ok(Layer {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             what: what.to_string(),
+            nodes_bytes: nodes.iter().map(node_bytes).sum(),
             nodes,
             chunks,
             chunk_count,
@@ -192,9 +257,10 @@ impl Layer {
         self.chunks.fetched()
     }
 
-    /// See [`ChunkSource::resident`].
+    /// Memory the layer holds while it is served: its entries and what its
+    /// chunk source keeps ([`ChunkSource::resident`]).
     pub fn resident(&self) -> u64 {
-        self.chunks.resident()
+        self.nodes_bytes + self.chunks.resident()
     }
 
     /// Whether the layer's whole blob is on this node.

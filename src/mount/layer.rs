@@ -45,16 +45,18 @@ pub struct LayerMount {
     /// fuser will not unmount it.
     resumed: bool,
     /// The layer's own memory, counted against the chunk cache's budget.
-    _reserved: Reservation,
+    _reserved: Arc<Reservation>,
     /// Inodes of the mounted tree, numbered from 1.
     inodes: u64,
 }
 
 impl LayerMount {
     /// Mounts `layer` at the existing directory `dir`, reading through
-    /// `cache`, with the kernel reading ahead as `read_ahead` says.
+    /// `cache`, with the kernel reading ahead as `read_ahead` says;
+    /// `reserved` holds the layer's memory in the cache's budget.
     pub fn new(
         layer: Arc<Layer>,
+        reserved: Arc<Reservation>,
         cache: Arc<ChunkCache>,
         dir: &Path,
         read_ahead: ReadAhead,
@@ -74,7 +76,7 @@ impl LayerMount {
         Ok(LayerMount {
             dir: dir.to_path_buf(),
             session: Some(session),
-            _reserved: cache.reserve(layer.resident()),
+            _reserved: reserved,
             layer,
             conn,
             resumed: false,
@@ -89,6 +91,7 @@ impl LayerMount {
     /// same, so that its inode numbers are the ones the kernel knows.
     pub fn resume(
         layer: Arc<Layer>,
+        reserved: Arc<Reservation>,
         cache: Arc<ChunkCache>,
         dir: &Path,
         conn: OwnedFd,
@@ -107,7 +110,6 @@ impl LayerMount {
         (&theirs).write_all(&stand_in_init()).map_err(fail)?;
         let mut config = fuse_config();
         config.mount_options.clear();
-        let reserved = cache.reserve(layer.resident());
         let fs = LayerFs::new(layer.clone(), cache);
         let inodes = fs.inode_count();
         let session =

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use crate::cache::blobs::DiskRange;
+use crate::cache::chunks::Reservation;
 use crate::crypto::cipher::LayerKey;
 use crate::crypto::envelope::layer_keys;
 use crate::crypto::recipient::KeyRing;
@@ -17,6 +18,7 @@ use crate::layer::estargz::lazy::{self, Anchor};
 use crate::layer::estargz::reader::toc_json;
 use crate::layer::index::Layer;
 use crate::layer::source::{BlobRange, RangeSource};
+use crate::layer::stream::sealed::Scratch;
 use crate::layer::stream::{self, Compression, Plain};
 use crate::oci::digest::VerifyingReader;
 use crate::oci::transport::ImageSource;
@@ -27,6 +29,8 @@ use crate::oci::{Descriptor, media};
 pub struct OpenOptions {
     /// Where ciphertext blobs are cached (`<dir>/sha256/<hex>.data`).
     pub cache_dir: PathBuf,
+    /// Where zstd layers' sealed copies go, and the disk they may take.
+    pub scratch: Scratch,
     /// Serve eStargz layers with no TOC anchor before their whole blob is
     /// verified (chunks are still checked against the unanchored TOC).
     pub allow_unverified_lazy: bool,
@@ -145,12 +149,28 @@ impl Blob {
     }
 }
 
-/// Opens layer `desc` of an image read from `src`.
+/// Opens layer `desc` of an image read from `src`. The memory its index
+/// takes is held in `reserved` (counted against the chunk cache's budget),
+/// which the caller keeps for as long as it serves the layer; a layer that
+/// does not fit is refused.
 pub fn open_layer(
     src: Arc<dyn ImageSource>,
     desc: &Descriptor,
     ring: &KeyRing,
     opts: &OpenOptions,
+    reserved: &Reservation,
+) -> io::Result<(Layer, Mode)> {
+    let (layer, mode) = open_unreserved(src, desc, ring, opts, reserved)?;
+    reserved.set(layer.resident(), layer.what())?;
+    Ok((layer, mode))
+}
+
+fn open_unreserved(
+    src: Arc<dyn ImageSource>,
+    desc: &Descriptor,
+    ring: &KeyRing,
+    opts: &OpenOptions,
+    reserved: &Reservation,
 ) -> io::Result<(Layer, Mode)> {
     let blob = Blob::open(src, desc, ring, opts)?;
     if blob.compression == Compression::Gzip && lazy::has_footer(&*blob.disk, blob.key.as_ref())? {
@@ -178,8 +198,9 @@ pub fn open_layer(
     let indexed = stream::index(
         &mut r,
         blob.compression,
-        &opts.cache_dir.join("sealed"),
+        &opts.scratch,
         &blob.what,
+        reserved,
     );
     let indexed = match indexed {
         Ok(i) => {

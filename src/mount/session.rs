@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::layer::LayerMount;
 use super::open::{Mode, OpenOptions, open_layer};
 use super::sys;
-use crate::cache::chunks::{ChunkCache, Stats};
+use crate::cache::chunks::{ChunkCache, Reservation, Stats};
 use crate::crypto::recipient::KeyRing;
 use crate::fs::ReadAhead;
 use crate::layer::index::Layer;
@@ -83,11 +83,19 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
     if spec.layers.is_empty() {
         return Err(io::Error::other("the image has no layers"));
     }
-    let opened: Vec<io::Result<(Layer, Mode)>> = std::thread::scope(|s| {
+    let cache = Arc::new(ChunkCache::new(spec.cache_bytes, 2));
+    type Opened = (Layer, Mode, Arc<Reservation>);
+    let opened: Vec<io::Result<Opened>> = std::thread::scope(|s| {
         let jobs: Vec<_> = spec
             .layers
             .iter()
-            .map(|d| s.spawn(|| open_layer(src.clone(), d, &spec.ring, &spec.open)))
+            .map(|d| {
+                s.spawn(|| {
+                    let reserved = Arc::new(cache.reservation());
+                    open_layer(src.clone(), d, &spec.ring, &spec.open, &reserved)
+                        .map(|(l, m)| (l, m, reserved))
+                })
+            })
             .collect();
         jobs.into_iter()
             .map(|j| {
@@ -97,9 +105,11 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
             .collect()
     });
     let mut layers = Vec::new();
+    let mut reservations = Vec::new();
     for (i, r) in opened.into_iter().enumerate() {
-        let (l, m) = r.map_err(|e| io::Error::new(e.kind(), format!("layer {i}: {e}")))?;
+        let (l, m, r) = r.map_err(|e| io::Error::new(e.kind(), format!("layer {i}: {e}")))?;
         layers.push((Arc::new(l), m));
+        reservations.push(r);
     }
     private::dir(&spec.run_dir)?;
     let mut m = Mounted {
@@ -107,17 +117,18 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
         run_dir: spec.run_dir.clone(),
         sessions: Vec::new(),
         layers,
-        cache: Arc::new(ChunkCache::new(spec.cache_bytes, 2)),
+        cache,
         tmpfs: None,
         overlay: false,
     };
     // On any failure below, dropping `m` undoes what was done.
     let mut lowers = Vec::new();
-    for (i, (layer, _)) in m.layers.iter().enumerate() {
+    for (i, ((layer, _), reserved)) in m.layers.iter().zip(reservations).enumerate() {
         let dir = spec.run_dir.join(format!("layer-{i}"));
         private::dir(&dir)?;
         m.sessions.push(LayerMount::new(
             layer.clone(),
+            reserved,
             m.cache.clone(),
             &dir,
             ReadAhead::Auto,

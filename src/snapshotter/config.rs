@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub hosts_dir: Option<PathBuf>,
     /// Size with a K/M/G suffix, e.g. "256M".
     pub cache_size: Option<String>,
+    /// Disk the sealed copies of zstd layers may take together (`16G`).
+    pub sealed_size: Option<String>,
     /// The kernel's read-ahead per layer mount, e.g. "4M" or "128K".
     pub read_ahead: Option<String>,
     /// "tmpfs" or "disk".

@@ -9,16 +9,18 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
 use super::error::{Error, Result};
 use super::meta::{DiffId, Remote};
-use crate::cache::chunks::ChunkCache;
+use crate::cache::chunks::{ChunkCache, Reservation};
 use crate::crypto::envelope::layer_keys;
 use crate::crypto::keyprovider::ProviderConfig;
 use crate::crypto::recipient::KeyRing;
 use crate::layer::index::Layer;
+use crate::layer::stream::sealed::Scratch;
 use crate::mount::keeper::Keeper;
 use crate::mount::layer::LayerMount;
 use crate::mount::open::{Mode, OpenOptions, open_layer};
@@ -26,7 +28,7 @@ use crate::oci::reference::RegistryRef;
 use crate::oci::registry::RegistryOptions;
 use crate::oci::transport::ImageSource;
 use crate::oci::{Descriptor, ImageManifest, media};
-use crate::sync::lock;
+use crate::sync::{KeyedLocks, lock};
 
 /// The label containerd's unpacker puts on a layer's `Prepare`: the name the
 /// committed layer snapshot will have.
@@ -86,6 +88,8 @@ pub struct RemoteConfig {
     pub cache_dir: PathBuf,
     /// Plaintext chunk cache budget in bytes, shared by all layers.
     pub cache_bytes: u64,
+    /// Disk the sealed copies of zstd layers may take together.
+    pub sealed_bytes: u64,
     /// Serve eStargz layers with no TOC anchor before verifying them whole.
     pub allow_unverified_lazy: bool,
     /// The kernel's read-ahead on each layer mount.
@@ -102,19 +106,30 @@ pub struct Remotes {
     mounts: Mutex<HashMap<u64, LayerMount>>,
     /// Bytes fetched by layers since unmounted (keeps the total monotonic).
     fetched_before: std::sync::atomic::AtomicU64,
-    /// Serializes late mounts of existing snapshots, so two calls never
-    /// mount the same layer twice.
-    late: Mutex<()>,
-    /// Layers being opened (or opened and not yet mounted), by digest.
-    opening: Mutex<HashMap<String, Arc<OnceLock<Result<Opened>>>>>,
+    /// Serializes late mounts of one snapshot, so two calls never mount
+    /// its layer twice; late mounts of other snapshots go on meanwhile.
+    late: KeyedLocks<u64>,
+    /// Layers being opened (or opened and not yet mounted), by digest,
+    /// with when they were asked for.
+    opening: Mutex<HashMap<String, (Instant, Opening)>>,
+    /// Where zstd layers' sealed copies go, under their disk budget.
+    scratch: Scratch,
     keeper: Option<Keeper>,
     /// Connections an earlier daemon served, by mount directory, until
     /// taken over.
     inherited: Mutex<HashMap<PathBuf, OwnedFd>>,
 }
 
-/// An opened layer, how it is served, and its remote with the descriptor.
-type Opened = (Arc<Layer>, Mode, Remote);
+/// An opened layer, how it is served, its remote with the descriptor, and
+/// its memory held in the cache's budget.
+type Opened = (Arc<Layer>, Mode, Remote, Arc<Reservation>);
+
+/// One open of a layer, shared by whoever asks for it.
+type Opening = Arc<OnceLock<Result<Opened>>>;
+
+/// How long a layer opened ahead waits for the Prepare that wants it
+/// before it is dropped, with the memory its index holds.
+const OPENED_AHEAD_TTL: Duration = Duration::from_secs(600);
 
 /// Largest image config read to find a layer's diff ID.
 const MAX_CONFIG: u64 = 8 << 20;
@@ -156,10 +171,11 @@ impl Remotes {
         };
         Remotes {
             cache: Arc::new(ChunkCache::new(config.cache_bytes, 2)),
+            scratch: Scratch::new(config.cache_dir.join("sealed"), config.sealed_bytes),
             config,
             mounts: Mutex::new(HashMap::new()),
             fetched_before: std::sync::atomic::AtomicU64::new(0),
-            late: Mutex::new(()),
+            late: KeyedLocks::default(),
             opening: Mutex::new(HashMap::new()),
             keeper,
             inherited: Mutex::new(inherited),
@@ -341,6 +357,7 @@ impl Remotes {
     fn open_options(&self) -> OpenOptions {
         OpenOptions {
             cache_dir: self.config.cache_dir.clone(),
+            scratch: self.scratch.clone(),
             allow_unverified_lazy: self.config.allow_unverified_lazy,
         }
     }
@@ -350,10 +367,16 @@ impl Remotes {
     /// `remote.descriptor`. A layer opened ahead by [`Remotes::prefetch`] is
     /// taken as it is (or waited for).
     pub fn mount(&self, id: u64, remote: &mut Remote, dir: &Path) -> Result<Mode> {
-        let (layer, mode, resolved) = self.take_opened(remote)?;
+        let (layer, mode, resolved, reserved) = self.take_opened(remote)?;
         *remote = resolved;
-        let m = LayerMount::new(layer, self.cache.clone(), dir, self.config.read_ahead)
-            .map_err(|e| Error::io("mounting layer", e))?;
+        let m = LayerMount::new(
+            layer,
+            reserved,
+            self.cache.clone(),
+            dir,
+            self.config.read_ahead,
+        )
+        .map_err(|e| Error::io("mounting layer", e))?;
         if let Some(k) = &self.keeper
             && let Err(e) = k.keep(dir, m.connection())
         {
@@ -376,15 +399,15 @@ impl Remotes {
             }
             return Ok(false);
         }
-        let layer = match self.take_opened(remote) {
-            Ok((layer, _, _)) => layer,
+        let (layer, reserved) = match self.take_opened(remote) {
+            Ok((layer, _, _, reserved)) => (layer, reserved),
             Err(e) => {
                 // Tried again by the next call that needs the layer.
                 lock(&self.inherited).insert(dir.to_path_buf(), conn);
                 return Err(e);
             }
         };
-        let m = LayerMount::resume(layer, self.cache.clone(), dir, conn)
+        let m = LayerMount::resume(layer, reserved, self.cache.clone(), dir, conn)
             .map_err(|e| Error::io("taking over a layer mount", e))?;
         tracing::info!(
             "layer {} at {} taken over from the last daemon",
@@ -421,17 +444,32 @@ impl Remotes {
     /// Prepare that needs it) share one open, and its result is handed out
     /// once.
     fn take_opened(&self, remote: &Remote) -> Result<Opened> {
+        self.expire_opened(Instant::now());
         let key = opening_key(&remote.image, &remote.manifest, &remote.layer);
         let cell = {
             let mut m = lock(&self.opening);
-            m.entry(key.clone()).or_default().clone()
+            m.entry(key.clone())
+                .or_insert_with(|| (Instant::now(), Arc::default()))
+                .1
+                .clone()
         };
         let out = cell.get_or_init(|| self.open_now(remote)).clone();
         let mut m = lock(&self.opening);
-        if m.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+        if m.get(&key).is_some_and(|(_, c)| Arc::ptr_eq(c, &cell)) {
             m.remove(&key);
         }
         out
+    }
+
+    /// Drops layers opened ahead that no Prepare took in time, and those
+    /// whose open failed (a Prepare that wants one opens it again): their
+    /// index memory goes back to the cache, and their slots to new images.
+    fn expire_opened(&self, now: Instant) {
+        lock(&self.opening).retain(|_, (asked, cell)| match cell.get() {
+            None => true,
+            Some(Err(_)) => false,
+            Some(Ok(_)) => now.duration_since(*asked) < OPENED_AHEAD_TTL,
+        });
     }
 
     fn open_now(&self, remote: &Remote) -> Result<Opened> {
@@ -442,9 +480,10 @@ impl Remotes {
         let desc = descriptor(&remote)?;
         let src = self.source(&remote.image)?;
         let ring = self.ring()?;
-        let (layer, mode) =
-            open_layer(src, &desc, &ring, &self.open_options()).map_err(|e| layer_error(&e))?;
-        Ok((Arc::new(layer), mode, remote))
+        let reserved = Arc::new(self.cache.reservation());
+        let (layer, mode) = open_layer(src, &desc, &ring, &self.open_options(), &reserved)
+            .map_err(|e| layer_error(&e))?;
+        Ok((Arc::new(layer), mode, remote, reserved))
     }
 
     /// Starts opening `layers` of the same image in the background (fetching
@@ -452,6 +491,7 @@ impl Remotes {
     /// that follow for them find them ready. Failures are left for those
     /// Prepares to report.
     pub fn prefetch(self: &Arc<Self>, image: &str, manifest: &str, layers: &[String]) {
+        self.expire_opened(Instant::now());
         let mut queue = std::collections::VecDeque::new();
         for layer in layers {
             let key = opening_key(image, manifest, layer);
@@ -460,7 +500,10 @@ impl Remotes {
                 if m.contains_key(&key) || m.len() >= MAX_PREFETCH {
                     continue;
                 }
-                m.entry(key).or_default().clone()
+                m.entry(key)
+                    .or_insert_with(|| (Instant::now(), Arc::default()))
+                    .1
+                    .clone()
             };
             let remote = Remote {
                 image: image.to_string(),
@@ -493,7 +536,7 @@ impl Remotes {
 
     /// Mounts snapshot `id`'s layer unless it is mounted already.
     pub fn ensure_mounted(&self, id: u64, remote: &Remote, dir: &Path) -> Result<()> {
-        let _one_at_a_time = lock(&self.late);
+        let _one_at_a_time = self.late.lock(id);
         if lock(&self.mounts).contains_key(&id) {
             return Ok(());
         }

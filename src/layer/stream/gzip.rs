@@ -76,6 +76,10 @@ pub struct GzReader<R> {
     pending: (usize, usize),
     every: Option<u64>,
     saved: Vec<State>,
+    /// Most states kept: past it, every other one is dropped and `every`
+    /// doubles, so a stream that inflates without bound (a decompression
+    /// bomb) keeps a bounded number of 32 KiB windows, further apart.
+    max_saved: usize,
 }
 
 const INPUT: usize = 256 << 10;
@@ -105,7 +109,28 @@ impl<R: Read> GzReader<R> {
             pending: (0, 0),
             every: None,
             saved: Vec::new(),
+            max_saved: usize::MAX,
         }
+    }
+
+    /// Keeps at most `n` (at least 2) saved states; see [`GzReader::thin`].
+    pub fn with_max_saved(mut self, n: usize) -> Self {
+        self.max_saved = n.max(2);
+        self
+    }
+
+    /// The spacing of the saved states now, if states are saved.
+    pub fn every(&self) -> Option<u64> {
+        self.every
+    }
+
+    /// Halves the saved states: keeps those on multiples of twice the
+    /// spacing (the start among them), which becomes the spacing.
+    fn thin(&mut self) {
+        let Some(every) = self.every else { return };
+        let wider = every * 2;
+        self.saved.retain(|s| s.out_pos.is_multiple_of(wider));
+        self.every = Some(wider);
     }
 
     /// The states saved so far; the first is the start.
@@ -204,6 +229,9 @@ impl<R: Read> GzReader<R> {
                     && self.st.out_pos.is_multiple_of(every)
                 {
                     self.saved.push(self.st.clone());
+                    if self.saved.len() > self.max_saved {
+                        self.thin();
+                    }
                 }
                 Ok(())
             }
@@ -309,6 +337,27 @@ mod tests {
                 .unwrap();
             let at = k * every as usize;
             assert_eq!(part, plain[at..at + 5000], "state {k}");
+        }
+    }
+
+    #[test]
+    fn a_long_stream_keeps_few_states_further_apart() {
+        let every = 32 << 10;
+        let plain = text(2_000_000);
+        let z = gz(&plain);
+        let mut r = GzReader::new(&z[..], Some(every)).with_max_saved(5);
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        let wider = r.every().unwrap();
+        let saved = r.take_saved();
+        assert_eq!((wider, saved.len()), (512 << 10, 4));
+        for s in saved {
+            let at = s.out_pos as usize;
+            assert!(at.is_multiple_of(wider as usize));
+            let mut part = vec![0; 5000];
+            GzReader::resume(&z[s.in_pos as usize..], s)
+                .read_exact(&mut part)
+                .unwrap();
+            assert_eq!(part, plain[at..at + 5000]);
         }
     }
 

@@ -11,14 +11,16 @@ pub mod gzip;
 pub mod sealed;
 
 use std::io::{self, Read};
-use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use self::gzip::{GzReader, State};
-use self::sealed::{Sealed, Tee};
-use super::index::{ChunkSource, Layer, Node, bad, chunk_buffer, stream_extents};
+use self::sealed::{Scratch, Sealed, Tee};
+use super::index::{
+    ChunkSource, Layer, MAX_ENTRIES, Meter, Node, bad, chunk_buffer, no_room, node_bytes,
+    stream_extents,
+};
 use super::source::{RangeReader, RangeSource};
 use super::tarmeta::{Pending, Source, is_extension, walk_error};
 use super::verified::{Hashing, Sha256Digest, Verified};
@@ -47,7 +49,9 @@ pub struct Indexed {
 enum Stored {
     /// The blob holds the tar stream as it is.
     Tar,
-    /// The blob is gzip; one inflater state per chunk.
+    /// The blob is gzip; inflater states at multiples of 1 MiB of output,
+    /// every one for most layers, further apart for a stream that inflates
+    /// beyond what the memory budget allows checkpoints for.
     Gzip(Vec<State>),
     /// The tar stream was sealed aside while it was decompressed.
     Sealed(Sealed),
@@ -60,19 +64,25 @@ impl Indexed {
     }
 }
 
+/// Share of the memory budget one layer's inflater states may hold.
+const STATES_SHARE: u64 = 4;
+
 /// Indexes the plaintext (still compressed) stream `r` to its end. A zstd
-/// stream's sealed copy goes in `scratch`.
+/// stream's sealed copy goes in `scratch`. What the index holds is taken
+/// from `meter` as it grows; the caller keeps the reservation while the
+/// layer is served.
 pub fn index<R: Read>(
     r: R,
     compression: Compression,
-    scratch: &Path,
+    scratch: &Scratch,
     what: &str,
+    meter: &dyn Meter,
 ) -> io::Result<Indexed> {
     let wrap = |e: io::Error| bad(what, e.to_string());
     match compression {
         Compression::None => {
-            let (nodes, hasher) = walk(ChunkHasher::new(r), what)?;
-            let (digests, total, _) = hasher.finish();
+            let (nodes, hasher) = walk(ChunkHasher::new(r, meter, what), what)?;
+            let (digests, total, _) = hasher.finish()?;
             Ok(Indexed {
                 nodes,
                 digests,
@@ -81,19 +91,15 @@ pub fn index<R: Read>(
             })
         }
         Compression::Zstd => {
-            let sealed = Sealed::create(scratch).map_err(|e| {
-                bad(
-                    what,
-                    format!("cannot create a sealed copy in {}: {e}", scratch.display()),
-                )
-            })?;
+            let sealed = Sealed::create(scratch)
+                .map_err(|e| bad(what, format!("cannot create a sealed copy: {e}")))?;
             let decoder = zstd::stream::read::Decoder::new(r).map_err(wrap)?;
             let tee = Tee {
                 inner: decoder,
                 sealed,
             };
-            let (nodes, hasher) = walk(ChunkHasher::new(tee), what)?;
-            let (digests, total, tee) = hasher.finish();
+            let (nodes, hasher) = walk(ChunkHasher::new(tee, meter, what), what)?;
+            let (digests, total, tee) = hasher.finish()?;
             Ok(Indexed {
                 nodes,
                 digests,
@@ -102,13 +108,18 @@ pub fn index<R: Read>(
             })
         }
         Compression::Gzip => {
-            let (nodes, hasher) = walk(ChunkHasher::new(GzReader::new(r, Some(CHUNK))), what)?;
-            let (digests, total, mut gz) = hasher.finish();
+            let states_room = (meter.budget() / STATES_SHARE / gzip::STATE_BYTES) as usize;
+            let gz = GzReader::new(r, Some(CHUNK)).with_max_saved(states_room);
+            let (nodes, hasher) = walk(ChunkHasher::new(gz, meter, what), what)?;
+            let (digests, total, mut gz) = hasher.finish()?;
             let mut states = gz.take_saved();
-            // A stream ending exactly on a boundary saved one state too many.
-            states.truncate(digests.len());
-            if states.len() != digests.len() {
+            // A stream ending exactly on a boundary saved a state past its end.
+            states.retain(|s| s.out_pos == 0 || s.out_pos < total);
+            if states.first().is_none_or(|s| s.out_pos != 0) {
                 return Err(wrap(io::Error::other("inflater states are missing")));
+            }
+            if !meter.take(states.len() as u64 * gzip::STATE_BYTES) {
+                return Err(no_room(what, &format!("{} checkpoints", states.len())));
             }
             Ok(Indexed {
                 nodes,
@@ -121,13 +132,21 @@ pub fn index<R: Read>(
 }
 
 /// Walks the tar entries, then drains the stream so every byte is hashed
-/// (and the caller's digest and HMAC checks see the end).
-fn walk<R: Read>(r: ChunkHasher<R>, what: &str) -> io::Result<(Vec<Node>, ChunkHasher<R>)> {
+/// (and the caller's digest and HMAC checks see the end). Files are split
+/// into chunks only then, once the stream has shown it holds the bytes
+/// their headers claim.
+fn walk<'m, R: Read>(
+    r: ChunkHasher<'m, R>,
+    what: &str,
+) -> io::Result<(Vec<Node>, ChunkHasher<'m, R>)> {
     // Names are decrypted data: the tar parser's errors, which quote them,
     // are replaced (`walk_error`).
     let wrap = |e: io::Error| bad(what, walk_error(e).to_string());
+    let meter = r.meter;
     let mut archive = tar::Archive::new(Source(r));
     let mut nodes = Vec::new();
+    // Where each regular file's bytes start in the stream, by node.
+    let mut starts: Vec<(usize, u64)> = Vec::new();
     let mut pending = Pending::default();
     for entry in archive.entries().map_err(wrap)?.raw(true) {
         let mut e = entry.map_err(wrap)?;
@@ -142,45 +161,91 @@ fn walk<R: Read>(r: ChunkHasher<R>, what: &str) -> io::Result<(Vec<Node>, ChunkH
         if te.name.is_empty() {
             continue;
         }
-        let extents = if te.kind == "reg" {
-            stream_extents(e.raw_file_position(), te.size, CHUNK)
-        } else {
-            Vec::new()
+        if nodes.len() >= MAX_ENTRIES {
+            return Err(bad(
+                what,
+                format!("the layer has more than {MAX_ENTRIES} entries"),
+            ));
+        }
+        if te.kind == "reg" {
+            starts.push((nodes.len(), e.raw_file_position()));
+        }
+        let node = Node {
+            entry: te,
+            extents: Vec::new(),
         };
-        nodes.push(Node { entry: te, extents });
+        if !meter.take(node_bytes(&node)) {
+            return Err(no_room(what, &format!("{} entries", nodes.len() + 1)));
+        }
+        nodes.push(node);
     }
     let mut r = archive.into_inner().into_inner();
     io::copy(&mut r, &mut io::sink()).map_err(|e| bad(what, e.to_string()))?;
+    for (i, at) in starts {
+        let n = &mut nodes[i];
+        if at.checked_add(n.entry.size).is_none_or(|end| end > r.at) {
+            return Err(bad(
+                what,
+                format!("entry {i} claims more bytes than the layer holds"),
+            ));
+        }
+        n.extents = stream_extents(at, n.entry.size, CHUNK);
+        let bytes = (n.extents.len() * std::mem::size_of::<super::index::Extent>()) as u64;
+        if !meter.take(bytes) {
+            return Err(no_room(what, &format!("{} entries", nodes.len())));
+        }
+    }
     Ok((nodes, r))
 }
 
-/// Hashes a stream in `CHUNK`-sized pieces as it is read.
-struct ChunkHasher<R> {
+/// Hashes a stream in `CHUNK`-sized pieces as it is read; the digests'
+/// memory is taken from `meter` a batch at a time.
+struct ChunkHasher<'m, R> {
     inner: R,
     hasher: Sha256,
     at: u64,
     digests: Vec<[u8; 32]>,
+    meter: &'m dyn Meter,
+    what: &'m str,
 }
 
-impl<R: Read> ChunkHasher<R> {
-    fn new(inner: R) -> Self {
+/// Chunk digests whose memory is taken from the meter at once.
+const DIGEST_BATCH: usize = 1024;
+
+impl<'m, R: Read> ChunkHasher<'m, R> {
+    fn new(inner: R, meter: &'m dyn Meter, what: &'m str) -> Self {
         ChunkHasher {
             inner,
             hasher: Sha256::new(),
             at: 0,
             digests: Vec::new(),
+            meter,
+            what,
         }
     }
 
-    fn finish(mut self) -> (Vec<[u8; 32]>, u64, R) {
-        if !self.at.is_multiple_of(CHUNK) {
-            self.digests.push(self.hasher.finalize_reset().into());
+    fn push(&mut self) -> io::Result<()> {
+        if self.digests.len().is_multiple_of(DIGEST_BATCH)
+            && !self.meter.take((DIGEST_BATCH * 32) as u64)
+        {
+            return Err(no_room(
+                self.what,
+                &format!("digests of {} MiB of tar stream", self.digests.len()),
+            ));
         }
-        (self.digests, self.at, self.inner)
+        self.digests.push(self.hasher.finalize_reset().into());
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<(Vec<[u8; 32]>, u64, R)> {
+        if !self.at.is_multiple_of(CHUNK) {
+            self.push()?;
+        }
+        Ok((self.digests, self.at, self.inner))
     }
 }
 
-impl<R: Read> Read for ChunkHasher<R> {
+impl<R: Read> Read for ChunkHasher<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let mut data = &buf[..n];
@@ -191,7 +256,7 @@ impl<R: Read> Read for ChunkHasher<R> {
             self.at += take as u64;
             data = &data[take..];
             if self.at.is_multiple_of(CHUNK) {
-                self.digests.push(self.hasher.finalize_reset().into());
+                self.push()?;
             }
         }
         Ok(n)
@@ -238,6 +303,22 @@ fn fill_hashed(
     Ok(())
 }
 
+/// Reads and drops `n` bytes of plaintext, in a buffer wiped after.
+fn discard(r: &mut impl Read, mut n: u64) -> io::Result<()> {
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 << 10]);
+    while n > 0 {
+        let take = n.min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..take])?;
+        n -= take as u64;
+    }
+    Ok(())
+}
+
+/// The saved state nearest before `offset` of the output (the first is at 0).
+fn state_before(states: &[State], offset: u64) -> usize {
+    states.partition_point(|s| s.out_pos <= offset).max(1) - 1
+}
+
 /// A layer served from its index and a local copy of its blob.
 pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
     let count = u32::try_from(indexed.digests.len())
@@ -278,9 +359,10 @@ impl ChunkSource for StreamChunks {
             Stored::Sealed(_) => None,
             Stored::Tar => Some((start, len)),
             Stored::Gzip(states) => {
-                let from = states[k].in_pos;
+                let from = states[state_before(states, start)].in_pos;
+                let after = states.partition_point(|s| s.out_pos < start + len);
                 let to = states
-                    .get(k + 1)
+                    .get(after)
                     .map_or(self.plain.src.size(), |s| s.in_pos);
                 Some((from, to.saturating_sub(from)))
             }
@@ -313,9 +395,12 @@ impl ChunkSource for StreamChunks {
                     .map_err(|e| at_blob(e, start))?
             }
             Stored::Gzip(states) => {
-                let state = states[k].clone();
-                let from = state.in_pos;
+                let state = states[state_before(states, start)].clone();
+                let (from, skip) = (state.in_pos, start - state.out_pos);
                 let mut gz = GzReader::resume(self.plain.reader(from), state);
+                // States further apart than a chunk (a stream that inflates
+                // far): inflate up to the chunk, keeping nothing of it.
+                discard(&mut gz, skip).map_err(|e| at_blob(e, from))?;
                 fill_hashed(&mut out, |_, piece| gz.read_exact(piece))
                     .map_err(|e| at_blob(e, from))?
             }
@@ -339,8 +424,105 @@ impl ChunkSource for StreamChunks {
 mod tests {
     use std::io::Write;
 
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
+    use crate::layer::index::Unmetered;
     use crate::layer::source::MemoryRange;
+
+    fn nowhere() -> Scratch {
+        Scratch::new("/nonexistent".into(), u64::MAX)
+    }
+
+    /// A budget of `.0` bytes; `.1` taken.
+    struct Budget(u64, AtomicU64);
+
+    impl Meter for Budget {
+        fn take(&self, bytes: u64) -> bool {
+            self.1
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                    t.checked_add(bytes).filter(|&n| n <= self.0)
+                })
+                .is_ok()
+        }
+        fn give(&self, bytes: u64) {
+            self.1.fetch_sub(bytes, Ordering::SeqCst);
+        }
+        fn budget(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A small gzip layer that inflates to 256 MiB once kept 256 inflater
+    /// states (11 MiB) whatever the budget; now its checkpoints thin out to
+    /// fit a quarter of the budget, and every chunk still reads right.
+    #[test]
+    fn a_layer_that_inflates_far_keeps_its_index_within_the_budget() {
+        let zeros = vec![0u8; 256 << 20];
+        let gz = gzip(&tar_with(&zeros));
+        assert!(gz.len() < 4 << 20, "{}", gz.len());
+        let meter = Budget(2 << 20, AtomicU64::new(0));
+        let idx = index(&gz[..], Compression::Gzip, &nowhere(), "L", &meter).unwrap();
+        let taken = meter.1.load(Ordering::SeqCst);
+        let l = layer(idx, Plain::new(Arc::new(MemoryRange::new(gz)), None), "L").unwrap();
+        assert!(l.resident() <= 2 << 20, "{}", l.resident());
+        assert!(taken >= l.resident() - (64 << 10), "{taken} taken");
+        for at in [0u64, (200 << 20) + 12345, (256 << 20) - 10] {
+            let got = l.read_file("a/big.bin", at, 5000).unwrap();
+            assert!(got.iter().all(|&b| b == 0) && !got.is_empty());
+        }
+        assert_eq!(&l.read_file("a/small.txt", 0, 5).unwrap()[..], b"hello");
+        // With no room for it at all, the layer is refused with a reason.
+        let tight = Budget(64 << 10, AtomicU64::new(0));
+        let gz = gzip(&tar_with(&zeros[..8 << 20]));
+        let e = index(&gz[..], Compression::Gzip, &nowhere(), "L", &tight)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("layer L: its index ("), "{e}");
+    }
+
+    /// A zstd layer's sealed copy keeps to the sealed-copy disk budget.
+    #[test]
+    fn a_zstd_layer_past_the_sealed_budget_is_refused() {
+        let tar = tar_with(&vec![0u8; 4 << 20]);
+        let zst = zstd::encode_all(&tar[..], 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = Scratch::new(dir.path().into(), 1 << 20);
+        let e = index(&zst[..], Compression::Zstd, &scratch, "L", &Unmetered)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("layer L: ") && e.contains("sealed-copy disk budget"),
+            "{e}"
+        );
+        assert_eq!(scratch.used(), 0, "the failed copy gave its room back");
+    }
+
+    /// A header claiming 2^60 bytes once sized the file's extent list
+    /// before a byte of it was read, and aborted the daemon.
+    #[test]
+    fn a_header_claiming_more_than_the_stream_holds_is_refused() {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1 << 60);
+        h.set_mode(0o644);
+        h.set_path("huge").unwrap();
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(&[0u8; 4096]);
+        let e = index(&tar[..], Compression::None, &nowhere(), "L", &Unmetered)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("layer L: "), "{e}");
+    }
 
     fn tar_with(big: &[u8]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -375,7 +557,8 @@ mod tests {
             k.apply_at(0, &mut plain);
         }
         let scratch = tempfile::tempdir().unwrap();
-        let idx = index(&plain[..], compression, scratch.path(), "L").unwrap();
+        let scratch = Scratch::new(scratch.path().into(), u64::MAX);
+        let idx = index(&plain[..], compression, &scratch, "L", &Unmetered).unwrap();
         let src = Arc::new(MemoryRange::new(blob));
         let l = layer(idx, Plain::new(src, key), "L").unwrap();
         assert_eq!(&l.read_file("a/small.txt", 0, 99).unwrap()[..], b"hello");
@@ -417,7 +600,7 @@ mod tests {
         let mut h = h;
         h.set_cksum();
         tar[..512].copy_from_slice(h.as_bytes());
-        let e = index(&tar[..], Compression::None, Path::new("/nonexistent"), "L")
+        let e = index(&tar[..], Compression::None, &nowhere(), "L", &Unmetered)
             .err()
             .unwrap()
             .to_string();
@@ -428,7 +611,7 @@ mod tests {
     fn a_changed_local_copy_is_refused() {
         let big = big();
         let tar = tar_with(&big);
-        let idx = index(&tar[..], Compression::None, Path::new("/nonexistent"), "L").unwrap();
+        let idx = index(&tar[..], Compression::None, &nowhere(), "L", &Unmetered).unwrap();
         let mut evil = tar.clone();
         evil[(1 << 20) + 7] ^= 1;
         let l = layer(idx, Plain::new(Arc::new(MemoryRange::new(evil)), None), "L").unwrap();

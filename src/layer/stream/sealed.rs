@@ -11,23 +11,69 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use zeroize::Zeroizing;
 
 use crate::crypto::cipher::LayerKey;
 use crate::layer::source::range_end;
 
+/// Disk the sealed copies of one daemon may take together, unless set.
+pub const DEFAULT_SEALED_SIZE: u64 = 16 << 30;
+
+/// Where sealed copies go, and the disk they may take together: a zstd
+/// layer's copy grows with its *uncompressed* size, which the image decides
+/// (a few MiB of blob can claim terabytes).
+#[derive(Debug, Clone)]
+pub struct Scratch {
+    dir: PathBuf,
+    budget: Arc<DiskBudget>,
+}
+
+#[derive(Debug)]
+struct DiskBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Scratch {
+    /// Sealed copies in `dir`, at most `limit` bytes of them at a time.
+    pub fn new(dir: PathBuf, limit: u64) -> Self {
+        Scratch {
+            dir,
+            budget: Arc::new(DiskBudget {
+                limit,
+                used: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Bytes the live sealed copies take.
+    pub fn used(&self) -> u64 {
+        self.budget.used.load(Ordering::Relaxed)
+    }
+}
+
 /// A nameless file of ciphertext under a fresh in-memory key.
 pub struct Sealed {
     file: File,
     key: LayerKey,
     len: u64,
+    budget: Arc<DiskBudget>,
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.len, Ordering::Relaxed);
+    }
 }
 
 impl Sealed {
-    /// Creates an empty sealed file in `dir`.
-    pub fn create(dir: &Path) -> io::Result<Self> {
+    /// Creates an empty sealed file in `scratch`.
+    pub fn create(scratch: &Scratch) -> io::Result<Self> {
+        let dir: &Path = &scratch.dir;
         crate::private::dir(dir)?;
         let file = match std::fs::OpenOptions::new()
             .read(true)
@@ -57,6 +103,7 @@ impl Sealed {
             file,
             key: LayerKey::generate(),
             len: 0,
+            budget: scratch.budget.clone(),
         })
     }
 
@@ -70,12 +117,34 @@ impl Sealed {
         self.len == 0
     }
 
-    /// Seals and appends `plain`.
+    /// Seals and appends `plain`; fails, writing nothing, if the sealed
+    /// copies would pass their disk budget.
     pub fn append(&mut self, plain: &[u8]) -> io::Result<()> {
+        let n = plain.len() as u64;
+        let b = &self.budget;
+        let taken = b
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(n).filter(|&t| t <= b.limit)
+            });
+        if taken.is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "its sealed copy passes what the sealed-copy disk budget leaves \
+                     ({} MiB in all; --sealed-size, sealed_size)",
+                    b.limit >> 20
+                ),
+            ));
+        }
         let mut buf = Zeroizing::new(plain.to_vec());
         self.key.apply_at(self.len, &mut buf);
-        self.file.write_all_at(&buf, self.len)?;
-        self.len += plain.len() as u64;
+        let written = self.file.write_all_at(&buf, self.len);
+        if let Err(e) = written {
+            b.used.fetch_sub(n, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.len += n;
         Ok(())
     }
 
@@ -109,7 +178,7 @@ mod tests {
     #[test]
     fn reads_back_what_was_written_and_stores_no_plaintext() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Sealed::create(dir.path()).unwrap();
+        let mut s = Sealed::create(&Scratch::new(dir.path().into(), u64::MAX)).unwrap();
         let text = b"the quick brown fox ".repeat(5000);
         s.append(&text[..777]).unwrap();
         s.append(&text[777..]).unwrap();
@@ -125,5 +194,27 @@ mod tests {
         let mut raw = vec![0u8; text.len()];
         s.file.read_exact_at(&mut raw, 0).unwrap();
         assert!(!raw.windows(9).any(|w| w == b"quick bro"));
+    }
+
+    #[test]
+    fn sealed_copies_keep_to_their_disk_budget_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = Scratch::new(dir.path().into(), 3 << 20);
+        let mut a = Sealed::create(&scratch).unwrap();
+        a.append(&[7u8; 2 << 20]).unwrap();
+        let mut b = Sealed::create(&scratch).unwrap();
+        let e = b.append(&[7u8; (1 << 20) + 1]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert!(
+            e.to_string()
+                .contains("(3 MiB in all; --sealed-size, sealed_size)"),
+            "{e}"
+        );
+        assert_eq!((b.len(), scratch.used()), (0, 2 << 20));
+        drop(a);
+        b.append(&[7u8; 3 << 20]).unwrap();
+        assert_eq!(scratch.used(), 3 << 20);
+        drop(b);
+        assert_eq!(scratch.used(), 0);
     }
 }
