@@ -2,7 +2,9 @@
 # Installs the Debian packages the tests and the benchmarks drive when they
 # are missing: skopeo (the independent ocicrypt peer), docker-registry,
 # openssl, gnupg, htpasswd, containerd + runc, busybox-static (container
-# images), iproute2 (`tc`, network shaping); then loads fuse and overlay.
+# images), iproute2 (`tc`, network shaping), Go and containerd's Go source
+# (containerd's own snapshotter test suite, built offline in GOPATH mode);
+# then loads fuse and overlay.
 set -euo pipefail
 
 need=()
@@ -13,6 +15,10 @@ for pair in skopeo:skopeo docker-registry:docker-registry openssl:openssl gpg:gn
 done
 # Container images need a static busybox (no libc inside them).
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+# containerd's snapshots/testsuite and its Go dependencies (golang-*-dev).
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+dpkg -s golang-github-containerd-containerd-dev >/dev/null 2>&1 \
+  || need+=(golang-github-containerd-containerd-dev)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

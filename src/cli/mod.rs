@@ -8,6 +8,7 @@ mod crypt;
 mod demo;
 mod layerinfo;
 mod mount;
+mod notify;
 mod pull;
 mod serve;
 mod stream;

@@ -196,18 +196,19 @@ pub fn run(a: Args) -> Result<()> {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
+            super::notify::tell("STOPPING=1");
         };
         let metrics = a.metrics.or(file.metrics);
         if let Some(addr) = metrics {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("metrics address {addr}"))?;
-            let store = store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::snapshotter::metrics::serve(listener, store).await {
-                    tracing::error!("metrics on {addr}: {e}");
-                }
-            });
+            tokio::spawn(crate::snapshotter::metrics::serve(listener, store.clone()));
+        }
+        // Restored layers are served already; systemd hears READY=1 once
+        // the socket answers too.
+        if std::env::var_os("NOTIFY_SOCKET").is_some() {
+            tokio::spawn(ready_when_answering(address.clone()));
         }
         println!("serving snapshots on {}", address.display());
         serve(Service::new(store.clone()), &address, stop)
@@ -218,6 +219,27 @@ pub fn run(a: Args) -> Result<()> {
     let _ = std::fs::remove_file(&address);
     println!("stopped");
     Ok(())
+}
+
+/// Sends systemd READY=1 once the snapshots service on `socket` answers a
+/// call (a Stat of no snapshot: NotFound is an answer).
+async fn ready_when_answering(socket: PathBuf) {
+    use crate::containerd::proto::snapshots::StatSnapshotRequest;
+    use crate::containerd::proto::snapshots::snapshots_client::SnapshotsClient;
+    loop {
+        if let Ok(c) = crate::containerd::client::Client::connect(&socket, "lazycrypt").await {
+            let answer = SnapshotsClient::new(c.channel)
+                .stat(StatSnapshotRequest::default())
+                .await;
+            match answer {
+                Ok(_) => break,
+                Err(s) if s.code() == tonic::Code::NotFound => break,
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    super::notify::tell("READY=1");
 }
 
 #[derive(ClapArgs)]

@@ -583,6 +583,9 @@ impl Store {
             )));
         }
         let usage = disk_usage(&self.dir(rec.id).join("fs"))?;
+        // A committed snapshot is a new one: containerd's snapshotters (and
+        // its test suite) give it Created = Updated = the commit's time.
+        let now = SystemTime::now();
         self.meta.update(|t| {
             // Checked again inside the transaction: another commit may have won.
             let Some(rec) = t.get(key)? else {
@@ -604,7 +607,8 @@ impl Store {
                 &Record {
                     kind: Kind::Committed,
                     labels: labels.clone(),
-                    updated: SystemTime::now(),
+                    created: now,
+                    updated: now,
                     usage: Some(usage),
                     ..rec
                 },
@@ -859,4 +863,57 @@ fn poisoned(snapshot: &str, remote: &Remote) -> Error {
          again",
         remote.layer, remote.image
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(root: &Path) -> Store {
+        let remote = RemoteConfig {
+            keys_dir: root.join("keys"),
+            readable_keys: Default::default(),
+            plain_http: Vec::new(),
+            hosts_dir: None,
+            cache_dir: root.join("blobs"),
+            cache_bytes: 1 << 20,
+            allow_unverified_lazy: false,
+            read_ahead: crate::fs::ReadAhead::Auto,
+            keeper_socket: None,
+        };
+        let upper = UpperConfig {
+            tmpfs: false,
+            size: None,
+        };
+        Store::open(root, remote, upper, DiffIdConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn a_commit_is_created_and_updated_at_its_own_time() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(&d.path().join("root"));
+        s.prepare("active", "", BTreeMap::new(), Kind::Active)
+            .unwrap();
+        let prepared = s.stat("active").unwrap();
+        // The clock moves on between the prepare and the commit.
+        while SystemTime::now() <= prepared.created {
+            std::thread::yield_now();
+        }
+        let before = SystemTime::now();
+        s.commit("committed", "active", BTreeMap::new()).unwrap();
+        let c = s.stat("committed").unwrap();
+        assert_eq!(c.kind, Kind::Committed);
+        assert_eq!(c.created, c.updated);
+        assert!(
+            c.created >= before,
+            "{c:?} keeps the active snapshot's time"
+        );
+
+        // An update moves Updated, never Created.
+        let labels = BTreeMap::from([("l".to_string(), "v".to_string())]);
+        let u = s.update("committed", labels.clone(), &[]).unwrap();
+        assert_eq!(u.created, c.created);
+        assert!(u.updated >= c.updated);
+        assert_eq!(u.labels, labels);
+    }
 }

@@ -44,6 +44,29 @@ impl Daemon {
     /// Starts `lazycrypt serve` with extra arguments and, when given, this
     /// umask (what it creates must not depend on it).
     pub fn start_with_umask(dir: &Path, args: &[String], umask: Option<u32>) -> Daemon {
+        let mut d = Self::spawn(dir, args, umask, &[]);
+        d.wait_socket();
+        d
+    }
+
+    /// Waits until the daemon's socket is there (panics if it exits).
+    pub fn wait_socket(&mut self) {
+        let child = self.child.as_mut().expect("a running daemon");
+        wait_for(&self.socket, "lazycrypt serve", child, &self.log);
+    }
+
+    /// Starts `lazycrypt serve` with extra arguments and environment
+    /// variables set (Some) or removed (None); does not wait for it.
+    pub fn spawn_with_env(dir: &Path, args: &[String], env: &[(&str, Option<&str>)]) -> Daemon {
+        Self::spawn(dir, args, None, env)
+    }
+
+    fn spawn(
+        dir: &Path,
+        args: &[String],
+        umask: Option<u32>,
+        env: &[(&str, Option<&str>)],
+    ) -> Daemon {
         let root = dir.join("lz/root");
         let socket = dir.join("lz/lazycrypt.sock");
         let log = dir.join("lz/serve.log");
@@ -60,7 +83,13 @@ impl Daemon {
                 });
             }
         }
-        let mut child = cmd
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let child = cmd
             .args(["serve", "--root"])
             .arg(&root)
             .arg("--address")
@@ -78,7 +107,6 @@ impl Daemon {
             )
             .spawn()
             .expect("start lazycrypt serve");
-        wait_for(&socket, "lazycrypt serve", &mut child, &log);
         Daemon {
             child: Some(child),
             root,
@@ -86,6 +114,11 @@ impl Daemon {
             log,
             crashed: false,
         }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// What the daemon logged so far.
