@@ -99,6 +99,25 @@ pub struct RemoteConfig {
     pub keeper_socket: Option<PathBuf>,
 }
 
+#[cfg(test)]
+impl RemoteConfig {
+    /// A daemon's config under `root`, with a 1 MiB cache and no keeper.
+    pub(crate) fn for_tests(root: &Path) -> Self {
+        RemoteConfig {
+            keys_dir: root.join("keys"),
+            readable_keys: Default::default(),
+            plain_http: Vec::new(),
+            hosts_dir: None,
+            cache_dir: root.join("blobs"),
+            cache_bytes: 1 << 20,
+            sealed_bytes: 1 << 20,
+            allow_unverified_lazy: false,
+            read_ahead: crate::fs::ReadAhead::Auto,
+            keeper_socket: None,
+        }
+    }
+}
+
 /// The remote layers mounted by this daemon, by snapshot id.
 pub struct Remotes {
     config: RemoteConfig,
@@ -675,6 +694,62 @@ fn connection_alive(conn: &OwnedFd) -> bool {
 mod tests {
     use super::*;
     use crate::crypto;
+    use crate::layer::index::{ChunkSource, Meter};
+    use crate::layer::verified::Verified;
+
+    struct NoChunks;
+
+    impl ChunkSource for NoChunks {
+        fn load(&self, _: u32) -> io::Result<Verified> {
+            Err(io::Error::other("no chunks"))
+        }
+        fn fetched(&self) -> u64 {
+            0
+        }
+    }
+
+    /// A layer opened ahead that no Prepare takes keeps its index memory in
+    /// the budget, and its slot among the 64, only for a while; a failed
+    /// open is not kept at all.
+    #[test]
+    fn layers_opened_ahead_and_not_taken_are_dropped_with_their_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Remotes::new(RemoteConfig::for_tests(dir.path()));
+        let now = Instant::now();
+        let opened = |asked: Instant| {
+            let reserved = Arc::new(r.cache.reservation());
+            assert!(reserved.take(100 << 10));
+            let layer = Layer::new("L", Vec::new(), Box::new(NoChunks), 0).unwrap();
+            let remote = Remote {
+                image: String::new(),
+                manifest: String::new(),
+                layer: "L".into(),
+                descriptor: String::new(),
+                diff_id: DiffId::Pending,
+            };
+            let weak = Arc::downgrade(&reserved);
+            let cell: Opening = Arc::default();
+            let _ = cell.set(Ok((Arc::new(layer), Mode::Indexed, remote, reserved)));
+            ((asked, cell), weak)
+        };
+        let (stale, stale_memory) = opened(now - OPENED_AHEAD_TTL);
+        let (fresh, fresh_memory) = opened(now);
+        let failed: Opening = Arc::default();
+        let _ = failed.set(Err(Error::internal("registry down".to_string())));
+        {
+            let mut m = lock(&r.opening);
+            m.insert("stale".into(), stale);
+            m.insert("fresh".into(), fresh);
+            m.insert("failed".into(), (now, failed));
+            m.insert("under way".into(), (now - 2 * OPENED_AHEAD_TTL, Arc::default()));
+        }
+        r.expire_opened(now);
+        let mut left: Vec<_> = lock(&r.opening).keys().cloned().collect();
+        left.sort();
+        assert_eq!(left, ["fresh", "under way"]);
+        assert!(stale_memory.upgrade().is_none(), "its reservation is gone");
+        assert!(fresh_memory.upgrade().is_some());
+    }
 
     #[test]
     fn layer_errors_are_classified_by_variant_not_text() {

@@ -870,17 +870,7 @@ mod tests {
     use super::*;
 
     fn store(root: &Path) -> Store {
-        let remote = RemoteConfig {
-            keys_dir: root.join("keys"),
-            readable_keys: Default::default(),
-            plain_http: Vec::new(),
-            hosts_dir: None,
-            cache_dir: root.join("blobs"),
-            cache_bytes: 1 << 20,
-            allow_unverified_lazy: false,
-            read_ahead: crate::fs::ReadAhead::Auto,
-            keeper_socket: None,
-        };
+        let remote = RemoteConfig::for_tests(root);
         let upper = UpperConfig {
             tmpfs: false,
             size: None,
