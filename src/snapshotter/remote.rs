@@ -10,13 +10,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use zeroize::Zeroizing;
-
 use super::error::{Error, Result};
 use super::meta::{DiffId, Remote};
 use crate::cache::chunks::ChunkCache;
 use crate::crypto::envelope::layer_keys;
-use crate::crypto::keyprovider::ProviderConfig;
 use crate::crypto::recipient::KeyRing;
 use crate::layer::index::Layer;
 use crate::mount::keeper::Keeper;
@@ -76,8 +73,8 @@ pub fn named_layer(labels: &BTreeMap<String, String>) -> Option<Remote> {
 pub struct RemoteConfig {
     /// Directory of private keys (like ctd-decoder's `--decryption-keys-path`).
     pub keys_dir: PathBuf,
-    /// Whether private key files in `keys_dir` may be readable by others.
-    pub readable_keys: crate::crypto::keys::ReadableKeys,
+    /// How key files in `keys_dir` are checked and keyproviders called.
+    pub keys: crate::crypto::recipient::KeyOptions,
     /// Registries (`host[:port]`) reached over plain HTTP.
     pub plain_http: Vec<String>,
     /// containerd's `certs.d` directory: registry mirrors in `hosts.toml`.
@@ -188,23 +185,13 @@ impl Remotes {
     /// The node's keys as they are now (re-read each time: removing a key
     /// file must take effect for the next container).
     fn ring(&self) -> Result<KeyRing> {
-        let mut ring = KeyRing {
-            provider_config: ProviderConfig::from_env()
-                .map_err(|e| Error::internal(e.to_string()))?,
-            ..Default::default()
-        };
-        if self.config.keys_dir.exists() {
-            let keys =
-                crate::crypto::keys::load_dir(&self.config.keys_dir, self.config.readable_keys)
-                    .map_err(|e| {
-                        Error::internal(format!("keys in {}: {e}", self.config.keys_dir.display()))
-                    })?;
-            let none = Zeroizing::new(String::new());
-            for k in keys {
-                ring.add(k, &none);
+        let dir = &self.config.keys_dir;
+        KeyRing::load(&[], dir.exists().then_some(dir.as_path()), self.config.keys).map_err(|e| {
+            match e {
+                crate::crypto::Error::KeyProvider(m) => Error::internal(m),
+                e => Error::internal(format!("keys in {}: {e}", dir.display())),
             }
-        }
-        Ok(ring)
+        })
     }
 
     fn source(&self, image: &str) -> Result<Arc<dyn ImageSource>> {

@@ -44,6 +44,20 @@ impl Daemon {
     /// Starts `lazycrypt serve` with extra arguments and, when given, this
     /// umask (what it creates must not depend on it).
     pub fn start_with_umask(dir: &Path, args: &[String], umask: Option<u32>) -> Daemon {
+        Self::start_full(dir, args, umask, &[])
+    }
+
+    /// Starts `lazycrypt serve` with extra arguments and environment.
+    pub fn start_with_env(dir: &Path, args: &[String], env: &[(&str, &Path)]) -> Daemon {
+        Self::start_full(dir, args, None, env)
+    }
+
+    fn start_full(
+        dir: &Path,
+        args: &[String],
+        umask: Option<u32>,
+        env: &[(&str, &Path)],
+    ) -> Daemon {
         let root = dir.join("lz/root");
         let socket = dir.join("lz/lazycrypt.sock");
         let log = dir.join("lz/serve.log");
@@ -66,6 +80,7 @@ impl Daemon {
             .arg("--address")
             .arg(&socket)
             .args(args)
+            .envs(env.iter().copied())
             .env("LAZYCRYPT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
