@@ -282,3 +282,72 @@ fn private_key_files_others_can_read_or_change_are_refused() {
     let help = ok(lazycrypt().args(["serve", "--help"]));
     assert!(help.contains("--allow-readable-keys"), "{help}");
 }
+
+/// A malformed wrapped-key entry ends only its own try: the other entries
+/// and schemes are still tried with every key.
+#[test]
+fn a_garbage_entry_does_not_stop_the_entries_a_key_opens() {
+    use base64::engine::general_purpose::STANDARD as B64;
+    const JWE: &str = "org.opencontainers.image.enc.keys.jwe";
+    const PKCS7: &str = "org.opencontainers.image.enc.keys.pkcs7";
+    let d = tmp();
+    let p = d.path();
+    let plain = build_image(p, "plain", 1);
+    let k = rsa_keys(p, "k");
+    let enc = format!("oci:{}/enc:x", p.display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        "-r",
+        &format!("pkcs7:{}", k.cert.display()),
+        &plain,
+        &enc,
+    ]));
+    let original = layout_manifest(&enc)["layers"][0]["annotations"].clone();
+    let garbage = B64.encode("not json");
+    let set = |jwe: String, pkcs7: Option<String>| {
+        edit_manifest(&enc, move |m| {
+            let a = &mut m["layers"][0]["annotations"];
+            a[JWE] = jwe.into();
+            match pkcs7 {
+                Some(v) => a[PKCS7] = v.into(),
+                None => {
+                    a.as_object_mut().unwrap().remove(PKCS7);
+                }
+            }
+        });
+    };
+    let decrypt = |tag: &str, keys: &[&std::path::Path]| {
+        let out = format!("oci:{}/dec:{tag}", p.display());
+        let mut c = lazycrypt();
+        c.arg("decrypt");
+        let o = run(with_keys(&mut c, "--key", keys).args([&enc, &out]));
+        if o.status.success() {
+            assert_eq!(layer_digests(&out), layer_digests(&plain), "{tag}");
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    };
+    let pkcs7 = original[PKCS7].as_str().unwrap().to_string();
+    let jwe = original[JWE].as_str().unwrap().to_string();
+
+    // The first scheme tried (JWE) is garbage; PKCS#7 opens.
+    set(garbage.clone(), Some(pkcs7.clone()));
+    decrypt("pkcs7", &[&k.private, &k.cert]).unwrap();
+    // Within one scheme: a garbage entry, then the one the key opens.
+    set(format!("{garbage},{jwe}"), None);
+    decrypt("second", &[&k.private]).unwrap();
+
+    // Nothing opens: one line says why for each scheme.
+    set(garbage.clone(), Some(B64.encode("garbage")));
+    let err = decrypt("none", &[&k.private, &k.cert]).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "no suitable key unwrapper found or none of the private keys could be used for decryption: {JWE} entry 0: jwe: not JSON"
+        )) && err.contains(&format!("; {PKCS7} entry 0: pkcs7: ")),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

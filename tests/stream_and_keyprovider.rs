@@ -6,7 +6,7 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -22,6 +22,17 @@ fn stream_decrypt(
     payload: &[u8],
     media_type: &str,
 ) -> std::process::Output {
+    stream_decrypt_with_env(args, blob, payload, media_type, &[])
+}
+
+/// [`stream_decrypt`] with extra environment.
+fn stream_decrypt_with_env(
+    args: &[&str],
+    blob: &Path,
+    payload: &[u8],
+    media_type: &str,
+    env: &[(&str, &Path)],
+) -> std::process::Output {
     let d = tmp();
     let pfile = d.path().join("payload");
     std::fs::write(&pfile, payload).unwrap();
@@ -30,6 +41,7 @@ fn stream_decrypt(
     let mut c = lazycrypt();
     c.arg("stream-decrypt")
         .args(args)
+        .envs(env.iter().copied())
         .env("STREAM_PROCESSOR_MEDIATYPE", media_type);
     c.stdin(std::fs::File::open(blob).unwrap())
         .stdout(Stdio::piped())
@@ -190,18 +202,33 @@ fn keyprovider_cmd_wraps_and_unwraps_through_the_protocol() {
     ]));
     assert_eq!(layer_digests(&out), layer_digests(&plain));
 
-    // Not asked to use the provider → imgcrypt's missing-key error; no output.
+    // Every configured provider is asked, as ocicrypt asks them: no --key needed.
+    let out2 = format!("oci:{}/dec2:kp", d.path().display());
+    ok(lazycrypt()
+        .env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg)
+        .args(["decrypt", &enc, &out2]));
+    assert_eq!(layer_digests(&out2), layer_digests(&plain));
+
+    // No provider config → imgcrypt's missing-key error; no output.
     let none = format!("oci:{}/none:kp", d.path().display());
-    let err = fails(
-        lazycrypt()
-            .env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg)
-            .args(["decrypt", &enc, &none]),
-    );
+    let err = fails(lazycrypt().args(["decrypt", &enc, &none]));
     assert!(
         err.contains("missing private key needed for decryption"),
         "{err}"
     );
     assert!(!d.path().join("none").exists());
+    // Naming a provider the config lacks is a clear error.
+    let err = fails(lazycrypt().env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg).args([
+        "decrypt",
+        "--key",
+        "provider:other",
+        &enc,
+        &none,
+    ]));
+    assert!(
+        err.contains("--key provider:other: keyprovider \"other\" is not in the provider config"),
+        "{err}"
+    );
     // A provider the config does not name.
     let err = fails(lazycrypt().env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg).args([
         "encrypt",
@@ -358,6 +385,196 @@ fn keyprovider_grpc_wraps_and_unwraps_through_the_protocol() {
     ]));
     assert!(
         err.contains("keyprovider \"grpckp\" (grpc 127.0.0.1:") && err.contains("connect"),
+        "{err}"
+    );
+}
+
+/// The cmd test provider of `tests/fixtures/keyprovider.py`.
+fn fixture_provider() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keyprovider.py")
+}
+
+/// A provider config in `d/file` naming each `(name, command)`.
+fn commands_config(d: &Path, file: &str, providers: &[(&str, &Path)]) -> PathBuf {
+    let map: serde_json::Map<String, serde_json::Value> = providers
+        .iter()
+        .map(|(n, p)| {
+            let cmd = serde_json::json!({"cmd": {"path": p, "args": []}});
+            (n.to_string(), cmd)
+        })
+        .collect();
+    let p = d.join(file);
+    std::fs::write(&p, serde_json::json!({ "key-providers": map }).to_string()).unwrap();
+    p
+}
+
+/// An executable shell script `d/name` with `body`.
+fn script(d: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = d.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// An image in `d` whose layers are wrapped by each of `names`, every one
+/// played by the test provider at encryption time.
+fn wrapped_by_providers(d: &Path, names: &[&str]) -> (String, String) {
+    let fixture = fixture_provider();
+    let all: Vec<(&str, &Path)> = names.iter().map(|n| (*n, fixture.as_path())).collect();
+    let cfg = commands_config(d, "encrypt.json", &all);
+    let plain = build_image(d, "plain", 1);
+    let enc = format!("oci:{}/enc:x", d.display());
+    let mut c = lazycrypt();
+    c.env("OCICRYPT_KEYPROVIDER_CONFIG", &cfg).arg("encrypt");
+    for n in names {
+        c.args(["-r", &format!("provider:{n}")]);
+    }
+    ok(c.args([&plain, &enc]));
+    (plain, enc)
+}
+
+/// `lazycrypt decrypt FLAGS… ENC DIR/OUT:x` with the provider config `cfg`.
+fn decrypt(cfg: &Path, flags: &[&str], enc: &str, d: &Path, out: &str) -> Command {
+    let mut c = lazycrypt();
+    c.env("OCICRYPT_KEYPROVIDER_CONFIG", cfg)
+        .arg("decrypt")
+        .args(flags)
+        .arg(enc)
+        .arg(format!("oci:{}/{out}:x", d.display()));
+    c
+}
+
+#[test]
+fn stream_decrypt_asks_the_configured_keyprovider() {
+    let d = tmp();
+    let (plain, enc) = wrapped_by_providers(d.path(), &["testkp"]);
+    let cfg = commands_config(d.path(), "kp.json", &[("testkp", &fixture_provider())]);
+    let desc = layout_manifest(&enc)["layers"][0].clone();
+    let blob = blob_path(&split_layout(&enc).0, desc["digest"].as_str().unwrap());
+    let mt = desc["mediaType"].as_str().unwrap().to_string();
+    // containerd passes no keys at all: the node's provider is the key.
+    let out = stream_decrypt_with_env(
+        &[],
+        &blob,
+        &payload(&desc, serde_json::json!(null)),
+        &mt,
+        &[("OCICRYPT_KEYPROVIDER_CONFIG", &cfg)],
+    );
+    assert_eq!(decrypted_digest(&out), layer_digests(&plain)[0]);
+}
+
+#[test]
+fn a_failing_keyprovider_does_not_stop_the_next_one() {
+    let d = tmp();
+    let (plain, enc) = wrapped_by_providers(d.path(), &["broken", "testkp"]);
+    // "broken" (tried first) fails; "testkp" unwraps.
+    let bin_false = Path::new("/bin/false");
+    let cfg = commands_config(
+        d.path(),
+        "kp.json",
+        &[("broken", bin_false), ("testkp", &fixture_provider())],
+    );
+    let keys = ["--key", "provider:broken", "--key", "provider:testkp"];
+    ok(&mut decrypt(&cfg, &keys, &enc, d.path(), "dec"));
+    let out = format!("oci:{}/dec:x", d.path().display());
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+
+    // When every one fails, one line says why for each.
+    let cfg = commands_config(
+        d.path(),
+        "none.json",
+        &[("broken", bin_false), ("testkp", bin_false)],
+    );
+    let err = fails(&mut decrypt(&cfg, &[], &enc, d.path(), "none"));
+    assert!(
+        err.contains("no suitable key unwrapper found or none of the private keys could be used for decryption: provider.broken: keyprovider \"broken\" (/bin/false): exit status: 1; provider.testkp: keyprovider \"testkp\" (/bin/false): exit status: 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_keyprovider_that_never_answers_is_stopped_at_its_timeout() {
+    let d = tmp();
+    let (_plain, enc) = wrapped_by_providers(d.path(), &["slow"]);
+    // A shell whose child sleeps: the whole process group must go.
+    let slow = script(d.path(), "slow.sh", "sleep 987654\nexit 0");
+    let cfg = commands_config(d.path(), "kp.json", &[("slow", &slow)]);
+    let timeout = ["--keyprovider-timeout", "1"];
+    let err = fails(&mut decrypt(&cfg, &timeout, &enc, d.path(), "none"));
+    assert!(
+        err.contains(&format!(
+            "provider.slow: keyprovider \"slow\" ({}): no answer within 1 s (keyprovider_timeout); stopped it",
+            slow.display()
+        )),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| c.windows(6).any(|w| w == b"987654"))
+        .collect();
+    assert!(left.is_empty(), "the provider's sleep outlived it");
+}
+
+#[test]
+fn a_keyprovider_that_floods_its_output_before_reading_is_served() {
+    let d = tmp();
+    let (plain, enc) = wrapped_by_providers(d.path(), &["testkp"]);
+    // 2 MiB of JSON whitespace on stdout and 1 MiB on stderr, far more than
+    // a pipe holds, before it reads a byte of its request.
+    let flood = script(
+        d.path(),
+        "flood.sh",
+        &format!(
+            "head -c 2097152 /dev/zero | tr '\\0' ' '\nhead -c 1048576 /dev/zero >&2\nexec {}",
+            fixture_provider().display()
+        ),
+    );
+    let cfg = commands_config(d.path(), "kp.json", &[("testkp", &flood)]);
+    ok(&mut decrypt(&cfg, &[], &enc, d.path(), "dec"));
+    let out = format!("oci:{}/dec:x", d.path().display());
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+}
+
+#[test]
+fn a_keyproviders_stderr_is_never_quoted() {
+    let d = tmp();
+    let (_plain, enc) = wrapped_by_providers(d.path(), &["leaky"]);
+    let leaky = script(
+        d.path(),
+        "leaky.sh",
+        "cat >/dev/null\necho 'debug: private key is SECRET-KEY-MATERIAL' >&2\nexit 3",
+    );
+    let cfg = commands_config(d.path(), "kp.json", &[("leaky", &leaky)]);
+    let err = fails(&mut decrypt(&cfg, &[], &enc, d.path(), "none"));
+    assert!(!err.contains("SECRET-KEY-MATERIAL"), "{err}");
+    assert!(
+        err.contains(
+            "exit status: 3 (its 42 bytes of stderr are not shown: they may hold key material)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_grpc_keyprovider_that_never_answers_is_left_at_its_timeout() {
+    let d = tmp();
+    let (_plain, enc) = wrapped_by_providers(d.path(), &["grpckp"]);
+    // Connections queue in the backlog; nothing ever reads or answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let cfg = provider_config(
+        d.path(),
+        &format!(r#"{{"key-providers":{{"grpckp":{{"grpc":"{addr}"}}}}}}"#),
+    );
+    let timeout = ["--keyprovider-timeout", "1"];
+    let err = fails(&mut decrypt(&cfg, &timeout, &enc, d.path(), "none"));
+    assert!(
+        err.contains(&format!(
+            "keyprovider \"grpckp\" (grpc {addr}): no answer within 1 s (keyprovider_timeout)"
+        )),
         "{err}"
     );
 }

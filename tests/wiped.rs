@@ -207,6 +207,7 @@ fn a_keyprovider_reply_leaves_no_copy_of_the_private_options() {
             },
         )]
         .into(),
+        timeout: lazycrypt::crypto::keyprovider::DEFAULT_TIMEOUT,
     };
     let seen = leaves_a_copy(opts.as_bytes(), || {
         let got = unwrap(Some(&cfg), "kp", b"wrapped").unwrap();

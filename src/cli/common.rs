@@ -1,14 +1,16 @@
 //! Flags and helpers shared by subcommands.
 
 use std::io::{IsTerminal, Read};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::crypto::KeyRing;
-use crate::crypto::keyprovider::ProviderConfig;
+use crate::crypto::keyprovider;
 use crate::crypto::keys::{KeyArg, ReadableKeys};
+use crate::crypto::recipient::KeyOptions;
 use crate::oci::copy::Progress;
 use crate::oci::reference::ImageRef;
 use crate::oci::registry::RegistryOptions;
@@ -44,7 +46,7 @@ impl TransportArgs {
     }
 }
 
-/// How private key files are checked.
+/// How private key files are checked and keyproviders called.
 #[derive(Args, Clone, Copy, Default)]
 pub struct KeyFileArgs {
     /// Accept private key files that their group or others can read (for
@@ -53,6 +55,11 @@ pub struct KeyFileArgs {
     /// or writable by others is refused either way.
     #[arg(long)]
     pub allow_readable_keys: bool,
+    /// Seconds a keyprovider ($OCICRYPT_KEYPROVIDER_CONFIG) may take to
+    /// answer one request; a provider command still running then is killed
+    /// [default: 30].
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    pub keyprovider_timeout: Option<Duration>,
 }
 
 impl KeyFileArgs {
@@ -63,11 +70,29 @@ impl KeyFileArgs {
             ReadableKeys::Refuse
         }
     }
+
+    pub fn options(self) -> KeyOptions {
+        KeyOptions {
+            readable_keys: self.readable(),
+            provider_timeout: self
+                .keyprovider_timeout
+                .unwrap_or(keyprovider::DEFAULT_TIMEOUT),
+        }
+    }
+}
+
+/// A timeout in whole seconds, from 1 to a day.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(v @ 1..=86_400) => Ok(Duration::from_secs(v)),
+        _ => Err(format!("{s:?}: want whole seconds from 1 to 86400")),
+    }
 }
 
 /// Help of every `--key` flag.
 pub const KEY_HELP: &str = "A private key FILE; FILE:file=PWFILE or FILE:fd=N when it has a \
-password; provider:NAME for a keyprovider (repeatable). FILE:pass=PW works too (imgcrypt's \
+password (repeatable). Every keyprovider in $OCICRYPT_KEYPROVIDER_CONFIG is asked too; \
+provider:NAME checks that NAME is one of them. FILE:pass=PW works too (imgcrypt's \
 form), but other local users can read a password on the command line (/proc/PID/cmdline): \
 prefer file= or fd=";
 
@@ -92,31 +117,17 @@ pub fn image_ref(s: &str) -> Result<ImageRef> {
     Ok(ImageRef::parse(s)?)
 }
 
-/// Builds the key ring from `--key` arguments and an optional keys directory.
+/// Builds the key ring from `--key` arguments, an optional keys directory
+/// and the configured keyproviders ([`KeyRing::load`], as `serve` does).
 pub fn key_ring(
     keys: &[String],
     dir: Option<&std::path::Path>,
     files: KeyFileArgs,
 ) -> Result<KeyRing> {
-    let mut ring = KeyRing {
-        provider_config: ProviderConfig::from_env()?,
-        readable_keys: files.readable(),
-        ..Default::default()
-    };
     if let Some(w) = argv_password_warning(keys, None) {
         tracing::warn!("{w}");
     }
-    for k in keys {
-        ring.add_arg(k)
-            .with_context(|| format!("--key {}", k.split(":pass=").next().unwrap_or(k)))?;
-    }
-    if let Some(d) = dir {
-        let none = zeroize::Zeroizing::new(String::new());
-        for k in crate::crypto::keys::load_dir(d, files.readable())? {
-            ring.add(k, &none);
-        }
-    }
-    Ok(ring)
+    Ok(KeyRing::load(keys, dir, files.options())?)
 }
 
 /// Progress bars on stderr, only when stdout is a terminal.
@@ -165,6 +176,18 @@ mod tests {
         let w = argv_password_warning(&[], Some("bob:hunter2")).unwrap();
         assert!(w.starts_with("a --creds password") && !w.contains("hunter2"));
         assert_eq!(argv_password_warning(&[], Some("bob")), None);
+    }
+
+    #[test]
+    fn keyprovider_timeouts_are_whole_seconds_from_one_to_a_day() {
+        assert_eq!(parse_timeout("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("86400"), Ok(Duration::from_secs(86_400)));
+        for bad in ["0", "-1", "1.5", "86401", "soon"] {
+            assert_eq!(
+                parse_timeout(bad),
+                Err(format!("{bad:?}: want whole seconds from 1 to 86400"))
+            );
+        }
     }
 
     #[test]

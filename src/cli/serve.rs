@@ -127,11 +127,19 @@ pub fn run(a: Args) -> Result<()> {
             .keys_dir
             .or(file.keys_dir)
             .unwrap_or_else(|| "/etc/containerd/ocicrypt/keys".into()),
-        readable_keys: super::common::KeyFileArgs {
+        keys: super::common::KeyFileArgs {
             allow_readable_keys: a.key_files.allow_readable_keys
                 || file.allow_readable_keys.unwrap_or(false),
+            keyprovider_timeout: match a.key_files.keyprovider_timeout {
+                Some(t) => Some(t),
+                None => parsed(
+                    "keyprovider_timeout",
+                    &file.keyprovider_timeout.map(|t| t.to_string()),
+                    super::common::parse_timeout,
+                )?,
+            },
         }
-        .readable(),
+        .options(),
         plain_http,
         hosts_dir: Some(
             a.hosts_dir

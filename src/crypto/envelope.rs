@@ -92,8 +92,28 @@ pub fn schemes(annotations: &HashMap<String, String>) -> Vec<String> {
     s
 }
 
-/// Unwraps a layer's private options with the first key in `ring` that fits.
-/// `layer` names the layer in errors.
+/// ocicrypt's text when keys were given and none unwrapped the layer.
+pub const NONE_FIT: &str =
+    "no suitable key unwrapper found or none of the private keys could be used for decryption";
+
+/// Why one annotation entry gave no private options.
+enum Miss {
+    /// Well formed, but no key or provider we hold opens it. The text is
+    /// the same for every such entry of a scheme, whatever the entry holds:
+    /// it depends on the keys held only (see `pkcs7::unwrap`).
+    NoKey(String),
+    /// The entry cannot be read; the text says why (as it did when this
+    /// failure ended the search).
+    Malformed(String),
+    /// A keyprovider failed (or timed out).
+    Provider(String),
+}
+
+/// Unwraps a layer's private options: every entry of every scheme is tried,
+/// with every key and configured keyprovider, and the first that yields
+/// valid private options wins. A malformed entry or a failing provider only
+/// ends its own try. When none succeeds, the error lists why for each
+/// scheme, on one line. `layer` names the layer in errors.
 pub fn unwrap(
     annotations: &HashMap<String, String>,
     ring: &KeyRing,
@@ -105,52 +125,114 @@ pub fn unwrap(
             "layer {layer}: encrypted, but has no {KEYS_PREFIX}* annotation"
         )));
     }
-    let private: Vec<_> = ring.private.iter().collect();
-    let certs: Vec<_> = ring.certs.iter().collect();
-    let pgp_keys: Vec<_> = ring.pgp.iter().map(|(k, pw)| (k, pw.as_str())).collect();
+    let mut misses = Vec::new();
     for scheme in &schemes {
         let value = &annotations[&format!("{KEYS_PREFIX}{scheme}")];
         for (i, entry) in value.split(',').filter(|e| !e.is_empty()).enumerate() {
-            let raw = B64.decode(entry.trim()).map_err(|e| {
-                Error::Malformed(format!(
-                    "layer {layer}: {KEYS_PREFIX}{scheme} entry {i} is not base64: {e}"
-                ))
-            })?;
-            let ctx = |e: Error| match e {
-                Error::Malformed(m) => Error::Malformed(format!(
-                    "layer {layer}: {KEYS_PREFIX}{scheme} entry {i}: {m}"
-                )),
-                other => other,
-            };
-            let got = match scheme.as_str() {
-                "jwe" => jwe::unwrap(&raw, &private).map_err(ctx)?,
-                "pkcs7" => pkcs7::unwrap(&raw, &certs, &private).map_err(ctx)?,
-                "pgp" => pgp::unwrap(&raw, &pgp_keys).map_err(ctx)?,
-                s => match s.strip_prefix("provider.") {
-                    Some(name) if ring.providers.iter().any(|p| p == name) => Some(
-                        keyprovider::unwrap(ring.provider_config.as_ref(), name, &raw)?,
-                    ),
-                    _ => None,
-                },
-            };
-            if let Some(json) = got {
-                return PrivateOptions::from_json(&json)
-                    .map_err(|e| Error::Malformed(format!("layer {layer}: {e}")));
+            match unwrap_entry(scheme, i, entry, ring) {
+                Ok(opts) => return Ok(opts),
+                Err(m) => misses.push(m),
             }
         }
     }
-    Err(Error::MissingKey(if ring.is_empty() {
-        format!(
-            " (layer {layer} is wrapped with {}; no key was given)",
-            schemes.join(", ")
-        )
+    Err(none_unwrapped(layer, ring, misses))
+}
+
+/// One entry of one scheme, with every key the ring holds for that scheme.
+fn unwrap_entry(
+    scheme: &str,
+    i: usize,
+    entry: &str,
+    ring: &KeyRing,
+) -> Result<PrivateOptions, Miss> {
+    let at = format!("{KEYS_PREFIX}{scheme} entry {i}");
+    let raw = B64
+        .decode(entry.trim())
+        .map_err(|e| Miss::Malformed(format!("{at} is not base64: {e}")))?;
+    let no_key = |held: usize| {
+        Miss::NoKey(match (ring.is_empty(), held) {
+            (true, _) => format!("{scheme}: no key was given"),
+            (false, 0) => format!("{scheme}: no key of this kind was given"),
+            (false, n) => format!("{scheme}: none of the {n} keys of this kind given opens it"),
+        })
+    };
+    let keyed = |r: Result<Option<zeroize::Zeroizing<Vec<u8>>>, Error>, held: usize| match r {
+        Ok(Some(json)) => Ok(json),
+        Ok(None) => Err(no_key(held)),
+        Err(Error::Malformed(m)) => Err(Miss::Malformed(format!("{at}: {m}"))),
+        Err(e) => Err(Miss::Malformed(format!("{at}: {e}"))),
+    };
+    let json = match scheme {
+        "jwe" => {
+            let private: Vec<_> = ring.private.iter().collect();
+            keyed(jwe::unwrap(&raw, &private), private.len())?
+        }
+        "pkcs7" => {
+            let private: Vec<_> = ring.private.iter().collect();
+            let certs: Vec<_> = ring.certs.iter().collect();
+            let pairs = if certs.is_empty() { 0 } else { private.len() };
+            keyed(pkcs7::unwrap(&raw, &certs, &private), pairs)?
+        }
+        "pgp" => {
+            let keys: Vec<_> = ring.pgp.iter().map(|(k, pw)| (k, pw.as_str())).collect();
+            keyed(pgp::unwrap(&raw, &keys), keys.len())?
+        }
+        s => match s.strip_prefix("provider.") {
+            Some(name) if ring.provider(name).is_some() => {
+                keyprovider::unwrap(ring.provider_config.as_ref(), name, &raw)
+                    .map_err(|e| Miss::Provider(format!("{scheme}: {e}")))?
+            }
+            Some(name) => {
+                return Err(Miss::NoKey(format!(
+                    "{scheme}: no keyprovider {name:?} is configured (${})",
+                    keyprovider::CONFIG_ENV
+                )));
+            }
+            None => {
+                return Err(Miss::NoKey(format!(
+                    "{scheme}: not a scheme lazycrypt knows"
+                )));
+            }
+        },
+    };
+    PrivateOptions::from_json(&json).map_err(|e| Miss::Malformed(format!("{at}: {e}")))
+}
+
+/// The error when no entry unwrapped: why, for each scheme, in the order
+/// tried. A layer some key could open had we held it is a missing key (as
+/// imgcrypt says); otherwise a failing provider or a malformed layer.
+fn none_unwrapped(layer: &str, ring: &KeyRing, misses: Vec<Miss>) -> Error {
+    let mut why: Vec<String> = Vec::new();
+    let (mut no_key, mut provider) = (false, false);
+    for m in misses {
+        let text = match m {
+            Miss::NoKey(t) => {
+                no_key = true;
+                t
+            }
+            Miss::Provider(t) => {
+                provider = true;
+                t
+            }
+            Miss::Malformed(t) => t,
+        };
+        if !why.contains(&text) {
+            why.push(text);
+        }
+    }
+    let why = why.join("; ");
+    let detail = if ring.is_empty() {
+        format!("layer {layer}: {why}")
     } else {
-        format!(
-            " (layer {layer} is wrapped with {}; none of the {} keys given unwraps it)",
-            schemes.join(", "),
-            ring.len()
-        )
-    }))
+        format!("layer {layer}: {NONE_FIT}: {why}")
+    };
+    if no_key {
+        Error::MissingKey(format!(" ({detail})"))
+    } else if provider {
+        Error::KeyProvider(detail)
+    } else {
+        Error::Malformed(detail)
+    }
 }
 
 /// The HMAC, checked at EOF, is what authenticates a layer. The private
@@ -182,4 +264,104 @@ pub fn layer_keys(
         .map_err(|e| Error::Malformed(format!("layer {layer}: {e}")))?;
     let opts = unwrap(annotations, ring, layer)?;
     Ok((opts, pubopts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::{PrivateKey, PublicKey};
+
+    fn p256() -> (PrivateKey, PublicKey) {
+        let k = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let public = PublicKey::P256(k.public_key());
+        (PrivateKey::P256(k), public)
+    }
+
+    fn opts() -> PrivateOptions {
+        PrivateOptions {
+            symkey: vec![7; 32],
+            digest: "sha256:00".into(),
+            cipheroptions: [("nonce".to_string(), vec![1; 16])].into(),
+        }
+    }
+
+    fn jwe_entry(to: &PublicKey) -> String {
+        B64.encode(jwe::wrap(std::slice::from_ref(to), &opts().to_json()).unwrap())
+    }
+
+    /// The variant decides what containerd is told (a missing key is
+    /// "permission denied"): it says whether a key we lack could open the layer.
+    #[test]
+    fn every_entry_is_tried_and_the_failure_is_classified_by_what_was_met() {
+        let (ours, our_pub) = p256();
+        let (_, their_pub) = p256();
+        let ring = KeyRing {
+            private: vec![ours],
+            ..Default::default()
+        };
+        let garbage = B64.encode("not json");
+        let jwe_key = format!("{KEYS_PREFIX}jwe");
+        let pkcs7_key = format!("{KEYS_PREFIX}pkcs7");
+        let ann = |pairs: &[(&str, String)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        };
+
+        // A garbage entry, then ours: ours opens.
+        let got = unwrap(
+            &ann(&[(&jwe_key, format!("{garbage},{}", jwe_entry(&our_pub)))]),
+            &ring,
+            "L",
+        )
+        .unwrap();
+        assert_eq!(got.symkey, vec![7; 32]);
+
+        // Only garbage: malformed, each reason on one line.
+        let e = unwrap(
+            &ann(&[(&jwe_key, garbage.clone()), (&pkcs7_key, garbage.clone())]),
+            &ring,
+            "L",
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Malformed(_)), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "layer L: {NONE_FIT}: {jwe_key} entry 0: jwe: not JSON"
+            )) && text.ends_with(&format!("; {pkcs7_key} entry 0: pkcs7: truncated"))
+                && !text.contains('\n'),
+            "{text}"
+        );
+
+        // Garbage beside an entry for someone else's key: a missing key.
+        let e = unwrap(
+            &ann(&[(&jwe_key, format!("{garbage},{}", jwe_entry(&their_pub)))]),
+            &ring,
+            "L",
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::MissingKey(_)), "{e}");
+        assert!(
+            e.to_string().ends_with(&format!(
+                "(layer L: {NONE_FIT}: {jwe_key} entry 0: jwe: not JSON: expected ident at line 1 column 2; jwe: none of the 1 keys of this kind given opens it)"
+            )),
+            "{e}"
+        );
+
+        // A provider the ring does not configure: a missing key, named.
+        let e = unwrap(
+            &ann(&[(&format!("{KEYS_PREFIX}provider.kms"), garbage)]),
+            &KeyRing::default(),
+            "L",
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::MissingKey(_)), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("(layer L: provider.kms: no keyprovider \"kms\" is configured ($OCICRYPT_KEYPROVIDER_CONFIG))"),
+            "{e}"
+        );
+    }
 }

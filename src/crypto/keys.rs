@@ -307,7 +307,9 @@ fn parse_pem_block(b: &PemBlock, password: Option<&str>) -> Result<KeyMaterial, 
             dek_info: None,
             der,
         };
-        return parse_pem_block(&plain, None);
+        // CBC padding lets one wrong password in 256 through: the key it
+        // yields does not parse.
+        return parse_pem_block(&plain, None).map_err(|_| wrong_password(&b.label));
     }
     match b.label.as_str() {
         "PRIVATE KEY" => parse_pkcs8(&b.der).map(KeyMaterial::Private),
@@ -373,7 +375,7 @@ fn legacy_decrypt(
         first = false;
     }
     key.truncate(key_len);
-    let wrong = || format!("{label}: wrong password for the encrypted private key");
+    let wrong = || wrong_password(label);
     let mut buf = Zeroizing::new(data.to_vec());
     let bad_params = |e: cbc::cipher::InvalidLength| format!("{label}: {e}");
     let n = match alg {
@@ -397,6 +399,10 @@ fn legacy_decrypt(
     .map_err(|_| wrong())?;
     buf.truncate(n);
     Ok(buf)
+}
+
+fn wrong_password(label: &str) -> String {
+    format!("{label}: wrong password for the encrypted private key")
 }
 
 fn parse_der(d: &[u8], password: Option<&str>) -> Result<KeyMaterial, String> {
@@ -443,10 +449,10 @@ fn decrypt_pkcs8(d: &[u8], password: Option<&str>) -> Result<PrivateKey, String>
     };
     let info = pkcs8::EncryptedPrivateKeyInfo::from_der(d)
         .map_err(|e| format!("ENCRYPTED PRIVATE KEY: {e}"))?;
-    let doc = info
-        .decrypt(pw)
-        .map_err(|_| "wrong password for the encrypted private key".to_string())?;
-    parse_pkcs8(doc.as_bytes())
+    let wrong = || "wrong password for the encrypted private key".to_string();
+    let doc = info.decrypt(pw).map_err(|_| wrong())?;
+    // CBC padding lets one wrong password in 256 through.
+    parse_pkcs8(doc.as_bytes()).map_err(|_| wrong())
 }
 
 fn parse_sec1(d: &[u8]) -> Result<PrivateKey, String> {
@@ -683,6 +689,34 @@ mod tests {
         assert_eq!(ka.password.as_deref().map(|p| p.as_str()), Some("hunter2"));
         assert!(!KeyArg::password_in_argv(&arg));
         assert!(KeyArg::password_in_argv("k.pem:pass=hunter2"));
+    }
+
+    /// CBC padding lets about one wrong password in 256 through; the
+    /// error must still say it is the password.
+    #[test]
+    fn every_wrong_password_is_called_wrong_even_past_the_padding() {
+        let d = tempfile::tempdir().unwrap();
+        let (plain, legacy) = (d.path().join("k.pem"), d.path().join("legacy.pem"));
+        write(&plain, private_pem().as_bytes(), 0o600);
+        let openssl = std::process::Command::new("openssl")
+            .args(["ec", "-aes128", "-passout", "pass:right", "-in"])
+            .arg(&plain)
+            .arg("-out")
+            .arg(&legacy)
+            .output()
+            .unwrap();
+        assert!(openssl.status.success(), "{openssl:?}");
+        let data = std::fs::read(&legacy).unwrap();
+        assert_eq!(parse_key_file(&data, Some("right")).map(|k| k.len()), Ok(1));
+        for i in 0..3000 {
+            let e = parse_key_file(&data, Some(&format!("wrong{i}")))
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                e, "EC PRIVATE KEY: wrong password for the encrypted private key",
+                "wrong{i}"
+            );
+        }
     }
 
     #[test]

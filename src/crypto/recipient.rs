@@ -1,10 +1,13 @@
 //! Who to encrypt to (`--recipient`), and the keys we hold to decrypt (`--key`).
 
+use std::path::Path;
+use std::time::Duration;
+
 use pgp::composed::{SignedPublicKey, SignedSecretKey};
 use zeroize::Zeroizing;
 
 use super::Error;
-use super::keyprovider::ProviderConfig;
+use super::keyprovider::{self, ProviderConfig};
 use super::keys::{Certificate, KeyArg, KeyMaterial, PrivateKey, PublicKey, ReadableKeys};
 
 /// One `--recipient SCHEME:VALUE`.
@@ -82,25 +85,75 @@ impl Recipient {
     }
 }
 
-/// The keys a decryption may use: `--key` files, a keys directory, keyproviders.
+/// How a ring's key files are checked and its keyproviders called.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyOptions {
+    /// Whether private key files may be readable by others.
+    pub readable_keys: ReadableKeys,
+    /// How long one keyprovider call may take.
+    pub provider_timeout: Duration,
+}
+
+impl Default for KeyOptions {
+    fn default() -> Self {
+        KeyOptions {
+            readable_keys: ReadableKeys::Refuse,
+            provider_timeout: keyprovider::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// The keys a decryption may use: `--key` files, a keys directory, and the
+/// keyproviders of `$OCICRYPT_KEYPROVIDER_CONFIG`.
 #[derive(Default)]
 pub struct KeyRing {
     pub private: Vec<PrivateKey>,
     pub certs: Vec<Certificate>,
     pub pgp: Vec<(SignedSecretKey, Zeroizing<String>)>,
-    /// Keyproviders that may be asked to unwrap (`--key provider:NAME`).
-    pub providers: Vec<String>,
+    /// Every keyprovider named here is asked to unwrap its own
+    /// `provider.NAME` entries, as ocicrypt asks every configured provider.
     pub provider_config: Option<ProviderConfig>,
     /// Whether `--key` files with private keys may be readable by others.
     pub readable_keys: ReadableKeys,
 }
 
 impl KeyRing {
-    /// Adds one `--key` argument: `FILE[:pass=…]` or `provider:NAME`.
+    /// The ring every command decrypts with (`decrypt`, `mount`,
+    /// `stream-decrypt`, `serve`…), so that they find the same keys:
+    /// the `--key` arguments `args`, the key files under `dir`, and every
+    /// keyprovider `$OCICRYPT_KEYPROVIDER_CONFIG` names.
+    pub fn load(args: &[String], dir: Option<&Path>, opts: KeyOptions) -> Result<KeyRing, Error> {
+        let mut ring = KeyRing {
+            provider_config: ProviderConfig::from_env()?.map(|mut c| {
+                c.timeout = opts.provider_timeout;
+                c
+            }),
+            readable_keys: opts.readable_keys,
+            ..Default::default()
+        };
+        for a in args {
+            // A password given inline is not repeated in the error.
+            let shown = a.split(":pass=").next().unwrap_or(a);
+            ring.add_arg(a).map_err(|e| match e {
+                Error::KeyProvider(m) => Error::KeyProvider(format!("--key {shown}: {m}")),
+                e => Error::BadKey(format!("--key {shown}: {e}")),
+            })?;
+        }
+        if let Some(d) = dir {
+            let none = Zeroizing::new(String::new());
+            for k in super::keys::load_dir(d, opts.readable_keys)? {
+                ring.add(k, &none);
+            }
+        }
+        Ok(ring)
+    }
+
+    /// Adds one `--key` argument: `FILE[:pass=…]` or `provider:NAME`. Every
+    /// configured provider is asked anyway; naming one checks it is configured.
     pub fn add_arg(&mut self, arg: &str) -> Result<(), Error> {
         if let Some(name) = arg.strip_prefix("provider:") {
-            self.providers
-                .push(name.split(':').next().unwrap_or(name).to_string());
+            let name = name.split(':').next().unwrap_or(name);
+            keyprovider::provider(self.provider_config.as_ref(), name)?;
             return Ok(());
         }
         let ka = KeyArg::parse(arg)?;
@@ -124,9 +177,19 @@ impl KeyRing {
         }
     }
 
+    /// The configured keyprovider called `name`, if any.
+    pub fn provider(&self, name: &str) -> Option<&keyprovider::Provider> {
+        self.provider_config.as_ref()?.providers.get(name)
+    }
+
     /// How many keys are held, for error messages.
     pub fn len(&self) -> usize {
-        self.private.len() + self.pgp.len() + self.providers.len()
+        self.private.len()
+            + self.pgp.len()
+            + self
+                .provider_config
+                .as_ref()
+                .map_or(0, |c| c.providers.len())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub diff_id_rate: Option<String>,
     /// Seconds after a layer's mount before its diff ID is checked.
     pub diff_id_delay: Option<u64>,
+    /// Seconds one keyprovider request may take (1 to 86400).
+    pub keyprovider_timeout: Option<u64>,
 }
 
 impl FileConfig {
@@ -93,6 +95,11 @@ mod tests {
         assert_eq!(
             FileConfig::load(&p, true).unwrap().allow_readable_keys,
             Some(true)
+        );
+        std::fs::write(&p, "keyprovider_timeout = 5\n").unwrap();
+        assert_eq!(
+            FileConfig::load(&p, true).unwrap().keyprovider_timeout,
+            Some(5)
         );
         assert!(FileConfig::load(&d.path().join("none"), false).is_ok());
         assert!(FileConfig::load(&d.path().join("none"), true).is_err());

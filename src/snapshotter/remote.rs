@@ -11,13 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use zeroize::Zeroizing;
-
 use super::error::{Error, Result};
 use super::meta::{DiffId, Remote};
 use crate::cache::chunks::{ChunkCache, Reservation};
 use crate::crypto::envelope::layer_keys;
-use crate::crypto::keyprovider::ProviderConfig;
 use crate::crypto::recipient::KeyRing;
 use crate::layer::index::Layer;
 use crate::layer::stream::sealed::Scratch;
@@ -78,8 +75,8 @@ pub fn named_layer(labels: &BTreeMap<String, String>) -> Option<Remote> {
 pub struct RemoteConfig {
     /// Directory of private keys (like ctd-decoder's `--decryption-keys-path`).
     pub keys_dir: PathBuf,
-    /// Whether private key files in `keys_dir` may be readable by others.
-    pub readable_keys: crate::crypto::keys::ReadableKeys,
+    /// How key files in `keys_dir` are checked and keyproviders called.
+    pub keys: crate::crypto::recipient::KeyOptions,
     /// Registries (`host[:port]`) reached over plain HTTP.
     pub plain_http: Vec<String>,
     /// containerd's `certs.d` directory: registry mirrors in `hosts.toml`.
@@ -105,7 +102,7 @@ impl RemoteConfig {
     pub(crate) fn for_tests(root: &Path) -> Self {
         RemoteConfig {
             keys_dir: root.join("keys"),
-            readable_keys: Default::default(),
+            keys: Default::default(),
             plain_http: Vec::new(),
             hosts_dir: None,
             cache_dir: root.join("blobs"),
@@ -223,23 +220,13 @@ impl Remotes {
     /// The node's keys as they are now (re-read each time: removing a key
     /// file must take effect for the next container).
     fn ring(&self) -> Result<KeyRing> {
-        let mut ring = KeyRing {
-            provider_config: ProviderConfig::from_env()
-                .map_err(|e| Error::internal(e.to_string()))?,
-            ..Default::default()
-        };
-        if self.config.keys_dir.exists() {
-            let keys =
-                crate::crypto::keys::load_dir(&self.config.keys_dir, self.config.readable_keys)
-                    .map_err(|e| {
-                        Error::internal(format!("keys in {}: {e}", self.config.keys_dir.display()))
-                    })?;
-            let none = Zeroizing::new(String::new());
-            for k in keys {
-                ring.add(k, &none);
+        let dir = &self.config.keys_dir;
+        KeyRing::load(&[], dir.exists().then_some(dir.as_path()), self.config.keys).map_err(|e| {
+            match e {
+                crate::crypto::Error::KeyProvider(m) => Error::internal(m),
+                e => Error::internal(format!("keys in {}: {e}", dir.display())),
             }
-        }
-        Ok(ring)
+        })
     }
 
     fn source(&self, image: &str) -> Result<Arc<dyn ImageSource>> {
@@ -741,7 +728,10 @@ mod tests {
             m.insert("stale".into(), stale);
             m.insert("fresh".into(), fresh);
             m.insert("failed".into(), (now, failed));
-            m.insert("under way".into(), (now - 2 * OPENED_AHEAD_TTL, Arc::default()));
+            m.insert(
+                "under way".into(),
+                (now - 2 * OPENED_AHEAD_TTL, Arc::default()),
+            );
         }
         r.expire_opened(now);
         let mut left: Vec<_> = lock(&r.opening).keys().cloned().collect();

@@ -61,6 +61,18 @@ impl Daemon {
         Self::spawn(dir, args, None, env)
     }
 
+    /// Starts `lazycrypt serve` with extra arguments and environment
+    /// variables naming paths, and waits for its socket.
+    pub fn start_with_env(dir: &Path, args: &[String], env: &[(&str, &Path)]) -> Daemon {
+        let env: Vec<(&str, Option<&str>)> = env
+            .iter()
+            .map(|(k, v)| (*k, Some(v.to_str().expect("a UTF-8 path"))))
+            .collect();
+        let mut d = Self::spawn(dir, args, None, &env);
+        d.wait_socket();
+        d
+    }
+
     fn spawn(
         dir: &Path,
         args: &[String],

@@ -43,6 +43,17 @@ fn drain(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
 /// Mounts `image` at `mnt` with state under `state`; `Err(stderr)` if the
 /// process ends before it reports the mount.
 pub fn mount(image: &str, mnt: &Path, state: &Path, args: &[&str]) -> Result<Mount, String> {
+    mount_with_env(image, mnt, state, args, &[])
+}
+
+/// [`mount`] with extra environment.
+pub fn mount_with_env(
+    image: &str,
+    mnt: &Path,
+    state: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> Result<Mount, String> {
     std::fs::create_dir_all(mnt).unwrap();
     let run_dir = state.join("run");
     let mut child = std::process::Command::new(BIN)
@@ -54,6 +65,7 @@ pub fn mount(image: &str, mnt: &Path, state: &Path, args: &[&str]) -> Result<Mou
         .args(args)
         .arg(image)
         .arg(mnt)
+        .envs(env.iter().copied())
         .env("TMPDIR", state.join("tmp"))
         .env(
             "LAZYCRYPT_LOG",
