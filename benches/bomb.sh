@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GIB=${1:-10}
 BUDGET=64M
-command -v openssl >/dev/null || { echo "missing openssl" >&2; exit 1; }
+for c in openssl skopeo; do
+  command -v "$c" >/dev/null || { echo "missing $c" >&2; exit 1; }
+done
 cargo build --release --quiet
 LC=$PWD/target/release/lazycrypt
 W=$(mktemp -d /tmp/lazycrypt-bomb.XXXXXX)
@@ -22,12 +24,19 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$W/src" "$MNT"
-# Sparse on disk: only its gzip stream is ever made.
-truncate -s "${GIB}G" "$W/src/zeros.bin"
+# Written out (a sparse file would become a sparse tar entry, which
+# lazycrypt refuses): the disk holds it until the image is built.
+head -c "${GIB}G" /dev/zero > "$W/src/zeros.bin"
 openssl genrsa -out "$W/key.pem" 2048 2>/dev/null
 openssl rsa -in "$W/key.pem" -pubout -out "$W/pub.pem" 2>/dev/null
-$LC build --layer "$W/src" "oci:$W/plain:v1" >/dev/null
+$LC build --no-gzip --layer "$W/src" "oci:$W/tar:v1" >/dev/null
+rm -rf "$W/src"
+# gzip -9: zeros deflate about 1000:1, so 10 GiB is a ~10 MiB blob.
+skopeo copy -q --dest-compress --dest-compress-format gzip --dest-compress-level 9 \
+  "oci:$W/tar:v1" "oci:$W/plain:v1"
+rm -rf "$W/tar"
 $LC encrypt -r "jwe:$W/pub.pem" "oci:$W/plain:v1" "oci:$W/enc:v1" >/dev/null
+rm -rf "$W/plain"
 blob=$(find "$W/enc/blobs" -type f -size +1M -printf '%s\n' | sort -n | tail -1)
 
 t0=$(date +%s.%N)
