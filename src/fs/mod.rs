@@ -256,6 +256,14 @@ fn listing<'a>(
     dots.chain(rest)
 }
 
+/// The bytes of every inode. Sizes are the image's word: a sum of lies
+/// must not overflow (a panic on a FUSE thread).
+fn total_size(tree: &Tree) -> u64 {
+    tree.inodes
+        .iter()
+        .fold(0u64, |t, i| t.saturating_add(i.size))
+}
+
 fn file_type(i: &Inode) -> FileType {
     match i.kind {
         Kind::Dir(_) => FileType::Directory,
@@ -433,12 +441,7 @@ impl Filesystem for LayerFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // Sizes are the image's word: a sum of lies must not overflow.
-        let bytes = self
-            .tree
-            .inodes
-            .iter()
-            .fold(0u64, |t, i| t.saturating_add(i.size));
+        let bytes = total_size(&self.tree);
         let files = self.tree.inodes.len() as u64;
         reply.statfs(bytes.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
     }
@@ -447,24 +450,36 @@ impl Filesystem for LayerFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::estargz::toc::TocEntry;
+    use crate::layer::index::Node;
 
-    /// `readdir` resumes where the kernel's offset says: `.` and `..` at
-    /// 1 and 2, then each entry at its position + 3.
-    #[test]
-    fn a_listing_resumes_at_the_kernels_offset() {
-        use crate::layer::estargz::toc::TocEntry;
-        let nodes: Vec<_> = ["b", "a", "c"]
+    /// A tree of regular files named `names`, each of `size` bytes.
+    fn files(names: &[&str], size: u64) -> Tree {
+        let nodes: Vec<_> = names
             .iter()
-            .map(|n| crate::layer::index::Node {
+            .map(|n| Node {
                 entry: TocEntry {
                     name: (*n).into(),
                     kind: "reg".into(),
+                    size,
                     ..Default::default()
                 },
                 extents: Vec::new(),
             })
             .collect();
-        let t = Tree::build(&nodes, "L");
+        Tree::build(&nodes, "L")
+    }
+
+    #[test]
+    fn sizes_that_sum_past_u64_saturate() {
+        assert_eq!(total_size(&files(&["a", "b"], u64::MAX - 1)), u64::MAX);
+    }
+
+    /// `readdir` resumes where the kernel's offset says: `.` and `..` at
+    /// 1 and 2, then each entry at its position + 3.
+    #[test]
+    fn a_listing_resumes_at_the_kernels_offset() {
+        let t = files(&["b", "a", "c"], 0);
         let Kind::Dir(root) = &t.inodes[0].kind else {
             panic!("the root is a directory")
         };
