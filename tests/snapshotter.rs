@@ -1334,6 +1334,21 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted() {
     let out = once_reconnected(|| run_rm(&ctd, &images[0], "fresh", &["cat", "/data/secret"]));
     assert!(out.contains(marker), "{out}");
 
+    // SIGTERM while the containers run: the daemon ends (their layers are
+    // in use, so it leaves them mounted for the next one), and the next
+    // daemon takes them over and serves the containers' reads.
+    daemon.stop();
+    daemon = Daemon::start_with(d.path(), &args);
+    for i in 0..2 {
+        let out = ok(&mut exec(
+            &format!("alive{i}"),
+            "after-sigterm",
+            &["/bin/busybox", "sha256sum", "/data/big2"],
+        ));
+        assert!(out.starts_with(&big2_sum), "{out}");
+    }
+    assert_eq!(fuse_mounts_under(&daemon.root), layers);
+
     // Once the containers are gone, SIGTERM unmounts everything and the
     // keeper leaves with it.
     for i in 0..2 {

@@ -34,6 +34,9 @@ fn start_prefetch(layer: &Arc<Layer>, cache: &Arc<ChunkCache>) {
     }
 }
 
+/// How long an unmount waits for the layer's FUSE session to end.
+const SESSION_END: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A layer's FUSE mount; unmounted by [`LayerMount::unmount`] or on drop.
 pub struct LayerMount {
     dir: PathBuf,
@@ -165,12 +168,40 @@ impl LayerMount {
         }
     }
 
-    /// Unmounts and waits for the FUSE threads to end.
+    /// Unmounts and waits for the FUSE threads to end. A layer in use by a
+    /// container stays mounted and served until the process ends (its
+    /// connection is the caller's to hand to the keeper).
     pub fn unmount(mut self) -> io::Result<()> {
-        self.take_down()
+        let r = self.take_down();
+        if r.is_err() {
+            self.leave_serving();
+        }
+        r
+    }
+
+    /// Lets the session's threads go on serving the mount for the rest of
+    /// the process: dropping the session would unmount it under the
+    /// container using it, and the next daemon could not take it over.
+    fn leave_serving(&mut self) {
+        if let Some(s) = self.session.take() {
+            std::mem::forget(s);
+        }
     }
 
     fn take_down(&mut self) -> io::Result<()> {
+        if self.session.is_none() {
+            return Ok(());
+        }
+        // A container's overlay holds the layer: unmounting would succeed,
+        // yet its FUSE connection would live on, served by no one once this
+        // process ends. It stays mounted and served, and the caller hands
+        // the connection to the keeper for the next daemon.
+        if sys::lower_of_an_overlay(&self.dir) {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("{} is in use by a container's overlay", self.dir.display()),
+            ));
+        }
         let Some(s) = self.session.take() else {
             return Ok(());
         };
@@ -179,7 +210,24 @@ impl LayerMount {
             // threads are left to serve it until the process ends.
             sys::unmount_idle(&self.dir)?;
         }
-        s.umount_and_join()
+        // The session ends when the kernel drops the connection; should
+        // anything else still hold it, its threads go on serving it and
+        // this returns, rather than wait forever.
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(s.umount_and_join());
+        });
+        match ended.recv_timeout(SESSION_END) {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{} is unmounted but its FUSE session did not end in {} s; it is left serving",
+                    self.dir.display(),
+                    SESSION_END.as_secs()
+                ),
+            )),
+        }
     }
 }
 
@@ -187,6 +235,7 @@ impl Drop for LayerMount {
     fn drop(&mut self) {
         if let Err(e) = self.take_down() {
             tracing::warn!("unmounting {}: {e}", self.dir.display());
+            self.leave_serving();
         }
     }
 }

@@ -149,6 +149,36 @@ pub fn unmount_under(dir: &Path) -> io::Result<()> {
     first.map_or(Ok(()), Err)
 }
 
+/// Whether `dir` is a lower layer of a mounted overlay (a container's
+/// rootfs). Such a mount is in use even though unmounting it succeeds:
+/// overlayfs holds a private copy, so the FUSE connection lives on, and
+/// must stay served (or handed to the next daemon), not dropped.
+pub fn lower_of_an_overlay(dir: &Path) -> bool {
+    mount_table()
+        .iter()
+        .any(|(_, opts)| names_as_lower(opts, dir))
+}
+
+/// Whether mount options `opts` name `dir` among an overlay's lower (or
+/// data-only) layers. containerd may give them relative to a common parent
+/// when the absolute list is too long: a relative one matches the end of
+/// `dir` (a false match only keeps a mount, never drops one in use).
+fn names_as_lower(opts: &str, dir: &Path) -> bool {
+    opts.split(',')
+        .filter_map(|o| o.split_once('='))
+        .filter(|(k, _)| k.starts_with("lowerdir") || k.starts_with("datadir"))
+        .flat_map(|(_, v)| v.split(':'))
+        .filter(|l| !l.is_empty())
+        .any(|l| {
+            let l = Path::new(l);
+            if l.is_absolute() {
+                l == dir
+            } else {
+                dir.ends_with(l)
+            }
+        })
+}
+
 /// Whether something is mounted at `target` with `needle` in its options
 /// (an overlay whose layers live under a given directory).
 pub fn mounted_with(target: &Path, needle: &str) -> bool {
@@ -232,4 +262,30 @@ pub fn is_mount_point(target: &Path) -> bool {
         return false;
     };
     a.dev() != b.dev() || a.ino() == b.ino()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overlays_lower_layers_are_found_absolute_or_relative() {
+        let dir = Path::new("/var/lib/lazycrypt/snapshots/12/fs");
+        let abs =
+            "rw,relatime,lowerdir=/var/lib/lazycrypt/snapshots/12/fs:/x/fs,upperdir=/u,workdir=/w";
+        assert!(names_as_lower(abs, dir));
+        assert!(names_as_lower("ro,lowerdir=snapshots/3/fs:12/fs", dir));
+        assert!(names_as_lower(
+            "ro,lowerdir+=/a,lowerdir+=/var/lib/lazycrypt/snapshots/12/fs",
+            dir
+        ));
+        assert!(!names_as_lower(
+            "rw,lowerdir=/var/lib/lazycrypt/snapshots/2/fs,upperdir=/var/lib/lazycrypt/snapshots/12/fs",
+            dir
+        ));
+        assert!(!names_as_lower(
+            "rw,lowerdir=/var/lib/lazycrypt/snapshots/12/fs2",
+            dir
+        ));
+    }
 }

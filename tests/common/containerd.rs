@@ -13,6 +13,8 @@ pub struct Daemon {
     pub root: PathBuf,
     pub socket: PathBuf,
     log: PathBuf,
+    /// Stopped or killed on purpose: what it left under its root is the
+    /// next daemon's, not this value's drop's, to clean up.
     crashed: bool,
 }
 
@@ -149,14 +151,32 @@ impl Daemon {
         self.crashed = true;
     }
 
-    /// SIGTERM, and waits for a clean exit.
+    /// SIGTERM, and waits for a clean exit; panics if there is none within
+    /// a minute (a shutdown that hangs is a failure, not a wait).
     pub fn stop(mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let st = c.wait().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let st = loop {
+                if let Some(st) = c.try_wait().unwrap() {
+                    break st;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!(
+                        "lazycrypt serve did not end within 60 s of SIGTERM:\n{}",
+                        self.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
             assert!(st.success(), "lazycrypt serve exited with {st}");
         }
+        // What a clean stop leaves (layers containers still use, and the
+        // keeper holding them) is the next daemon's, as after a crash.
+        self.crashed = true;
     }
 }
 
