@@ -93,6 +93,8 @@ pub struct RemoteConfig {
     /// The FUSE keeper's socket: layer mounts outlive a killed daemon and
     /// are taken over by the next one. None: they die with the daemon.
     pub keeper_socket: Option<PathBuf>,
+    /// How long registries may take.
+    pub registry_timeouts: crate::oci::retry::Timeouts,
 }
 
 /// The remote layers mounted by this daemon, by snapshot id.
@@ -213,6 +215,7 @@ impl Remotes {
         let opts = RegistryOptions {
             plain_http: self.config.plain_http.contains(&r.host),
             creds: None,
+            timeouts: self.config.registry_timeouts,
         };
         let src = crate::oci::mirrored::open(&r, self.config.hosts_dir.as_deref(), &opts).map_err(
             |e| {
