@@ -10,6 +10,7 @@ pub mod cli;
 pub mod containerd;
 pub mod convert;
 pub mod crypto;
+pub mod deadline;
 pub mod fs;
 pub mod layer;
 pub mod mount;

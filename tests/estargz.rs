@@ -237,7 +237,7 @@ fn lazy_reads_over_registry_range_requests_fetch_only_what_they_need() {
     let opts = lazycrypt::oci::transport::TransportOptions {
         registry: lazycrypt::oci::registry::RegistryOptions {
             plain_http: true,
-            creds: None,
+            ..Default::default()
         },
     };
     let source: Arc<dyn lazycrypt::oci::transport::ImageSource> =

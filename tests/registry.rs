@@ -413,6 +413,7 @@ fn a_mirror_gets_only_its_own_credentials() {
     pull(&RegistryOptions {
         plain_http: true,
         creds: Some("tester:s3cret".into()),
+        ..Default::default()
     });
     assert!(mirror.requests() > 0, "the mirror was tried");
     assert_eq!(
@@ -434,7 +435,7 @@ fn a_mirror_gets_only_its_own_credentials() {
     );
     pull(&RegistryOptions {
         plain_http: true,
-        creds: None,
+        ..Default::default()
     });
     assert!(
         mirror.requests() >= 2,

@@ -8,9 +8,11 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
+use super::batches::Batches;
 use super::bitmap::Bitmap;
+use crate::deadline;
 use crate::layer::source::{RangeSource, range_end};
 use crate::oci::digest::Digest;
 use crate::sync::{lock, wait};
@@ -20,8 +22,6 @@ pub const BLOCK: u64 = 16 << 10;
 /// Largest blob the cache takes: a descriptor's size is the image's word,
 /// and it sizes the block map (8 MiB at this limit) and the sparse file.
 pub const MAX_BLOB: u64 = 1 << 40;
-/// Tries of a range fetch before a read fails.
-const TRIES: u32 = 3;
 
 /// One blob, read through the disk cache.
 pub struct DiskRange {
@@ -31,6 +31,8 @@ pub struct DiskRange {
     map: File,
     present: Mutex<Bitmap>,
     flights: Flights,
+    /// Blocks fetched together, forgotten together.
+    batches: Mutex<Batches>,
     size: u64,
 }
 
@@ -85,6 +87,7 @@ impl DiskRange {
             map,
             present: Mutex::new(present),
             flights: Flights::default(),
+            batches: Mutex::default(),
             size,
         })
     }
@@ -114,11 +117,13 @@ impl DiskRange {
 
     /// Records every block as present (after a verified whole-blob read).
     pub fn mark_complete(&self) -> io::Result<()> {
+        lock(&self.batches).clear();
         self.mark(0, self.size.div_ceil(BLOCK))
     }
 
     /// Forgets every block: what is on disk failed verification.
     pub fn forget(&self) -> io::Result<()> {
+        lock(&self.batches).clear();
         self.assign(0, self.size.div_ceil(BLOCK), false)
     }
 
@@ -142,13 +147,16 @@ impl DiskRange {
     }
 
     /// Fetches the missing blocks of `[first, end)`. A fetch under way that
-    /// overlaps them (a prefetch, another reader) is waited for, not repeated.
+    /// overlaps them (a prefetch, another reader) is waited for, not
+    /// repeated, and its failure is this one's: the registry it failed on
+    /// has had its tries. The wait ends at this thread's deadline, if it has
+    /// one (a file read's).
     fn fetch(&self, mut first: u64, mut end: u64) -> io::Result<()> {
         let flight = loop {
             match self.flights.join(first, end) {
                 Ok(mine) => break mine,
                 Err(theirs) => {
-                    theirs.wait();
+                    theirs.wait(deadline::current())?;
                     match self.missing(first, end) {
                         Some((a, b)) => (first, end) = (a, b),
                         None => return Ok(()),
@@ -157,26 +165,18 @@ impl DiskRange {
             }
         };
         let r = self.fetch_now(first, end);
-        self.flights.land(flight);
+        self.flights.land(flight, &r);
         r
     }
 
+    /// One fetch: retrying is the source's job, which knows what may help
+    /// and how long its caller may wait.
     fn fetch_now(&self, first: u64, end: u64) -> io::Result<()> {
         let start = first * BLOCK;
         let stop = (end * BLOCK).min(self.size);
-        let mut attempt = 0;
-        let bytes = loop {
-            attempt += 1;
-            match self.inner.read_range(start, stop - start) {
-                Ok(b) => break b,
-                Err(e) if attempt < TRIES => {
-                    tracing::warn!("range fetch failed ({e}); retrying");
-                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let bytes = self.inner.read_range(start, stop - start)?;
         self.file.write_all_at(&bytes, start)?;
+        lock(&self.batches).add(first, end);
         self.mark(first, end)
     }
 }
@@ -185,17 +185,41 @@ impl DiskRange {
 #[derive(Default)]
 struct Flights(Mutex<Vec<(u64, u64, Arc<Landing>)>>);
 
+/// How a fetch ended: its error's kind and message when it failed.
+type Outcome = Result<(), (io::ErrorKind, String)>;
+
 #[derive(Default)]
 struct Landing {
-    done: Mutex<bool>,
+    done: Mutex<Option<Outcome>>,
     cv: Condvar,
 }
 
 impl Landing {
-    fn wait(&self) {
+    /// Waits for the fetch to end, until `deadline` at most; its failure is
+    /// returned as the waiter's.
+    fn wait(&self, deadline: Option<Instant>) -> io::Result<()> {
         let mut d = lock(&self.done);
-        while !*d {
-            d = wait(&self.cv, d);
+        loop {
+            if let Some(outcome) = &*d {
+                return outcome
+                    .clone()
+                    .map_err(|(kind, msg)| io::Error::new(kind, msg));
+            }
+            d = match deadline {
+                None => wait(&self.cv, d),
+                Some(t) => {
+                    let Some(left) = crate::deadline::left(t) else {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the read's deadline passed waiting for a fetch under way",
+                        ));
+                    };
+                    self.cv
+                        .wait_timeout(d, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
     }
 }
@@ -213,10 +237,13 @@ impl Flights {
         Ok(l)
     }
 
-    /// Ends a flight (landed or failed): its waiters look again.
-    fn land(&self, l: Arc<Landing>) {
+    /// Ends a flight (landed or failed): its waiters take its outcome.
+    fn land(&self, l: Arc<Landing>, r: &io::Result<()>) {
         lock(&self.0).retain(|(_, _, x)| !Arc::ptr_eq(x, &l));
-        *lock(&l.done) = true;
+        *lock(&l.done) = Some(match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err((e.kind(), e.to_string())),
+        });
         l.cv.notify_all();
     }
 }
@@ -255,7 +282,9 @@ impl RangeSource for DiskRange {
         if offset >= end {
             return Ok(());
         }
-        self.assign(offset / BLOCK, end.div_ceil(BLOCK), false)
+        // What came in the same answer as the bad bytes goes with them.
+        let (from, to) = lock(&self.batches).take(offset / BLOCK, end.div_ceil(BLOCK));
+        self.assign(from, to, false)
     }
 }
 
@@ -286,6 +315,8 @@ impl<R: Read> Read for Filling<R> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::layer::source::MemoryRange;
 
@@ -392,7 +423,11 @@ mod tests {
         let d = crate::oci::digest::of(&data);
         let src = Arc::new(MemoryRange::new(data.clone()));
         let c = DiskRange::open(dir.path(), &d, src.clone()).unwrap();
-        c.read_range(0, 100_000).unwrap();
+        // Block by block: each its own fetch.
+        for b in 0..100_000u64.div_ceil(BLOCK) {
+            c.prepare(b * BLOCK, BLOCK.min(100_000 - b * BLOCK))
+                .unwrap();
+        }
         let before = src.fetched();
         c.read_range(BLOCK + 5, 10).unwrap();
         assert_eq!(src.fetched(), before);
@@ -400,6 +435,32 @@ mod tests {
         assert!(!c.has(BLOCK, 1) && c.has(0, BLOCK) && c.has(2 * BLOCK, BLOCK));
         c.read_range(BLOCK + 5, 10).unwrap();
         assert_eq!(src.fetched(), before + BLOCK);
+    }
+
+    /// A chunk that fails its check takes the rest of the answer it came
+    /// in with it: the next reads of those fetch them again, rather than
+    /// each failing once on its own bad copy.
+    #[test]
+    fn a_forgotten_range_takes_the_rest_of_its_fetch_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(8 * BLOCK) as u32).map(|i| (i * 5) as u8).collect();
+        let d = crate::oci::digest::of(&data);
+        let src = Arc::new(MemoryRange::new(data.clone()));
+        let c = DiskRange::open(dir.path(), &d, src.clone()).unwrap();
+        c.prepare(0, 4 * BLOCK).unwrap();
+        c.prepare(4 * BLOCK, 4 * BLOCK).unwrap();
+        c.forget_range(BLOCK + 5, 10).unwrap();
+        assert!(
+            !c.has(0, 1) && !c.has(3 * BLOCK, 1),
+            "the whole first fetch"
+        );
+        assert!(c.has(4 * BLOCK, 4 * BLOCK), "not the next one");
+        let before = src.fetched();
+        assert_eq!(
+            c.read_range(0, 4 * BLOCK).unwrap(),
+            data[..4 * BLOCK as usize]
+        );
+        assert_eq!(src.fetched(), before + 4 * BLOCK);
     }
 
     /// A source whose first read waits until the test lets it go.

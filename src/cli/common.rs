@@ -41,6 +41,7 @@ impl TransportArgs {
             registry: RegistryOptions {
                 plain_http: self.plain_http,
                 creds: self.creds.clone(),
+                ..Default::default()
             },
         }
     }

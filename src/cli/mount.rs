@@ -16,6 +16,7 @@ use crate::mount::open::OpenOptions;
 use crate::mount::session::{MountSpec, clean_stale, mount};
 use crate::oci::image::Image;
 use crate::oci::platform::Platform;
+use crate::oci::retry::Timeouts;
 use crate::oci::transport::{ImageSource, open_source};
 
 #[derive(ClapArgs)]
@@ -60,10 +61,67 @@ pub struct Args {
     pub platform: Option<String>,
     #[command(flatten)]
     pub transport: TransportArgs,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
     /// The image: oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST].
     pub image: String,
     /// An existing empty directory.
     pub mountpoint: PathBuf,
+}
+
+/// How long registries may take (`mount` and `serve`).
+#[derive(ClapArgs, Clone, Copy, Default)]
+pub struct TimeoutArgs {
+    /// Seconds a registry request whose answer has a bounded size (a
+    /// manifest, a token, a range of a blob) may take, retries included. A
+    /// file read waiting on the registry fails with EIO after this long
+    /// [default: 30].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub registry_timeout: Option<u64>,
+    /// Seconds a registry may stay silent in the middle of a request before
+    /// the try fails (and another follows while the request has time); a
+    /// whole-blob download must also bring 64 KiB in each such stretch
+    /// [default: 15].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub registry_read_timeout: Option<u64>,
+    /// Seconds connecting to a registry may take, TLS included [default: 10].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub registry_connect_timeout: Option<u64>,
+}
+
+impl TimeoutArgs {
+    /// These flags where given, else `fallback`'s (a configuration file's
+    /// fields), else the defaults. A field of 0 is refused, naming it.
+    pub fn timeouts(self, fallback: TimeoutArgs) -> Result<Timeouts> {
+        let d = Timeouts::default();
+        let pick = |name: &str, flag: Option<u64>, file: Option<u64>, default: Duration| match flag
+            .or(file)
+        {
+            Some(0) => bail!("{name} must be at least 1 second"),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(default),
+        };
+        Ok(Timeouts {
+            request: pick(
+                "registry_timeout",
+                self.registry_timeout,
+                fallback.registry_timeout,
+                d.request,
+            )?,
+            read: pick(
+                "registry_read_timeout",
+                self.registry_read_timeout,
+                fallback.registry_read_timeout,
+                d.read,
+            )?,
+            connect: pick(
+                "registry_connect_timeout",
+                self.registry_connect_timeout,
+                fallback.registry_connect_timeout,
+                d.connect,
+            )?,
+        })
+    }
 }
 
 #[derive(ClapArgs)]
@@ -150,7 +208,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
     let r = image_ref(&a.image)?;
-    let src: Arc<dyn ImageSource> = Arc::from(open_source(&r, &a.transport.options())?);
+    let mut transport = a.transport.options();
+    transport.registry.timeouts = a.timeouts.timeouts(TimeoutArgs::default())?;
+    let src: Arc<dyn ImageSource> = Arc::from(open_source(&r, &transport)?);
     let image = Image::load(src.as_ref(), &a.image)?;
     let want = match &a.platform {
         Some(p) => Platform::parse(p)?,

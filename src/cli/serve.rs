@@ -78,6 +78,8 @@ pub struct Args {
     /// container's start has the link to itself [default: 5].
     #[arg(long, value_name = "SECONDS")]
     pub diff_id_delay: Option<u64>,
+    #[command(flatten)]
+    pub timeouts: super::mount::TimeoutArgs,
 }
 
 /// `0` (no limit) or a size.
@@ -166,6 +168,14 @@ pub fn run(a: Args) -> Result<()> {
             )?)
             .unwrap_or(ReadAhead::Auto),
         keeper_socket: Some(root.join("fuse-keeper.sock")),
+        registry_timeouts: a
+            .timeouts
+            .timeouts(super::mount::TimeoutArgs {
+                registry_timeout: file.registry_timeout,
+                registry_read_timeout: file.registry_read_timeout,
+                registry_connect_timeout: file.registry_connect_timeout,
+            })
+            .context("config")?,
     };
     let upper = UpperConfig {
         tmpfs: a.upper.or(file.upper).as_deref() != Some("disk"),

@@ -358,6 +358,9 @@ impl Filesystem for LayerFs {
         match self.inode(ino).map(|i| &i.kind) {
             Ok(Kind::File(node)) => {
                 let started = std::time::Instant::now();
+                // Whatever this read asks of the registry shares one
+                // deadline: a stalled registry fails it with EIO in time.
+                let _budget = crate::deadline::budget();
                 self.read_file(ino.0, *node, offset, size, reply);
                 latency::READS.observe(started.elapsed());
             }

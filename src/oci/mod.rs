@@ -13,6 +13,7 @@ pub mod mirrored;
 pub mod platform;
 pub mod reference;
 pub mod registry;
+pub mod retry;
 pub mod transport;
 
 pub use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};

@@ -6,15 +6,16 @@
 
 use std::io::{self, Read};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use ureq::http::{self, Response};
 
 use super::auth::{self, Header, Origin, Secret};
 use super::digest::{self, Digest};
 use super::reference::RegistryRef;
+use super::retry::{Limit, Paced, Timeouts, TryError, retry_after, retrying, transient};
 use super::transport::{ImageDest, ImageSource, RawManifest};
 use super::{Descriptor, Error, MAX_MANIFEST, media};
+use crate::deadline;
 
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +25,8 @@ pub struct RegistryOptions {
     /// `USER[:PASSWORD]` for the registry's own host, overriding the auth
     /// files (never sent to its mirrors).
     pub creds: Option<String>,
+    /// How long the registry may take.
+    pub timeouts: Timeouts,
 }
 
 /// A repository on a registry, reached at one endpoint (the registry or a
@@ -38,10 +41,10 @@ pub struct Registry {
     headers: Vec<Header>,
     /// The `Authorization` value that last worked.
     auth: Mutex<Option<Secret>>,
+    timeouts: Timeouts,
 }
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
-const TRIES: u32 = 4;
 const MAX_REDIRECTS: u32 = 10;
 
 enum Body<'a> {
@@ -60,6 +63,8 @@ struct Bound<'a> {
 enum Failure {
     Net(ureq::Error),
     Request(String),
+    /// The request's deadline passed before it was sent.
+    OutOfTime,
 }
 
 impl Registry {
@@ -86,7 +91,9 @@ impl Registry {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
-            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_connect(Some(opts.timeouts.connect))
+            .timeout_per_read(Some(opts.timeouts.read))
+            .timeout_per_write(Some(opts.timeouts.read))
             .user_agent(concat!("lazycrypt/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
@@ -104,6 +111,7 @@ impl Registry {
             basic,
             headers,
             auth: Mutex::new(None),
+            timeouts: opts.timeouts,
         })
     }
 
@@ -128,6 +136,7 @@ impl Registry {
         extra: &[(&str, &str)],
         bound: &Bound<'_>,
         body: &mut Body<'_>,
+        limit: Limit,
     ) -> Result<(Response<ureq::Body>, bool), Failure> {
         let follow = matches!(method, "GET" | "HEAD");
         let mut url = url.to_string();
@@ -147,13 +156,12 @@ impl Registry {
             // Not the URL: a redirect's may carry a signature.
             let bad = |e: http::Error| Failure::Request(format!("request: {e}"));
             let res = match body {
-                Body::Empty => self.agent.run(b.body(()).map_err(bad)?),
-                Body::Bytes(bytes) => self.agent.run(b.body(*bytes).map_err(bad)?),
-                Body::Stream(r) => self
-                    .agent
-                    .run(b.body(ureq::SendBody::from_reader(*r)).map_err(bad)?),
-            }
-            .map_err(Failure::Net)?;
+                Body::Empty => self.run(b.body(()).map_err(bad)?, limit),
+                Body::Bytes(bytes) => self.run(b.body(*bytes).map_err(bad)?, limit),
+                Body::Stream(r) => {
+                    self.run(b.body(ureq::SendBody::from_reader(*r)).map_err(bad)?, limit)
+                }
+            }?;
             let status = res.status().as_u16();
             if !follow || !matches!(status, 301 | 302 | 303 | 307 | 308) {
                 return Ok((res, ours));
@@ -173,20 +181,71 @@ impl Registry {
         }
     }
 
-    /// Sends a request, authenticating on 401 and retrying transient failures.
+    /// Runs one HTTP exchange within `limit`.
+    fn run<S: ureq::AsSendBody>(
+        &self,
+        req: http::Request<S>,
+        limit: Limit,
+    ) -> Result<Response<ureq::Body>, Failure> {
+        let left = deadline::left(limit.at()).ok_or(Failure::OutOfTime)?;
+        let req = self.agent.configure_request(req);
+        let req = match limit {
+            Limit::Whole(_) => req.timeout_global(Some(left)),
+            Limit::Headers(_) => req
+                .timeout_connect(Some(left.min(self.timeouts.connect)))
+                .timeout_recv_response(Some(left)),
+        }
+        .build();
+        self.agent.run(req).map_err(Failure::Net)
+    }
+
+    /// The limit of a request whose answer has a bounded size: the open
+    /// budget's deadline (a file read's), or [`Timeouts::request`].
+    fn whole(&self) -> Limit {
+        Limit::Whole(deadline::within(self.timeouts.request))
+    }
+
+    /// Sends a request, authenticating on 401, and retries what may succeed
+    /// on another try (the network, 5xx, 429) while `limit` has time.
     fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+        what: &str,
+        limit: Limit,
+    ) -> Result<Response<ureq::Body>, Error> {
+        if matches!(body, Body::Stream(_)) {
+            // A stream cannot be sent twice: one try.
+            return self
+                .send_once(method, url, headers, body, what, limit)
+                .map_err(|e| match e {
+                    TryError::Again { error, .. } | TryError::Fatal(error) => error,
+                });
+        }
+        retrying(what, limit, &self.timeouts, || {
+            let body = match &body {
+                Body::Bytes(b) => Body::Bytes(b),
+                _ => Body::Empty,
+            };
+            self.send_once(method, url, headers, body, what, limit)
+        })
+    }
+
+    /// One try of a request: authenticates on 401 and sends it again.
+    fn send_once(
         &self,
         method: &str,
         url: &str,
         headers: &[(&str, &str)],
         mut body: Body<'_>,
         what: &str,
-    ) -> Result<Response<ureq::Body>, Error> {
+        limit: Limit,
+    ) -> Result<Response<ureq::Body>, TryError> {
         let replayable = !matches!(body, Body::Stream(_));
         let mut authed = false;
-        let mut attempt = 0;
         loop {
-            attempt += 1;
             let auth = self.auth.lock().expect("lock").clone();
             let mut bound = Bound {
                 origin: &self.origin,
@@ -201,43 +260,52 @@ impl Registry {
             if let Some(a) = &auth {
                 bound.headers.push(("Authorization", a.expose()));
             }
-            let res = self.exchange(method, url, headers, &bound, &mut body);
+            let res = self.exchange(method, url, headers, &bound, &mut body, limit);
             let (res, ours) = match res {
                 Ok(r) => r,
-                Err(Failure::Net(e)) if replayable && attempt < TRIES && transient(&e) => {
-                    tracing::warn!("{what}: {e}; retrying");
-                    backoff(attempt);
-                    continue;
+                Err(Failure::Net(e)) if transient(&e) => {
+                    return Err(TryError::Again {
+                        error: Error::Registry(format!("{what}: {e}")),
+                        after: None,
+                    });
                 }
                 Err(Failure::Net(e)) if self.base.starts_with("https") && tls_failure(&e) => {
-                    return Err(Error::Registry(format!(
+                    return Err(TryError::Fatal(Error::Registry(format!(
                         "{what}: TLS failed ({e}); if this registry speaks plain HTTP, use --plain-http"
-                    )));
+                    ))));
                 }
-                Err(Failure::Net(e)) => return Err(Error::Registry(format!("{what}: {e}"))),
-                Err(Failure::Request(e)) => return Err(Error::Registry(format!("{what}: {e}"))),
+                Err(Failure::Net(e)) => {
+                    return Err(Error::Registry(format!("{what}: {e}")).into());
+                }
+                Err(Failure::Request(e)) => {
+                    return Err(Error::Registry(format!("{what}: {e}")).into());
+                }
+                Err(Failure::OutOfTime) => {
+                    return Err(limit.left(what, &self.timeouts).unwrap_err().into());
+                }
             };
             let status = res.status().as_u16();
             // A challenge from elsewhere (a redirect's target) is not ours to answer.
             if status == 401 && !authed && ours {
                 let challenge = header(&res, "www-authenticate").unwrap_or_default();
-                self.authenticate(&challenge, what)?;
+                self.authenticate(&challenge, what, limit)?;
                 authed = true;
                 if replayable {
                     continue;
                 }
             }
-            if replayable && (status >= 500 || status == 429) && attempt < TRIES {
-                tracing::warn!("{what}: HTTP {status}; retrying");
-                backoff(attempt);
-                continue;
+            if replayable && (status >= 500 || status == 429) {
+                return Err(TryError::Again {
+                    after: retry_after(header(&res, "retry-after").as_deref()),
+                    error: self.check(res, what, &[]).unwrap_err(),
+                });
             }
             return Ok(res);
         }
     }
 
     /// Answers a `WWW-Authenticate` challenge (Basic or Bearer token).
-    fn authenticate(&self, challenge: &str, what: &str) -> Result<(), Error> {
+    fn authenticate(&self, challenge: &str, what: &str, limit: Limit) -> Result<(), Error> {
         let (scheme, params) = parse_challenge(challenge);
         let value = match scheme.to_ascii_lowercase().as_str() {
             "basic" => match &self.basic {
@@ -292,11 +360,12 @@ impl Registry {
                         .collect(),
                 };
                 let (mut res, _) = self
-                    .exchange("GET", &url, &[], &bound, &mut Body::Empty)
+                    .exchange("GET", &url, &[], &bound, &mut Body::Empty, limit)
                     .map_err(|e| {
                         let e = match e {
                             Failure::Net(e) => e.to_string(),
                             Failure::Request(e) => e,
+                            Failure::OutOfTime => "out of time".to_string(),
                         };
                         Error::Registry(format!("{what}: token request to {realm}: {e}"))
                     })?;
@@ -341,12 +410,13 @@ impl Registry {
         if ok.contains(&status.as_u16()) {
             return Ok(res);
         }
-        let body = res
-            .body_mut()
-            .with_config()
-            .limit(64 << 10)
-            .read_to_string()
-            .unwrap_or_default();
+        let mut body = String::new();
+        // Only for detail: a registry that trickles it gets cut short.
+        let _ = Paced::new(
+            res.body_mut().with_config().limit(64 << 10).reader(),
+            self.timeouts.read,
+        )
+        .read_to_string(&mut body);
         let detail = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| {
@@ -373,21 +443,26 @@ impl Registry {
     fn get_manifest(&self, reference: &str, expect: Option<&Digest>) -> Result<RawManifest, Error> {
         let path = format!("manifests/{reference}");
         let what = self.what("GET", &path);
-        let res = self.send(
-            "GET",
-            &self.url(&path),
-            &[("Accept", MANIFEST_ACCEPT)],
-            Body::Empty,
-            &what,
-        )?;
-        let mut res = self.check(res, &what, &[200])?;
-        let ct = header(&res, "content-type").unwrap_or_default();
-        let bytes = res
-            .body_mut()
-            .with_config()
-            .limit(MAX_MANIFEST)
-            .read_to_vec()
-            .map_err(|e| Error::Registry(format!("{what}: {e}")))?;
+        let limit = self.whole();
+        let (ct, bytes) = retrying(&what, limit, &self.timeouts, || {
+            let res = self.send_once(
+                "GET",
+                &self.url(&path),
+                &[("Accept", MANIFEST_ACCEPT)],
+                Body::Empty,
+                &what,
+                limit,
+            )?;
+            let mut res = self.check(res, &what, &[200])?;
+            let ct = header(&res, "content-type").unwrap_or_default();
+            let bytes = res
+                .body_mut()
+                .with_config()
+                .limit(MAX_MANIFEST)
+                .read_to_vec()
+                .map_err(|e| body_failure(&what, e))?;
+            Ok((ct, bytes))
+        })?;
         let d = digest::of(&bytes);
         if let Some(want) = expect
             && &d != want
@@ -428,48 +503,92 @@ impl ImageSource for Registry {
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, Error> {
         let path = format!("blobs/{}", desc.digest());
         let what = self.what("GET", &path);
-        let res = self.send("GET", &self.url(&path), &[], Body::Empty, &what)?;
+        // However long the blob, its answer starts in time and keeps moving.
+        let limit = Limit::Headers(deadline::within(self.timeouts.request));
+        let res = self.send("GET", &self.url(&path), &[], Body::Empty, &what, limit)?;
         let res = self.check(res, &what, &[200])?;
-        let reader = res.into_body().into_reader();
+        let reader = Paced::new(res.into_body().into_reader(), self.timeouts.read);
         Ok(Box::new(ErrorContext {
             inner: reader,
             what,
         }))
     }
 
+    /// Retried (a reset, a short or misplaced answer) until the request's
+    /// deadline, which is a file read's when one is waiting on it.
     fn blob_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
         let path = format!("blobs/{}", desc.digest());
         let what = self.what("GET", &path);
         if len == 0 {
             return Ok(Vec::new());
         }
-        let range = format!("bytes={offset}-{}", offset + len - 1);
-        let res = self.send(
-            "GET",
-            &self.url(&path),
-            &[("Range", &range)],
-            Body::Empty,
-            &what,
-        )?;
-        let res = self.check(res, &what, &[200, 206])?;
-        let whole = res.status().as_u16() == 200;
-        let mut r = res.into_body().into_reader();
-        if whole {
-            // The server ignored Range: skip to the offset.
-            io::copy(&mut (&mut r).take(offset), &mut io::sink())
-                .map_err(|e| Error::io(what.clone(), e))?;
-        }
-        let mut buf = Vec::with_capacity(len as usize);
-        r.take(len)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io(what.clone(), e))?;
-        if buf.len() as u64 != len {
-            return Err(Error::Registry(format!(
-                "{what}: short range read: {} of {len} bytes at {offset}",
-                buf.len()
-            )));
-        }
-        Ok(buf)
+        let last = offset
+            .checked_add(len - 1)
+            .ok_or_else(|| Error::Malformed(format!("{what}: range past 2^64")))?;
+        let range = format!("bytes={offset}-{last}");
+        let limit = self.whole();
+        retrying(&what, limit, &self.timeouts, || {
+            let res = self.send_once(
+                "GET",
+                &self.url(&path),
+                &[("Range", &range)],
+                Body::Empty,
+                &what,
+                limit,
+            )?;
+            let res = self.check(res, &what, &[200, 206])?;
+            let skip = if res.status().as_u16() == 206 {
+                let answered = header(&res, "content-range");
+                range_skip(answered.as_deref(), offset, last).ok_or_else(|| TryError::Again {
+                    error: Error::Registry(format!(
+                        "{what}: answered Content-Range {:?} to a request for bytes {offset}-{last}",
+                        answered.unwrap_or_default()
+                    )),
+                    after: None,
+                })?
+            } else {
+                // The server ignored Range: skip to the offset.
+                offset
+            };
+            let mut r = res.into_body().into_reader();
+            io::copy(&mut (&mut r).take(skip), &mut io::sink())
+                .map_err(|e| body_failure(&what, e.into()))?;
+            let mut buf = Vec::with_capacity(len.min(16 << 20) as usize);
+            r.take(len)
+                .read_to_end(&mut buf)
+                .map_err(|e| body_failure(&what, e.into()))?;
+            if buf.len() as u64 != len {
+                return Err(TryError::Again {
+                    error: Error::Registry(format!(
+                        "{what}: short range read: {} of {len} bytes at {offset}",
+                        buf.len()
+                    )),
+                    after: None,
+                });
+            }
+            Ok(buf)
+        })
+    }
+}
+
+/// Where the bytes `[offset, last]` asked for start in a 206 answer whose
+/// `Content-Range` is `answered`: `None` unless it covers them.
+fn range_skip(answered: Option<&str>, offset: u64, last: u64) -> Option<u64> {
+    let spec = answered?.trim().strip_prefix("bytes ")?;
+    let (span, _total) = spec.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a <= offset && last <= b).then(|| offset - a)
+}
+
+/// A failure reading an answer's body: another try if the connection
+/// failed (a reset, a stall, a cut), else for good.
+fn body_failure(what: &str, e: ureq::Error) -> TryError {
+    let error = Error::Registry(format!("{what}: {e}"));
+    if transient(&e) {
+        TryError::Again { error, after: None }
+    } else {
+        TryError::Fatal(error)
     }
 }
 
@@ -477,7 +596,14 @@ impl ImageDest for Registry {
     fn has_blob(&self, d: &Digest) -> Result<bool, Error> {
         let path = format!("blobs/{d}");
         let what = self.what("HEAD", &path);
-        let res = self.send("HEAD", &self.url(&path), &[], Body::Empty, &what)?;
+        let res = self.send(
+            "HEAD",
+            &self.url(&path),
+            &[],
+            Body::Empty,
+            &what,
+            self.whole(),
+        )?;
         match res.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
@@ -493,6 +619,7 @@ impl ImageDest for Registry {
             &[("Content-Length", "0")],
             Body::Empty,
             &what,
+            self.whole(),
         )?;
         let res = self.check(res, &what, &[202])?;
         let loc = self.location(&res, &what)?;
@@ -505,6 +632,8 @@ impl ImageDest for Registry {
             &[("Content-Type", "application/octet-stream")],
             Body::Stream(&mut hashing),
             &what,
+            // However long the blob: each write is held to the read timeout.
+            Limit::Headers(deadline::within(self.timeouts.request)),
         );
         // A failing source (say, an HMAC mismatch at EOF) surfaces as a send error: report the source's.
         if let Some(e) = hashing.error.take() {
@@ -517,7 +646,14 @@ impl ImageDest for Registry {
         let what = self.what("PUT", "blobs/uploads/…");
         let sep = if loc.contains('?') { '&' } else { '?' };
         let url = format!("{loc}{sep}digest={}", urlencode(d.as_ref()));
-        let res = self.send("PUT", &url, &[("Content-Length", "0")], Body::Empty, &what)?;
+        let res = self.send(
+            "PUT",
+            &url,
+            &[("Content-Length", "0")],
+            Body::Empty,
+            &what,
+            self.whole(),
+        )?;
         self.check(res, &what, &[201, 204])?;
         Ok((d, n))
     }
@@ -554,6 +690,7 @@ impl Registry {
             &[("Content-Type", &m.media_type)],
             Body::Bytes(&m.bytes),
             &what,
+            self.whole(),
         )?;
         self.check(res, &what, &[200, 201, 202])?;
         Ok(())
@@ -630,25 +767,6 @@ impl<R: Read> Read for ErrorContext<R> {
     }
 }
 
-/// Failures worth another try: the connection, not the conversation.
-fn transient(e: &ureq::Error) -> bool {
-    use io::ErrorKind::*;
-    match e {
-        ureq::Error::Io(io) => matches!(
-            io.kind(),
-            ConnectionRefused
-                | ConnectionReset
-                | ConnectionAborted
-                | TimedOut
-                | UnexpectedEof
-                | BrokenPipe
-                | Interrupted
-        ),
-        ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed => true,
-        _ => false,
-    }
-}
-
 /// A TLS handshake that failed, typically against a plain-HTTP registry.
 fn tls_failure(e: &ureq::Error) -> bool {
     match e {
@@ -656,12 +774,6 @@ fn tls_failure(e: &ureq::Error) -> bool {
         ureq::Error::Io(io) => io.kind() == io::ErrorKind::InvalidData,
         _ => false,
     }
-}
-
-fn backoff(attempt: u32) {
-    std::thread::sleep(Duration::from_millis(
-        100 * 4u64.pow(attempt.saturating_sub(1)),
-    ));
 }
 
 fn header(res: &Response<ureq::Body>, name: &str) -> Option<String> {

@@ -38,6 +38,14 @@ pub struct FileConfig {
     pub diff_id_delay: Option<u64>,
     /// Seconds one keyprovider request may take (1 to 86400).
     pub keyprovider_timeout: Option<u64>,
+    /// Seconds a registry request with an answer of bounded size may take,
+    /// retries included; a file read waiting on the registry fails with
+    /// EIO after this long.
+    pub registry_timeout: Option<u64>,
+    /// Seconds a registry may stay silent in the middle of a request.
+    pub registry_read_timeout: Option<u64>,
+    /// Seconds connecting to a registry may take, TLS included.
+    pub registry_connect_timeout: Option<u64>,
 }
 
 impl FileConfig {
@@ -96,10 +104,19 @@ mod tests {
             FileConfig::load(&p, true).unwrap().allow_readable_keys,
             Some(true)
         );
-        std::fs::write(&p, "keyprovider_timeout = 5\n").unwrap();
+        std::fs::write(
+            &p,
+            "keyprovider_timeout = 5\nregistry_timeout = 5\nregistry_read_timeout = 2\n",
+        )
+        .unwrap();
+        let c = FileConfig::load(&p, true).unwrap();
         assert_eq!(
-            FileConfig::load(&p, true).unwrap().keyprovider_timeout,
-            Some(5)
+            (
+                c.keyprovider_timeout,
+                c.registry_timeout,
+                c.registry_read_timeout
+            ),
+            (Some(5), Some(5), Some(2))
         );
         assert!(FileConfig::load(&d.path().join("none"), false).is_ok());
         assert!(FileConfig::load(&d.path().join("none"), true).is_err());

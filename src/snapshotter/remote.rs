@@ -94,6 +94,8 @@ pub struct RemoteConfig {
     /// The FUSE keeper's socket: layer mounts outlive a killed daemon and
     /// are taken over by the next one. None: they die with the daemon.
     pub keeper_socket: Option<PathBuf>,
+    /// How long registries may take.
+    pub registry_timeouts: crate::oci::retry::Timeouts,
 }
 
 #[cfg(test)]
@@ -111,6 +113,7 @@ impl RemoteConfig {
             allow_unverified_lazy: false,
             read_ahead: crate::fs::ReadAhead::Auto,
             keeper_socket: None,
+            registry_timeouts: Default::default(),
         }
     }
 }
@@ -235,6 +238,7 @@ impl Remotes {
         let opts = RegistryOptions {
             plain_http: self.config.plain_http.contains(&r.host),
             creds: None,
+            timeouts: self.config.registry_timeouts,
         };
         let src = crate::oci::mirrored::open(&r, self.config.hosts_dir.as_deref(), &opts).map_err(
             |e| {

@@ -5,6 +5,7 @@
 pub mod auth_proxy;
 pub mod containerd;
 pub mod data;
+pub mod faults;
 pub mod mounts;
 
 #[allow(unused_imports)]
