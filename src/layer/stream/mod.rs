@@ -128,6 +128,9 @@ fn walk<R: Read>(r: ChunkHasher<R>, what: &str) -> io::Result<(Vec<Node>, ChunkH
     let wrap = |e: io::Error| bad(what, walk_error(e).to_string());
     let mut archive = tar::Archive::new(Source(r));
     let mut nodes = Vec::new();
+    // Regular files as (node, stream offset, size): their extents are made
+    // once the stream has shown it holds them, never from a header's word.
+    let mut files = Vec::new();
     let mut pending = Pending::default();
     for entry in archive.entries().map_err(wrap)?.raw(true) {
         let mut e = entry.map_err(wrap)?;
@@ -142,15 +145,25 @@ fn walk<R: Read>(r: ChunkHasher<R>, what: &str) -> io::Result<(Vec<Node>, ChunkH
         if te.name.is_empty() {
             continue;
         }
-        let extents = if te.kind == "reg" {
-            stream_extents(e.raw_file_position(), te.size, CHUNK)
-        } else {
-            Vec::new()
-        };
-        nodes.push(Node { entry: te, extents });
+        if te.kind == "reg" {
+            files.push((nodes.len(), e.raw_file_position(), te.size));
+        }
+        nodes.push(Node {
+            entry: te,
+            extents: Vec::new(),
+        });
     }
     let mut r = archive.into_inner().into_inner();
     io::copy(&mut r, &mut io::sink()).map_err(|e| bad(what, e.to_string()))?;
+    for (i, at, size) in files {
+        if at.checked_add(size).is_none_or(|end| end > r.at) {
+            return Err(bad(
+                what,
+                format!("tar: entry {i} lies past the stream's end"),
+            ));
+        }
+        nodes[i].extents = stream_extents(at, size, CHUNK);
+    }
     Ok((nodes, r))
 }
 
@@ -422,6 +435,34 @@ mod tests {
             .unwrap()
             .to_string();
         assert_eq!(e, "layer L: tar: an entry header is malformed");
+    }
+
+    /// A tar header claiming 2^62 bytes of a file the stream does not hold
+    /// is a malformed archive, not 2^42 extents reserved up front (an abort).
+    #[test]
+    fn a_lying_entry_size_is_an_error_not_an_allocation() {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("f").unwrap();
+        h.set_size(1 << 62);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(&[0; 2048]);
+        for c in [Compression::None, Compression::Zstd] {
+            let blob = match c {
+                Compression::Zstd => zstd::encode_all(&tar[..], 1).unwrap(),
+                _ => tar.clone(),
+            };
+            let scratch = tempfile::tempdir().unwrap();
+            let e = index(&blob[..], c, scratch.path(), "sha256:ab")
+                .err()
+                .unwrap();
+            assert_eq!(
+                e.to_string(),
+                "layer sha256:ab: tar: an entry header is malformed",
+                "{c:?}"
+            );
+        }
     }
 
     #[test]
