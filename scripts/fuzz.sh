@@ -39,9 +39,13 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 
 if [ $# -eq 0 ]; then
+	cargo +nightly fuzz build >&2
 	set -- $(cargo +nightly fuzz list)
+else
+	for t in "$@"; do
+		cargo +nightly fuzz build "$t" >&2
+	done
 fi
-cargo +nightly fuzz build "$@" >&2
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
