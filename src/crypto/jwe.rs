@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::Error;
 use super::keys::{PrivateKey, PublicKey};
+use super::options::check_wrapped_size;
 
 type Aes192Gcm = AesGcm<aes::Aes192, aes_gcm::aead::consts::U12>;
 
@@ -154,6 +155,7 @@ fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8], len: usize) -> Zeroiz
 /// `enc` names the one content cipher all recipients share, so it is taken
 /// only from the protected or shared header, never from a recipient's.
 pub fn unwrap(jwe: &[u8], keys: &[&PrivateKey]) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
+    check_wrapped_size("jwe", "wrapped key", jwe.len())?;
     let v: Value = serde_json::from_slice(jwe).map_err(|e| bad(format!("not JSON: {e}")))?;
     let protected_b64 = v["protected"].as_str().unwrap_or("");
     let protected: Map<String, Value> = if protected_b64.is_empty() {
@@ -563,6 +565,25 @@ mod tests {
         assert!(unwrap(&tampered, &[&sk]).unwrap().is_none());
         let (other, _) = rsa();
         assert!(unwrap(&one, &[&other]).unwrap().is_none());
+    }
+
+    /// A wrapped key over the limit is refused before it is parsed: JSON
+    /// a tenth its size can cost the parser ten times its size in memory.
+    #[test]
+    fn a_jwe_over_the_size_limit_is_refused_unparsed() {
+        use crate::crypto::options::MAX_WRAPPED_KEY;
+        let mut huge = b"[".to_vec();
+        huge.resize(MAX_WRAPPED_KEY, b'0');
+        huge[2..].iter_mut().step_by(2).for_each(|b| *b = b',');
+        huge.push(b']');
+        let e = unwrap(&huge, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "jwe: wrapped key of {} bytes is over the {MAX_WRAPPED_KEY}-byte limit",
+                MAX_WRAPPED_KEY + 1
+            )
+        );
     }
 
     #[test]

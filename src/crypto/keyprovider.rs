@@ -125,13 +125,7 @@ pub fn wrap(
     })
     .expect("json");
     let out = call(p, name, &input, Op::Wrap, timeout(cfg))?;
-    let reply: WrapReply = parse_reply(&out, name)?;
-    decode_field(
-        reply.keywrapresults.and_then(|r| r.annotation),
-        "keywrapresults.annotation",
-        name,
-    )
-    .map(|z| z.to_vec())
+    wrap_reply(&out, name).map(|z| z.to_vec())
 }
 
 /// Asks provider `name` to unwrap an annotation entry; returns private options.
@@ -151,7 +145,22 @@ pub fn unwrap(
     }))
     .expect("json");
     let out = call(p, name, &input, Op::Unwrap, timeout(cfg))?;
-    let reply: UnwrapReply = parse_reply(&out, name)?;
+    unwrap_reply(&out, name)
+}
+
+/// The annotation bytes in provider `name`'s reply to `keywrap`.
+pub fn wrap_reply(out: &[u8], name: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let reply: WrapReply = parse_reply(out, name)?;
+    decode_field(
+        reply.keywrapresults.and_then(|r| r.annotation),
+        "keywrapresults.annotation",
+        name,
+    )
+}
+
+/// The private options in provider `name`'s reply to `keyunwrap`.
+pub fn unwrap_reply(out: &[u8], name: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let reply: UnwrapReply = parse_reply(out, name)?;
     decode_field(
         reply.keyunwrapresults.and_then(|r| r.optsdata),
         "keyunwrapresults.optsdata",

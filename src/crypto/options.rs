@@ -19,6 +19,23 @@ pub const CIPHER_AES_CTR_HMAC: &str = "AES_256_CTR_HMAC_SHA256";
 /// lazycrypt's own cipher option: base64 of `sha256:<hex>` of the eStargz TOC.
 pub const TOC_DIGEST_OPTION: &str = "lazycrypt.toc-digest";
 
+/// Most bytes one wrapped key (one JWE, PKCS#7 or OpenPGP entry of a
+/// layer's `org.opencontainers.image.enc.keys.*` annotation) may have, and
+/// most bytes it may unwrap to. The private options are a few hundred bytes
+/// and each recipient adds at most a few KiB.
+pub const MAX_WRAPPED_KEY: usize = 1 << 20;
+
+/// Refuses a wrapped key (or what it unwrapped to: `what`) of `len` bytes
+/// over [`MAX_WRAPPED_KEY`]; `scheme` names the scheme in the error.
+pub fn check_wrapped_size(scheme: &str, what: &str, len: usize) -> Result<(), Error> {
+    if len > MAX_WRAPPED_KEY {
+        return Err(Error::Malformed(format!(
+            "{scheme}: {what} of {len} bytes is over the {MAX_WRAPPED_KEY}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
 /// `{"cipher":…,"hmac":…,"cipheroptions":{}}`, the public half.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicOptions {

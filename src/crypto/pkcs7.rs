@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use super::Error;
 use super::keys::{Certificate, PrivateKey};
+use super::options::check_wrapped_size;
 
 const OID_ENVELOPED: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x03];
 const OID_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
@@ -97,6 +98,7 @@ pub fn unwrap(
     certs: &[&Certificate],
     keys: &[&PrivateKey],
 ) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
+    check_wrapped_size("pkcs7", "wrapped key", der.len())?;
     let (ci, _) = read(der)?;
     let mut ci = Reader(expect(ci, SEQ, "ContentInfo")?.content);
     let oid = ci.next(OID, "contentType")?;
@@ -426,6 +428,24 @@ mod tests {
         for (what, e) in &errors {
             assert_eq!(e, &errors[0].1, "{what} differs from {}", errors[0].0);
         }
+    }
+
+    #[test]
+    fn lying_lengths_and_oversized_input_are_errors() {
+        use crate::crypto::options::MAX_WRAPPED_KEY;
+        // A ContentInfo claiming 4 GiB of content in 10 bytes.
+        let e = unwrap(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 6, 1, 0, 0], &[], &[]).unwrap_err();
+        assert_eq!(e.to_string(), "pkcs7: truncated");
+        let mut huge = vec![0x30, 0x83, 0x10, 0, 1];
+        huge.resize(MAX_WRAPPED_KEY + 5, 0);
+        let e = unwrap(&huge, &[], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "pkcs7: wrapped key of {} bytes is over the {MAX_WRAPPED_KEY}-byte limit",
+                MAX_WRAPPED_KEY + 5
+            )
+        );
     }
 
     #[test]

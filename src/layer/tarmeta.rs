@@ -11,7 +11,8 @@ use zeroize::Zeroizing;
 
 use super::estargz::toc::{TocEntry, rfc3339};
 
-/// Most extension data we accept for one entry (names, xattrs).
+/// Most extension data (PAX records, GNU long names: names, xattrs) we
+/// accept for one entry, all its extension headers together.
 pub const MAX_EXTENSION: u64 = 1 << 20;
 
 /// A tar stream's source, whose own errors stay told apart from the tar
@@ -75,6 +76,8 @@ pub struct Pending {
     gname: Option<String>,
     size: Option<u64>,
     xattrs: BTreeMap<String, String>,
+    /// Extension bytes read for the next entry so far.
+    read: u64,
 }
 
 /// Whether a header only carries metadata for the next entry.
@@ -99,7 +102,15 @@ impl Pending {
     ) -> io::Result<Zeroizing<Vec<u8>>> {
         if size > MAX_EXTENSION {
             return Err(bad(format!(
-                "tar extension header of {size} bytes is too large"
+                "extension header of {size} bytes is too large (limit {MAX_EXTENSION})"
+            )));
+        }
+        // Each header is bounded, and so are all of one entry's together:
+        // xattrs accumulate across headers.
+        self.read += size;
+        if self.read > MAX_EXTENSION {
+            return Err(bad(format!(
+                "extension headers of one entry exceed {MAX_EXTENSION} bytes"
             )));
         }
         // Names and xattrs of the layer: plaintext, wiped after use (the
@@ -349,6 +360,59 @@ mod tests {
             .unwrap();
         let e = p.entry(&header(b"ignored", b"", Link)).unwrap();
         assert_eq!((e.name.as_str(), e.link_name.as_str()), ("x/y", "t"));
+    }
+
+    #[test]
+    fn a_lying_extension_size_is_refused_before_anything_is_allocated() {
+        // A PAX header claiming 2^62 bytes: refused up front (reserving
+        // that much would abort the process).
+        let e = Pending::default()
+            .absorb(tar::EntryType::XHeader, 1 << 62, &b""[..])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "tar: extension header of {} bytes is too large (limit {MAX_EXTENSION})",
+                1u64 << 62
+            )
+        );
+        assert!(
+            Pending::default()
+                .absorb(tar::EntryType::GNULongName, u64::MAX, &b""[..])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn extension_headers_of_one_entry_are_bounded_together() {
+        // Many PAX headers, each under the limit, all adding xattrs to the
+        // same entry: the one that takes the total over is refused.
+        let value = vec![b'x'; 300 << 10];
+        let mut p = Pending::default();
+        let mut refused = None;
+        for i in 0..8 {
+            let rec = pax(&[(format!("SCHILY.xattr.user.{i}").as_str(), &value[..])]);
+            if let Err(e) = p.absorb(tar::EntryType::XHeader, rec.len() as u64, &rec[..]) {
+                refused = Some((i, e.to_string()));
+                break;
+            }
+        }
+        assert_eq!(
+            refused,
+            Some((
+                3,
+                format!("tar: extension headers of one entry exceed {MAX_EXTENSION} bytes")
+            ))
+        );
+        // The budget is per entry: the next entry starts afresh.
+        let mut p = Pending::default();
+        let rec = pax(&[("SCHILY.xattr.user.a", &value[..])]);
+        for _ in 0..4 {
+            p.absorb(tar::EntryType::XHeader, rec.len() as u64, &rec[..])
+                .unwrap();
+            p.entry(&header(b"f", b"", tar::EntryType::Regular))
+                .unwrap();
+        }
     }
 
     #[test]

@@ -55,8 +55,14 @@ pub fn endpoints(dir: &Path, host: &str) -> Result<Vec<Endpoint>, String> {
         return Ok(Vec::new());
     };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&text, host, &path)
+}
+
+/// The endpoints a `hosts.toml` of registry `host` gives, read from `text`;
+/// `path` names the file in errors.
+pub fn parse(text: &str, host: &str, path: &Path) -> Result<Vec<Endpoint>, String> {
     let parsed: HostsFile =
-        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+        toml::from_str(text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
     let mut out = Vec::new();
     for (url, v) in &parsed.host {
         let caps: Vec<String> = match v.get("capabilities") {
@@ -80,7 +86,7 @@ pub fn endpoints(dir: &Path, host: &str) -> Result<Vec<Endpoint>, String> {
             None => Vec::new(),
         };
         out.push(Endpoint {
-            base: base_of(url, &path)?,
+            base: base_of(url, path)?,
             pull: caps.iter().any(|c| c == "pull"),
             resolve: caps.iter().any(|c| c == "resolve"),
             headers,
@@ -88,7 +94,7 @@ pub fn endpoints(dir: &Path, host: &str) -> Result<Vec<Endpoint>, String> {
     }
     let server = parsed.server.unwrap_or_else(|| format!("https://{host}"));
     out.push(Endpoint {
-        base: base_of(&server, &path)?,
+        base: base_of(&server, path)?,
         pull: true,
         resolve: true,
         headers: headers(&parsed.header).map_err(|e| format!("{}: {e}", path.display()))?,

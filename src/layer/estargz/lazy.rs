@@ -185,10 +185,19 @@ pub fn toc_range(
         k.apply_at(footer_at, &mut footer);
     }
     let toc_at = toc_offset(&footer).map_err(|e| bad(what, format!("footer: {e}")))?;
-    if toc_at >= footer_at || footer_at - toc_at > MAX_TOC {
+    if toc_at >= footer_at {
         return Err(bad(
             what,
             format!("footer points at TOC offset {toc_at}, outside the blob"),
+        ));
+    }
+    if footer_at - toc_at > MAX_TOC {
+        return Err(bad(
+            what,
+            format!(
+                "footer points at a TOC of {} bytes, over the {MAX_TOC}-byte limit",
+                footer_at - toc_at
+            ),
         ));
     }
     Ok((toc_at, footer_at))
@@ -574,6 +583,11 @@ mod tests {
     /// A blob that is only a TOC member and the footer: enough for entries
     /// without content.
     fn toc_only_blob(entries: Vec<super::super::toc::TocEntry>) -> Vec<u8> {
+        blob_with_toc(&[], entries)
+    }
+
+    /// `chunks`, then a TOC member of `entries`, then the footer.
+    fn blob_with_toc(chunks: &[u8], entries: Vec<super::super::toc::TocEntry>) -> Vec<u8> {
         use std::io::Write;
         let json = serde_json::to_vec(&Toc {
             version: 1,
@@ -589,9 +603,89 @@ mod tests {
         tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&tar).unwrap();
-        let mut blob = gz.finish().unwrap();
-        blob.extend_from_slice(&super::super::footer::encode(0));
+        let mut blob = chunks.to_vec();
+        blob.extend(gz.finish().unwrap());
+        blob.extend_from_slice(&super::super::footer::encode(chunks.len() as u64));
         blob
+    }
+
+    /// A blob of `size` bytes that are zeros but for its last ones, `tail`;
+    /// remembers the longest read asked of it.
+    struct Sparse {
+        size: u64,
+        tail: Vec<u8>,
+        longest: std::sync::atomic::AtomicU64,
+    }
+
+    impl RangeSource for Sparse {
+        fn size(&self) -> u64 {
+            self.size
+        }
+        fn read_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            self.longest.fetch_max(buf.len() as u64, Ordering::Relaxed);
+            let tail_at = self.size - self.tail.len() as u64;
+            for (i, b) in buf.iter_mut().enumerate() {
+                let at = offset + i as u64;
+                *b = if at >= tail_at {
+                    self.tail[(at - tail_at) as usize]
+                } else {
+                    0
+                };
+            }
+            Ok(())
+        }
+        fn fetched(&self) -> u64 {
+            0
+        }
+    }
+
+    /// Sizes from the blob are limits' business, not allocations': a
+    /// footer pointing at a TOC of 2^62 bytes, a TOC entry claiming a chunk
+    /// of nearly 2^64 bytes.
+    #[test]
+    fn lying_sizes_in_footer_and_toc_are_refused_by_their_limits() {
+        use super::super::toc::TocEntry;
+        let src = Sparse {
+            size: 1 << 62,
+            tail: super::super::footer::encode(0).to_vec(),
+            longest: Default::default(),
+        };
+        let e = open(Arc::new(src), None, &Anchor::Unverified, "sha256:ab")
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "layer sha256:ab: footer points at a TOC of {} bytes, over the {MAX_TOC}-byte limit",
+                (1u64 << 62) - FOOTER_SIZE as u64
+            )
+        );
+
+        let chunk = |size: u64, chunk_size: u64| TocEntry {
+            name: "f".into(),
+            kind: "reg".into(),
+            size,
+            offset: 10,
+            chunk_size,
+            chunk_digest: format!("sha256:{}", "00".repeat(32)),
+            ..Default::default()
+        };
+        for (size, chunk_size) in [(u64::MAX, 0), (u64::MAX, u64::MAX - 1), (10, u64::MAX)] {
+            let blob = blob_with_toc(&[0; 100], vec![chunk(size, chunk_size)]);
+            let e = open(
+                Arc::new(MemoryRange::new(blob)),
+                None,
+                &Anchor::Unverified,
+                "sha256:ab",
+            )
+            .err()
+            .unwrap();
+            assert_eq!(
+                e.to_string(),
+                format!("layer sha256:ab: TOC entry 0 has a chunk larger than {MAX_CHUNK} bytes"),
+                "size {size}, chunkSize {chunk_size}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io::{self, BufRead, Read};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::toc::Toc;
+use super::toc::{MAX_TOC_ENTRIES, Toc};
 use super::{TOC_NAME, footer};
 use crate::layer::index::chunk_buffer;
 use crate::layer::verified::{Hashing, Sha256Digest, Verified};
@@ -15,7 +15,9 @@ use crate::layer::verified::{Hashing, Sha256Digest, Verified};
 /// Bytes inflated between digest updates.
 const PIECE: usize = 64 << 10;
 
-/// Most TOC JSON we accept (a TOC for 100k files is ~30 MiB).
+/// Most TOC JSON we accept (a TOC for 100k files is ~30 MiB), and most
+/// bytes the TOC member (from the footer's TOC offset to the footer) may
+/// take in the blob.
 pub const MAX_TOC: u64 = 256 << 20;
 
 fn bad(msg: String) -> io::Error {
@@ -42,7 +44,9 @@ pub fn toc_json(member: &[u8]) -> io::Result<(Zeroizing<Vec<u8>>, Sha256Digest)>
     }
     let size = h.entry_size()?;
     if size > MAX_TOC {
-        return Err(bad(format!("TOC of {size} bytes is too large")));
+        return Err(bad(format!(
+            "TOC of {size} bytes is over the {MAX_TOC}-byte limit"
+        )));
     }
     let mut json = Zeroizing::new(Vec::with_capacity(size as usize));
     (&mut gz).take(size).read_to_end(&mut json)?;
@@ -66,6 +70,11 @@ pub fn parse_toc(json: &Verified) -> io::Result<Toc> {
     })?;
     if toc.version != 1 {
         return Err(bad(format!("TOC version {} (want 1)", toc.version)));
+    }
+    if toc.entries.len() > MAX_TOC_ENTRIES {
+        return Err(bad(format!(
+            "TOC lists more than {MAX_TOC_ENTRIES} entries"
+        )));
     }
     Ok(toc)
 }
@@ -179,6 +188,53 @@ mod tests {
         let mid = evil.len() / 2;
         evil[mid] ^= 1;
         assert!(inflate_chunk(&evil[..], len, &digest).is_err());
+    }
+
+    fn toc_tar_member(size: u64, json: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(TOC_NAME).unwrap();
+        h.set_size(size);
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(json);
+        member(flate2::GzBuilder::new(), &tar)
+    }
+
+    /// A TOC entry claiming 2^62 bytes is refused before a byte is reserved.
+    #[test]
+    fn a_toc_header_claiming_a_huge_toc_is_refused() {
+        let e = toc_json(&toc_tar_member(1 << 62, b"{}")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "estargz: TOC of {} bytes is over the {MAX_TOC}-byte limit",
+                1u64 << 62
+            )
+        );
+    }
+
+    /// A TOC of more entries than the limit is refused while it is parsed,
+    /// keeping no more than the limit's worth of them.
+    #[test]
+    fn a_toc_of_too_many_entries_is_refused() {
+        let toc = |n: usize| {
+            let mut json = br#"{"version":1,"entries":["#.to_vec();
+            for i in 0..n {
+                if i > 0 {
+                    json.push(b',');
+                }
+                json.extend_from_slice(br#"{"name":"","type":"dir"}"#);
+            }
+            json.extend_from_slice(b"]}");
+            let digest = Sha256Digest(Sha256::digest(&json).into());
+            parse_toc(&Verified::check(Zeroizing::new(json), &digest).unwrap())
+        };
+        let e = toc(MAX_TOC_ENTRIES + 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("estargz: TOC lists more than {MAX_TOC_ENTRIES} entries")
+        );
+        assert_eq!(toc(3).unwrap().entries.len(), 3);
     }
 
     /// A TOC whose values are wrong is refused by position: a file name in

@@ -2,13 +2,45 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Most entries (files and chunks) a TOC may list. Each costs about half a
+/// KiB once parsed, so this bounds a TOC's memory to about 0.5 GiB; a TOC at
+/// the size limit ([`super::reader::MAX_TOC`]) of real entries holds fewer.
+pub const MAX_TOC_ENTRIES: usize = 1 << 20;
 
 /// The whole TOC.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Toc {
     pub version: u32,
+    /// At most [`MAX_TOC_ENTRIES`] + 1 are kept while parsing, so a TOC of
+    /// more is told apart without holding them all.
+    #[serde(deserialize_with = "bounded_entries")]
     pub entries: Vec<TocEntry>,
+}
+
+/// Keeps the first [`MAX_TOC_ENTRIES`] + 1 entries and only skips the rest.
+fn bounded_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TocEntry>, D::Error> {
+    struct Bounded;
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Vec<TocEntry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of TOC entries")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while out.len() <= MAX_TOC_ENTRIES {
+                match seq.next_element()? {
+                    Some(e) => out.push(e),
+                    None => return Ok(out),
+                }
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
 }
 
 /// One tar entry, or one chunk of a regular file.

@@ -19,6 +19,10 @@ enum Phase {
     Done,
 }
 
+/// Most bytes a gzip member header (with its name, comment and extra
+/// field) may take.
+pub const MAX_HEADER: u64 = 1 << 20;
+
 /// Memory one saved [`State`] holds.
 pub const STATE_BYTES: u64 = (std::mem::size_of::<State>()
     + std::mem::size_of::<DecompressorOxide>()
@@ -178,8 +182,10 @@ impl<R: Read> GzReader<R> {
                         self.st.phase = Phase::Deflate;
                     }
                     None => {
-                        if self.st.header.len() > 1 << 20 {
-                            return Err(bad("gzip member header is too large"));
+                        if self.st.header.len() as u64 > MAX_HEADER {
+                            return Err(bad(&format!(
+                                "member header is over the {MAX_HEADER}-byte limit"
+                            )));
                         }
                         self.consume(take);
                     }
@@ -338,6 +344,21 @@ mod tests {
             let at = k * every as usize;
             assert_eq!(part, plain[at..at + 5000], "state {k}");
         }
+    }
+
+    /// A member header whose file name never ends is refused at the limit,
+    /// not buffered to the end of the stream.
+    #[test]
+    fn a_header_of_endless_name_is_refused_at_the_limit() {
+        let mut z = vec![0x1f, 0x8b, 8, 0x08, 0, 0, 0, 0, 0, 0xff];
+        z.resize(3 << 20, b'n');
+        let e = GzReader::new(&z[..], None)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("gzip: member header is over the {MAX_HEADER}-byte limit")
+        );
     }
 
     #[test]
