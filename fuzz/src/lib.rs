@@ -10,11 +10,13 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use lazycrypt::cache::chunks::ChunkCache;
 use lazycrypt::crypto::keys::{Certificate, PrivateKey, PublicKey};
 use lazycrypt::crypto::options::PrivateOptions;
 use lazycrypt::layer::estargz::{TOC_NAME, footer};
 use lazycrypt::layer::index::Layer;
 use lazycrypt::layer::source::MemoryRange;
+use lazycrypt::layer::stream::sealed::Scratch;
 use lazycrypt::layer::stream::{self, Compression, Plain};
 use pgp::composed::{SignedSecretKey, SubkeyParamsBuilder};
 use rand::SeedableRng;
@@ -236,8 +238,12 @@ pub fn exercise(layer: &Layer) {
 /// Indexes `blob` as a stream layer and serves it from memory.
 pub fn stream_layer(blob: &[u8], compression: Compression) {
     static SCRATCH: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let scratch = SCRATCH.get_or_init(|| tempfile::tempdir().expect("scratch dir"));
-    let Ok(idx) = stream::index(blob, compression, scratch.path(), "L") else {
+    let dir = SCRATCH.get_or_init(|| tempfile::tempdir().expect("scratch dir"));
+    // Budgets as a node has them, small enough that a bomb meets them.
+    let scratch = Scratch::new(dir.path().into(), 256 << 20);
+    let cache = ChunkCache::new(64 << 20, 0);
+    let reserved = cache.reservation();
+    let Ok(idx) = stream::index(blob, compression, &scratch, "L", &reserved) else {
         return;
     };
     let src = Arc::new(MemoryRange::new(blob.to_vec()));

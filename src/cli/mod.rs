@@ -63,9 +63,11 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            // fuser's own log lines name files: they stay off whatever is asked.
+            // fuser's own log lines name files, and ureq's trace lines carry
+            // registry credentials: they stay off whatever is asked (ours
+            // say what failed, and where).
             tracing_subscriber::EnvFilter::new(format!(
-                "{},fuser=off",
+                "{},fuser=off,ureq=off,ureq_proto=off",
                 std::env::var("LAZYCRYPT_LOG").unwrap_or_else(|_| "warn,pgp=error".into())
             )),
         )

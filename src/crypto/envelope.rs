@@ -96,6 +96,12 @@ pub fn schemes(annotations: &HashMap<String, String>) -> Vec<String> {
 pub const NONE_FIT: &str =
     "no suitable key unwrapper found or none of the private keys could be used for decryption";
 
+/// Most entries (recipients) of one scheme that are tried: each may cost an
+/// RSA decryption or a keyprovider call, and a manifest may list thousands.
+/// imgcrypt writes one entry per recipient; past this many, the rest are
+/// not tried.
+pub const MAX_ENTRIES_PER_SCHEME: usize = 64;
+
 /// Why one annotation entry gave no private options.
 enum Miss {
     /// Well formed, but no key or provider we hold opens it. The text is
@@ -128,7 +134,14 @@ pub fn unwrap(
     let mut misses = Vec::new();
     for scheme in &schemes {
         let value = &annotations[&format!("{KEYS_PREFIX}{scheme}")];
-        for (i, entry) in value.split(',').filter(|e| !e.is_empty()).enumerate() {
+        let entries = value.split(',').filter(|e| !e.is_empty());
+        for (i, entry) in entries.enumerate() {
+            if i == MAX_ENTRIES_PER_SCHEME {
+                misses.push(Miss::Malformed(format!(
+                    "{KEYS_PREFIX}{scheme}: entries past the first {MAX_ENTRIES_PER_SCHEME} are not tried"
+                )));
+                break;
+            }
             match unwrap_entry(scheme, i, entry, ring) {
                 Ok(opts) => return Ok(opts),
                 Err(m) => misses.push(m),
@@ -363,5 +376,31 @@ mod tests {
                 .ends_with("(layer L: provider.kms: no keyprovider \"kms\" is configured ($OCICRYPT_KEYPROVIDER_CONFIG))"),
             "{e}"
         );
+    }
+
+    /// A manifest listing thousands of entries costs at most 64 tries a
+    /// scheme (each may be an RSA decryption or a keyprovider call); ours
+    /// past them is not reached.
+    #[test]
+    fn entries_past_the_cap_are_not_tried() {
+        let (ours, our_pub) = p256();
+        let ring = KeyRing {
+            private: vec![ours],
+            ..Default::default()
+        };
+        let garbage = B64.encode("not json");
+        let mut entries = vec![garbage; MAX_ENTRIES_PER_SCHEME];
+        entries.push(jwe_entry(&our_pub));
+        let ann = HashMap::from([(format!("{KEYS_PREFIX}jwe"), entries.join(","))]);
+        let e = unwrap(&ann, &ring, "L").unwrap_err().to_string();
+        assert!(
+            e.ends_with(&format!(
+                "; {KEYS_PREFIX}jwe: entries past the first 64 are not tried"
+            )),
+            "{e}"
+        );
+        entries.remove(0);
+        let ann = HashMap::from([(format!("{KEYS_PREFIX}jwe"), entries.join(","))]);
+        assert!(unwrap(&ann, &ring, "L").is_ok(), "the 64th is tried");
     }
 }

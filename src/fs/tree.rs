@@ -36,6 +36,9 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 /// The xattr overlayfs reads to treat a lower directory as opaque.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Longest path Linux accepts (`PATH_MAX`): a longer name would also make
+/// one directory inode per component, thousands for one entry.
+const PATH_MAX: usize = 4096;
 /// Longest name component Linux accepts (`NAME_MAX`).
 const NAME_MAX: usize = 255;
 /// Longest xattr name and value Linux accepts (`XATTR_NAME_MAX`, `XATTR_SIZE_MAX`).
@@ -140,6 +143,9 @@ impl Tree {
         let e = &n.entry;
         if e.name.contains('\0') || e.link_name.contains('\0') {
             return Err("name holds a NUL byte");
+        }
+        if e.name.len() > PATH_MAX {
+            return Err("name longer than PATH_MAX");
         }
         let cleaned = clean(&e.name);
         let parts: Vec<&str> = cleaned.split('/').filter(|p| !p.is_empty()).collect();
@@ -411,6 +417,16 @@ mod tests {
             },
             extents: Vec::new(),
         }
+    }
+
+    /// A name past PATH_MAX would make a directory inode per component;
+    /// it is skipped like any name that cannot be a path.
+    #[test]
+    fn a_name_longer_than_path_max_is_skipped() {
+        let deep = "a/".repeat(2100) + "f";
+        let t = Tree::build(&[node(&deep, "reg"), node("ok", "reg")], "L");
+        assert_eq!(t.inodes.len(), 2, "the root and ok");
+        assert!(t.resolve("ok").is_some() && t.resolve("a").is_none());
     }
 
     /// A directory declared again keeps its entries (they are no longer

@@ -120,14 +120,17 @@ pub fn node_bytes(n: &Node) -> u64 {
         + e.group_name.len()
         + e.digest.len();
     let xattrs: usize = e.xattrs.iter().map(|(k, v)| k.len() + v.len() + 64).sum();
+    // The file system may make a directory inode for each component of
+    // the path, not only one for the entry.
+    let components = e.name.bytes().filter(|&b| b == b'/').count() + 1;
     (std::mem::size_of::<Node>()
         + strings
         + xattrs
         + n.extents.len() * std::mem::size_of::<Extent>()
-        + INODE_BYTES) as u64
+        + components * INODE_BYTES) as u64
 }
 
-/// What the file system's inode for an entry costs, name included.
+/// What one inode of the file system costs, its name included.
 const INODE_BYTES: usize = 256;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);

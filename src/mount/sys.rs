@@ -160,12 +160,17 @@ pub fn lower_of_an_overlay(dir: &Path) -> bool {
 }
 
 /// Whether mount options `opts` name `dir` among an overlay's lower (or
-/// data-only) layers. containerd may give them relative to a common parent
-/// when the absolute list is too long: a relative one matches the end of
-/// `dir` (a false match only keeps a mount, never drops one in use).
+/// data-only) layers. containerd gives them relative to their common
+/// parent when the absolute list is too long; that parent is the
+/// snapshotter's `snapshots` directory, which the (absolute) upper
+/// directory `snapshots/<id>/fs` also lies in. A relative one is taken from
+/// there, so another snapshotter's `12/fs` is not ours.
 fn names_as_lower(opts: &str, dir: &Path) -> bool {
-    opts.split(',')
-        .filter_map(|o| o.split_once('='))
+    let pairs = || opts.split(',').filter_map(|o| o.split_once('='));
+    let base = pairs()
+        .find(|(k, _)| *k == "upperdir")
+        .and_then(|(_, u)| Path::new(u).parent()?.parent().map(Path::to_path_buf));
+    pairs()
         .filter(|(k, _)| k.starts_with("lowerdir") || k.starts_with("datadir"))
         .flat_map(|(_, v)| v.split(':'))
         .filter(|l| !l.is_empty())
@@ -174,7 +179,7 @@ fn names_as_lower(opts: &str, dir: &Path) -> bool {
             if l.is_absolute() {
                 l == dir
             } else {
-                dir.ends_with(l)
+                base.as_ref().is_some_and(|b| b.join(l) == dir)
             }
         })
 }
@@ -274,7 +279,11 @@ mod tests {
         let abs =
             "rw,relatime,lowerdir=/var/lib/lazycrypt/snapshots/12/fs:/x/fs,upperdir=/u,workdir=/w";
         assert!(names_as_lower(abs, dir));
-        assert!(names_as_lower("ro,lowerdir=snapshots/3/fs:12/fs", dir));
+        let relative = "rw,lowerdir=3/fs:12/fs,upperdir=/var/lib/lazycrypt/snapshots/13/fs";
+        assert!(names_as_lower(relative, dir));
+        let theirs = "rw,lowerdir=3/fs:12/fs,upperdir=/var/lib/containerd/o/snapshots/13/fs";
+        assert!(!names_as_lower(theirs, dir), "another snapshotter's 12/fs");
+        assert!(!names_as_lower("ro,lowerdir=3/fs:12/fs", dir));
         assert!(names_as_lower(
             "ro,lowerdir+=/a,lowerdir+=/var/lib/lazycrypt/snapshots/12/fs",
             dir

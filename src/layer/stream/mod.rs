@@ -64,6 +64,10 @@ impl Indexed {
     }
 }
 
+/// Farthest apart gzip checkpoints may lie: each read inflates up to this
+/// much from the nearest one, so a layer needing more is refused.
+pub const MAX_SPACING: u64 = 256 << 20;
+
 /// Share of the memory budget one layer's inflater states may hold.
 const STATES_SHARE: u64 = 4;
 
@@ -112,6 +116,16 @@ pub fn index<R: Read>(
             let gz = GzReader::new(r, Some(CHUNK)).with_max_saved(states_room);
             let (nodes, hasher) = walk(ChunkHasher::new(gz, meter, what), what)?;
             let (digests, total, mut gz) = hasher.finish()?;
+            if gz.every().is_some_and(|e| e > MAX_SPACING) {
+                return Err(bad(
+                    what,
+                    format!(
+                        "it inflates so far that its checkpoints would lie more than {} MiB apart \
+                         under this cache budget (--cache-size, cache_size)",
+                        MAX_SPACING >> 20
+                    ),
+                ));
+            }
             let mut states = gz.take_saved();
             // A stream ending exactly on a boundary saved a state past its end.
             states.retain(|s| s.out_pos == 0 || s.out_pos < total);
