@@ -434,3 +434,62 @@ fn containers_reading_through_serve_get_right_bytes_or_eio_whatever_the_registry
         tally.eio
     );
 }
+
+/// SIGTERM while a Prepare downloads a whole blob that a registry sends
+/// slowly (fast enough for every read timeout, minutes in all): the daemon
+/// ends within its grace period instead of waiting for the download.
+#[test]
+fn sigterm_ends_serve_while_a_prepare_downloads_a_slow_blob() {
+    let d = tmp();
+    let reg = Registry::start();
+    let root = d.path().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::fs::write(root.join("noise"), common::data::noise(8 << 20)).unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    ok(lazycrypt()
+        .args(["build", "--cmd", "/bin/busybox", "--layer"])
+        .arg(&root)
+        .args(["--", &plain]));
+    let k = common::rsa_keys(d.path(), "k");
+    let image = reg.image("faults/slow:v1");
+    // Not eStargz: the Prepare fetches and verifies the whole blob.
+    ok(lazycrypt()
+        .args(["encrypt", "--plain-http", "-r"])
+        .arg(format!("jwe:{}", k.public.display()))
+        .args([&plain, &image]));
+    let proxy = FaultProxy::start(&reg.addr);
+    let name = image
+        .replace(&reg.addr, &proxy.addr)
+        .trim_start_matches("docker://")
+        .to_string();
+    let keys = d.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    common::write_private(&keys.join("k.pem"), std::fs::read(&k.private).unwrap());
+    let args: Vec<String> = [
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--plain-http",
+        &proxy.addr,
+    ]
+    .map(String::from)
+    .to_vec();
+    let daemon = Daemon::start_with(d.path(), &args);
+    let ctd = Containerd::start(d.path(), &daemon.socket);
+    proxy.always(Fault::Slow);
+    let mut pull = lazycrypt()
+        .args(["pull", "--plain-http", "--namespace", "lazycrypt-test"])
+        .arg("--address")
+        .arg(&ctd.socket)
+        .arg(&name)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until_held(&proxy);
+    // Panics unless the daemon ends within a minute of SIGTERM.
+    daemon.stop();
+    let _ = pull.kill();
+    let _ = pull.wait();
+    proxy.heal();
+}

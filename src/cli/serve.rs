@@ -205,16 +205,21 @@ pub fn run(a: Args) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let served: Result<()> = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let stop = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+        let stopped = Arc::new(tokio::sync::Notify::new());
+        let stop = {
+            let stopped = stopped.clone();
+            async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                super::notify::tell("STOPPING=1");
+                stopped.notify_one();
             }
-            super::notify::tell("STOPPING=1");
         };
         let metrics = a.metrics.or(file.metrics);
         if let Some(addr) = metrics {
@@ -229,15 +234,37 @@ pub fn run(a: Args) -> Result<()> {
             tokio::spawn(ready_when_answering(address.clone()));
         }
         println!("serving snapshots on {}", address.display());
-        serve(Service::new(store.clone()), &address, stop)
-            .await
-            .with_context(|| format!("serving on {}", address.display()))
-    })?;
+        // A stop lets calls under way finish, for a while: a Prepare
+        // fetching a large blob from a slow registry may take minutes.
+        let grace = async {
+            stopped.notified().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        tokio::select! {
+            served = serve(Service::new(store.clone()), &address, stop) => {
+                served.with_context(|| format!("serving on {}", address.display()))
+            }
+            () = grace => {
+                tracing::warn!(
+                    "calls still under way {} s after the stop signal are abandoned",
+                    STOP_GRACE.as_secs()
+                );
+                Ok(())
+            }
+        }
+    });
+    // Blocking work still running (an abandoned Prepare's download) is not
+    // waited for; the layers are unmounted under it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    served?;
     store.shutdown();
     let _ = std::fs::remove_file(&address);
     println!("stopped");
     Ok(())
 }
+
+/// How long calls under way may go on after SIGTERM or SIGINT.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sends systemd READY=1 once the snapshots service on `socket` answers a
 /// call (a Stat of no snapshot: NotFound is an answer).

@@ -24,6 +24,9 @@ pub enum Fault {
     Stall,
     /// The body one byte a second.
     Trickle,
+    /// The body 64 KiB a second: slow, but fast enough for every read
+    /// timeout, so a whole-blob download goes on for minutes.
+    Slow,
     /// A range answered with half the bytes asked, headers saying so.
     Truncate,
     /// One byte of the body flipped.
@@ -300,6 +303,19 @@ fn serve(client: TcpStream, upstream: &str, st: &State) -> std::io::Result<()> {
             c.set_read_timeout(Some(Duration::from_millis(50)))?;
             // Until the client hangs up (a read of 0) or the fault changes.
             hold(st, || !matches!(c.read(&mut [0u8; 1]), Ok(0)));
+            Ok(())
+        }
+        Some(Fault::Slow) => {
+            let mut at = 0;
+            hold(st, || {
+                let end = answer.len().min(at + (64 << 10));
+                if at == answer.len() || to_client.write_all(&answer[at..end]).is_err() {
+                    return false;
+                }
+                at = end;
+                std::thread::sleep(Duration::from_secs(1));
+                true
+            });
             Ok(())
         }
         Some(Fault::Trickle) => {
