@@ -3,10 +3,11 @@
 //! a bitmap of the 16 KiB blocks present. A range read after a restart or an
 //! eviction from memory then needs no network. Nothing decrypted goes here.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -181,6 +182,55 @@ impl DiskRange {
     }
 }
 
+/// The cache files of blob `digest` (`algorithm:hex`), whatever size they
+/// were opened with, under `dir`.
+fn files_of<'a>(dir: &'a Path, keep: impl Fn(&str) -> bool + 'a) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let algorithms = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for a in algorithms.flatten() {
+        let Ok(files) = std::fs::read_dir(a.path()) else {
+            continue;
+        };
+        let algorithm = a.file_name().to_string_lossy().into_owned();
+        for f in files.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Some((hex, _)) = name.split_once('-') else {
+                continue;
+            };
+            let cached = name.ends_with(".data") || name.ends_with(".map");
+            if cached && !keep(&format!("{algorithm}:{hex}")) {
+                out.push(f.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the cache files of every blob under `dir` that `keep` (a set of
+/// `algorithm:hex` digests) does not name: a removed layer's ciphertext
+/// would otherwise stay on disk for good. A layer still open elsewhere
+/// keeps reading its unlinked file.
+pub fn remove_unlisted(dir: &Path, keep: &HashSet<String>) -> io::Result<usize> {
+    let gone = files_of(dir, |d| keep.contains(d))?;
+    for f in &gone {
+        std::fs::remove_file(f)?;
+    }
+    Ok(gone.len())
+}
+
+/// Deletes the cache files of blob `digest` under `dir`.
+pub fn remove(dir: &Path, digest: &str) -> io::Result<usize> {
+    let gone = files_of(dir, |d| d != digest)?;
+    for f in &gone {
+        std::fs::remove_file(f)?;
+    }
+    Ok(gone.len())
+}
+
 /// Block ranges being fetched, each with a signal for those waiting on it.
 #[derive(Default)]
 struct Flights(Mutex<Vec<(u64, u64, Arc<Landing>)>>);
@@ -333,6 +383,29 @@ mod tests {
         fn fetched(&self) -> u64 {
             0
         }
+    }
+
+    #[test]
+    fn a_removed_blobs_files_go_and_the_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (b"blob a".to_vec(), b"blob b".to_vec());
+        let (da, db) = (crate::oci::digest::of(&a), crate::oci::digest::of(&b));
+        for (d, data) in [(&da, a), (&db, b)] {
+            let c = DiskRange::open(dir.path(), d, Arc::new(MemoryRange::new(data))).unwrap();
+            c.read_range(0, 6).unwrap();
+        }
+        let count = || {
+            std::fs::read_dir(dir.path().join("sha256"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(count(), 4);
+        assert_eq!(remove(dir.path(), da.as_ref()).unwrap(), 2);
+        assert_eq!(count(), 2);
+        let keep = HashSet::from([db.to_string()]);
+        assert_eq!(remove_unlisted(dir.path(), &keep).unwrap(), 0);
+        assert_eq!(remove_unlisted(dir.path(), &HashSet::new()).unwrap(), 2);
+        assert_eq!(count(), 0);
     }
 
     /// A size near 2^63 once sized a block map of 64 TiB and aborted the

@@ -201,6 +201,11 @@ impl Remotes {
         }
     }
 
+    /// Where ciphertext blobs are cached.
+    pub fn cache_dir(&self) -> &Path {
+        &self.config.cache_dir
+    }
+
     /// Counts for the metrics endpoint.
     pub fn stats(&self) -> RemoteStats {
         let mounts = lock(&self.mounts);

@@ -631,12 +631,28 @@ impl Store {
             Ok(rec)
         })?;
         // After the commit: a crash here leaves an orphan directory for cleanup.
-        if rec.remote.is_some()
-            && let Err(e) = self.remotes.unmount(rec.id)
-        {
-            tracing::warn!("{e}");
+        if let Some(remote) = &rec.remote {
+            if let Err(e) = self.remotes.unmount(rec.id) {
+                tracing::warn!("{e}");
+            }
+            self.forget_blob_unless_used(&remote.layer)?;
         }
         remove_tree(&self.dir(rec.id));
+        Ok(())
+    }
+
+    /// Deletes layer `digest`'s ciphertext from the blob cache once no
+    /// snapshot names it: the cache would otherwise keep every layer the
+    /// node ever pulled.
+    fn forget_blob_unless_used(&self, digest: &str) -> Result<()> {
+        let used = self
+            .meta
+            .all()?
+            .values()
+            .any(|r| r.remote.as_ref().is_some_and(|x| x.layer == digest));
+        if !used && let Err(e) = crate::cache::blobs::remove(self.remotes.cache_dir(), digest) {
+            tracing::warn!("removing the cached blob of layer {digest}: {e}");
+        }
         Ok(())
     }
 
@@ -725,6 +741,17 @@ impl Store {
             if !keep.contains(&name) {
                 remove_tree(&e.path());
             }
+        }
+        // Blobs of layers removed while no daemon ran, or before removal
+        // deleted them.
+        let layers = self
+            .meta
+            .all()?
+            .into_values()
+            .filter_map(|r| r.remote.map(|x| x.layer))
+            .collect();
+        if let Err(e) = crate::cache::blobs::remove_unlisted(self.remotes.cache_dir(), &layers) {
+            tracing::warn!("removing cached blobs no snapshot uses: {e}");
         }
         Ok(())
     }

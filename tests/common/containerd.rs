@@ -130,7 +130,7 @@ impl Daemon {
         }
     }
 
-    /// The daemon's process id.
+    /// The daemon's process id (0 once stopped).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -317,6 +317,16 @@ state = "{state}"
     /// `ctr` against this containerd, in namespace `lazycrypt-test`.
     pub fn ctr(&self) -> Command {
         self.ctr_in("lazycrypt-test")
+    }
+
+    /// `lazycrypt pull` into this containerd, namespace `lazycrypt-test`,
+    /// from a plain-HTTP registry: add the image (`HOST/REPO:TAG`).
+    pub fn lazycrypt_pull(&self) -> Command {
+        let mut c = super::lazycrypt();
+        c.args(["pull", "--plain-http", "--namespace", "lazycrypt-test"])
+            .arg("--address")
+            .arg(&self.socket);
+        c
     }
 
     /// `ctr` against this containerd, in namespace `ns`.

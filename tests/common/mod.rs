@@ -7,6 +7,7 @@ pub mod containerd;
 pub mod data;
 pub mod faults;
 pub mod mounts;
+pub mod procfs;
 
 #[allow(unused_imports)]
 pub use data::noise;
@@ -34,6 +35,28 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Runs a command, its output captured, for at most `limit`: its output,
+/// or `Err` once it had to be killed.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.map_err(|e| format!("{cmd:?}: {e}")),
+        Err(_) => {
+            // SAFETY: signalling our own child, which its waiter has not reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            Err(format!("{cmd:?} did not end within {limit:?}"))
+        }
+    }
 }
 
 /// Runs a command that must succeed; returns stdout.
