@@ -559,8 +559,37 @@ impl Drop for Node {
             super::stop::daemon_gone(c.id());
         }
         let _ = crate::mount::sys::unmount_under(&self.dir);
+        // A layer still under a container's overlay when lazycrypt stopped
+        // was left to its FUSE keeper for a next daemon; there is none.
+        stop_keepers(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Kills the FUSE keepers of lazycrypt roots under `dir` (their mounts are
+/// gone), and waits for them to end.
+fn stop_keepers(dir: &Path) {
+    let ours = |pid: &str| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        cmd.contains("fuse-keeper") && cmd.contains(&*dir.to_string_lossy())
+    };
+    let keepers = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| ours(&p.to_string()))
+            .collect()
+    };
+    for pid in keepers() {
+        // SAFETY: a keeper this node's lazycrypt started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = wait_until(Duration::from_secs(5), "FUSE keepers to end", || {
+        keepers().is_empty()
+    });
 }
 
 fn clock_ticks() -> f64 {
