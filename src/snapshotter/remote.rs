@@ -581,10 +581,14 @@ impl Remotes {
     /// Unmounts snapshot `id`'s layer, if this daemon mounted one.
     pub fn unmount(&self, id: u64) -> io::Result<()> {
         let m = lock(&self.mounts).remove(&id);
-        match m {
+        let r = match m {
             Some(m) => self.take_down(m),
-            None => Ok(()),
+            None => return Ok(()),
+        };
+        if lock(&self.mounts).is_empty() {
+            give_back_freed_memory();
         }
+        r
     }
 
     /// Unmounts `m`. One still in use by a container stays mounted and
@@ -680,6 +684,18 @@ fn layer_error(e: &io::Error) -> Error {
 
 /// Whether a kept FUSE connection still has its mount (an aborted one
 /// reports an error when polled).
+/// Returns the allocator's free pages to the kernel, once the last layer
+/// is unmounted: its chunks and indexes were freed, but glibc keeps free
+/// memory in its arenas (up to the trim threshold each, and any holes),
+/// and a node that served a load would hold it for good.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn connection_alive(conn: &OwnedFd) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut p = [PollFd::new(conn.as_fd(), PollFlags::empty())];
