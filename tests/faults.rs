@@ -210,6 +210,33 @@ fn files_read_through_mount_are_right_or_eio_whatever_the_registry_does() {
 }
 
 /// `ctr task exec` of `argv` in container `c`, as a child process.
+/// A fault proxy in front of `reg`; the name `image` has through it; and
+/// `serve`'s arguments to reach it, with `key` in its keys directory.
+fn behind_proxy(
+    dir: &Path,
+    reg: &Registry,
+    image: &str,
+    key: &Path,
+) -> (FaultProxy, String, Vec<String>) {
+    let proxy = FaultProxy::start(&reg.addr);
+    let name = image
+        .replace(&reg.addr, &proxy.addr)
+        .trim_start_matches("docker://")
+        .to_string();
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    common::write_private(&keys.join("k.pem"), std::fs::read(key).unwrap());
+    let args = [
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--plain-http",
+        &proxy.addr,
+    ]
+    .map(String::from)
+    .to_vec();
+    (proxy, name, args)
+}
+
 fn exec(ctd: &Containerd, c: &str, id: &str, argv: &[&str]) -> std::process::Child {
     ctd.ctr()
         .args(["task", "exec", "--exec-id", id, c])
@@ -274,18 +301,7 @@ fn containers_reading_through_serve_get_right_bytes_or_eio_whatever_the_registry
         .map(|(_, b)| Sha256::digest(b).to_vec())
         .collect();
     let (image, key) = image(d.path(), &reg, "faults/serve:v1", &all);
-    let proxy = FaultProxy::start(&reg.addr);
-    let name = image
-        .replace(&reg.addr, &proxy.addr)
-        .trim_start_matches("docker://")
-        .to_string();
-    let keys = d.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    common::write_private(&keys.join("k.pem"), std::fs::read(&key).unwrap());
-    let mut args: Vec<String> = ["--keys-dir", keys.to_str().unwrap(), "--plain-http"]
-        .map(String::from)
-        .to_vec();
-    args.push(proxy.addr.clone());
+    let (proxy, name, mut args) = behind_proxy(d.path(), &reg, &image, &key);
     args.extend(TIMEOUTS.map(String::from));
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start(d.path(), &daemon.socket);
@@ -458,22 +474,7 @@ fn sigterm_ends_serve_while_a_prepare_downloads_a_slow_blob() {
         .args(["encrypt", "--plain-http", "-r"])
         .arg(format!("jwe:{}", k.public.display()))
         .args([&plain, &image]));
-    let proxy = FaultProxy::start(&reg.addr);
-    let name = image
-        .replace(&reg.addr, &proxy.addr)
-        .trim_start_matches("docker://")
-        .to_string();
-    let keys = d.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    common::write_private(&keys.join("k.pem"), std::fs::read(&k.private).unwrap());
-    let args: Vec<String> = [
-        "--keys-dir",
-        keys.to_str().unwrap(),
-        "--plain-http",
-        &proxy.addr,
-    ]
-    .map(String::from)
-    .to_vec();
+    let (proxy, name, args) = behind_proxy(d.path(), &reg, &image, &k.private);
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start(d.path(), &daemon.socket);
     proxy.always(Fault::Slow);
