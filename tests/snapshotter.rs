@@ -1,13 +1,15 @@
 //! `lazycrypt serve` as containerd's snapshotter: its gRPC semantics and
 //! error codes (spoken to directly), its metadata across crashes, and real
-//! containerd 1.6 + runc pulling and running images through it.
+//! containerd + runc pulling and running images through it: Debian 12's
+//! containerd 1.6 and containerd 2.1 (both CRI pull modes), each configured
+//! by its shipped `contrib/containerd-*.toml`.
 
 mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::containerd::{Containerd, Daemon};
+use common::containerd::{Containerd, Daemon, Line};
 use common::{Registry, lazycrypt, ok, run, tmp};
 use lazycrypt::containerd::proto::snapshots as pb;
 use pb::snapshots_client::SnapshotsClient;
@@ -15,6 +17,22 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 type Client = SnapshotsClient<Channel>;
+
+/// A test run once for each containerd `line` named: `NAME::V1_6`,
+/// `NAME::V2_1`, … call `NAME(Line::…)`.
+macro_rules! on_lines {
+    ($test:ident: $($line:ident),+) => {
+        mod $test {
+            $(
+                #[test]
+                #[allow(non_snake_case)]
+                fn $line() {
+                    super::$test(super::Line::$line)
+                }
+            )+
+        }
+    };
+}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -274,8 +292,8 @@ fn metadata_survives_sigkill_between_calls_and_orphans_are_cleaned() {
     daemon.stop();
 }
 
-#[test]
-fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt() {
+on_lines!(containerd_pulls_and_runs_a_plain_image_through_lazycrypt: V1_6, V2_1);
+fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt(line: Line) {
     let d = tmp();
     let reg = Registry::start();
     // Two layers: busybox and a marker, then a second file and a whiteout
@@ -299,8 +317,8 @@ fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt() {
         .args(["--cmd", "/bin/sh", "--", &image]));
     let name = image.trim_start_matches("docker://").to_string();
 
-    let daemon = Daemon::start(d.path());
-    let ctd = Containerd::start(d.path(), &daemon.socket);
+    let daemon = Daemon::start_with(d.path(), &["--plain-http".into(), reg.addr.clone()]);
+    let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&reg.addr));
     ok(ctd.ctr().args([
         "images",
         "pull",
@@ -321,6 +339,12 @@ fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt() {
         "cat /marker /second.txt; test -e /gone.txt || echo gone; echo hello > /w; cat /w",
     ]));
     assert_eq!(out, "first layer marker\nsecond layer\ngone\nhello\n");
+    // containerd 2.1's transfer service passes the layer labels (the
+    // shipped config's exports), so even `ctr images pull` has its layers
+    // mounted lazily; 1.6's `ctr` passes none, and containerd unpacks them.
+    let lazy = daemon.log().matches(" mounted (").count();
+    let want = if line == Line::V1_6 { 0 } else { 2 };
+    assert_eq!(lazy, want, "{}", daemon.log());
     let snaps = ok(ctd
         .ctr()
         .args(["snapshots", "--snapshotter", "lazycrypt", "ls"]));
@@ -689,8 +713,8 @@ fn encrypted_pair(
     ([esgz, targz], k)
 }
 
-#[test]
-fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest() {
+on_lines!(lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest: V1_6, V2_1);
+fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(line: Line) {
     let d = tmp();
     let reg = Registry::start();
     let seed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
@@ -701,7 +725,7 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
 
     let (keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
-    let ctd = Containerd::start(d.path(), &daemon.socket);
+    let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&reg.addr));
     let pull = |image: &str| lazycrypt_pull(&ctd, image);
     for (i, image) in [&esgz, &targz].into_iter().enumerate() {
         let out = pull(image);
@@ -894,8 +918,8 @@ fn log_shows(daemon: &Daemon, text: &str, n: usize) {
     }
 }
 
-#[test]
-fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_anothers() {
+on_lines!(an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_anothers: V1_6, V2_1);
+fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_anothers(line: Line) {
     let d = tmp();
     let reg = Registry::start();
     let k = common::rsa_keys(d.path(), "k");
@@ -907,7 +931,9 @@ fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_an
     let (_keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     args.extend(["--diff-id-delay", "1"].map(String::from));
     let daemon = Daemon::start_with(d.path(), &args);
-    let ctd = Containerd::start_with_cri(d.path(), &daemon.socket, Some(&reg.addr));
+    let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&reg.addr));
+    // runc's state is per namespace, not per containerd: container names
+    // carry the line, as this test runs on several at once.
     let cat = |ns: &str, image: &str, id: &str| {
         run(ctd.ctr_in(ns).args([
             "run",
@@ -915,7 +941,7 @@ fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_an
             "--snapshotter",
             "lazycrypt",
             image,
-            id,
+            &format!("{id}-{}", line.namespace()),
             "/bin/busybox",
             "cat",
             "/data/secret",
@@ -976,16 +1002,7 @@ fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_an
 
 /// `lazycrypt pull` of a plain-HTTP `image` into `ctd`; returns its output.
 fn lazycrypt_pull(ctd: &Containerd, image: &str) -> String {
-    ok(lazycrypt()
-        .args([
-            "pull",
-            "--plain-http",
-            "--namespace",
-            "lazycrypt-test",
-            "--address",
-        ])
-        .arg(&ctd.socket)
-        .arg(image.trim_start_matches("docker://")))
+    ok(ctd.lazycrypt_pull().arg(image.trim_start_matches("docker://")))
 }
 
 /// What `setpriv` makes of `argv` run as `nobody`: its exit status and stderr.
@@ -1186,8 +1203,8 @@ fn once_reconnected(mut cmd: impl FnMut() -> std::process::Output) -> String {
     }
 }
 
-#[test]
-fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted() {
+on_lines!(running_containers_keep_reading_while_the_daemon_is_killed_and_restarted: V1_6, V2_1);
+fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted(line: Line) {
     let d = tmp();
     let reg = Registry::start();
     let marker = "LZALIVE7c1e9";
@@ -1208,14 +1225,10 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted() {
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
     let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
     let mut daemon = Daemon::start_with(d.path(), &args);
-    let ctd = Containerd::start(d.path(), &daemon.socket);
+    let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&proxy.addr));
     let images = ["esgz", "targz"].map(|f| format!("{}/alive/{f}:v1", proxy.addr));
     for (i, name) in images.iter().enumerate() {
-        ok(lazycrypt()
-            .args(["pull", "--plain-http", "--namespace", "lazycrypt-test"])
-            .arg("--address")
-            .arg(&ctd.socket)
-            .arg(name));
+        ok(ctd.lazycrypt_pull().arg(name));
         ok(ctd.ctr().args([
             "run",
             "-d",
@@ -1375,8 +1388,8 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted() {
     }
 }
 
-#[test]
-fn a_cri_pull_mounts_encrypted_layers_lazily() {
+on_lines!(a_cri_pull_mounts_encrypted_layers_lazily: V1_6, V2_1, V2_1Local);
+fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
     let d = tmp();
     let reg = Registry::start();
     // 64 MiB of incompressible data and a marker, encrypted as eStargz.
@@ -1396,7 +1409,7 @@ fn a_cri_pull_mounts_encrypted_layers_lazily() {
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
     let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
     let daemon = Daemon::start_with(d.path(), &args);
-    let ctd = Containerd::start_with_cri(d.path(), &daemon.socket, Some(&proxy.addr));
+    let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&proxy.addr));
     let image = format!("{}/cri/app:v1", proxy.addr);
     let image_ref = cri_pull(&ctd, &image);
     let image_ref = image_ref.unwrap_or_else(|e| panic!("CRI pull: {e}\n{}", daemon.log()));

@@ -235,95 +235,197 @@ pub fn unmount_under(dir: &Path) {
         .status();
 }
 
-/// Debian's containerd with lazycrypt as the `lazycrypt` proxy snapshotter.
+/// Which containerd the tests drive, and how its CRI plugin pulls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// Debian 12's containerd 1.6.20, configured by `contrib/containerd-1.x.toml`.
+    V1_6,
+    /// containerd 2.1.9 (Debian unstable's, unpacked by
+    /// `scripts/install-deps.sh`), configured by `contrib/containerd-2.x.toml`
+    /// as shipped: CRI pulls through the transfer service.
+    V2_1,
+    /// containerd 2.1.9 with the file's local-pull lines uncommented.
+    V2_1Local,
+}
+
+/// Where `scripts/install-deps.sh` unpacks containerd 2.1.
+fn containerd2_prefix() -> PathBuf {
+    std::env::var_os("LAZYCRYPT_CONTAINERD2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/lazycrypt-test/containerd2"))
+}
+
+impl Line {
+    /// The directory of its `containerd`, `ctr` and shim.
+    fn bin_dir(self) -> PathBuf {
+        match self {
+            Line::V1_6 => PathBuf::from("/usr/bin"),
+            Line::V2_1 | Line::V2_1Local => containerd2_prefix().join("usr/bin"),
+        }
+    }
+
+    /// The containerd namespace its tests use. runc keeps its state per
+    /// namespace (`/run/containerd/runc/NS`) whatever containerd's state
+    /// dir, so a test run on two lines at once needs two namespaces for the
+    /// same container names not to meet.
+    pub fn namespace(self) -> &'static str {
+        match self {
+            Line::V1_6 => "lazycrypt-test",
+            Line::V2_1 => "lazycrypt-test-2.1",
+            Line::V2_1Local => "lazycrypt-test-2.1-local",
+        }
+    }
+
+    /// The shipped config file for this line, made to run under `base`:
+    /// lazycrypt's socket, the hosts directory and the stream processor
+    /// put where this test has them, and the lines a user would uncomment
+    /// for local pull uncommented. Only what no user copies is added: where
+    /// containerd keeps its state, and CRI's CNI directories.
+    fn config(self, base: &Path, snapshotter_socket: &Path, hosts_dir: &Path) -> String {
+        let name = match self {
+            Line::V1_6 => "containerd-1.x.toml",
+            Line::V2_1 | Line::V2_1Local => "containerd-2.x.toml",
+        };
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib").join(name);
+        let shipped = std::fs::read_to_string(&path).unwrap();
+        let mut text = shipped
+            .replace("/run/lazycrypt/lazycrypt.sock", snapshotter_socket.to_str().unwrap())
+            .replace("/etc/containerd/certs.d", hosts_dir.to_str().unwrap())
+            .replace("/usr/local/bin/lazycrypt", BIN);
+        if self == Line::V2_1Local {
+            for line in [
+                "use_local_image_pull = true",
+                "disable_snapshot_annotations = false",
+            ] {
+                let commented = format!("# {line}");
+                assert!(text.contains(&commented), "{name} has no {commented:?}");
+                text = text.replace(&commented, line);
+            }
+        }
+        let version = match self {
+            Line::V1_6 => "version = 2\n",
+            Line::V2_1 | Line::V2_1Local => "version = 3\n",
+        };
+        assert!(text.contains(version), "{name} is not {version:?}");
+        let cni = base.join("cni");
+        let node = format!(
+            "root = \"{}\"\nstate = \"{}\"\n",
+            base.join("root").display(),
+            base.join("state").display()
+        );
+        text = text.replacen(version, &format!("{version}{node}"), 1);
+        text.push_str(&format!(
+            "\n[grpc]\n  address = \"{}\"\n",
+            base.join("containerd.sock").display()
+        ));
+        text.push_str(&match self {
+            Line::V1_6 => format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{0}/bin\"\n  conf_dir = \"{0}/conf\"\n",
+                cni.display()
+            ),
+            // NRI's socket is one per host: tests run containerds side by side.
+            Line::V2_1 | Line::V2_1Local => format!(
+                "[plugins.'io.containerd.cri.v1.runtime'.cni]\n  bin_dirs = [\"{0}/bin\"]\n  conf_dir = \"{0}/conf\"\n[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n",
+                cni.display()
+            ),
+        });
+        text
+    }
+}
+
+/// A containerd with lazycrypt as the `lazycrypt` proxy snapshotter,
+/// configured from the shipped contrib file of its line.
 pub struct Containerd {
     child: Option<Child>,
     pub dir: PathBuf,
     pub socket: PathBuf,
+    pub line: Line,
 }
 
 impl Containerd {
+    /// Debian 12's containerd 1.6.
     pub fn start(dir: &Path, snapshotter_socket: &Path) -> Containerd {
-        Self::start_with_cri(dir, snapshotter_socket, None)
+        Self::start_on(Line::V1_6, dir, snapshotter_socket, None)
     }
 
-    /// With `cri_registry` (`host:port`): the CRI plugin on, pulling with
-    /// lazycrypt (snapshot annotations passed on) from that plain-HTTP
-    /// registry.
+    /// Debian 12's containerd 1.6, its CRI plugin reaching `cri_registry`
+    /// (`host:port`) over plain HTTP.
     pub fn start_with_cri(
         dir: &Path,
         snapshotter_socket: &Path,
         cri_registry: Option<&str>,
     ) -> Containerd {
+        Self::start_on(Line::V1_6, dir, snapshotter_socket, cri_registry)
+    }
+
+    /// containerd of `line`; with `registry` (`host:port`), a `hosts.toml`
+    /// makes it reach that registry over plain HTTP.
+    pub fn start_on(
+        line: Line,
+        dir: &Path,
+        snapshotter_socket: &Path,
+        registry: Option<&str>,
+    ) -> Containerd {
         let base = dir.join("ctd");
-        std::fs::create_dir_all(&base).unwrap();
+        let hosts = base.join("certs.d");
+        std::fs::create_dir_all(&hosts).unwrap();
+        if let Some(reg) = registry {
+            std::fs::create_dir_all(hosts.join(reg)).unwrap();
+            std::fs::write(
+                hosts.join(reg).join("hosts.toml"),
+                format!("server = \"http://{reg}\"\n"),
+            )
+            .unwrap();
+        }
         let socket = base.join("containerd.sock");
-        let (top, cri) = match cri_registry {
-            None => (
-                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
-                String::new(),
-            ),
-            Some(reg) => (
-                "",
-                format!(
-                    r#"[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "lazycrypt"
-    disable_snapshot_annotations = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni}/bin"
-    conf_dir = "{cni}/conf"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{reg}"]
-    endpoint = ["http://{reg}"]
-"#,
-                    cni = base.join("cni").display()
-                ),
-            ),
-        };
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-{top}[grpc]
-  address = "{sock}"
-[proxy_plugins.lazycrypt]
-  type = "snapshot"
-  address = "{snap}"
-{cri}"#,
-            root = base.join("root").display(),
-            state = base.join("state").display(),
-            sock = socket.display(),
-            snap = snapshotter_socket.display(),
-        );
-        std::fs::write(base.join("config.toml"), config).unwrap();
+        let config = base.join("config.toml");
+        std::fs::write(&config, line.config(&base, snapshotter_socket, &hosts)).unwrap();
         let log = base.join("containerd.log");
-        let mut child = Command::new("containerd")
+        let bin = line.bin_dir();
+        // containerd 2.1 finds its own shim (and runc) on PATH.
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut child = Command::new(bin.join("containerd"))
             .arg("--config")
-            .arg(base.join("config.toml"))
+            .arg(&config)
+            .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("start containerd (apt-get install containerd runc)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {} ({e}): scripts/install-deps.sh installs it",
+                    bin.join("containerd").display()
+                )
+            });
         wait_for(&socket, "containerd", &mut child, &log);
         Containerd {
             child: Some(child),
             dir: base,
             socket,
+            line,
         }
     }
 
-    /// `ctr` against this containerd, in namespace `lazycrypt-test`.
-    pub fn ctr(&self) -> Command {
-        self.ctr_in("lazycrypt-test")
+    /// What containerd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
-    /// `lazycrypt pull` into this containerd, namespace `lazycrypt-test`,
-    /// from a plain-HTTP registry: add the image (`HOST/REPO:TAG`).
+    /// `ctr` against this containerd, in its line's namespace.
+    pub fn ctr(&self) -> Command {
+        self.ctr_in(self.line.namespace())
+    }
+
+    /// `lazycrypt pull` into this containerd, its line's namespace, from a
+    /// plain-HTTP registry: add the image (`HOST/REPO:TAG`).
     pub fn lazycrypt_pull(&self) -> Command {
         let mut c = super::lazycrypt();
-        c.args(["pull", "--plain-http", "--namespace", "lazycrypt-test"])
+        c.args(["pull", "--plain-http", "--namespace", self.line.namespace()])
             .arg("--address")
             .arg(&self.socket);
         c
@@ -331,7 +433,7 @@ state = "{state}"
 
     /// `ctr` against this containerd, in namespace `ns`.
     pub fn ctr_in(&self, ns: &str) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(self.line.bin_dir().join("ctr"));
         c.arg("--address")
             .arg(&self.socket)
             .args(["--namespace", ns]);
