@@ -1002,7 +1002,9 @@ fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_an
 
 /// `lazycrypt pull` of a plain-HTTP `image` into `ctd`; returns its output.
 fn lazycrypt_pull(ctd: &Containerd, image: &str) -> String {
-    ok(ctd.lazycrypt_pull().arg(image.trim_start_matches("docker://")))
+    ok(ctd
+        .lazycrypt_pull()
+        .arg(image.trim_start_matches("docker://")))
 }
 
 /// What `setpriv` makes of `argv` run as `nobody`: its exit status and stderr.
@@ -1304,7 +1306,19 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted(line
                 &format!("after{round}"),
                 &["/bin/busybox", "cat", "/data/secret"],
             ));
-            assert!(out.contains(marker), "{out}");
+            if !out.contains(marker) {
+                // Seen once on 2.1 (empty output): tell a lost exec output
+                // from a short read.
+                let again = run(&mut exec(
+                    &format!("alive{i}"),
+                    &format!("again{round}"),
+                    &["/bin/busybox", "wc", "-c", "/data/secret"],
+                ));
+                panic!(
+                    "after restart {round}, alive{i} read {out:?}; then wc -c: {again:?}\n{}",
+                    daemon.log()
+                );
+            }
         }
         // The same mounts, taken over rather than mounted anew.
         assert_eq!(fuse_mounts_under(&daemon.root), layers);
@@ -1407,7 +1421,13 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
     // Both containerd (CRI) and lazycrypt reach the registry through a
     // proxy that counts what the registry serves.
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
-    let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
+    let (keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
+    // An image of busybox and a secret, encrypted by lazycrypt as eStargz and
+    // by skopeo as tar.gz, with a key of its own.
+    let pair_dir = d.path().join("pair");
+    let marker = format!("LZCRI{}", std::process::id());
+    let (_, pair_key) = encrypted_pair(&pair_dir, &reg, "cri", &marker, &[]);
+    std::fs::copy(&pair_key.private, keys.join("pair.pem")).unwrap();
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&proxy.addr));
     let image = format!("{}/cri/app:v1", proxy.addr);
@@ -1415,7 +1435,7 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
     let image_ref = image_ref.unwrap_or_else(|e| panic!("CRI pull: {e}\n{}", daemon.log()));
     assert!(image_ref.starts_with("sha256:"), "{image_ref}");
     let served = proxy.served();
-    eprintln!("CRI pull of a 64 MiB image: the registry served {served} bytes");
+    eprintln!("{line:?}: CRI pull of a 64 MiB image: the registry served {served} bytes");
     assert!(
         served < 6 << 20,
         "the registry served {served} bytes for a CRI pull of a 64 MiB image"
@@ -1426,6 +1446,51 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
         .args(["snapshots", "--snapshotter", "lazycrypt", "ls"]));
     assert_eq!(snaps.matches("Committed").count(), 1, "{snaps}");
     assert!(daemon.log().contains("mounted (Lazy)"), "{}", daemon.log());
+
+    // Both formats, pulled through CRI, run in containers that read the
+    // secret.
+    let names = ["esgz", "targz"].map(|f| format!("{}/cri/{f}:v1", proxy.addr));
+    let cat = |image: &str, id: &str| {
+        run(ctd.ctr_in("k8s.io").args([
+            "run",
+            "--rm",
+            "--snapshotter",
+            "lazycrypt",
+            image,
+            &format!("{id}-{}", line.namespace()),
+            "/bin/busybox",
+            "cat",
+            "/data/secret",
+        ]))
+    };
+    for (i, name) in names.iter().enumerate() {
+        cri_pull(&ctd, name)
+            .unwrap_or_else(|e| panic!("CRI pull of {name}: {e}\n{}", daemon.log()));
+        let out = cat(name, &format!("cri{i}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(&marker),
+            "{out:?}\n{}",
+            daemon.log()
+        );
+    }
+    // The key goes: a new container is refused, with imgcrypt's words.
+    std::fs::remove_file(keys.join("pair.pem")).unwrap();
+    let out = cat(&names[0], "nokey");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(
+                "you are not authorized to use this image: missing private key needed for decryption"
+            ),
+        "{out:?}"
+    );
+    // Nothing of the secret at rest under the test's directory (lazycrypt's
+    // root, containerd's root and state, the logs), nor in the log.
+    let needles: [&[u8]; 1] = [marker.as_bytes()];
+    let hits = common::mounts::files_containing(d.path(), &needles);
+    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
+    assert!(!daemon.log().contains(&marker));
     drop(ctd);
     daemon.stop();
 }

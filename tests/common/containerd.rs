@@ -286,10 +286,15 @@ impl Line {
             Line::V1_6 => "containerd-1.x.toml",
             Line::V2_1 | Line::V2_1Local => "containerd-2.x.toml",
         };
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("contrib")
+            .join(name);
         let shipped = std::fs::read_to_string(&path).unwrap();
         let mut text = shipped
-            .replace("/run/lazycrypt/lazycrypt.sock", snapshotter_socket.to_str().unwrap())
+            .replace(
+                "/run/lazycrypt/lazycrypt.sock",
+                snapshotter_socket.to_str().unwrap(),
+            )
             .replace("/etc/containerd/certs.d", hosts_dir.to_str().unwrap())
             .replace("/usr/local/bin/lazycrypt", BIN);
         if self == Line::V2_1Local {
