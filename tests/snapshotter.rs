@@ -1684,3 +1684,34 @@ fn a_daemon_killed_in_the_middle_of_a_prepare_leaves_nothing_half_done() {
     });
     daemon.stop();
 }
+
+on_lines!(a_config_that_passes_no_layer_labels_fails_the_pull_and_unpacks_no_plaintext: V1_6, V2_1);
+fn a_config_that_passes_no_layer_labels_fails_the_pull_and_unpacks_no_plaintext(line: Line) {
+    let d = tmp();
+    let reg = Registry::start();
+    let marker = format!("LZNOLABEL{}", std::process::id());
+    let ([esgz, targz], k) = encrypted_pair(d.path(), &reg, "nolabel", &marker, &[]);
+    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let daemon = Daemon::start_with(d.path(), &args);
+    // The mistake users make: on 1.x, the annotations left disabled; on
+    // 2.x, the transfer service not asked for them (no exports).
+    let mistake = match line {
+        Line::V1_6 => "disable_snapshot_annotations = false",
+        _ => "enable_remote_snapshot_annotations = \"true\"",
+    };
+    let ctd = Containerd::start_edited(line, d.path(), &daemon.socket, Some(&reg.addr), |c| {
+        assert!(c.contains(mistake));
+        c.replace(mistake, "")
+    });
+    for image in [&esgz, &targz] {
+        let name = image.trim_start_matches("docker://");
+        let err = cri_pull(&ctd, name).expect_err("a pull without layer labels");
+        eprintln!("{line:?}: {name}: {}", err.message());
+    }
+    eprintln!("{}", daemon.log());
+    let needles: [&[u8]; 1] = [marker.as_bytes()];
+    let hits = common::mounts::files_containing(d.path(), &needles);
+    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
+    drop(ctd);
+    daemon.stop();
+}

@@ -371,6 +371,18 @@ impl Containerd {
         snapshotter_socket: &Path,
         registry: Option<&str>,
     ) -> Containerd {
+        Self::start_edited(line, dir, snapshotter_socket, registry, |c| c)
+    }
+
+    /// As [`Containerd::start_on`], with the config file as `edit` makes it
+    /// (a user's mistake).
+    pub fn start_edited(
+        line: Line,
+        dir: &Path,
+        snapshotter_socket: &Path,
+        registry: Option<&str>,
+        edit: impl FnOnce(String) -> String,
+    ) -> Containerd {
         let base = dir.join("ctd");
         let hosts = base.join("certs.d");
         std::fs::create_dir_all(&hosts).unwrap();
@@ -384,7 +396,11 @@ impl Containerd {
         }
         let socket = base.join("containerd.sock");
         let config = base.join("config.toml");
-        std::fs::write(&config, line.config(&base, snapshotter_socket, &hosts)).unwrap();
+        std::fs::write(
+            &config,
+            edit(line.config(&base, snapshotter_socket, &hosts)),
+        )
+        .unwrap();
         let log = base.join("containerd.log");
         let bin = line.bin_dir();
         // containerd 2.1 finds its own shim (and runc) on PATH.
