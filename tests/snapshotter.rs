@@ -571,6 +571,104 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     daemon.stop();
 }
 
+async fn usage(c: &mut Client, key: &str) -> (i64, i64) {
+    let u = c
+        .usage(pb::UsageRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (u.size, u.inodes)
+}
+
+/// The value of counter `name` on the metrics page at `addr`.
+fn metric(addr: &str, name: &str) -> i64 {
+    let page = http_get(addr, "/metrics");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing: {page}"))
+}
+
+/// Inodes under `dir`, itself included, as `du --inodes` counts them.
+fn inodes_under(dir: &Path) -> i64 {
+    let mut n = 1;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        n += if e.file_type().unwrap().is_dir() {
+            inodes_under(&e.path())
+        } else {
+            1
+        };
+    }
+    n
+}
+
+/// CRI's image file system stats (and so the kubelet's image garbage
+/// collection) add up the snapshotter's Usage of every snapshot: a lazily
+/// mounted layer answers with the ciphertext it holds on the node and the
+/// inodes of its tree, also while it is not mounted.
+#[test]
+fn a_lazily_mounted_layers_usage_is_what_it_holds_on_the_node() {
+    let d = tmp();
+    let reg = Registry::start();
+    let big = common::noise(8 << 20);
+    let files: [(&str, &[u8]); 2] = [("marker", b"remote layer marker\n"), ("big.bin", &big)];
+    let (image, k, manifest, layers) = estargz_image(d.path(), &reg, "usage/app:v1", &files);
+    let name = image.trim_start_matches("docker://").to_string();
+    let (keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    // No diff-ID check: it would bring the whole blob into the cache.
+    args.extend(["--metrics", &metrics_addr, "--diff-id-delay", "86400"].map(String::from));
+    let daemon = Daemon::start_with(d.path(), &args);
+    let labels = layer_labels("L", &name, &manifest, &layers[0]);
+    let (held, inodes) = rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        let (cd, msg) = code(prepare_labelled(c, "x1", labels).await);
+        assert_eq!(cd, Code::AlreadyExists, "{msg}");
+        // Footer and TOC fetched: each block fetched is held once.
+        let (bytes, inodes) = usage(c, "L").await;
+        let fetched = metric(&metrics_addr, "lazycrypt_fetched_bytes_total");
+        assert!(bytes > 0, "{bytes}");
+        assert_eq!(bytes, fetched);
+
+        // Its inodes are those of the mounted tree.
+        let m = prepare(c, "c1", "L").await.unwrap();
+        let opts = m[0].split(' ').nth(2).unwrap().to_string();
+        let lower = opts
+            .split(',')
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .unwrap();
+        assert_eq!(inodes, inodes_under(Path::new(lower)));
+        assert_eq!(inodes, 3, "the root, marker and big.bin");
+
+        // Reading a file fetches more of the layer, and it is held.
+        let read = std::fs::read(Path::new(lower).join("big.bin")).unwrap();
+        assert!(read == big);
+        let (grown, _) = usage(c, "L").await;
+        let fetched = metric(&metrics_addr, "lazycrypt_fetched_bytes_total");
+        assert!(grown > bytes && grown >= 8 << 20, "{grown} after {bytes}");
+        assert_eq!(grown, fetched);
+        remove(c, "c1").await.unwrap();
+        (grown, inodes)
+    });
+
+    // Killed, and started again without the key: the layer cannot be
+    // mounted, and it still holds what it held.
+    daemon.kill();
+    std::fs::remove_file(keys.join("k.pem")).unwrap();
+    let daemon = Daemon::start_with(d.path(), &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        assert_eq!(usage(c, "L").await, (held, inodes));
+        std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
+        remove(c, "L").await.unwrap();
+    });
+    daemon.stop();
+}
+
 /// A layer opened ahead for one image's manifest carries that manifest's
 /// annotations and registry: an image that names another image's blob
 /// digest, with annotations of its own, must not have its open handed to

@@ -394,6 +394,10 @@ impl Store {
             layer_dir(&dir).map_err(|e| Error::io("cannot create snapshot directory", e))?;
             self.prefetch_above(&remote, labels);
             let mode = self.remotes.mount(id, &mut remote, &dir.join("fs"))?;
+            // Kept for Usage while the layer is not mounted (after a
+            // restart, until a container needs it); its bytes are counted
+            // as they are asked for.
+            let inodes = self.remotes.usage(id, &remote).1.unwrap_or(0);
             let now = SystemTime::now();
             self.meta.update(|t| {
                 if t.get(&target)?.is_some_and(|cur| Some(cur.id) != replacing) {
@@ -408,7 +412,7 @@ impl Store {
                         labels: labels.clone(),
                         created: now,
                         updated: now,
-                        usage: Some((0, 0)),
+                        usage: Some((0, to_i64(inodes))),
                         remote: Some(remote.clone()),
                         tmpfs: false,
                     },
@@ -720,12 +724,23 @@ impl Store {
             .collect())
     }
 
-    /// Bytes and inodes used by `key`'s own directory.
+    /// Bytes and inodes used by `key`: those of its own directory, as
+    /// containerd's overlayfs snapshotter counts them (measured at commit
+    /// for a committed snapshot). A lazily mounted layer has nothing in its
+    /// directory; it answers with what it holds on this node instead, its
+    /// ciphertext cached so far and its sealed copy, and the inodes of its
+    /// tree, so CRI's image file system stats and the kubelet's image
+    /// garbage collection see it.
     pub fn usage(&self, key: &str) -> Result<(i64, i64)> {
         let rec = self.get(key)?;
-        match rec.usage {
-            Some(u) => Ok(u),
-            None => disk_usage(&self.dir(rec.id).join("fs")),
+        match (&rec.remote, rec.usage) {
+            (Some(remote), stored) => {
+                let (bytes, inodes) = self.remotes.usage(rec.id, remote);
+                let inodes = inodes.map_or(stored.map_or(0, |u| u.1), to_i64);
+                Ok((to_i64(bytes), inodes))
+            }
+            (None, Some(u)) => Ok(u),
+            (None, None) => disk_usage(&self.dir(rec.id).join("fs")),
         }
     }
 
@@ -802,6 +817,10 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Bytes (allocated) and inodes under `dir`, not following mounts.
