@@ -669,6 +669,97 @@ fn a_lazily_mounted_layers_usage_is_what_it_holds_on_the_node() {
     daemon.stop();
 }
 
+/// A layer's Prepare (containerd's unpacker names its target) with no
+/// labels naming the image layer is what a CRI pull sends when containerd
+/// passes no layer labels on: containerd then unpacks every layer itself.
+/// The first such Prepare is warned of, once, with the config that fixes
+/// it; the Prepare still goes on as a plain snapshot.
+#[test]
+fn a_layers_prepare_without_layer_labels_is_warned_of_once_with_the_fix() {
+    let d = tmp();
+    let daemon = Daemon::start(d.path());
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        for (key, target) in [("x1", "L1"), ("x2", "L2")] {
+            let labels = HashMap::from([
+                ("containerd.io/snapshot.ref".to_string(), target.to_string()),
+                ("someone.else/label".to_string(), "its value".to_string()),
+            ]);
+            let m = prepare_labelled(c, key, labels).await.unwrap();
+            assert_eq!(m, ["rw,rbind"]);
+        }
+        // A container's Prepare names no target: not a layer.
+        prepare(c, "c1", "").await.unwrap();
+    });
+    let log = daemon.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("no labels name the image layer"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    let w = warnings[0];
+    assert!(
+        w.starts_with(" WARN ") && w.contains("snapshot x1: a layer's Prepare"),
+        "{w}"
+    );
+    for fix in [
+        "layers will be unpacked by containerd",
+        r#"enable_remote_snapshot_annotations = "true" in [proxy_plugins.lazycrypt.exports]"#,
+        "disable_snapshot_annotations = false",
+        "use_local_image_pull",
+        r#"README, "Layer labels""#,
+    ] {
+        assert!(w.contains(fix), "{fix}: {w}");
+    }
+    // The labels at debug level: the layer label's value, not another's.
+    assert!(log.contains("containerd.io/snapshot.ref=L2"), "{log}");
+    assert!(log.contains("someone.else/label=(not shown)"), "{log}");
+    assert!(!log.contains("its value"), "{log}");
+    daemon.stop();
+}
+
+/// The gRPC stack's own debug lines (a few per frame) stay out of serve's
+/// log even when `LAZYCRYPT_LOG=debug` asks for lazycrypt's.
+#[test]
+fn serves_log_has_no_http_library_chatter_at_debug() {
+    let d = tmp();
+    let daemon = Daemon::start(d.path());
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        prepare(c, "k1", "").await.unwrap();
+        commit(c, "base", "k1").await.unwrap();
+        stat(c, "base").await.unwrap();
+        list(c, &[]).await.unwrap();
+        remove(c, "base").await.unwrap();
+    });
+    let log = daemon.log();
+    assert!(
+        log.contains("labels []"),
+        "lazycrypt's debug lines are there: {log}"
+    );
+    let quiet = [
+        "h2",
+        "hyper",
+        "hyper_util",
+        "tower",
+        "tonic",
+        "rustls",
+        "want",
+    ];
+    let chatter: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.split_whitespace().any(|t| {
+                quiet
+                    .iter()
+                    .any(|c| t == format!("{c}:") || t.starts_with(&format!("{c}::")))
+            })
+        })
+        .collect();
+    assert!(chatter.is_empty(), "{}", chatter.join("\n"));
+    daemon.stop();
+}
+
 /// A layer opened ahead for one image's manifest carries that manifest's
 /// annotations and registry: an image that names another image's blob
 /// digest, with annotations of its own, must not have its open handed to
