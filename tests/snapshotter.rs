@@ -595,6 +595,195 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     daemon.stop();
 }
 
+async fn usage(c: &mut Client, key: &str) -> (i64, i64) {
+    let u = c
+        .usage(pb::UsageRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (u.size, u.inodes)
+}
+
+/// The value of counter `name` on the metrics page at `addr`.
+fn metric(addr: &str, name: &str) -> i64 {
+    let page = http_get(addr, "/metrics");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing: {page}"))
+}
+
+/// Inodes under `dir`, itself included, as `du --inodes` counts them.
+fn inodes_under(dir: &Path) -> i64 {
+    let mut n = 1;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        n += if e.file_type().unwrap().is_dir() {
+            inodes_under(&e.path())
+        } else {
+            1
+        };
+    }
+    n
+}
+
+/// CRI's image file system stats (and so the kubelet's image garbage
+/// collection) add up the snapshotter's Usage of every snapshot: a lazily
+/// mounted layer answers with the ciphertext it holds on the node and the
+/// inodes of its tree, also while it is not mounted.
+#[test]
+fn a_lazily_mounted_layers_usage_is_what_it_holds_on_the_node() {
+    let d = tmp();
+    let reg = Registry::start();
+    let big = common::noise(8 << 20);
+    let files: [(&str, &[u8]); 2] = [("marker", b"remote layer marker\n"), ("big.bin", &big)];
+    let (image, k, manifest, layers) = estargz_image(d.path(), &reg, "usage/app:v1", &files);
+    let name = image.trim_start_matches("docker://").to_string();
+    let (keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    // No diff-ID check: it would bring the whole blob into the cache.
+    args.extend(["--metrics", &metrics_addr, "--diff-id-delay", "86400"].map(String::from));
+    let daemon = Daemon::start_with(d.path(), &args);
+    let labels = layer_labels("L", &name, &manifest, &layers[0]);
+    let (held, inodes) = rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        let (cd, msg) = code(prepare_labelled(c, "x1", labels).await);
+        assert_eq!(cd, Code::AlreadyExists, "{msg}");
+        // Footer and TOC fetched: each block fetched is held once.
+        let (bytes, inodes) = usage(c, "L").await;
+        let fetched = metric(&metrics_addr, "lazycrypt_fetched_bytes_total");
+        assert!(bytes > 0, "{bytes}");
+        assert_eq!(bytes, fetched);
+
+        // Its inodes are those of the mounted tree.
+        let m = prepare(c, "c1", "L").await.unwrap();
+        let opts = m[0].split(' ').nth(2).unwrap().to_string();
+        let lower = opts
+            .split(',')
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .unwrap();
+        assert_eq!(inodes, inodes_under(Path::new(lower)));
+        assert_eq!(inodes, 3, "the root, marker and big.bin");
+
+        // Reading a file fetches more of the layer, and it is held.
+        let read = std::fs::read(Path::new(lower).join("big.bin")).unwrap();
+        assert!(read == big);
+        let (grown, _) = usage(c, "L").await;
+        let fetched = metric(&metrics_addr, "lazycrypt_fetched_bytes_total");
+        assert!(grown > bytes && grown >= 8 << 20, "{grown} after {bytes}");
+        assert_eq!(grown, fetched);
+        remove(c, "c1").await.unwrap();
+        (grown, inodes)
+    });
+
+    // Killed, and started again without the key: the layer cannot be
+    // mounted, and it still holds what it held.
+    daemon.kill();
+    std::fs::remove_file(keys.join("k.pem")).unwrap();
+    let daemon = Daemon::start_with(d.path(), &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        assert_eq!(usage(c, "L").await, (held, inodes));
+        std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
+        remove(c, "L").await.unwrap();
+    });
+    daemon.stop();
+}
+
+/// A layer's Prepare (containerd's unpacker names its target) with no
+/// labels naming the image layer is what a CRI pull sends when containerd
+/// passes no layer labels on: containerd then unpacks every layer itself.
+/// The first such Prepare is warned of, once, with the config that fixes
+/// it; the Prepare still goes on as a plain snapshot.
+#[test]
+fn a_layers_prepare_without_layer_labels_is_warned_of_once_with_the_fix() {
+    let d = tmp();
+    let daemon = Daemon::start(d.path());
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        for (key, target) in [("x1", "L1"), ("x2", "L2")] {
+            let labels = HashMap::from([
+                ("containerd.io/snapshot.ref".to_string(), target.to_string()),
+                ("someone.else/label".to_string(), "its value".to_string()),
+            ]);
+            let m = prepare_labelled(c, key, labels).await.unwrap();
+            assert_eq!(m, ["rw,rbind"]);
+        }
+        // A container's Prepare names no target: not a layer.
+        prepare(c, "c1", "").await.unwrap();
+    });
+    let log = daemon.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("no labels name the image layer"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    let w = warnings[0];
+    assert!(
+        w.starts_with(" WARN ") && w.contains("snapshot x1: a layer's Prepare"),
+        "{w}"
+    );
+    for fix in [
+        "layers will be unpacked by containerd",
+        r#"enable_remote_snapshot_annotations = "true" in [proxy_plugins.lazycrypt.exports]"#,
+        "disable_snapshot_annotations = false",
+        "use_local_image_pull",
+        r#"README, "Layer labels""#,
+    ] {
+        assert!(w.contains(fix), "{fix}: {w}");
+    }
+    // The labels at debug level: the layer label's value, not another's.
+    assert!(log.contains("containerd.io/snapshot.ref=L2"), "{log}");
+    assert!(log.contains("someone.else/label=(not shown)"), "{log}");
+    assert!(!log.contains("its value"), "{log}");
+    daemon.stop();
+}
+
+/// The gRPC stack's own debug lines (a few per frame) stay out of serve's
+/// log even when `LAZYCRYPT_LOG=debug` asks for lazycrypt's.
+#[test]
+fn serves_log_has_no_http_library_chatter_at_debug() {
+    let d = tmp();
+    let daemon = Daemon::start(d.path());
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        prepare(c, "k1", "").await.unwrap();
+        commit(c, "base", "k1").await.unwrap();
+        stat(c, "base").await.unwrap();
+        list(c, &[]).await.unwrap();
+        remove(c, "base").await.unwrap();
+    });
+    let log = daemon.log();
+    assert!(
+        log.contains("labels []"),
+        "lazycrypt's debug lines are there: {log}"
+    );
+    let quiet = [
+        "h2",
+        "hyper",
+        "hyper_util",
+        "tower",
+        "tonic",
+        "rustls",
+        "want",
+    ];
+    let chatter: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.split_whitespace().any(|t| {
+                quiet
+                    .iter()
+                    .any(|c| t == format!("{c}:") || t.starts_with(&format!("{c}::")))
+            })
+        })
+        .collect();
+    assert!(chatter.is_empty(), "{}", chatter.join("\n"));
+    daemon.stop();
+}
+
 /// A layer opened ahead for one image's manifest carries that manifest's
 /// annotations and registry: an image that names another image's blob
 /// digest, with annotations of its own, must not have its open handed to

@@ -153,6 +153,25 @@ fn stream_decrypt_as_a_containerd_stream_processor() {
     );
 }
 
+/// containerd 2.1's transfer service runs stream processors with no
+/// payload: the error says so, and what to change.
+#[test]
+fn stream_decrypt_without_a_payload_names_the_likely_cause_and_fix() {
+    let d = tmp();
+    let k = rsa_keys(d.path(), "k");
+    let (_plain, _enc, desc, blob) =
+        encrypted_layer(d.path(), &format!("jwe:{}", k.public.display()));
+    let out = stream_decrypt(&[], &blob, b"", desc["mediaType"].as_str().unwrap());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = "no payload on fd 3: the layer descriptor with its encryption annotations is \
+        needed; containerd 2.1's transfer service (its CRI pulls by default) passes none to \
+        stream processors: set use_local_image_pull = true in \
+        [plugins.'io.containerd.cri.v1.images'], or let lazycrypt serve the layers (README, \
+        \"Layer labels\")";
+    assert!(err.lines().any(|l| l.ends_with(want)), "{err}");
+}
+
 fn provider_config(d: &Path, body: &str) -> PathBuf {
     let p = d.join("ocicrypt-keyprovider.json");
     std::fs::write(&p, body).unwrap();

@@ -55,6 +55,32 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// What `serve`'s gRPC stack logs of each connection and frame: kept to
+/// warnings even when `LAZYCRYPT_LOG` asks for more of lazycrypt, unless it
+/// names one of them itself (a later directive for a crate wins).
+const QUIET_CRATES: [&str; 7] = [
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tower",
+    "tonic",
+    "rustls",
+    "want",
+];
+
+/// The log filter for `LAZYCRYPT_LOG` (`warn,pgp=error` when unset).
+/// fuser's own log lines name files, and ureq's trace lines carry registry
+/// credentials: they stay off whatever is asked (ours say what failed, and
+/// where).
+fn log_filter(asked: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let quiet: Vec<String> = QUIET_CRATES.iter().map(|c| format!("{c}=warn")).collect();
+    tracing_subscriber::EnvFilter::new(format!(
+        "{},{},fuser=off,ureq=off,ureq_proto=off",
+        quiet.join(","),
+        asked.unwrap_or("warn,pgp=error")
+    ))
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     fixed_mmap_threshold();
@@ -62,15 +88,7 @@ pub fn main() -> i32 {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            // fuser's own log lines name files, and ureq's trace lines carry
-            // registry credentials: they stay off whatever is asked (ours
-            // say what failed, and where).
-            tracing_subscriber::EnvFilter::new(format!(
-                "{},fuser=off,ureq=off,ureq_proto=off",
-                std::env::var("LAZYCRYPT_LOG").unwrap_or_else(|_| "warn,pgp=error".into())
-            )),
-        )
+        .with_env_filter(log_filter(std::env::var("LAZYCRYPT_LOG").ok().as_deref()))
         .without_time()
         .init();
     let cli = match Cli::try_parse() {

@@ -43,7 +43,13 @@ pub fn run(a: Args) -> Result<()> {
     let payload =
         read_payload(a.payload.as_ref()).context("reading the stream processor payload")?;
     let Some(payload) = payload else {
-        bail!("no payload on fd 3: the layer descriptor with its encryption annotations is needed");
+        bail!(
+            "no payload on fd 3: the layer descriptor with its encryption annotations is \
+             needed; containerd 2.1's transfer service (its CRI pulls by default) passes none \
+             to stream processors: set use_local_image_pull = true in \
+             [plugins.'io.containerd.cri.v1.images'], or let lazycrypt serve the layers \
+             (README, \"Layer labels\")"
+        );
     };
     let Payload {
         decrypt_config,

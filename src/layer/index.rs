@@ -59,6 +59,11 @@ pub trait ChunkSource: Send + Sync {
     fn is_local_chunks(&self, _chunks: &[u32]) -> bool {
         true
     }
+    /// Disk the source keeps beside the ciphertext cache (a sealed copy of
+    /// the layer's stream), in bytes.
+    fn on_disk(&self) -> u64 {
+        0
+    }
     /// Makes `chunks` cheap to load if one of them needs a fetch: fetches
     /// them, and `then` (the chunks a reader is heading into), in one range
     /// where loading them one by one would make a fetch each. All must be
@@ -264,6 +269,12 @@ impl Layer {
     /// chunk source keeps ([`ChunkSource::resident`]).
     pub fn resident(&self) -> u64 {
         self.nodes_bytes + self.chunks.resident()
+    }
+
+    /// Disk the layer keeps beside the ciphertext cache while it is
+    /// served; see [`ChunkSource::on_disk`].
+    pub fn on_disk(&self) -> u64 {
+        self.chunks.on_disk()
     }
 
     /// Whether the layer's whole blob is on this node.

@@ -150,6 +150,11 @@ impl LayerMount {
         &self.dir
     }
 
+    /// How many inodes the mounted tree has.
+    pub fn inodes(&self) -> u64 {
+        self.inodes
+    }
+
     /// The layer served.
     pub fn layer(&self) -> &Arc<Layer> {
         &self.layer

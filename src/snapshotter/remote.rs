@@ -70,6 +70,33 @@ pub fn named_layer(labels: &BTreeMap<String, String>) -> Option<Remote> {
     })
 }
 
+/// Whether a `Prepare`'s labels ask for a layer (containerd's unpacker
+/// names its target) without naming which image layer it is: containerd
+/// then unpacks the layer itself. That is how a plain `ctr images pull`
+/// prepares, and how CRI does when containerd passes no layer labels on.
+pub fn unnamed_layer(labels: &BTreeMap<String, String>) -> bool {
+    labels.contains_key(REF_LABEL) && named_layer(labels).is_none()
+}
+
+/// What a debug line shows of a `Prepare`'s labels: every key, and the
+/// values of containerd's, CRI's and lazycrypt's layer labels (names and
+/// digests); other labels are anyone's, so their values are left out.
+pub fn shown_labels(labels: &BTreeMap<String, String>) -> String {
+    let known = |k: &str| {
+        k == REF_LABEL
+            || k.starts_with("containerd.io/snapshot/cri.")
+            || k.starts_with("containerd.io/snapshot/lazycrypt.")
+    };
+    let shown: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| match known(k) {
+            true => format!("{k}={v}"),
+            false => format!("{k}=(not shown)"),
+        })
+        .collect();
+    format!("[{}]", shown.join(", "))
+}
+
 /// How remote layers are fetched and unlocked on this node.
 #[derive(Debug, Clone)]
 pub struct RemoteConfig {
@@ -218,6 +245,28 @@ impl Remotes {
                     .load(std::sync::atomic::Ordering::Relaxed),
             cache: self.cache.stats(),
         }
+    }
+
+    /// What snapshot `id`'s layer `remote` holds on this node: bytes of
+    /// its ciphertext in the blob cache (the blocks fetched, read from the
+    /// cache's block map, so also while the layer is not mounted) and of
+    /// its sealed copy, if it has one; and its inodes, if it is mounted.
+    pub fn usage(&self, id: u64, remote: &Remote) -> (u64, Option<u64>) {
+        let cached = descriptor(remote).map_or(0, |d| {
+            crate::cache::blobs::held(&self.config.cache_dir, d.digest(), d.size()).unwrap_or_else(
+                |e| {
+                    tracing::debug!("layer {}: its cached blocks: {e}", remote.layer);
+                    0
+                },
+            )
+        });
+        let mounts = lock(&self.mounts);
+        let mounted = mounts.get(&id);
+        let sealed = mounted.map_or(0, |m| m.layer().on_disk());
+        (
+            cached.saturating_add(sealed),
+            mounted.map(LayerMount::inodes),
+        )
     }
 
     fn retire(&self, m: &LayerMount) {

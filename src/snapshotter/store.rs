@@ -17,7 +17,8 @@ use super::filter::Filter;
 use super::meta::{DiffId, Kind, Meta, Record, Remote, Txn};
 use super::metrics;
 use super::remote::{
-    IMAGE_LAYERS_LABELS, REF_LABEL, RemoteConfig, RemoteStats, Remotes, named_layer,
+    IMAGE_LAYERS_LABELS, REF_LABEL, RemoteConfig, RemoteStats, Remotes, named_layer, shown_labels,
+    unnamed_layer,
 };
 use crate::mount::sys;
 use crate::private;
@@ -69,7 +70,21 @@ pub struct Store {
     upper: UpperConfig,
     diff_id: DiffIdConfig,
     checks: Queue,
+    /// Whether a layer's `Prepare` without layer labels was warned of.
+    warned_unnamed: std::sync::atomic::AtomicBool,
 }
+
+/// Logged once a daemon at the first `Prepare` of a layer that names no
+/// image layer: the config mistake that makes containerd unpack every layer
+/// (decrypting encrypted ones to disk) instead of lazycrypt serving them.
+const UNNAMED_LAYER: &str = "no labels name the image layer (CRI's or lazycrypt's), so lazycrypt \
+    cannot serve it lazily: layers will be unpacked by containerd into plain snapshots (an \
+    encrypted image's decrypted onto disk). Expected for a plain image pulled with `ctr images \
+    pull` (pull encrypted ones with `lazycrypt pull`); for Kubernetes, set \
+    enable_remote_snapshot_annotations = \"true\" in [proxy_plugins.lazycrypt.exports] \
+    (containerd 2.x), or disable_snapshot_annotations = false (containerd 1.6/1.7: in \
+    [plugins.\"io.containerd.grpc.v1.cri\".containerd]; 2.x with use_local_image_pull: in \
+    [plugins.'io.containerd.cri.v1.images']); see README, \"Layer labels\". Logged once";
 
 impl Store {
     /// Opens the store under `root` (metadata in `root/metadata.db`).
@@ -88,6 +103,7 @@ impl Store {
             upper,
             diff_id,
             checks: Queue::default(),
+            warned_unnamed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -290,10 +306,17 @@ impl Store {
         if key.is_empty() {
             return Err(Error::invalid("snapshot key must not be empty"));
         }
-        if kind == Kind::Active
-            && let Some(remote) = named_layer(&labels)
-        {
-            return Err(self.prepare_remote(parent, &labels, remote));
+        tracing::debug!(
+            "{kind:?} snapshot {key} on {parent:?}: labels {}",
+            shown_labels(&labels)
+        );
+        if kind == Kind::Active {
+            if let Some(remote) = named_layer(&labels) {
+                return Err(self.prepare_remote(parent, &labels, remote));
+            }
+            if unnamed_layer(&labels) && !self.warned_unnamed.swap(true, Ordering::Relaxed) {
+                tracing::warn!("snapshot {key}: a layer's Prepare, but {UNNAMED_LAYER}");
+            }
         }
         // Over lazily served layers, the upper directory goes on a tmpfs
         // (copy-up would put plaintext on disk), and only while a key on this
@@ -394,6 +417,10 @@ impl Store {
             layer_dir(&dir).map_err(|e| Error::io("cannot create snapshot directory", e))?;
             self.prefetch_above(&remote, labels);
             let mode = self.remotes.mount(id, &mut remote, &dir.join("fs"))?;
+            // Kept for Usage while the layer is not mounted (after a
+            // restart, until a container needs it); its bytes are counted
+            // as they are asked for.
+            let inodes = self.remotes.usage(id, &remote).1.unwrap_or(0);
             let now = SystemTime::now();
             self.meta.update(|t| {
                 if t.get(&target)?.is_some_and(|cur| Some(cur.id) != replacing) {
@@ -408,7 +435,7 @@ impl Store {
                         labels: labels.clone(),
                         created: now,
                         updated: now,
-                        usage: Some((0, 0)),
+                        usage: Some((0, to_i64(inodes))),
                         remote: Some(remote.clone()),
                         tmpfs: false,
                     },
@@ -720,12 +747,23 @@ impl Store {
             .collect())
     }
 
-    /// Bytes and inodes used by `key`'s own directory.
+    /// Bytes and inodes used by `key`: those of its own directory, as
+    /// containerd's overlayfs snapshotter counts them (measured at commit
+    /// for a committed snapshot). A lazily mounted layer has nothing in its
+    /// directory; it answers with what it holds on this node instead, its
+    /// ciphertext cached so far and its sealed copy, and the inodes of its
+    /// tree, so CRI's image file system stats and the kubelet's image
+    /// garbage collection see it.
     pub fn usage(&self, key: &str) -> Result<(i64, i64)> {
         let rec = self.get(key)?;
-        match rec.usage {
-            Some(u) => Ok(u),
-            None => disk_usage(&self.dir(rec.id).join("fs")),
+        match (&rec.remote, rec.usage) {
+            (Some(remote), stored) => {
+                let (bytes, inodes) = self.remotes.usage(rec.id, remote);
+                let inodes = inodes.map_or(stored.map_or(0, |u| u.1), to_i64);
+                Ok((to_i64(bytes), inodes))
+            }
+            (None, Some(u)) => Ok(u),
+            (None, None) => disk_usage(&self.dir(rec.id).join("fs")),
         }
     }
 
@@ -802,6 +840,10 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Bytes (allocated) and inodes under `dir`, not following mounts.

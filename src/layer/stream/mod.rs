@@ -348,6 +348,13 @@ pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
 }
 
 impl ChunkSource for StreamChunks {
+    fn on_disk(&self) -> u64 {
+        match &self.stored {
+            Stored::Sealed(sealed) => sealed.len(),
+            _ => 0,
+        }
+    }
+
     fn resident(&self) -> u64 {
         let states = match &self.stored {
             Stored::Gzip(states) => states.len() as u64 * gzip::STATE_BYTES,
@@ -518,6 +525,23 @@ mod tests {
             "{e}"
         );
         assert_eq!(scratch.used(), 0, "the failed copy gave its room back");
+    }
+
+    /// A zstd layer's sealed copy is disk it holds while served (its whole
+    /// tar stream); the other kinds hold none beside the blob.
+    #[test]
+    fn a_zstd_layer_holds_its_sealed_copy_on_disk() {
+        let tar = tar_with(&big());
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = Scratch::new(dir.path().into(), u64::MAX);
+        let zst = zstd::encode_all(&tar[..], 3).unwrap();
+        let idx = index(&zst[..], Compression::Zstd, &scratch, "L", &Unmetered).unwrap();
+        let l = layer(idx, Plain::new(Arc::new(MemoryRange::new(zst)), None), "L").unwrap();
+        assert_eq!(l.on_disk(), tar.len() as u64);
+        assert_eq!(l.on_disk(), scratch.used());
+        let idx = index(&tar[..], Compression::None, &scratch, "L", &Unmetered).unwrap();
+        let l = layer(idx, Plain::new(Arc::new(MemoryRange::new(tar)), None), "L").unwrap();
+        assert_eq!(l.on_disk(), 0);
     }
 
     fn tar_with(big: &[u8]) -> Vec<u8> {
