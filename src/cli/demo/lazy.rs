@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::scan::scan;
+use super::scan::{scan, scan_open_files};
 use crate::crypto::KeyRing;
 use crate::layer::stream::sealed::Scratch;
 use crate::mount::open::OpenOptions;
@@ -19,8 +19,7 @@ use crate::oci::transport::ImageSource;
 
 /// What to mount and what to look for.
 pub struct Plan<'a> {
-    /// The demo's directory: the mount's state goes under it, and all of it
-    /// but `plaintext` is scanned.
+    /// The demo's directory: the mount's state goes under it.
     pub dir: &'a Path,
     /// The encrypted eStargz image's layout, tagged `demo`.
     pub image: &'a Path,
@@ -29,8 +28,10 @@ pub struct Plan<'a> {
     pub want: &'a [u8],
     /// Byte strings only the image's plaintext holds.
     pub needles: &'a [Vec<u8>],
-    /// Where the demo itself keeps plaintext (its inputs): not scanned, but
-    /// scanned as a control that the scan finds what it looks for.
+    /// What the demo wrote besides the mount's state: scanned with it.
+    pub written: &'a [PathBuf],
+    /// Where the demo itself keeps plaintext (its inputs): scanned as a
+    /// control that the scan finds what it looks for.
     pub plaintext: &'a [PathBuf],
 }
 
@@ -121,30 +122,42 @@ fn while_mounted(p: &Plan, m: &Mounted, mnt: &Path, size: u64, layers: usize) ->
         if stats.cache.loaded == 1 { "" } else { "s" }
     );
 
-    let found = scan(p.dir, p.plaintext, p.needles)?;
-    let control = p
-        .plaintext
-        .iter()
-        .try_fold(0, |n, d| scan(d, &[], p.needles).map(|s| n + s.hits.len()))?;
+    let mut written = p.written.to_vec();
+    written.push(p.dir.join("lazy"));
+    let mut found = scan(&written, p.needles)?;
+    let open = scan_open_files(p.needles)?;
+    found.hits.extend(open.hits);
+    let control = scan(p.plaintext, p.needles)?.hits.len();
     // A scan that cannot find the samples where they are proves nothing.
     ensure!(
         control > 0,
         "the plaintext scan found no sample in the demo's own plaintext inputs"
     );
-    let inputs: Vec<String> = p
-        .plaintext
-        .iter()
-        .map(|d| format!("{}/", d.strip_prefix(p.dir).unwrap_or(d).display()))
-        .collect();
-    let inputs = inputs.join(" and ");
+    let names = |ps: &[PathBuf]| {
+        let v: Vec<String> = ps
+            .iter()
+            .map(|d| {
+                let rel = d.strip_prefix(p.dir).unwrap_or(d).display();
+                if d.is_dir() {
+                    format!("{rel}/")
+                } else {
+                    rel.to_string()
+                }
+            })
+            .collect();
+        v.join(" ")
+    };
+    println!("== no plaintext on disk: {}", found.hits.is_empty());
     println!(
-        "== no plaintext on disk: {} (searched {} files, {} bytes, under {} while mounted, all but \
-         the mount and the plaintext inputs {inputs}, for the image's marker and a sample of each \
-         random file; the same search finds {control} in {inputs})",
-        found.hits.is_empty(),
+        "   searched the {} files ({} bytes) the demo and the mount wrote under {} ({}) while \
+         mounted, and the {} files the demo holds open, for the image's marker and a sample of \
+         each random file; the same search finds {control} hits in the plaintext inputs ({})",
         found.files,
         found.bytes,
         p.dir.display(),
+        names(&written),
+        open.files,
+        names(p.plaintext),
     );
     if let Some(h) = found.hits.first() {
         bail!("plaintext of the image found at rest in {}", h.display());

@@ -153,6 +153,7 @@ pub fn run(a: Args) -> Result<()> {
                 file: &secret,
                 want: &files[1][0].1,
                 needles: &needles,
+                written: &[priv_pem.clone(), pub_pem.clone(), enc_dir.clone()],
                 plaintext: &[rootfs.clone(), plain_dir.clone()],
             },
             ring()?,
