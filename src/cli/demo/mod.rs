@@ -1,5 +1,10 @@
-//! `lazycrypt demo`: the whole encrypt / inspect / decrypt round on a
-//! generated image and key, with nothing from the network.
+//! `lazycrypt demo`: what lazycrypt is for, on a generated image and key
+//! with nothing from the network: the image encrypted as eStargz, mounted
+//! lazily (as root), one file read, the bytes that fetched and a scan of
+//! the disk for plaintext; then the encrypt / inspect / decrypt round.
+
+mod lazy;
+mod scan;
 
 use std::path::PathBuf;
 
@@ -15,6 +20,10 @@ use crate::oci::copy::NoProgress;
 use crate::oci::image::Image;
 use crate::oci::layout::Layout;
 use crate::oci::platform::Platform;
+
+/// Random (incompressible) files in the image besides the one read.
+const RANDOM_FILES: usize = 4;
+const RANDOM_FILE_SIZE: usize = 2 << 20;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -54,22 +63,49 @@ pub fn run(a: Args) -> Result<()> {
         key.to_public_key().to_public_key_pem(LineEnding::LF)?,
     )?;
 
+    // A marker new to this run, in the file the mount reads, in its name
+    // and in another layer's file, and random files big enough that
+    // fetching only what is read shows.
+    let marker = format!("lzdemo-{}", hex::encode(rand::random::<[u8; 8]>()));
+    let secret = format!("app/secret-{marker}.txt");
+    let mut files = [
+        vec![(
+            "etc/hello.txt".to_string(),
+            format!("hello from layer 0 ({marker})\n")
+                .repeat(1000)
+                .into_bytes(),
+        )],
+        vec![(
+            secret.clone(),
+            format!("secret data ({marker})\n")
+                .repeat(1000)
+                .into_bytes(),
+        )],
+    ];
+    let mut needles = vec![marker.clone().into_bytes()];
+    for i in 0..RANDOM_FILES {
+        let mut data = vec![0u8; RANDOM_FILE_SIZE];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut data);
+        needles.push(data[RANDOM_FILE_SIZE / 2..][..32].to_vec());
+        files[1].push((format!("app/model-{i}.bin"), data));
+    }
     println!(
-        "== building a two-layer image into oci:{}/plain:demo",
+        "== building a two-layer image ({} files, {} MiB of them random) into oci:{}/plain:demo",
+        files.iter().map(Vec::len).sum::<usize>(),
+        (RANDOM_FILES * RANDOM_FILE_SIZE) >> 20,
         dir.display()
     );
     let rootfs = dir.join("rootfs");
-    for (i, files) in [
-        vec![("etc/hello.txt", "hello from layer 0\n")],
-        vec![("app/data.txt", "secret data\n")],
-    ]
-    .iter()
-    .enumerate()
-    {
+    if rootfs.exists() {
+        // An earlier run's files would end up in the image.
+        std::fs::remove_dir_all(&rootfs)
+            .with_context(|| format!("removing {}", rootfs.display()))?;
+    }
+    for (i, files) in files.iter().enumerate() {
         for (name, body) in files {
             let p = rootfs.join(format!("layer{i}")).join(name);
             std::fs::create_dir_all(p.parent().expect("parent"))?;
-            std::fs::write(&p, body.repeat(1000))?;
+            std::fs::write(&p, body)?;
         }
     }
     let spec = BuildSpec {
@@ -104,6 +140,31 @@ pub fn run(a: Args) -> Result<()> {
         "demo",
     )?;
 
+    let ring = || -> Result<KeyRing> {
+        let mut ring = KeyRing::default();
+        ring.add_arg(&priv_pem.display().to_string())?;
+        Ok(ring)
+    };
+    if nix::unistd::geteuid().is_root() {
+        lazy::show(
+            lazy::Plan {
+                dir: &dir,
+                image: &enc_dir,
+                file: &secret,
+                want: &files[1][0].1,
+                needles: &needles,
+                written: &[priv_pem.clone(), pub_pem.clone(), enc_dir.clone()],
+                plaintext: &[rootfs.clone(), plain_dir.clone()],
+            },
+            ring()?,
+        )?;
+    } else {
+        println!(
+            "== skipped the lazy mount: mounting FUSE and overlayfs needs root, and this runs as uid {}; the rest runs",
+            nix::unistd::geteuid()
+        );
+    }
+
     println!("== layerinfo oci:{}/encrypted:demo", dir.display());
     layerinfo::run(layerinfo::Args {
         keys: vec![priv_pem.display().to_string()],
@@ -114,14 +175,12 @@ pub fn run(a: Args) -> Result<()> {
     })?;
 
     println!("== decrypting with {}", priv_pem.display());
-    let mut ring = KeyRing::default();
-    ring.add_arg(&priv_pem.display().to_string())?;
     let dec_dir = dir.join("decrypted");
     let enc = Layout::open(&enc_dir, Some("demo".into()))?;
     decrypt(
         &enc,
         &Layout::create(&dec_dir, Some("demo".into()))?,
-        &ring,
+        &ring()?,
         &Selection::default(),
         &NoProgress,
         "demo",
