@@ -412,7 +412,9 @@ fn a_mirror_gets_only_its_own_credentials() {
     hosts(&mirror.addr, "");
     pull(&RegistryOptions {
         plain_http: true,
-        creds: Some("tester:s3cret".into()),
+        creds: Some(lazycrypt::oci::auth::Credential::from_creds(
+            "tester:s3cret",
+        )),
         ..Default::default()
     });
     assert!(mirror.requests() > 0, "the mirror was tried");
