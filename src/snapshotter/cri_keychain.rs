@@ -89,7 +89,13 @@ fn connect_lazily(socket: &Path) -> std::io::Result<Channel> {
         .connect_with_connector_lazy(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
+                // The status the kubelet sees says what is down.
+                let s = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("CRI keychain: containerd at {}: {e}", path.display()),
+                    )
+                })?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
             }
         })))
