@@ -300,6 +300,18 @@ impl Registry {
                     continue;
                 }
             }
+            if status == 401 && authed && ours && replayable {
+                // A token that expired mid-run is renewed once above; a
+                // registry that refuses the renewed one refuses these
+                // credentials.
+                let refused = match self.check(res, what, &[]) {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!("{what}: HTTP 401"),
+                };
+                return Err(TryError::Fatal(Error::Registry(format!(
+                    "{refused}, even after authenticating afresh"
+                ))));
+            }
             if replayable && (status >= 500 || status == 429) {
                 return Err(TryError::Again {
                     after: retry_after(header(&res, "retry-after").as_deref()),
