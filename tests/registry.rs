@@ -412,7 +412,9 @@ fn a_mirror_gets_only_its_own_credentials() {
     hosts(&mirror.addr, "");
     pull(&RegistryOptions {
         plain_http: true,
-        creds: Some("tester:s3cret".into()),
+        creds: Some(lazycrypt::oci::auth::Credential::from_creds(
+            "tester:s3cret",
+        )),
         ..Default::default()
     });
     assert!(mirror.requests() > 0, "the mirror was tried");
@@ -572,5 +574,148 @@ fn authorization_follows_redirects_only_on_the_same_origin() {
     assert!(
         !seen.iter().any(|(l, _)| l.starts_with("GET /token")),
         "{seen:?}"
+    );
+}
+
+/// A bearer-token registry double in front of Debian's registry at
+/// `upstream`: `/token` hands out `tok1`, `tok2`, … to `u:p`; a token is
+/// good for `uses` requests (then it has expired), and tokens after
+/// `last_good` are refused. Returns its address and the tokens handed out.
+fn expiring_token_registry(
+    upstream: &str,
+    uses: usize,
+    last_good: usize,
+) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let used = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        usize,
+    >::new()));
+    let (up, me, iss) = (upstream.to_string(), addr.clone(), issued.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let (up, me, iss, used) = (up.clone(), me.clone(), iss.clone(), used.clone());
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap_or(0);
+                let (mut auth, mut range) = (String::new(), None);
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    let lower = h.to_ascii_lowercase();
+                    if lower.starts_with("authorization:") {
+                        auth = h[14..].trim().to_string();
+                    } else if lower.starts_with("range:") || lower.starts_with("accept:") {
+                        range.get_or_insert_with(String::new).push_str(&h);
+                    }
+                }
+                if line.starts_with("GET /token?") {
+                    assert_eq!(
+                        auth, "Basic dTpw",
+                        "the token request carries the credentials"
+                    );
+                    let n = iss.fetch_add(1, Ordering::SeqCst) + 1;
+                    let body = format!(r#"{{"token":"tok{n}"}}"#);
+                    let _ = s.write_all(
+                        reply("200 OK", "Content-Type: application/json\r\n", &body).as_bytes(),
+                    );
+                    return;
+                }
+                let token = auth.strip_prefix("Bearer ").unwrap_or("").to_string();
+                let good = token
+                    .strip_prefix("tok")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n <= last_good)
+                    && {
+                        let mut used = used.lock().unwrap();
+                        let u = used.entry(token).or_insert(0);
+                        *u += 1;
+                        *u <= uses
+                    };
+                if !good {
+                    let h = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"double\",scope=\"repository:app/x:pull\"\r\n"
+                    );
+                    let _ = s.write_all(reply("401 Unauthorized", &h, "").as_bytes());
+                    return;
+                }
+                // Authorized: the real registry answers, one request a connection.
+                let path = line.split(' ').nth(1).unwrap_or("/");
+                let mut u = std::net::TcpStream::connect(&up).unwrap();
+                let req = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {up}\r\n{}Connection: close\r\n\r\n",
+                    range.unwrap_or_default()
+                );
+                u.write_all(req.as_bytes()).unwrap();
+                let _ = std::io::copy(&mut u, &mut s);
+            });
+        }
+    });
+    (addr, issued)
+}
+
+#[test]
+fn an_expired_token_is_renewed_once_mid_run_and_a_refused_renewal_fails_clearly() {
+    let d = tmp();
+    let reg = Registry::start();
+    let plain = build_image(d.path(), "plain", 3);
+    let k = rsa_keys(d.path(), "k");
+    ok(lazycrypt().args([
+        "encrypt",
+        "--plain-http",
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &plain,
+        &reg.image("app/x:v1"),
+    ]));
+    // u:p, as docker login writes it.
+    let decrypt = |addr: &str, out: &str| {
+        let auth = d.path().join(format!("auth-{addr}.json"));
+        std::fs::write(
+            &auth,
+            format!(r#"{{"auths":{{"{addr}":{{"auth":"dTpw"}}}}}}"#),
+        )
+        .unwrap();
+        let mut c = lazycrypt();
+        c.env("HOME", d.path())
+            .env("REGISTRY_AUTH_FILE", &auth)
+            .args(["decrypt", "--plain-http", "--key"])
+            .arg(&k.private)
+            .args([&format!("docker://{addr}/app/x:v1"), out]);
+        c
+    };
+    // Each token expires after two requests: the run renews it as it goes
+    // (manifest, config and three layers) and reads on.
+    let (addr, issued) = expiring_token_registry(&reg.addr, 2, usize::MAX);
+    let out = format!("oci:{}/dec:x", d.path().display());
+    ok(&mut decrypt(&addr, &out));
+    assert_eq!(layer_digests(&out), layer_digests(&plain));
+    assert!(issued.load(Ordering::SeqCst) >= 3, "tokens renewed mid-run");
+
+    // The registry refuses the renewed token: one renewal, then one line
+    // naming the registry and repository, no credential.
+    let (addr, issued) = expiring_token_registry(&reg.addr, 1, 1);
+    let out = format!("oci:{}/dec2:x", d.path().display());
+    let err = fails(&mut decrypt(&addr, &out));
+    // The first token, then one renewal for each request that found it
+    // expired (the config and up to three layers at once), never a loop.
+    let n = issued.load(Ordering::SeqCst);
+    assert!((2..=5).contains(&n), "{n} tokens: {err}");
+    assert!(
+        err.contains(&format!("registry {addr}: GET /v2/app/x/"))
+            && err.contains("HTTP 401 Unauthorized, even after authenticating afresh"),
+        "{err}"
+    );
+    assert!(!err.contains("tok") && !err.contains("dTpw"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("401")).count(),
+        1,
+        "{err}"
     );
 }

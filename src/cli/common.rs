@@ -40,7 +40,10 @@ impl TransportArgs {
         TransportOptions {
             registry: RegistryOptions {
                 plain_http: self.plain_http,
-                creds: self.creds.clone(),
+                creds: self
+                    .creds
+                    .as_deref()
+                    .map(crate::oci::auth::Credential::from_creds),
                 ..Default::default()
             },
         }

@@ -122,6 +122,10 @@ pub fn run(a: Args) -> Result<()> {
         .address
         .or(file.address)
         .unwrap_or_else(|| "/run/lazycrypt/lazycrypt.sock".into());
+    let keychain = file.cri_keychain.as_ref().map(|k| {
+        let ttl = std::time::Duration::from_secs(k.ttl.unwrap_or(3600));
+        Arc::new(crate::oci::keychain::Keychain::new(ttl))
+    });
     let mut plain_http = file.plain_http;
     plain_http.extend(a.plain_http);
     let remote = RemoteConfig {
@@ -176,6 +180,7 @@ pub fn run(a: Args) -> Result<()> {
                 registry_connect_timeout: file.registry_connect_timeout,
             })
             .context("config")?,
+        keychain: keychain.clone(),
     };
     let upper = UpperConfig {
         tmpfs: a.upper.or(file.upper).as_deref() != Some("disk"),
@@ -228,6 +233,20 @@ pub fn run(a: Args) -> Result<()> {
                 .with_context(|| format!("metrics address {addr}"))?;
             tokio::spawn(crate::snapshotter::metrics::serve(listener, store.clone()));
         }
+        if let (Some(k), Some(keychain)) = (&file.cri_keychain, keychain) {
+            let (listen, upstream) = (k.listen.clone(), k.upstream.clone());
+            let bound = crate::snapshotter::cri_keychain::bind(&listen)
+                .with_context(|| format!("CRI keychain on {}", listen.display()))?;
+            // Served until the runtime ends: pulls under way at a stop
+            // end with it.
+            tokio::spawn(async move {
+                let served = crate::snapshotter::cri_keychain::serve(bound, &upstream, keychain);
+                if let Err(e) = served.await {
+                    tracing::error!("CRI keychain on {}: {e}", listen.display());
+                }
+            });
+            println!("serving the CRI keychain on {}", k.listen.display());
+        }
         // Restored layers are served already; systemd hears READY=1 once
         // the socket answers too.
         if std::env::var_os("NOTIFY_SOCKET").is_some() {
@@ -259,6 +278,9 @@ pub fn run(a: Args) -> Result<()> {
     served?;
     store.shutdown();
     let _ = std::fs::remove_file(&address);
+    if let Some(k) = &file.cri_keychain {
+        let _ = std::fs::remove_file(&k.listen);
+    }
     println!("stopped");
     Ok(())
 }

@@ -119,30 +119,47 @@ pub fn basic_to_realm(endpoint: &Origin, realm: &Origin) -> bool {
     !realm.is_plain_http() || (endpoint.is_plain_http() && realm.host == endpoint.host)
 }
 
-/// Basic credentials (`base64(user:password)`) for requests to `authority`
-/// on behalf of repository `r`: `creds` (`USER[:PASSWORD]`) when
-/// `authority` is `r`'s own registry, else what the auth `files` hold for
-/// `authority` itself.
-pub fn basic_for(
+/// What a registry's own host is given to authenticate with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// `base64(user:password)`, for Basic challenges and token realms.
+    Basic(Secret),
+    /// A registry token, sent as `Authorization: Bearer` as it is.
+    Bearer(Secret),
+}
+
+impl Credential {
+    /// Basic credentials of `user` and `password`.
+    pub fn basic(user: &str, password: &str) -> Self {
+        let pair = Zeroizing::new(format!("{user}:{password}"));
+        Credential::Basic(Secret::new(B64.encode(pair.as_bytes())))
+    }
+
+    /// Basic credentials from `USER[:PASSWORD]` (`--creds`).
+    pub fn from_creds(c: &str) -> Self {
+        let (user, password) = c.split_once(':').unwrap_or((c, ""));
+        Credential::basic(user, password)
+    }
+}
+
+/// The credential for requests to `authority` on behalf of repository `r`:
+/// `creds` when `authority` is `r`'s own registry, else what the auth
+/// `files` hold for `authority` itself.
+pub fn credential_for(
     authority: &str,
     r: &RegistryRef,
-    creds: Option<&str>,
+    creds: Option<&Credential>,
     files: &[PathBuf],
-) -> Option<Secret> {
+) -> Option<Credential> {
     let own =
         authority.eq_ignore_ascii_case(&r.host) || authority.eq_ignore_ascii_case(r.api_host());
     if own {
         if let Some(c) = creds {
-            let pair = Zeroizing::new(if c.contains(':') {
-                c.to_string()
-            } else {
-                format!("{c}:")
-            });
-            return Some(Secret::new(B64.encode(pair.as_bytes())));
+            return Some(c.clone());
         }
-        return from_auth_files(files, &r.host);
+        return from_auth_files(files, &r.host).map(Credential::Basic);
     }
-    from_auth_files(files, authority)
+    from_auth_files(files, authority).map(Credential::Basic)
 }
 
 /// The auth files skopeo and docker use, in the order they are consulted.
@@ -235,7 +252,11 @@ mod tests {
         let files = [f];
         let r = RegistryRef::parse("reg.example/a/b:v1").unwrap();
         let get = |host: &str, creds: Option<&str>| {
-            basic_for(host, &r, creds, &files).map(|s| s.expose().to_string())
+            let creds = creds.map(Credential::from_creds);
+            match credential_for(host, &r, creds.as_ref(), &files) {
+                Some(Credential::Basic(s)) => Some(s.expose().to_string()),
+                _ => None,
+            }
         };
         assert_eq!(get("reg.example", None).as_deref(), Some("cmVnOnI="));
         assert_eq!(get("reg.example", Some("u:p")).as_deref(), Some("dTpw"));
@@ -250,5 +271,13 @@ mod tests {
         assert_eq!(get("other.example", Some("u:p")), None);
         assert_eq!(get("reg.example:5000", None), None);
         assert_eq!(format!("{:?}", Secret::new("s3cret".into())), "Secret(…)");
+        assert_eq!(
+            Credential::from_creds("u"),
+            Credential::Basic(Secret::new("dTo=".into()))
+        );
+        assert_eq!(
+            format!("{:?}", Credential::from_creds("u:hunter2")),
+            "Basic(Secret(…))"
+        );
     }
 }

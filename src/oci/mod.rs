@@ -7,6 +7,7 @@ pub mod copy;
 pub mod digest;
 pub mod hosts;
 pub mod image;
+pub mod keychain;
 pub mod layout;
 pub mod media;
 pub mod mirrored;

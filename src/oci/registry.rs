@@ -22,9 +22,9 @@ use crate::deadline;
 pub struct RegistryOptions {
     /// Speak plain HTTP (for registries on loopback).
     pub plain_http: bool,
-    /// `USER[:PASSWORD]` for the registry's own host, overriding the auth
-    /// files (never sent to its mirrors).
-    pub creds: Option<String>,
+    /// The registry's own host's credential, overriding the auth files
+    /// (never sent to its mirrors).
+    pub creds: Option<auth::Credential>,
     /// How long the registry may take.
     pub timeouts: Timeouts,
 }
@@ -97,12 +97,18 @@ impl Registry {
             .user_agent(concat!("lazycrypt/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        let basic = auth::basic_for(
+        let (basic, token) = match auth::credential_for(
             &origin.authority(),
             &r,
-            opts.creds.as_deref(),
+            opts.creds.as_ref(),
             &auth::auth_files(),
-        );
+        ) {
+            Some(auth::Credential::Basic(b)) => (Some(b), None),
+            Some(auth::Credential::Bearer(t)) => {
+                (None, Some(Secret::new(format!("Bearer {}", t.expose()))))
+            }
+            None => (None, None),
+        };
         Ok(Registry {
             r,
             base,
@@ -110,7 +116,7 @@ impl Registry {
             agent,
             basic,
             headers,
-            auth: Mutex::new(None),
+            auth: Mutex::new(token),
             timeouts: opts.timeouts,
         })
     }
@@ -293,6 +299,18 @@ impl Registry {
                 if replayable {
                     continue;
                 }
+            }
+            if status == 401 && authed && ours && replayable {
+                // A token that expired mid-run is renewed once above; a
+                // registry that refuses the renewed one refuses these
+                // credentials.
+                let refused = match self.check(res, what, &[]) {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!("{what}: HTTP 401"),
+                };
+                return Err(TryError::Fatal(Error::Registry(format!(
+                    "{refused}, even after authenticating afresh"
+                ))));
             }
             if replayable && (status >= 500 || status == 429) {
                 return Err(TryError::Again {

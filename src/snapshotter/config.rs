@@ -46,6 +46,22 @@ pub struct FileConfig {
     pub registry_read_timeout: Option<u64>,
     /// Seconds connecting to a registry may take, TLS included.
     pub registry_connect_timeout: Option<u64>,
+    /// Listen as a CRI image service in front of containerd, keeping the
+    /// credentials of pulled images in memory for their lazy layers.
+    pub cri_keychain: Option<CriKeychain>,
+}
+
+/// `cri_keychain = { listen = "…", upstream = "…" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriKeychain {
+    /// The socket the kubelet's `--image-service-endpoint` names.
+    pub listen: PathBuf,
+    /// containerd's socket, where every call goes on to.
+    pub upstream: PathBuf,
+    /// Seconds a pull's credentials are kept for new layer mounts
+    /// (default 3600).
+    pub ttl: Option<u64>,
 }
 
 impl FileConfig {
@@ -118,6 +134,19 @@ mod tests {
             ),
             (Some(5), Some(5), Some(2))
         );
+        std::fs::write(
+            &p,
+            "cri_keychain = { listen = \"/run/l/cri.sock\", upstream = \"/run/c.sock\" }\n",
+        )
+        .unwrap();
+        let k = FileConfig::load(&p, true).unwrap().cri_keychain.unwrap();
+        assert_eq!(
+            (k.listen.as_path(), k.upstream.as_path(), k.ttl),
+            (Path::new("/run/l/cri.sock"), Path::new("/run/c.sock"), None)
+        );
+        std::fs::write(&p, "cri_keychain = { listen = \"/x\" }\n").unwrap();
+        let e = FileConfig::load(&p, true).unwrap_err();
+        assert!(e.contains("missing field `upstream`"), "{e}");
         assert!(FileConfig::load(&d.path().join("none"), false).is_ok());
         assert!(FileConfig::load(&d.path().join("none"), true).is_err());
     }

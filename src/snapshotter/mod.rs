@@ -3,6 +3,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod cri_keychain;
 pub mod error;
 pub mod filter;
 pub mod meta;

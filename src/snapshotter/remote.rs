@@ -123,6 +123,9 @@ pub struct RemoteConfig {
     pub keeper_socket: Option<PathBuf>,
     /// How long registries may take.
     pub registry_timeouts: crate::oci::retry::Timeouts,
+    /// Credentials pulls handed over (the CRI keychain), consulted before
+    /// the auth files.
+    pub keychain: Option<Arc<crate::oci::keychain::Keychain>>,
 }
 
 #[cfg(test)]
@@ -141,6 +144,7 @@ impl RemoteConfig {
             read_ahead: crate::fs::ReadAhead::Auto,
             keeper_socket: None,
             registry_timeouts: Default::default(),
+            keychain: None,
         }
     }
 }
@@ -291,7 +295,7 @@ impl Remotes {
             .map_err(|e| Error::invalid(format!("image reference {image}: {e}")))?;
         let opts = RegistryOptions {
             plain_http: self.config.plain_http.contains(&r.host),
-            creds: None,
+            creds: self.config.keychain.as_ref().and_then(|k| k.lookup(&r)),
             timeouts: self.config.registry_timeouts,
         };
         let src = crate::oci::mirrored::open(&r, self.config.hosts_dir.as_deref(), &opts).map_err(

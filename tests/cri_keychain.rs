@@ -1,0 +1,281 @@
+//! `lazycrypt serve`'s CRI keychain: a CRI image service in front of
+//! Debian's containerd 1.6 that keeps the image-pull-secret of a
+//! `PullImage` in memory for the lazy layers of a private image, on a node
+//! with no docker config.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::containerd::{Containerd, Daemon};
+use common::{Registry, lazycrypt, ok, tmp};
+use lazycrypt::containerd::proto::cri;
+use tonic::Code;
+
+const USER: &str = "kubelet-user";
+const PASSWORD: &str = "pw-Xq7-never-written";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn images(
+    socket: &Path,
+) -> cri::image_service_client::ImageServiceClient<tonic::transport::Channel> {
+    let c = lazycrypt::containerd::client::Client::connect(socket, "k8s.io")
+        .await
+        .unwrap();
+    cri::image_service_client::ImageServiceClient::new(c.channel)
+}
+
+/// A CRI `PullImage` of `image` sent to `socket`, as the kubelet sends it
+/// with an image-pull-secret.
+fn cri_pull(
+    socket: &Path,
+    image: &str,
+    auth: Option<cri::AuthConfig>,
+) -> Result<String, tonic::Status> {
+    rt().block_on(async {
+        images(socket)
+            .await
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.to_string(),
+                    annotations: HashMap::new(),
+                }),
+                auth,
+            })
+            .await
+            .map(|r| r.into_inner().image_ref)
+    })
+}
+
+/// A CRI `ImageFsInfo` sent to `socket`: where images are kept.
+fn image_fs(socket: &Path) -> Result<Vec<String>, tonic::Status> {
+    rt().block_on(async {
+        images(socket)
+            .await
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .image_filesystems
+                    .into_iter()
+                    .filter_map(|f| f.fs_id.map(|i| i.mountpoint))
+                    .collect()
+            })
+    })
+}
+
+/// A `serve` config with the keychain on `listen` in front of `upstream`.
+fn keychain_config(dir: &Path, listen: &Path, upstream: &Path) -> PathBuf {
+    let p = dir.join("config.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "cri_keychain = {{ listen = \"{}\", upstream = \"{}\" }}\n",
+            listen.display(),
+            upstream.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Waits for the keychain's socket (serve binds it after the snapshots one).
+fn wait_for(p: &Path, daemon: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no {}:\n{}",
+            p.display(),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every file under `dir` on its filesystem (FUSE layer mounts under it
+/// are not lazycrypt's files).
+fn files_under(dir: &Path, dev: u64, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.dev() != dev {
+            continue;
+        }
+        if m.is_dir() {
+            files_under(&p, dev, out);
+        } else if m.is_file() {
+            out.push(p);
+        }
+    }
+}
+
+/// The FUSE layer mounts under `root`.
+fn layer_mounts(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && f[2].starts_with("fuse") && f[1].starts_with(&*root.to_string_lossy()))
+                .then(|| PathBuf::from(f[1]))
+        })
+        .collect()
+}
+
+#[test]
+fn a_cri_pull_with_an_image_pull_secret_mounts_a_private_encrypted_image_lazily() {
+    let d = tmp();
+    let htpasswd = d.path().join("htpasswd");
+    ok(std::process::Command::new("htpasswd")
+        .arg("-Bbc")
+        .arg(&htpasswd)
+        .args([USER, PASSWORD]));
+    let reg = Registry::start_with(Some(&htpasswd));
+    // An encrypted eStargz image with a big file (never fetched whole) and
+    // a marker, pushed with the credentials.
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), common::noise(24 << 20)).unwrap();
+    std::fs::write(src.join("marker"), "private marker\n").unwrap();
+    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    common::build_dir(&src, &plain, &["--no-gzip"]);
+    let k = common::rsa_keys(d.path(), "k");
+    let creds = format!("{USER}:{PASSWORD}");
+    ok(lazycrypt().env("HOME", d.path()).args([
+        "encrypt",
+        "--plain-http",
+        "--estargz",
+        "--creds",
+        &creds,
+        "-r",
+        &format!("jwe:{}", k.public.display()),
+        &plain,
+        &reg.image("priv/app:v1"),
+    ]));
+
+    // No docker config anywhere serve looks.
+    let empty = d.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let keys = d.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
+    let listen = d.path().join("lz/cri/keychain.sock");
+    let upstream = d.path().join("ctd/containerd.sock");
+    let config = keychain_config(d.path(), &listen, &upstream);
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--plain-http",
+        &reg.addr,
+    ]
+    .map(String::from);
+    let auth_file = empty.join("auth.json");
+    let env = [
+        ("HOME", empty.as_path()),
+        ("DOCKER_CONFIG", &empty),
+        ("XDG_RUNTIME_DIR", &empty),
+        ("REGISTRY_AUTH_FILE", &auth_file),
+    ];
+    let daemon = Daemon::start_with_env(d.path(), &args, &env);
+    wait_for(&listen, &daemon);
+    let mode = std::fs::metadata(&listen).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o600, "the keychain's socket is root's only");
+
+    let ctd = Containerd::start_with_cri(d.path(), &daemon.socket, Some(&reg.addr));
+    let image = format!("{}/priv/app:v1", reg.addr);
+
+    // A wrong password: containerd's 401, passed on, and nothing mounted.
+    let wrong = cri::AuthConfig {
+        username: USER.into(),
+        password: "wrong-password".into(),
+        ..Default::default()
+    };
+    let e = cri_pull(&listen, &image, Some(wrong)).unwrap_err();
+    assert!(e.message().contains("401 Unauthorized"), "{e:?}");
+    assert!(!e.message().contains("wrong-password"), "{e:?}");
+    assert!(layer_mounts(&daemon.root).is_empty());
+
+    // The right one, as `auth` (base64 of user:password), as kubelets send
+    // a docker config's entry.
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &creds);
+    let pull = cri::AuthConfig {
+        auth: auth.clone(),
+        server_address: format!("http://{}", reg.addr),
+        ..Default::default()
+    };
+    let image_ref = cri_pull(&listen, &image, Some(pull))
+        .unwrap_or_else(|e| panic!("CRI pull: {e:?}\n{}", daemon.log()));
+    assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+    assert!(daemon.log().contains("mounted (Lazy)"), "{}", daemon.log());
+    let mounts = layer_mounts(&daemon.root);
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    // A file reads right through the mount: fetched from the private
+    // registry with the pull's credentials, and decrypted.
+    assert_eq!(
+        std::fs::read_to_string(mounts[0].join("marker")).unwrap(),
+        "private marker\n"
+    );
+    let big = std::fs::read(mounts[0].join("big.bin")).unwrap();
+    assert_eq!(big.len(), 24 << 20);
+
+    // The credentials reached no file of lazycrypt's and no log line.
+    let log = daemon.log();
+    let mut files = Vec::new();
+    let dev = std::fs::metadata(d.path().join("lz")).unwrap().dev();
+    files_under(&d.path().join("lz"), dev, &mut files);
+    assert!(
+        files.iter().any(|f| f.ends_with("metadata.db")),
+        "{files:?}"
+    );
+    for secret in [PASSWORD, auth.as_str()] {
+        assert!(!log.contains(secret), "a credential in serve's log");
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap_or_default();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a credential in {}",
+                f.display()
+            );
+        }
+    }
+    drop(ctd);
+    daemon.stop();
+}
+
+#[test]
+fn a_keychain_whose_containerd_is_down_answers_unavailable_until_it_is_up() {
+    let d = tmp();
+    let listen = d.path().join("lz/cri.sock");
+    let upstream = d.path().join("ctd/containerd.sock");
+    let config = keychain_config(d.path(), &listen, &upstream);
+    let daemon = Daemon::start_with(d.path(), &["--config".into(), config.display().to_string()]);
+    wait_for(&listen, &daemon);
+    let e = image_fs(&listen).unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(&*upstream.to_string_lossy()), "{e:?}");
+    // The kubelet tries again, and gets containerd's answer once it is up.
+    let _ctd = Containerd::start_with_cri(d.path(), &daemon.socket, Some("127.0.0.1:1"));
+    let fs = image_fs(&listen).unwrap_or_else(|e| panic!("{e:?}\n{}", daemon.log()));
+    assert!(
+        fs.iter()
+            .any(|m| m.ends_with("io.containerd.snapshotter.v1.lazycrypt")),
+        "{fs:?}"
+    );
+}
