@@ -4,6 +4,7 @@
 //! containerd 1.6 and containerd 2.1 (both CRI pull modes), each configured
 //! by its shipped `contrib/containerd-*.toml`.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -17,22 +18,6 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 type Client = SnapshotsClient<Channel>;
-
-/// A test run once for each containerd `line` named: `NAME::V1_6`,
-/// `NAME::V2_1`, … call `NAME(Line::…)`.
-macro_rules! on_lines {
-    ($test:ident: $($line:ident),+) => {
-        mod $test {
-            $(
-                #[test]
-                #[allow(non_snake_case)]
-                fn $line() {
-                    super::$test(super::Line::$line)
-                }
-            )+
-        }
-    };
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -353,16 +353,6 @@ impl Containerd {
         Self::start_on(Line::V1_6, dir, snapshotter_socket, None)
     }
 
-    /// Debian 12's containerd 1.6, its CRI plugin reaching `cri_registry`
-    /// (`host:port`) over plain HTTP.
-    pub fn start_with_cri(
-        dir: &Path,
-        snapshotter_socket: &Path,
-        cri_registry: Option<&str>,
-    ) -> Containerd {
-        Self::start_on(Line::V1_6, dir, snapshotter_socket, cri_registry)
-    }
-
     /// containerd of `line`; with `registry` (`host:port`), a `hosts.toml`
     /// makes it reach that registry over plain HTTP.
     pub fn start_on(

@@ -2,6 +2,23 @@
 //! build`), a real registry (Debian's docker-registry) and skopeo.
 #![allow(dead_code)]
 
+/// A test run once for each containerd `line` named: `NAME::V1_6`,
+/// `NAME::V2_1`, … call `NAME(Line::…)`.
+#[allow(unused_macros)]
+macro_rules! on_lines {
+    ($test:ident: $($line:ident),+) => {
+        mod $test {
+            $(
+                #[test]
+                #[allow(non_snake_case)]
+                fn $line() {
+                    super::$test(super::Line::$line)
+                }
+            )+
+        }
+    };
+}
+
 pub mod auth_proxy;
 pub mod containerd;
 pub mod data;
