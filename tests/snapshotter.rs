@@ -1066,6 +1066,33 @@ fn cri_pull(ctd: &Containerd, image: &str) -> Result<String, tonic::Status> {
     })
 }
 
+/// CRI's `ImageFsInfo` of lazycrypt's snapshotter: bytes and inodes used.
+fn image_fs_usage(ctd: &Containerd) -> (u64, u64) {
+    rt().block_on(async {
+        let c = lazycrypt::containerd::client::Client::connect(&ctd.socket, "k8s.io")
+            .await
+            .unwrap();
+        use lazycrypt::containerd::proto::cri;
+        let mut images = cri::image_service_client::ImageServiceClient::new(c.channel);
+        let fs = images
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .image_filesystems;
+        let ours = fs
+            .iter()
+            .find(|f| {
+                f.fs_id
+                    .as_ref()
+                    .is_some_and(|i| i.mountpoint.ends_with("snapshotter.v1.lazycrypt"))
+            })
+            .unwrap_or_else(|| panic!("no lazycrypt file system in {fs:?}"));
+        let value = |v: &Option<cri::UInt64Value>| v.as_ref().map_or(0, |v| v.value);
+        (value(&ours.used_bytes), value(&ours.inodes_used))
+    })
+}
+
 /// `lazycrypt pull` of `image` into namespace `ns`; stdout, or stderr on failure.
 fn pull_in(ctd: &Containerd, ns: &str, image: &str) -> Result<String, String> {
     let o = run(lazycrypt()
@@ -1620,6 +1647,28 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
         .args(["snapshots", "--snapshotter", "lazycrypt", "ls"]));
     assert_eq!(snaps.matches("Committed").count(), 1, "{snaps}");
     assert!(daemon.log().contains("mounted (Lazy)"), "{}", daemon.log());
+    // CRI's image file system stats (what the kubelet's image GC acts on)
+    // count what the lazy layer holds on the node: its ciphertext fetched
+    // so far and its tree's inodes, not 0. CRI gathers them in the
+    // background (every 10 s by default).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (bytes, inodes) = loop {
+        let (bytes, inodes) = image_fs_usage(&ctd);
+        if bytes > 0 && inodes > 0 {
+            break (bytes, inodes);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRI's image file system stats stayed at {bytes} bytes, {inodes} inodes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(
+        bytes <= served as u64,
+        "{bytes} bytes held, {served} fetched"
+    );
+    // The 8 weights, the marker, their directory and the root.
+    assert!(inodes >= 11, "{inodes} inodes");
 
     // Both formats, pulled through CRI, run in containers that read the
     // secret.
