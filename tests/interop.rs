@@ -454,3 +454,40 @@ fn multi_platform_index_with_platform_selection() {
         before.iter().map(|e| e.2.clone()).collect::<Vec<_>>()
     );
 }
+
+/// pgp (the OpenPGP crate) logs a secret key's fields in hex at debug
+/// level as it parses them: its lines stay off at every level asked, even
+/// when named.
+#[test]
+fn no_log_level_lets_a_pgp_secret_key_into_the_log() {
+    let d = tmp();
+    let plain = build_image(d.path(), "plain", 1);
+    let (_home, _uid, public, secret) = pgp_keys(d.path(), "carol");
+    let enc = format!("oci:{}/enc:pgp", d.path().display());
+    ok(lazycrypt().args([
+        "encrypt",
+        "--recipient",
+        &format!("pgp:{}", public.display()),
+        &plain,
+        &enc,
+    ]));
+    for level in ["debug", "trace", "trace,pgp=trace"] {
+        let out = format!("oci:{}/dec:{}", d.path().display(), level.len());
+        let o = run(lazycrypt()
+            .env("LAZYCRYPT_LOG", level)
+            .args(["decrypt", "--key"])
+            .arg(&secret)
+            .args([&enc, &out]));
+        assert!(o.status.success(), "{o:?}");
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !log.lines().any(|l| l.contains(" pgp::")),
+            "LAZYCRYPT_LOG={level}: pgp's lines in the log:\n{}",
+            log.lines()
+                .filter(|l| l.contains(" pgp::"))
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

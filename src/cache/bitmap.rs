@@ -46,11 +46,6 @@ impl Bitmap {
         &self.bits
     }
 
-    /// How many blocks are present.
-    pub fn count(&self) -> u64 {
-        self.set
-    }
-
     /// Whether every block is present.
     pub fn is_full(&self) -> bool {
         self.set == self.len

@@ -55,7 +55,7 @@ impl DiskRange {
                 ),
             ));
         }
-        let base = base_path(&dir, digest, size);
+        let base = dir.join(format!("{}-{size}", digest.digest()));
         let data_path = base.with_extension("data");
         let map_path = base.with_extension("map");
         let rw = || {
@@ -180,48 +180,6 @@ impl DiskRange {
         lock(&self.batches).add(first, end);
         self.mark(first, end)
     }
-}
-
-/// A blob's cache files, without their extension, in its algorithm's
-/// directory `dir`.
-fn base_path(dir: &Path, digest: &Digest, size: u64) -> PathBuf {
-    dir.join(format!("{}-{size}", digest.digest()))
-}
-
-/// Ciphertext bytes of blob `digest` (of `size` bytes) the cache under
-/// `dir` holds: its blocks present, the last one only as far as the blob
-/// goes. Read from the block map on disk, so it answers whether or not a
-/// layer reads through the cache right now; a blob never cached, or with a
-/// stale map, holds nothing.
-pub fn held(dir: &Path, digest: &Digest, size: u64) -> io::Result<u64> {
-    if size > MAX_BLOB {
-        return Ok(0);
-    }
-    let base = base_path(&dir.join(digest.algorithm().as_ref()), digest, size);
-    let absent = |e: io::Error| match e.kind() {
-        io::ErrorKind::NotFound => Ok(0),
-        _ => Err(e),
-    };
-    match std::fs::metadata(base.with_extension("data")) {
-        Ok(m) if m.len() == size => {}
-        Ok(_) => return Ok(0),
-        Err(e) => return absent(e),
-    }
-    let blocks = size.div_ceil(BLOCK);
-    let mut stored = Vec::new();
-    match File::open(base.with_extension("map")) {
-        Ok(f) => f.take(blocks.div_ceil(8) + 1).read_to_end(&mut stored)?,
-        Err(e) => return absent(e),
-    };
-    let Some(present) = Bitmap::from_bytes(stored, blocks) else {
-        return Ok(0);
-    };
-    let short_last = match size % BLOCK {
-        0 => 0,
-        tail if present.get(blocks - 1) => BLOCK - tail,
-        _ => 0,
-    };
-    Ok(present.count() * BLOCK - short_last)
 }
 
 /// The cache files of blob `digest` (`algorithm:hex`), whatever size they
@@ -448,29 +406,6 @@ mod tests {
         assert_eq!(remove_unlisted(dir.path(), &keep).unwrap(), 0);
         assert_eq!(remove_unlisted(dir.path(), &HashSet::new()).unwrap(), 2);
         assert_eq!(count(), 0);
-    }
-
-    /// What a blob's cache holds is its blocks on disk, the last one only
-    /// as far as the blob goes, and is read back without the blob open.
-    #[test]
-    fn a_blob_holds_the_blocks_fetched_and_only_those() {
-        let dir = tempfile::tempdir().unwrap();
-        let size = 2 * BLOCK + 100;
-        let data = vec![7u8; size as usize];
-        let d = crate::oci::digest::of(&data);
-        assert_eq!(held(dir.path(), &d, size).unwrap(), 0, "never cached");
-        let c = DiskRange::open(dir.path(), &d, Arc::new(MemoryRange::new(data))).unwrap();
-        assert_eq!(held(dir.path(), &d, size).unwrap(), 0);
-        c.read_range(10, 20).unwrap();
-        assert_eq!(held(dir.path(), &d, size).unwrap(), BLOCK);
-        c.read_range(size - 1, 1).unwrap();
-        assert_eq!(held(dir.path(), &d, size).unwrap(), BLOCK + 100);
-        drop(c);
-        assert_eq!(held(dir.path(), &d, size).unwrap(), BLOCK + 100);
-        // Another size is another file, which holds nothing.
-        assert_eq!(held(dir.path(), &d, size + 1).unwrap(), 0);
-        remove(dir.path(), d.as_ref()).unwrap();
-        assert_eq!(held(dir.path(), &d, size).unwrap(), 0);
     }
 
     /// A size near 2^63 once sized a block map of 64 TiB and aborted the

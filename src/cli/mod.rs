@@ -55,30 +55,27 @@ enum Command {
     Bench(bench::Args),
 }
 
-/// What `serve`'s gRPC stack logs of each connection and frame: kept to
-/// warnings even when `LAZYCRYPT_LOG` asks for more of lazycrypt, unless it
-/// names one of them itself (a later directive for a crate wins).
-const QUIET_CRATES: [&str; 7] = [
-    "h2",
-    "hyper",
-    "hyper_util",
-    "tower",
-    "tonic",
-    "rustls",
-    "want",
-];
+/// Crates whose log lines may carry secrets: fuser's name files, ureq's
+/// trace lines carry registry credentials, and pgp logs a secret key's
+/// fields in hex as it parses them. They stay off whatever is asked, even
+/// when named (ours say what failed, and where).
+const SECRET_CRATES: [&str; 4] = ["fuser", "ureq", "ureq_proto", "pgp"];
 
-/// The log filter for `LAZYCRYPT_LOG` (`warn,pgp=error` when unset).
-/// fuser's own log lines name files, and ureq's trace lines carry registry
-/// credentials: they stay off whatever is asked (ours say what failed, and
-/// where).
+/// The log filter for `LAZYCRYPT_LOG` (`warn` when unset). A bare level is
+/// lazycrypt's own: the crates below it (the gRPC stack logs each frame)
+/// stay at `warn` unless a directive names them; the secret-bearing ones
+/// stay off, their directives last so that they win.
 fn log_filter(asked: Option<&str>) -> tracing_subscriber::EnvFilter {
-    let quiet: Vec<String> = QUIET_CRATES.iter().map(|c| format!("{c}=warn")).collect();
-    tracing_subscriber::EnvFilter::new(format!(
-        "{},{},fuser=off,ureq=off,ureq_proto=off",
-        quiet.join(","),
-        asked.unwrap_or("warn,pgp=error")
-    ))
+    let mut directives = vec!["warn".to_string()];
+    for d in asked.unwrap_or("warn").split(',').map(str::trim) {
+        if d.parse::<tracing_subscriber::filter::LevelFilter>().is_ok() {
+            directives.push(format!("lazycrypt={d}"));
+        } else if !d.is_empty() {
+            directives.push(d.to_string());
+        }
+    }
+    directives.extend(SECRET_CRATES.iter().map(|c| format!("{c}=off")));
+    tracing_subscriber::EnvFilter::new(directives.join(","))
 }
 
 /// Runs the command line; returns the process exit code.

@@ -251,26 +251,19 @@ impl Remotes {
         }
     }
 
-    /// What snapshot `id`'s layer `remote` holds on this node: bytes of
-    /// its ciphertext in the blob cache (the blocks fetched, read from the
-    /// cache's block map, so also while the layer is not mounted) and of
-    /// its sealed copy, if it has one; and its inodes, if it is mounted.
+    /// What snapshot `id`'s layer `remote` holds on this node: its whole
+    /// ciphertext blob, which the cache holds once the layer's diff-ID check
+    /// has read it (every lazily mounted layer gets one), and its sealed
+    /// copy, if it has one; and its inodes, if it is mounted. The whole
+    /// blob rather than the blocks fetched so far, because CRI asks a
+    /// committed snapshot's `Usage` once, when it first sees it: blocks
+    /// fetched later would never reach the kubelet's image GC.
     pub fn usage(&self, id: u64, remote: &Remote) -> (u64, Option<u64>) {
-        let cached = descriptor(remote).map_or(0, |d| {
-            crate::cache::blobs::held(&self.config.cache_dir, d.digest(), d.size()).unwrap_or_else(
-                |e| {
-                    tracing::debug!("layer {}: its cached blocks: {e}", remote.layer);
-                    0
-                },
-            )
-        });
+        let blob = descriptor(remote).map_or(0, |d| d.size());
         let mounts = lock(&self.mounts);
         let mounted = mounts.get(&id);
         let sealed = mounted.map_or(0, |m| m.layer().on_disk());
-        (
-            cached.saturating_add(sealed),
-            mounted.map(LayerMount::inodes),
-        )
+        (blob.saturating_add(sealed), mounted.map(LayerMount::inodes))
     }
 
     fn retire(&self, m: &LayerMount) {
