@@ -417,6 +417,26 @@ fn keys_dir_args(dir: &Path, key: &Path, registry: &str) -> (std::path::PathBuf,
 }
 
 /// The labels `lazycrypt pull` puts on a layer's Prepare.
+/// The chain IDs of `image`'s layers (from its config's diff IDs): the
+/// names containerd gives their snapshots, which a lazily mounted layer's
+/// diff-ID check holds it to.
+fn chains(image: &str) -> Vec<String> {
+    let config: serde_json::Value = serde_json::from_str(&ok(common::skopeo().args([
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        image,
+    ])))
+    .unwrap();
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    lazycrypt::containerd::pull::chain_ids(&diff_ids)
+}
+
 fn layer_labels(target: &str, image: &str, manifest: &str, layer: &str) -> HashMap<String, String> {
     HashMap::from([
         ("containerd.io/snapshot.ref".to_string(), target.to_string()),
@@ -487,6 +507,7 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     let (image, k, manifest, layers) = estargz_image(d.path(), &reg, "enc/app:v1", &files);
     let layer = layers[0].clone();
     let name = image.trim_start_matches("docker://").to_string();
+    let l = chains(&image)[0].clone();
 
     let (keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     let metrics_addr = format!("127.0.0.1:{}", common::free_port());
@@ -497,25 +518,25 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
         let c = &mut connect(&daemon.socket).await;
         // A registry failure: a clear error, nothing left, and a retry works.
         let wrong = name.replace(&reg.addr, "127.0.0.1:1");
-        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels("L", &wrong, &manifest, &layer)).await);
+        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels(l.as_str(), &wrong, &manifest, &layer)).await);
         assert_eq!(cd, Code::Unavailable, "{msg}");
         assert!(msg.contains(&manifest), "{msg}");
-        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels("L", &name, &manifest, "sha256:0000")).await);
+        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels(l.as_str(), &name, &manifest, "sha256:0000")).await);
         assert_eq!(cd, Code::NotFound, "{msg}");
-        assert_eq!(code(stat(c, "L").await).0, Code::NotFound);
+        assert_eq!(code(stat(c, l.as_str()).await).0, Code::NotFound);
         assert_eq!(fuse_mounts_under(&root), 0);
 
         // The remote-snapshotter contract: AlreadyExists, then the target exists.
-        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels("L", &name, &manifest, &layer)).await);
+        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels(l.as_str(), &name, &manifest, &layer)).await);
         assert_eq!(cd, Code::AlreadyExists, "{msg}");
-        assert_eq!(stat(c, "L").await.unwrap().kind, pb::Kind::Committed as i32);
+        assert_eq!(stat(c, l.as_str()).await.unwrap().kind, pb::Kind::Committed as i32);
         assert_eq!(code(stat(c, "x1").await).0, Code::NotFound);
         assert_eq!(fuse_mounts_under(&root), 1);
-        let (cd, _) = code(prepare_labelled(c, "x2", layer_labels("L", &name, &manifest, &layer)).await);
+        let (cd, _) = code(prepare_labelled(c, "x2", layer_labels(l.as_str(), &name, &manifest, &layer)).await);
         assert_eq!(cd, Code::AlreadyExists);
 
         // A container over it: its upper layer is on a tmpfs.
-        let m = prepare(c, "c1", "L").await.unwrap();
+        let m = prepare(c, "c1", l.as_str()).await.unwrap();
         let opts = m[0].split(' ').nth(2).unwrap().to_string();
         let upper = opts.split(',').find_map(|o| o.strip_prefix("upperdir=")).unwrap();
         let snap_dir = Path::new(upper).parent().unwrap();
@@ -539,7 +560,7 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
 
         // Key removed: the next container is refused; the layer stays.
         std::fs::remove_file(keys.join("k.pem")).unwrap();
-        let (cd, msg) = code(prepare(c, "c2", "L").await);
+        let (cd, msg) = code(prepare(c, "c2", l.as_str()).await);
         assert_eq!(cd, Code::PermissionDenied);
         assert!(msg.starts_with("you are not authorized to use this image: missing private key needed for decryption"), "{msg}");
         std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
@@ -558,7 +579,7 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     assert!(!daemon.log().contains("taken over"), "{}", daemon.log());
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
-        let m = prepare(c, "c3", "L").await.unwrap();
+        let m = prepare(c, "c3", l.as_str()).await.unwrap();
         let opts = m[0].split(' ').nth(2).unwrap().to_string();
         assert_eq!(
             read_through(&opts, &d.path().join("rootfs"), "marker"),
@@ -566,7 +587,7 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
         );
         assert_eq!(fuse_mounts_under(&root), 1);
         assert!(daemon.log().contains("taken over"), "{}", daemon.log());
-        for k in ["c1", "c3", "L"] {
+        for k in ["c1", "c3", l.as_str()] {
             remove(c, k).await.unwrap();
         }
     });
@@ -626,26 +647,27 @@ fn a_lazily_mounted_layers_usage_is_what_it_holds_on_the_node() {
     ])))
     .unwrap();
     let blob = m["layers"][0]["size"].as_i64().unwrap();
+    let l = chains(&image)[0].clone();
     assert!(blob > 8 << 20, "{blob}");
     let (keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     // Before its diff-ID check has read the blob, the layer already counts
     // all of it: CRI asks a committed snapshot once.
     args.extend(["--diff-id-delay", "86400"].map(String::from));
     let daemon = Daemon::start_with(d.path(), &args);
-    let labels = layer_labels("L", &name, &manifest, &layers[0]);
+    let labels = layer_labels(l.as_str(), &name, &manifest, &layers[0]);
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
         let (cd, msg) = code(prepare_labelled(c, "x1", labels).await);
         assert_eq!(cd, Code::AlreadyExists, "{msg}");
         // Its inodes are those of the mounted tree.
-        let m = prepare(c, "c1", "L").await.unwrap();
+        let m = prepare(c, "c1", l.as_str()).await.unwrap();
         let opts = m[0].split(' ').nth(2).unwrap().to_string();
         let lower = opts
             .split(',')
             .find_map(|o| o.strip_prefix("lowerdir="))
             .unwrap();
         assert_eq!(
-            usage(c, "L").await,
+            usage(c, l.as_str()).await,
             (blob, 3),
             "the root, marker and big.bin"
         );
@@ -653,7 +675,7 @@ fn a_lazily_mounted_layers_usage_is_what_it_holds_on_the_node() {
         // Reading a file changes nothing: the blob was counted whole.
         let read = std::fs::read(Path::new(lower).join("big.bin")).unwrap();
         assert!(read == big);
-        assert_eq!(usage(c, "L").await, (blob, 3));
+        assert_eq!(usage(c, l.as_str()).await, (blob, 3));
         remove(c, "c1").await.unwrap();
     });
 
@@ -664,9 +686,9 @@ fn a_lazily_mounted_layers_usage_is_what_it_holds_on_the_node() {
     let daemon = Daemon::start_with(d.path(), &args);
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
-        assert_eq!(usage(c, "L").await, (blob, 3));
+        assert_eq!(usage(c, l.as_str()).await, (blob, 3));
         std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
-        remove(c, "L").await.unwrap();
+        remove(c, l.as_str()).await.unwrap();
     });
     daemon.stop();
 }
@@ -820,8 +842,14 @@ fn a_layer_opened_ahead_for_one_manifest_is_not_handed_to_another() {
         assert_eq!(cd, Code::NotFound, "{msg}");
         // The victim's Prepare of its own layer opens it from its own
         // manifest.
-        let (cd, msg) =
-            code(prepare_labelled(c, "v1", layer_labels("V", &name, &manifest, &layers[0])).await);
+        let (cd, msg) = code(
+            prepare_labelled(
+                c,
+                "v1",
+                layer_labels(&chains(&image)[0], &name, &manifest, &layers[0]),
+            )
+            .await,
+        );
         assert_eq!(cd, Code::AlreadyExists, "{msg}\n{}", daemon.log());
     });
     daemon.stop();
@@ -1735,6 +1763,7 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
     let recipient = format!("jwe:{}", k.public.display());
     common::skopeo_encrypt(&plain, &image, &[recipient], None);
     let (manifest, layers) = manifest_and_layers(&image);
+    let chain = chains(&image);
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
     let name = format!("{}/multi/app:v1", proxy.addr);
     let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
@@ -1742,7 +1771,7 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
         let labels = |i: usize| {
-            let mut l = layer_labels(&format!("L{i}"), &name, &manifest, &layers[i]);
+            let mut l = layer_labels(&chain[i], &name, &manifest, &layers[i]);
             l.insert(
                 "containerd.io/snapshot/lazycrypt.image-layers".into(),
                 layers[i..].join(","),
@@ -1764,11 +1793,11 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
         let before = proxy.served();
         for i in 1..3 {
             let mut l = labels(i);
-            l.insert("containerd.io/snapshot.ref".into(), format!("L{i}"));
+            l.insert("containerd.io/snapshot.ref".into(), chain[i].clone());
             let r = c
                 .prepare(pb::PrepareSnapshotRequest {
                     key: format!("k{i}"),
-                    parent: format!("L{}", i - 1),
+                    parent: chain[i - 1].clone(),
                     labels: l,
                     ..Default::default()
                 })
@@ -1781,7 +1810,7 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
             "{} more bytes fetched",
             proxy.served() - before
         );
-        let m = prepare(c, "c", "L2").await.unwrap();
+        let m = prepare(c, "c", &chain[2]).await.unwrap();
         let opts = m[0].split(' ').nth(2).unwrap().to_string();
         let got = read_through(&opts, &d.path().join("rootfs"), "t0");
         assert_eq!(got, "layer 0\n");
@@ -1794,8 +1823,9 @@ fn layers_are_fetched_through_the_mirrors_hosts_toml_names() {
     let d = tmp();
     let reg = Registry::start();
     let files: [(&str, &[u8]); 1] = [("marker", b"via the mirror\n")];
-    let (_, k, manifest, layers) = estargz_image(d.path(), &reg, "mirrored/app:v1", &files);
+    let (image, k, manifest, layers) = estargz_image(d.path(), &reg, "mirrored/app:v1", &files);
     let layer = layers[0].clone();
+    let l = chains(&image)[0].clone();
     // The image is named on a registry that does not answer; its hosts.toml
     // sends pulls to the real one first.
     let dead = "127.0.0.1:1";
@@ -1815,10 +1845,11 @@ fn layers_are_fetched_through_the_mirrors_hosts_toml_names() {
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
         let name = format!("{dead}/mirrored/app:v1");
-        let (cd, msg) =
-            code(prepare_labelled(c, "k", layer_labels("L", &name, &manifest, &layer)).await);
+        let (cd, msg) = code(
+            prepare_labelled(c, "k", layer_labels(l.as_str(), &name, &manifest, &layer)).await,
+        );
         assert_eq!(cd, Code::AlreadyExists, "{msg}");
-        let m = prepare(c, "c", "L").await.unwrap();
+        let m = prepare(c, "c", l.as_str()).await.unwrap();
         let opts = m[0].split(' ').nth(2).unwrap().to_string();
         assert_eq!(
             read_through(&opts, &d.path().join("rootfs"), "marker"),
@@ -1849,12 +1880,13 @@ fn a_daemon_killed_in_the_middle_of_a_prepare_leaves_nothing_half_done() {
         None,
     );
     let (manifest, layers) = manifest_and_layers(&image);
+    let l = chains(&image)[0].clone();
     let name = image.trim_start_matches("docker://").to_string();
     let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
     let root = daemon.root.clone();
     let socket = daemon.socket.clone();
-    let labels = layer_labels("L", &name, &manifest, &layers[0]);
+    let labels = layer_labels(l.as_str(), &name, &manifest, &layers[0]);
     // Prepare in the background; SIGKILL once the blob starts arriving.
     let pending = {
         let labels = labels.clone();
@@ -1884,12 +1916,12 @@ fn a_daemon_killed_in_the_middle_of_a_prepare_leaves_nothing_half_done() {
     assert!(left.is_empty(), "directories left: {left:?}");
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
-        assert_eq!(code(stat(c, "L").await).0, Code::NotFound);
+        assert_eq!(code(stat(c, l.as_str()).await).0, Code::NotFound);
         assert!(list(c, &[]).await.unwrap().is_empty());
         // The retry completes, whatever the cache kept of the first try.
         let (cd, msg) = code(prepare_labelled(c, "k2", labels).await);
         assert_eq!(cd, Code::AlreadyExists, "{msg}");
-        let m = prepare(c, "c", "L").await.unwrap();
+        let m = prepare(c, "c", l.as_str()).await.unwrap();
         let opts = m[0].split(' ').nth(2).unwrap().to_string();
         assert_eq!(
             read_through(&opts, &d.path().join("rootfs"), "marker"),
@@ -1950,5 +1982,62 @@ fn a_config_that_passes_no_layer_labels_fails_the_pull_and_unpacks_no_plaintext(
     let hits = common::mounts::files_containing(d.path(), &needles);
     assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
     drop(ctd);
+    daemon.stop();
+}
+
+/// Layer labels can come from the image itself: containerd passes a layer
+/// descriptor's `containerd.io/snapshot/` annotations on to `Prepare`. An
+/// attacker's image can so name another (its own, honest) image's layer,
+/// to be committed under the chain ID of a victim's layer. The diff-ID
+/// check holds a layer to the name it was committed under: the planted
+/// layer is poisoned, and the victim's Prepare gets its own layer.
+#[test]
+fn labels_naming_another_images_layer_cannot_plant_it_under_a_victims_chain_id() {
+    let d = tmp();
+    let reg = Registry::start();
+    let k = common::rsa_keys(d.path(), "k");
+    let mut images = Vec::new();
+    for (tag, marker) in [("victim", "LZCHAINVICTIM"), ("attacker", "LZCHAINATTACK")] {
+        let src = d.path().join(tag);
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("marker"), format!("{marker}\n")).unwrap();
+        let plain = format!(
+            "oci:{}:plain",
+            d.path().join(format!("img-{tag}")).display()
+        );
+        common::build_dir(&src, &plain, &[]);
+        let image = reg.image(&format!("chain/{tag}:v1"));
+        common::encrypt_estargz(&plain, &image, &k.public);
+        let (manifest, layers) = manifest_and_layers(&image);
+        let name = image.trim_start_matches("docker://").to_string();
+        images.push((name, manifest, layers[0].clone(), chains(&image)[0].clone()));
+    }
+    let [
+        (v_name, v_manifest, v_layer, v_chain),
+        (a_name, a_manifest, a_layer, _),
+    ] = <[_; 2]>::try_from(images).unwrap();
+    let (_keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    args.extend(["--diff-id-delay", "1"].map(String::from));
+    let daemon = Daemon::start_with(d.path(), &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        // The attacker's pull: the victim's chain ID, the attacker's layer.
+        let planted = layer_labels(&v_chain, &a_name, &a_manifest, &a_layer);
+        let (cd, msg) = code(prepare_labelled(c, "a1", planted).await);
+        assert_eq!(cd, Code::AlreadyExists, "{msg}");
+    });
+    log_shows(&daemon, "is poisoned", 1);
+    assert!(daemon.log().contains("makes chain ID"), "{}", daemon.log());
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        // The victim's pull: its own layer replaces the planted one.
+        let own = layer_labels(&v_chain, &v_name, &v_manifest, &v_layer);
+        let (cd, msg) = code(prepare_labelled(c, "v1", own).await);
+        assert_eq!(cd, Code::AlreadyExists, "{msg}\n{}", daemon.log());
+        let m = prepare(c, "c", &v_chain).await.unwrap();
+        let opts = m[0].split(' ').nth(2).unwrap().to_string();
+        let got = read_through(&opts, &d.path().join("rootfs"), "marker");
+        assert_eq!(got, "LZCHAINVICTIM\n");
+    });
     daemon.stop();
 }

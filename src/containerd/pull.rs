@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use anyhow::{Context, Result, anyhow, bail};
-use sha2::{Digest as _, Sha256};
 use tonic::Code;
 
 use super::client::Client;
@@ -83,19 +82,12 @@ pub fn resolve(src: &dyn ImageSource, name: &str, platform: &Platform) -> Result
     })
 }
 
-/// ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n)), as the OCI image spec
-/// defines it; the first is the first DiffID.
+/// The chain IDs of layers with `diff_ids`, bottom first.
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
     for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => format!(
-                "sha256:{}",
-                hex::encode(Sha256::digest(format!("{prev} {d}").as_bytes()))
-            ),
-        };
-        out.push(next);
+        let parent = out.last().map_or("", String::as_str);
+        out.push(crate::oci::image::chain_id(parent, d));
     }
     out
 }
@@ -349,6 +341,7 @@ mod tests {
         let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
         let c = chain_ids(&[d('a'), d('b')]);
         assert_eq!(c[0], d('a'));
+        use sha2::{Digest as _, Sha256};
         let want = hex::encode(Sha256::digest(format!("{} {}", d('a'), d('b'))));
         assert_eq!(c[1], format!("sha256:{want}"));
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);

@@ -100,3 +100,16 @@ fn config_platform(src: &dyn ImageSource, m: &ImageManifest) -> Option<String> {
         None => format!("{os}/{arch}"),
     })
 }
+
+/// The chain ID of a layer with diff ID `diff_id` on the layers whose chain
+/// ID is `parent` (none: `""`), as the OCI image spec defines it:
+/// `sha256(parent + " " + diff_id)`, the first layer's being its diff ID.
+/// containerd names the snapshot of each layer by it.
+pub fn chain_id(parent: &str, diff_id: &str) -> String {
+    use sha2::Digest as _;
+    if parent.is_empty() {
+        return diff_id.to_string();
+    }
+    let h = sha2::Sha256::digest(format!("{parent} {diff_id}").as_bytes());
+    format!("sha256:{}", hex::encode(h))
+}

@@ -55,6 +55,17 @@ pub enum DiffId {
     /// It hashed to something else: the layer is poisoned, nothing of it
     /// is served, and it is replaced when an image needs that chain.
     Mismatch { claimed: String, actual: String },
+    /// It hashed to the claimed diff ID, but on its parent that makes chain
+    /// ID `chain`, not the name it was committed under (labels an image
+    /// set itself named another image's layer): poisoned, as a mismatch.
+    Misnamed { chain: String },
+}
+
+impl DiffId {
+    /// Not to be served, nor reused: its content is not what its name says.
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self, DiffId::Mismatch { .. } | DiffId::Misnamed { .. })
+    }
 }
 
 /// One snapshot's metadata.

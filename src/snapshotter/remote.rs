@@ -78,24 +78,53 @@ pub fn unnamed_layer(labels: &BTreeMap<String, String>) -> bool {
     labels.contains_key(REF_LABEL) && named_layer(labels).is_none()
 }
 
-/// What a debug line shows of a `Prepare`'s labels: every key, and the
-/// values of containerd's, CRI's and lazycrypt's layer labels (names and
-/// digests); other labels are anyone's, so their values are left out.
+/// What a debug line shows of a `Prepare`'s labels: their keys, and the
+/// values of the layer labels containerd, CRI and lazycrypt set (names and
+/// digests); other labels are anyone's, so their values are left out. An
+/// image can set labels through its layers' annotations: keys and values
+/// are escaped (no forged log lines) and cut short, and at most
+/// [`SHOWN_LABELS`] are listed.
 pub fn shown_labels(labels: &BTreeMap<String, String>) -> String {
     let known = |k: &str| {
         k == REF_LABEL
-            || k.starts_with("containerd.io/snapshot/cri.")
-            || k.starts_with("containerd.io/snapshot/lazycrypt.")
+            || LABEL_SETS.iter().flatten().any(|l| *l == k)
+            || IMAGE_LAYERS_LABELS.contains(&k)
     };
-    let shown: Vec<String> = labels
+    let mut shown: Vec<String> = labels
         .iter()
-        .map(|(k, v)| match known(k) {
-            true => format!("{k}={v}"),
-            false => format!("{k}=(not shown)"),
+        .take(SHOWN_LABELS)
+        .map(|(k, v)| {
+            if known(k) {
+                format!("{}={}", short(k), short(v))
+            } else {
+                format!("{}=(not shown)", short(k))
+            }
         })
         .collect();
+    if labels.len() > SHOWN_LABELS {
+        shown.push(format!("({} more)", labels.len() - SHOWN_LABELS));
+    }
     format!("[{}]", shown.join(", "))
 }
+
+/// Labels a debug line lists at most.
+const SHOWN_LABELS: usize = 16;
+
+/// `s` escaped for a log line, cut after [`SHOWN_CHARS`] characters.
+fn short(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(SHOWN_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if s.chars().nth(SHOWN_CHARS).is_some() {
+        out.push_str(&format!("…({} bytes)", s.len()));
+    }
+    out
+}
+
+/// Characters of one label's key or value a debug line shows at most.
+const SHOWN_CHARS: usize = 160;
 
 /// How remote layers are fetched and unlocked on this node.
 #[derive(Debug, Clone)]
@@ -751,6 +780,49 @@ fn connection_alive(conn: &OwnedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An image sets labels through its layers' annotations: their keys and
+    /// values cannot forge log lines or flood one, and only the layer
+    /// labels' values show.
+    #[test]
+    fn a_debug_line_of_labels_is_escaped_short_and_shows_only_layer_values() {
+        let mut labels = BTreeMap::from([
+            (REF_LABEL.to_string(), "sha256:abc".to_string()),
+            (
+                "containerd.io/snapshot/lazycrypt.image-ref".to_string(),
+                "r\n WARN forged".to_string(),
+            ),
+            (
+                "containerd.io/snapshot/lazycrypt.x\nWARN".to_string(),
+                "secret-ish".to_string(),
+            ),
+            (
+                "containerd.io/snapshot/cri.image-layers".to_string(),
+                "d".repeat(1000),
+            ),
+        ]);
+        let line = shown_labels(&labels);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("containerd.io/snapshot.ref=sha256:abc"),
+            "{line}"
+        );
+        assert!(
+            line.contains("lazycrypt.image-ref=r\\n WARN forged"),
+            "{line}"
+        );
+        assert!(line.contains("lazycrypt.x\\nWARN=(not shown)"), "{line}");
+        assert!(!line.contains("secret-ish"), "{line}");
+        assert!(
+            line.contains(&format!("{}…(1000 bytes)", "d".repeat(160))),
+            "{line}"
+        );
+        for i in 0..40 {
+            labels.insert(format!("l{i:02}"), String::new());
+        }
+        let line = shown_labels(&labels);
+        assert!(line.ends_with("(28 more)]"), "{line}");
+    }
     use crate::crypto;
     use crate::layer::index::{ChunkSource, Meter};
     use crate::layer::verified::Verified;

@@ -21,6 +21,7 @@ use super::remote::{
     unnamed_layer,
 };
 use crate::mount::sys;
+use crate::oci::image::chain_id;
 use crate::private;
 
 /// A snapshot's `fs` directory: the root of what containers see, so 0755 as
@@ -146,6 +147,15 @@ impl Store {
         };
         let rate = if job.urgent { None } else { self.diff_id.rate };
         let verdict = match self.remotes.check_diff_id(remote, rate) {
+            // Its name must be the chain its content makes on its parent:
+            // layer labels can come from the image itself (containerd
+            // passes its layers' `containerd.io/snapshot/` annotations on),
+            // naming another image's layer to be committed under this name.
+            Ok(DiffId::Verified(actual)) if chain_id(&rec.parent, &actual) != job.key => {
+                DiffId::Misnamed {
+                    chain: chain_id(&rec.parent, &actual),
+                }
+            }
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(
@@ -185,6 +195,19 @@ impl Store {
                      is replaced when an image needs that layer",
                     remote.layer,
                     remote.image,
+                    job.key
+                );
+                self.remotes.poison(rec.id);
+            }
+            DiffId::Misnamed { chain } => {
+                metrics::DIFF_ID_MISMATCHES.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "layer {} of {}: on its parent it makes chain ID {chain}, but it was \
+                     committed as {}: snapshot {} is poisoned (its reads fail with EIO) and is \
+                     replaced when an image needs that layer",
+                    remote.layer,
+                    remote.image,
+                    job.key,
                     job.key
                 );
                 self.remotes.poison(rec.id);
@@ -246,7 +269,7 @@ impl Store {
             let Some(remote) = &rec.remote else { continue };
             match remote.diff_id {
                 // Poisoned: never served again.
-                DiffId::Mismatch { .. } => continue,
+                DiffId::Mismatch { .. } | DiffId::Misnamed { .. } => continue,
                 DiffId::Pending => {
                     self.checks
                         .push(&key, rec.id, Instant::now() + self.diff_id.delay, false)
@@ -490,10 +513,8 @@ impl Store {
             v => v.clone(),
         };
         match verdict {
-            DiffId::Mismatch { .. } if theirs.layer == remote.layer => {
-                Err(poisoned(target, theirs))
-            }
-            DiffId::Mismatch { .. } => Ok(Some(existing.id)),
+            v if v.is_poisoned() && theirs.layer == remote.layer => Err(poisoned(target, theirs)),
+            v if v.is_poisoned() => Ok(Some(existing.id)),
             _ => Ok(None),
         }
     }
@@ -688,11 +709,7 @@ impl Store {
     /// build an image on it.
     pub fn stat(&self, key: &str) -> Result<Info> {
         let rec = self.get(key)?;
-        if let Some(x) = rec
-            .remote
-            .as_ref()
-            .filter(|x| matches!(x.diff_id, DiffId::Mismatch { .. }))
-        {
+        if let Some(x) = rec.remote.as_ref().filter(|x| x.diff_id.is_poisoned()) {
             return Err(poisoned(key, x));
         }
         Ok(info(key, &rec))
@@ -912,7 +929,7 @@ fn refuse_poisoned(chain: &[Record]) -> Result<()> {
     match chain.iter().find_map(|r| {
         r.remote
             .as_ref()
-            .filter(|x| matches!(x.diff_id, DiffId::Mismatch { .. }))
+            .filter(|x| x.diff_id.is_poisoned())
             .map(|x| (r, x))
     }) {
         Some((r, x)) => Err(poisoned(&format!("with id {}", r.id), x)),
@@ -922,14 +939,18 @@ fn refuse_poisoned(chain: &[Record]) -> Result<()> {
 
 /// Why a poisoned layer is refused, and what the operator does about it.
 fn poisoned(snapshot: &str, remote: &Remote) -> Error {
-    let (claimed, actual) = match &remote.diff_id {
-        DiffId::Mismatch { claimed, actual } => (claimed.as_str(), actual.as_str()),
-        _ => ("", ""),
+    let why = match &remote.diff_id {
+        DiffId::Misnamed { chain } => {
+            format!("makes chain ID {chain} on its parent, not the name it was committed under")
+        }
+        DiffId::Mismatch { claimed, actual } => {
+            format!("has diff ID {actual}, not the {claimed} its image config claims")
+        }
+        _ => "is poisoned".to_string(),
     };
     Error::failed_precondition(format!(
-        "snapshot {snapshot}: layer {} of {} has diff ID {actual}, not the {claimed} its image \
-         config claims; it is not served. Remove the images that use this layer and pull them \
-         again",
+        "snapshot {snapshot}: layer {} of {} {why}; it is not served. Remove the images that \
+         use this layer and pull them again",
         remote.layer, remote.image
     ))
 }
