@@ -33,45 +33,57 @@ grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
 
 # containerd 2.1 beside Debian 12's 1.6 (the containerd tests run on both):
 # Debian 12 ships only 1.6, so its .deb comes from Debian's unstable suite,
-# fetched through a private apt configuration (its own sources list naming
-# the mirror the system already uses, its own lists and cache; the system's
-# apt sources stay as they are) and unpacked with dpkg -x into a private
-# prefix, never installed. Bookworm's runc serves it (unstable's needs a
-# newer glibc).
+# fetched through a private apt configuration (its own sources list on
+# Debian's mirror, its own lists and cache; the system's apt sources stay as
+# they are; signatures checked against Debian's archive keyring) and
+# unpacked with dpkg -x into a private prefix, never installed. Bookworm's
+# runc serves it (unstable's needs a newer glibc). The prefix holds a stamp
+# naming the version; a prefix without one is not this script's, and is
+# never replaced.
 ctd2_prefix="${LAZYCRYPT_CONTAINERD2:-/opt/lazycrypt-test/containerd2}"
 ctd2_want="2.1.9"
-if ! "$ctd2_prefix/usr/bin/containerd" --version 2>/dev/null | grep -q " $ctd2_want"; then
+ctd2_stamp="$ctd2_prefix/.lazycrypt-containerd2"
+ctd2_mirror="${LAZYCRYPT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+if [ "$(cat "$ctd2_stamp" 2>/dev/null)" != "$ctd2_want" ]; then
+  if [ -e "$ctd2_prefix" ] && [ ! -e "$ctd2_stamp" ]; then
+    echo "install-deps: $ctd2_prefix exists and is not a containerd this script unpacked; set LAZYCRYPT_CONTAINERD2 to another directory" >&2
+    exit 1
+  fi
+  keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  if [ ! -r "$keyring" ]; then
+    echo "install-deps: $keyring is missing (package debian-archive-keyring): containerd $ctd2_want cannot be fetched from Debian unstable" >&2
+    exit 1
+  fi
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  mirror=$(apt-get indextargets --format '$(SITE)' 'Identifier: Packages' 2>/dev/null \
-    | grep -v -- '-security' | head -n1)
-  mirror="${mirror:-http://deb.debian.org/debian}"
   mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/prefs.d" "$work/parts.d"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${mirror%/} unstable main" \
-    > "$work/sources.list"
+  echo "deb [signed-by=$keyring] ${ctd2_mirror%/} unstable main" > "$work/sources.list"
   apt_private=(-o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=$work/parts.d"
     -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache"
-    -o "Dir::Etc::Preferences=$work/prefs" -o "Dir::Etc::PreferencesParts=$work/prefs.d"
-    -o "APT::Sandbox::User=root")
-  echo "fetching containerd $ctd2_want from Debian unstable ($mirror) into $ctd2_prefix"
+    -o "Dir::Etc::Preferences=$work/prefs" -o "Dir::Etc::PreferencesParts=$work/prefs.d")
+  [ -z "$sudo" ] && apt_private+=(-o "APT::Sandbox::User=root")
+  echo "fetching containerd $ctd2_want from Debian unstable ($ctd2_mirror) into $ctd2_prefix"
   apt-get "${apt_private[@]}" update -qq
-  # The newest 2.1.9 build unstable has; its Debian revision may move.
-  version=$(apt-cache "${apt_private[@]}" madison containerd \
-    | awk -v w="$ctd2_want" '$3 ~ "^"w"[~+-]" {print $3; exit}')
+  # The newest build of that upstream version; its Debian revision may move.
+  want_re="^${ctd2_want//./[.]}[~+-]"
+  version=$(apt-cache "${apt_private[@]}" madison containerd | awk -v re="$want_re" '$3 ~ re {print $3; exit}')
   if [ -z "$version" ]; then
-    echo "install-deps: Debian unstable at $mirror has no containerd $ctd2_want" \
-         "(it has: $(apt-cache "${apt_private[@]}" madison containerd | awk '{print $3}' | xargs))" >&2
+    echo "install-deps: Debian unstable at $ctd2_mirror no longer has containerd $ctd2_want" \
+         "(it has: $(apt-cache "${apt_private[@]}" madison containerd | awk '{print $3}' | xargs));" \
+         "update ctd2_want here and the versions the README names" >&2
     exit 1
   fi
   (cd "$work" && apt-get "${apt_private[@]}" download -qq "containerd=$version")
-  rm -rf "$ctd2_prefix.new"
-  mkdir -p "$ctd2_prefix.new"
-  dpkg -x "$work"/containerd_*.deb "$ctd2_prefix.new"
+  $sudo rm -rf "$ctd2_prefix.new"
+  $sudo mkdir -p "$ctd2_prefix.new"
+  $sudo dpkg -x "$work"/containerd_*.deb "$ctd2_prefix.new"
   # It must run on this system's glibc.
   "$ctd2_prefix.new/usr/bin/containerd" --version
   "$ctd2_prefix.new/usr/bin/ctr" --version >/dev/null
   "$ctd2_prefix.new/usr/bin/containerd-shim-runc-v2" -v >/dev/null
-  rm -rf "$ctd2_prefix"
-  mv "$ctd2_prefix.new" "$ctd2_prefix"
-  chmod 0755 "$(dirname "$ctd2_prefix")"
+  echo "$ctd2_want" | $sudo tee "$ctd2_prefix.new/.lazycrypt-containerd2" >/dev/null
+  [ -e "$ctd2_stamp" ] && $sudo rm -rf "$ctd2_prefix"
+  $sudo mv "$ctd2_prefix.new" "$ctd2_prefix"
 fi

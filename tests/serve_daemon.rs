@@ -214,3 +214,24 @@ fn the_metrics_endpoint_survives_running_out_of_descriptors() {
     let log = daemon.log();
     assert_eq!(log.matches("os error 24").count(), 1, "logged once: {log}");
 }
+
+/// A crash of serve or its FUSE keeper writes no core file: both hold
+/// plaintext chunks or keys in memory.
+#[test]
+fn serve_and_its_keeper_write_no_core_file() {
+    let d = tmp();
+    let daemon = Daemon::start(d.path());
+    let keepers = common::containerd::keeper_pids(&daemon.root);
+    let mut pids = vec![daemon.pid() as i32];
+    pids.extend(keepers);
+    for pid in pids {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap();
+        let fields: Vec<&str> = core.split_whitespace().collect();
+        assert_eq!(&fields[4..6], ["0", "0"], "{pid}: {core}");
+    }
+    daemon.stop();
+}

@@ -80,6 +80,7 @@ fn log_filter(asked: Option<&str>) -> tracing_subscriber::EnvFilter {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
+    no_core_dumps();
     fixed_mmap_threshold();
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -149,6 +150,23 @@ fn usage_error(e: clap::Error) -> i32 {
 /// with 22 MiB decrypted. With the threshold fixed at 4 MiB those buffers
 /// stay mapped and untouched (44 MiB), while 1 MiB chunk buffers still come
 /// from the heap, as fast as before.
+/// A crash must not write the process's memory, plaintext chunks and keys
+/// among it, to a core file: no core size, and not dumpable (which also
+/// stops a core handler on a pipe, such as systemd-coredump, from getting
+/// one).
+fn no_core_dumps() {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit and prctl(PR_SET_DUMPABLE) only change this
+    // process's own limits and flags; failure leaves them as they were.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
 fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; it runs before any
