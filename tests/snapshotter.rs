@@ -1140,7 +1140,7 @@ fn log_shows(daemon: &Daemon, text: &str, n: usize) {
     }
 }
 
-on_lines!(an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_anothers: V1_6, V2_1);
+on_lines!(an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_anothers: V1_6, V2_1, V2_1Local);
 fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_anothers(line: Line) {
     let d = tmp();
     let reg = Registry::start();
@@ -1931,7 +1931,7 @@ fn a_daemon_killed_in_the_middle_of_a_prepare_leaves_nothing_half_done() {
     daemon.stop();
 }
 
-on_lines!(a_config_that_passes_no_layer_labels_fails_the_pull_and_unpacks_no_plaintext: V1_6, V2_1);
+on_lines!(a_config_that_passes_no_layer_labels_fails_the_pull_and_unpacks_no_plaintext: V1_6, V2_1, V2_1Local);
 fn a_config_that_passes_no_layer_labels_fails_the_pull_and_unpacks_no_plaintext(line: Line) {
     let d = tmp();
     let reg = Registry::start();
@@ -1939,11 +1939,12 @@ fn a_config_that_passes_no_layer_labels_fails_the_pull_and_unpacks_no_plaintext(
     let ([esgz, targz], k) = encrypted_pair(d.path(), &reg, "nolabel", &marker, &[]);
     let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
-    // The mistake users make: on 1.x, the annotations left disabled; on
-    // 2.x, the transfer service not asked for them (no exports).
+    // The mistake users make: on 1.x and with 2.x's local pull, the
+    // annotations left disabled; with 2.x's transfer service, not asked for
+    // (no exports).
     let mistake = match line {
-        Line::V1_6 => "disable_snapshot_annotations = false",
-        _ => "enable_remote_snapshot_annotations = \"true\"",
+        Line::V1_6 | Line::V2_1Local => "disable_snapshot_annotations = false",
+        Line::V2_1 => "enable_remote_snapshot_annotations = \"true\"",
     };
     let ctd = Containerd::start_edited(line, d.path(), &daemon.socket, Some(&reg.addr), |c| {
         assert!(c.contains(mistake));
