@@ -4,7 +4,10 @@
 
 mod common;
 
-use std::path::Path;
+use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use common::mounts::files_containing;
 use common::*;
@@ -45,8 +48,20 @@ fn as_root_the_demo_reads_a_lazily_mounted_file_fetching_little_and_leaving_no_p
     let (x, y) = (number(words[2]), number(words[6]));
     assert!(x > 0 && x * 10 < y, "{fetched}");
     assert!(
-        y > 8 << 20,
-        "the image holds 8 MiB of random files: {fetched}"
+        y > 16 << 20,
+        "the image holds 16 MiB of random files: {fetched}"
+    );
+
+    // A random file is read too, so that the scan's samples of random
+    // files include plaintext that passed the decrypt path.
+    let window = line(&out, "== read 4096 bytes at offset ");
+    assert!(
+        window.ends_with(" of /app/model-0.bin (random) through the mount, exactly as built"),
+        "{window}"
+    );
+    assert!(
+        fetched.contains(": 2 chunks decrypted and verified"),
+        "the secret's chunk and the random file's: {fetched}"
     );
 
     assert_eq!(
@@ -107,4 +122,191 @@ fn without_root_the_demo_says_it_skipped_the_lazy_mount_and_runs_the_rest() {
     line(&out, "== layerinfo ");
     line(&out, "== verified: 6 files");
     assert!(!dir.join("lazy").exists());
+}
+
+/// Runs the demo as root with `--dir dir` and kills it once it has read
+/// through its mount, as an interrupted run; returns its output so far and
+/// what it left mounted.
+fn kill_while_mounted(dir: &Path) -> (String, Vec<String>) {
+    let mut child = lazycrypt()
+        .arg("demo")
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    for l in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let l = l.unwrap();
+        out.push_str(&l);
+        out.push('\n');
+        if l.starts_with("== read /app/secret-") {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    child.wait().unwrap();
+    let left = mounted_under(dir);
+    // Killed after the mount's first read and well before its unmount.
+    assert!(
+        !left.is_empty(),
+        "the killed run left nothing mounted:\n{out}"
+    );
+    (out, left)
+}
+
+fn mounted_under(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let dir = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| format!("{p}/").starts_with(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Detaches what is left mounted under a directory when a test fails.
+struct Detach<'a>(&'a Path);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        for m in mounted_under(self.0).iter().rev() {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", m])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn as_root_the_command_a_run_prints_when_mounting_removes_what_it_left_when_stopped() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let t = tmp();
+    let dir = t.path().join("demo");
+    let _detach = Detach(&dir);
+    let (out, left) = kill_while_mounted(&dir);
+    let hint = line(&out, "   if this run stops before it unmounts, `");
+    let cmd = hint.split('`').nth(1).unwrap();
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let abs = dir.canonicalize().unwrap();
+    assert_eq!(
+        words[1..],
+        [
+            "umount",
+            "--run-dir",
+            &format!("{}/lazy/run", abs.display()),
+            &format!("{}/lazy/mnt", abs.display()),
+        ],
+        "{hint}"
+    );
+    ok(std::process::Command::new(words[0]).args(&words[1..]));
+    assert_eq!(mounted_under(&dir), Vec::<String>::new(), "was: {left:?}");
+}
+
+#[test]
+fn as_root_a_relative_dir_finds_an_earlier_runs_mounts_and_leaves_none() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let t = tmp();
+    let dir = t.path().join("demo");
+    let _detach = Detach(&dir);
+    kill_while_mounted(&dir);
+    // The same directory named relative to the working directory: its
+    // mounts are found (in the mount table's absolute paths) and removed.
+    let out = ok(lazycrypt()
+        .arg("demo")
+        .arg("--dir")
+        .arg("demo")
+        .current_dir(t.path()));
+    assert_eq!(
+        line(&out, "== working in "),
+        format!("== working in {}", dir.canonicalize().unwrap().display())
+    );
+    assert_eq!(
+        line(&out, "== no plaintext on disk: "),
+        "== no plaintext on disk: true"
+    );
+    line(&out, "== unmounted ");
+    assert_eq!(mounted_under(&dir), Vec::<String>::new());
+}
+
+#[test]
+fn as_root_a_dir_another_user_could_have_planted_is_refused_and_nothing_written_through_it() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let t = tmp();
+    let victim = t.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let planted = |d: &Path, mode: u32| -> PathBuf {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("key.pem")).unwrap();
+        d.to_path_buf()
+    };
+    let real = planted(&t.path().join("real"), 0o700);
+    let link = t.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let open = planted(&t.path().join("open"), 0o777);
+    let theirs = planted(&t.path().join("theirs"), 0o755);
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    for (dir, why) in [
+        (
+            &link,
+            "is a symbolic link; name the directory itself".to_string(),
+        ),
+        (
+            &open,
+            "writable by group or others (mode 0777); name a directory only you may write to"
+                .to_string(),
+        ),
+        (
+            &theirs,
+            "owned by uid 65534, not by this user (uid 0); name a directory of your own"
+                .to_string(),
+        ),
+    ] {
+        let err = fails(lazycrypt().arg("demo").arg("--dir").arg(dir));
+        assert_eq!(
+            err.trim_end(),
+            format!("lazycrypt: --dir {}: {why}", dir.display())
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    }
+    for d in [&real, &open, &theirs] {
+        let names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["key.pem"], "written into {}", d.display());
+        assert!(d.join("key.pem").is_symlink());
+    }
+}
+
+#[test]
+fn without_a_dir_the_demo_works_in_a_new_private_one() {
+    // A temporary directory `nobody` can reach and write.
+    let base = tempfile::Builder::new()
+        .prefix("demo-tmp-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    std::os::unix::fs::chown(base.path(), Some(65534), Some(65534)).unwrap();
+    let out = ok(std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .arg("demo")
+        .env("TMPDIR", base.path())
+        .current_dir(Path::new("/")));
+    let dir = PathBuf::from(line(&out, "== working in ").trim_start_matches("== working in "));
+    assert_eq!(
+        dir.parent(),
+        Some(base.path().canonicalize().unwrap().as_path()),
+        "{}",
+        dir.display()
+    );
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("lazycrypt-demo-"), "{name}");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    line(&out, "== verified: 6 files");
 }

@@ -173,7 +173,7 @@ pub fn parse_size_at_least(s: &str, least: u64, named: &str) -> Result<u64, Stri
 
 /// This mount's runtime directory: named by a hash of the mount point, so
 /// `umount` finds it again.
-fn run_dir_for(run_root: &Path, target: &Path) -> PathBuf {
+pub(super) fn run_dir_for(run_root: &Path, target: &Path) -> PathBuf {
     let h = Sha256::digest(target.as_os_str().as_encoded_bytes());
     run_root.join("mounts").join(&hex::encode(h)[..16])
 }

@@ -26,6 +26,9 @@ pub struct Plan<'a> {
     /// The file to read, relative to the image's root, and its bytes.
     pub file: &'a str,
     pub want: &'a [u8],
+    /// Bytes of a random file to read too, so that its sample's plaintext
+    /// passes the decrypt path the scan checks.
+    pub window: Window<'a>,
     /// Byte strings only the image's plaintext holds.
     pub needles: &'a [Vec<u8>],
     /// What the demo wrote besides the mount's state: scanned with it.
@@ -33,6 +36,13 @@ pub struct Plan<'a> {
     /// Where the demo itself keeps plaintext (its inputs): scanned as a
     /// control that the scan finds what it looks for.
     pub plaintext: &'a [PathBuf],
+}
+
+/// `want` is at `at` in `file` (relative to the image's root).
+pub struct Window<'a> {
+    pub file: &'a str,
+    pub at: u64,
+    pub want: &'a [u8],
 }
 
 /// Mounts with the keys of `ring`, reads, measures, scans, and unmounts,
@@ -50,7 +60,10 @@ pub fn show(p: Plan, ring: KeyRing) -> Result<()> {
         std::fs::remove_dir_all(&state)
             .with_context(|| format!("removing {} of an earlier run", state.display()))?;
     }
-    let (root, run, mnt) = (state.join("root"), state.join("run"), state.join("mnt"));
+    let (root, run_root, mnt) = (state.join("root"), state.join("run"), state.join("mnt"));
+    // Where `lazycrypt umount --run-dir` looks for the mount's state, so
+    // that it cleans up after a run stopped while mounted.
+    let run = crate::cli::mount::run_dir_for(&run_root, &mnt);
     for d in [&root.join("blobs"), &mnt] {
         crate::private::dir(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -81,9 +94,19 @@ pub fn show(p: Plan, ring: KeyRing) -> Result<()> {
     };
     let src: Arc<dyn ImageSource> = Arc::new(src);
     let mounted = mount(src, spec).context("mounting the encrypted image")?;
+    let cleanup = cleanup_command(&run_root, &mnt);
+    println!("   if this run stops before it unmounts, `{cleanup}` removes the mount");
     let shown = while_mounted(&p, &mounted, &mnt, size, n);
     let unmounted = mounted.unmount();
     let left = sys::mounts_under(p.dir);
+    if unmounted.is_err() || !left.is_empty() {
+        let left: Vec<String> = left.iter().map(|m| m.display().to_string()).collect();
+        eprintln!(
+            "lazycrypt demo: left mounted under {}: {}; remove with `{cleanup}`",
+            p.dir.display(),
+            left.join(" ")
+        );
+    }
     shown?;
     unmounted.with_context(|| format!("unmounting {}", mnt.display()))?;
     if let Some(m) = left.first() {
@@ -109,6 +132,26 @@ fn while_mounted(p: &Plan, m: &Mounted, mnt: &Path, size: u64, layers: usize) ->
         "== read /{} through the mount: {} bytes, exactly as built",
         p.file,
         got.len()
+    );
+    drop(got);
+
+    let w = &p.window;
+    let path = mnt.join(w.file);
+    let mut got = vec![0; w.want.len()];
+    std::fs::File::open(&path)
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut got, w.at))
+        .with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        got == w.want,
+        "{} differs from the file built at offset {}",
+        path.display(),
+        w.at
+    );
+    println!(
+        "== read {} bytes at offset {} of /{} (random) through the mount, exactly as built",
+        got.len(),
+        w.at,
+        w.file
     );
     drop(got);
 
@@ -151,16 +194,57 @@ fn while_mounted(p: &Plan, m: &Mounted, mnt: &Path, size: u64, layers: usize) ->
     println!(
         "   searched the {} files ({} bytes) the demo and the mount wrote under {} ({}) while \
          mounted, and the {} files the demo holds open, for the image's marker and a sample of \
-         each random file; the same search finds {control} hits in the plaintext inputs ({})",
+         each random file (/{}'s among the bytes read); the same search finds {control} hits in \
+         the plaintext inputs ({})",
         found.files,
         found.bytes,
         p.dir.display(),
         names(&written),
         open.files,
+        p.window.file,
         names(p.plaintext),
     );
     if let Some(h) = found.hits.first() {
         bail!("plaintext of the image found at rest in {}", h.display());
     }
     Ok(())
+}
+
+/// The command that unmounts what a run left mounted at `mnt`, its
+/// paths quoted for a shell.
+fn cleanup_command(run_root: &Path, mnt: &Path) -> String {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("lazycrypt"));
+    [
+        exe.as_path(),
+        Path::new("umount"),
+        Path::new("--run-dir"),
+        run_root,
+        mnt,
+    ]
+    .iter()
+    .map(|p| shell_word(&p.to_string_lossy()))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:,@=".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cleanup_command_quotes_what_a_shell_would_split() {
+        assert_eq!(shell_word("/tmp/a-b_c.d"), "/tmp/a-b_c.d");
+        assert_eq!(shell_word("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

@@ -3,6 +3,7 @@
 //! lazily (as root), one file read, the bytes that fetched and a scan of
 //! the disk for plaintext; then the encrypt / inspect / decrypt round.
 
+mod dir;
 mod lazy;
 mod scan;
 
@@ -21,9 +22,15 @@ use crate::oci::image::Image;
 use crate::oci::layout::Layout;
 use crate::oci::platform::Platform;
 
-/// Random (incompressible) files in the image besides the one read.
+/// Random (incompressible) files in the image besides the one read: big
+/// enough that the one chunk read of one of them is a small part.
 const RANDOM_FILES: usize = 4;
-const RANDOM_FILE_SIZE: usize = 2 << 20;
+const RANDOM_FILE_SIZE: usize = 4 << 20;
+/// Where each random file's sample lies: mid-chunk, so reading the bytes
+/// around it through the mount decrypts one chunk only.
+const SAMPLE_AT: usize = RANDOM_FILE_SIZE / 2 + crate::layer::estargz::CHUNK_SIZE as usize / 2;
+/// The bytes read through the mount around the first random file's sample.
+const WINDOW: usize = 4 << 10;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -33,34 +40,18 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let dir = match a.dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("lazycrypt-demo-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir::workdir(a.dir)?;
     println!("== working in {}", dir.display());
 
     println!("== generating an RSA-2048 key pair");
     let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)?;
     let (priv_pem, pub_pem) = (dir.join("key.pem"), dir.join("pub.pem"));
-    {
-        use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        // Private key files must be readable by their owner only (a file
-        // left by an earlier run keeps its mode unless set again).
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&priv_pem)
-            .with_context(|| format!("creating {}", priv_pem.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
-    }
-    std::fs::write(
+    dir::write_new(&priv_pem, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
+    dir::write_new(
         &pub_pem,
-        key.to_public_key().to_public_key_pem(LineEnding::LF)?,
+        key.to_public_key()
+            .to_public_key_pem(LineEnding::LF)?
+            .as_bytes(),
     )?;
 
     // A marker new to this run, in the file the mount reads, in its name
@@ -86,7 +77,7 @@ pub fn run(a: Args) -> Result<()> {
     for i in 0..RANDOM_FILES {
         let mut data = vec![0u8; RANDOM_FILE_SIZE];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut data);
-        needles.push(data[RANDOM_FILE_SIZE / 2..][..32].to_vec());
+        needles.push(data[SAMPLE_AT..][..32].to_vec());
         files[1].push((format!("app/model-{i}.bin"), data));
     }
     println!(
@@ -101,6 +92,12 @@ pub fn run(a: Args) -> Result<()> {
         std::fs::remove_dir_all(&rootfs)
             .with_context(|| format!("removing {}", rootfs.display()))?;
     }
+    // The plaintext inputs and outputs are the user's alone, whatever the
+    // umask and however open the directory they named.
+    let private = |d: &std::path::Path| {
+        crate::private::dir(d).with_context(|| format!("creating {}", d.display()))
+    };
+    private(&rootfs)?;
     for (i, files) in files.iter().enumerate() {
         for (name, body) in files {
             let p = rootfs.join(format!("layer{i}")).join(name);
@@ -115,6 +112,7 @@ pub fn run(a: Args) -> Result<()> {
         platform: Platform::host(),
     };
     let plain_dir = dir.join("plain");
+    private(&plain_dir)?;
     build(&spec, &Layout::create(&plain_dir, Some("demo".into()))?)?;
 
     println!(
@@ -152,6 +150,11 @@ pub fn run(a: Args) -> Result<()> {
                 image: &enc_dir,
                 file: &secret,
                 want: &files[1][0].1,
+                window: lazy::Window {
+                    file: &files[1][1].0,
+                    at: (SAMPLE_AT - WINDOW / 2) as u64,
+                    want: &files[1][1].1[SAMPLE_AT - WINDOW / 2..][..WINDOW],
+                },
                 needles: &needles,
                 written: &[priv_pem.clone(), pub_pem.clone(), enc_dir.clone()],
                 plaintext: &[rootfs.clone(), plain_dir.clone()],
@@ -176,6 +179,7 @@ pub fn run(a: Args) -> Result<()> {
 
     println!("== decrypting with {}", priv_pem.display());
     let dec_dir = dir.join("decrypted");
+    private(&dec_dir)?;
     let enc = Layout::open(&enc_dir, Some("demo".into()))?;
     decrypt(
         &enc,

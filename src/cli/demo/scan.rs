@@ -85,19 +85,9 @@ impl Scan {
     }
 }
 
+/// Whether `needle` occurs in `hay`; an empty needle is in everything.
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    let mut at = 0;
-    while let Some(i) = hay[at..].iter().position(|&b| b == first) {
-        let start = at + i + 1;
-        if hay.get(start..start + rest.len()) == Some(rest) {
-            return true;
-        }
-        at = start;
-    }
-    false
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 #[cfg(test)]
@@ -105,9 +95,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn contains_finds_a_needle_anywhere_and_an_empty_one_everywhere() {
+        assert!(contains(b"abcneedle", b"needle"));
+        assert!(contains(b"needle", b"needle"));
+        assert!(!contains(b"needl", b"needle"));
+        assert!(!contains(b"nneedlx", b"needle"));
+        assert!(contains(b"", b""));
+    }
+
+    #[test]
     fn finds_a_sample_in_names_and_bytes_under_the_paths_given_only() {
-        let d = std::env::temp_dir().join(format!("lazycrypt-scan-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
         std::fs::create_dir_all(d.join("a/b")).unwrap();
         std::fs::create_dir_all(d.join("skip")).unwrap();
         std::fs::write(d.join("a/b/f"), b"xx needle yy").unwrap();
@@ -119,6 +118,5 @@ mod tests {
         hits.sort();
         assert_eq!(hits, vec![d.join("a/b/f"), d.join("a/needle-name")]);
         assert_eq!(s.files, 3);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }
