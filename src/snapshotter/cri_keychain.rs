@@ -28,7 +28,7 @@ use zeroize::Zeroize;
 
 use crate::containerd::proto::cri;
 use crate::oci::auth::{Credential, Secret};
-use crate::oci::keychain::Keychain;
+use crate::oci::keychain::{Keychain, Pending};
 use crate::oci::reference::RegistryRef;
 
 /// The methods whose request is read for credentials (CRI v1, and the
@@ -142,18 +142,20 @@ impl Proxy {
         ))
     }
 
-    /// Keeps what `bytes` (a `PullImageRequest`) hands over for its image.
-    fn keep(&self, bytes: &[u8]) {
+    /// Holds what `bytes` (a `PullImageRequest`) hands over for its image,
+    /// pending until the pull succeeds.
+    fn keep(&self, bytes: &[u8]) -> Option<Pending<'_>> {
         let Ok(mut pull) = cri::PullImageRequest::decode(bytes) else {
             // containerd answers what it cannot read.
-            return;
+            return None;
         };
         let image = pull.image.as_ref().map(|i| i.image.as_str()).unwrap_or("");
+        let mut pending = None;
         if let (Ok(r), Some(auth)) = (RegistryRef::parse(image), pull.auth.as_ref()) {
             match credential(auth, &r) {
                 Some(c) => {
-                    self.keychain.remember(&r, c);
-                    tracing::debug!("CRI keychain: credentials for {}/{} kept", r.host, r.repo);
+                    pending = Some(self.keychain.hold(&r, c));
+                    tracing::debug!("CRI keychain: credentials for {}/{} held", r.host, r.repo);
                 }
                 None if !auth.identity_token.is_empty() => tracing::info!(
                     "CRI keychain: {}/{}: identity tokens are not supported; its lazy layers use the node's auth files",
@@ -169,6 +171,7 @@ impl Proxy {
             a.identity_token.zeroize();
             a.registry_token.zeroize();
         }
+        pending
     }
 }
 
@@ -220,12 +223,17 @@ impl tonic::server::UnaryService<Bytes> for Pull {
         let (proxy, path) = (self.0.clone(), self.1.clone());
         Box::pin(async move {
             // Before containerd sees the pull: its Prepares of the image's
-            // layers come while the pull is under way.
-            proxy.keep(req.get_ref());
+            // layers come while the pull is under way. Kept only if the
+            // pull succeeds (a wrong secret does not replace a right one).
+            let pending = proxy.keep(req.get_ref());
             let mut client = proxy.client();
             proxy.ready(&mut client).await?;
             let path = path.parse().map_err(|_| Status::unimplemented(path))?;
-            client.unary(req, path, Raw).await
+            let answer = client.unary(req, path, Raw).await;
+            if let (Ok(_), Some(p)) = (&answer, pending) {
+                p.confirm();
+            }
+            answer
         })
     }
 }
