@@ -306,3 +306,49 @@ fn a_keychain_whose_containerd_is_down_answers_unavailable_until_it_is_up() {
     assert_eq!(big.code(), Code::OutOfRange, "{big:?}");
     assert!(big.message().contains("too large"), "{big:?}");
 }
+
+#[test]
+fn serve_refuses_a_keychain_on_its_own_snapshots_socket() {
+    let d = tmp();
+    let listen = d.path().join("lz/lazycrypt.sock");
+    let config = keychain_config(d.path(), &listen, &d.path().join("ctd/containerd.sock"));
+    let stderr = d.path().join("stderr");
+    let mut serve = lazycrypt()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(d.path().join("root"))
+        .arg("--address")
+        .arg(&listen)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    // It stops at once; a serve that took the socket twice runs on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = serve.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            serve.kill().unwrap();
+            serve.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "lazycrypt: cri_keychain: listen {} is also address (the snapshotter's socket)\n",
+            listen.display()
+        )
+    );
+    assert!(
+        !d.path().join("root").exists(),
+        "refused before anything else"
+    );
+}
