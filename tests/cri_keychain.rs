@@ -74,6 +74,48 @@ fn image_fs(socket: &Path) -> Result<Vec<String>, tonic::Status> {
     })
 }
 
+/// A containerd-native call (its images service) sent to `socket`.
+fn containerd_images_get(socket: &Path) -> Result<(), tonic::Status> {
+    use lazycrypt::containerd::proto::images;
+    rt().block_on(async {
+        let c = lazycrypt::containerd::client::Client::connect(socket, "k8s.io")
+            .await
+            .unwrap();
+        images::images_client::ImagesClient::new(c.channel)
+            .get(images::GetImageRequest {
+                name: "docker.io/library/busybox:latest".into(),
+            })
+            .await
+            .map(|_| ())
+    })
+}
+
+/// An `ImageFsInfo` whose request carries `size` bytes more than the
+/// empty message (a field containerd skips), sent to `socket`.
+fn oversized_image_fs(socket: &Path, size: usize) -> Result<(), tonic::Status> {
+    rt().block_on(async {
+        let c = lazycrypt::containerd::client::Client::connect(socket, "k8s.io")
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(c.channel);
+        grpc.ready().await.unwrap();
+        let req = cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "x".repeat(size),
+                annotations: HashMap::new(),
+            }),
+            auth: None,
+        };
+        grpc.unary(
+            tonic::Request::new(req),
+            "/runtime.v1.ImageService/ImageFsInfo".parse().unwrap(),
+            tonic_prost::ProstCodec::<cri::PullImageRequest, cri::ImageFsInfoResponse>::default(),
+        )
+        .await
+        .map(|_| ())
+    })
+}
+
 /// A `serve` config with the keychain on `listen` in front of `upstream`.
 fn keychain_config(dir: &Path, listen: &Path, upstream: &Path) -> PathBuf {
     let p = dir.join("config.toml");
@@ -237,6 +279,10 @@ fn a_keychain_whose_containerd_is_down_answers_unavailable_until_it_is_up() {
     let e = image_fs(&listen).unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains(&*upstream.to_string_lossy()), "{e:?}");
+    // Only CRI's image service is passed on, whether containerd is up or
+    // not: the socket is no way into the rest of containerd.
+    let native = containerd_images_get(&listen).unwrap_err();
+    assert_eq!(native.code(), Code::Unimplemented, "{native:?}");
     // The kubelet tries again, and gets containerd's answer once it is up.
     let _ctd = Containerd::start(d.path(), &daemon.socket);
     let fs = image_fs(&listen).unwrap_or_else(|e| panic!("{e:?}\n{}", daemon.log()));
@@ -244,5 +290,65 @@ fn a_keychain_whose_containerd_is_down_answers_unavailable_until_it_is_up() {
         fs.iter()
             .any(|m| m.ends_with("io.containerd.snapshotter.v1.lazycrypt")),
         "{fs:?}"
+    );
+    let native = containerd_images_get(&listen).unwrap_err();
+    assert_eq!(native.code(), Code::Unimplemented, "{native:?}");
+    assert!(
+        native
+            .message()
+            .contains("/containerd.services.images.v1.Images/Get"),
+        "{native:?}"
+    );
+    // A request over the 16 MiB limit is answered with its own status, not
+    // with what containerd makes of the cut stream.
+    oversized_image_fs(&listen, 1 << 20).unwrap_or_else(|e| panic!("{e:?}"));
+    let big = oversized_image_fs(&listen, 17 << 20).unwrap_err();
+    assert_eq!(big.code(), Code::OutOfRange, "{big:?}");
+    assert!(big.message().contains("too large"), "{big:?}");
+}
+
+#[test]
+fn serve_refuses_a_keychain_on_its_own_snapshots_socket() {
+    let d = tmp();
+    let listen = d.path().join("lz/lazycrypt.sock");
+    let config = keychain_config(d.path(), &listen, &d.path().join("ctd/containerd.sock"));
+    let stderr = d.path().join("stderr");
+    let mut serve = lazycrypt()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(d.path().join("root"))
+        .arg("--address")
+        .arg(&listen)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    // It stops at once; a serve that took the socket twice runs on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = serve.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            serve.kill().unwrap();
+            serve.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "lazycrypt: cri_keychain: listen {} is also address (the snapshotter's socket)\n",
+            listen.display()
+        )
+    );
+    assert!(
+        !d.path().join("root").exists(),
+        "refused before anything else"
     );
 }

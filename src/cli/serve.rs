@@ -122,6 +122,9 @@ pub fn run(a: Args) -> Result<()> {
         .address
         .or(file.address)
         .unwrap_or_else(|| "/run/lazycrypt/lazycrypt.sock".into());
+    if let Some(k) = &file.cri_keychain {
+        k.check(Some(&address)).map_err(anyhow::Error::msg)?;
+    }
     let keychain = file.cri_keychain.as_ref().map(|k| {
         let ttl = std::time::Duration::from_secs(k.ttl.unwrap_or(3600));
         Arc::new(crate::oci::keychain::Keychain::new(ttl))
@@ -233,20 +236,31 @@ pub fn run(a: Args) -> Result<()> {
                 .with_context(|| format!("metrics address {addr}"))?;
             tokio::spawn(crate::snapshotter::metrics::serve(listener, store.clone()));
         }
+        // The keychain's end is serve's: the kubelet's image calls go
+        // through it, so a node without it is not ready.
+        let mut keychain_task = None;
         if let (Some(k), Some(keychain)) = (&file.cri_keychain, keychain) {
             let (listen, upstream) = (k.listen.clone(), k.upstream.clone());
             let bound = crate::snapshotter::cri_keychain::bind(&listen)
                 .with_context(|| format!("CRI keychain on {}", listen.display()))?;
             // Served until the runtime ends: pulls under way at a stop
             // end with it.
-            tokio::spawn(async move {
-                let served = crate::snapshotter::cri_keychain::serve(bound, &upstream, keychain);
-                if let Err(e) = served.await {
-                    tracing::error!("CRI keychain on {}: {e}", listen.display());
-                }
-            });
+            keychain_task = Some(tokio::spawn(async move {
+                crate::snapshotter::cri_keychain::serve(bound, &upstream, keychain)
+                    .await
+                    .with_context(|| format!("CRI keychain on {}", listen.display()))
+            }));
             println!("serving the CRI keychain on {}", k.listen.display());
         }
+        let keychain_ended = async {
+            match keychain_task {
+                Some(task) => match task.await {
+                    Ok(served) => served.and_then(|()| Err(anyhow::anyhow!("CRI keychain ended"))),
+                    Err(e) => Err(anyhow::anyhow!("CRI keychain: {e}")),
+                },
+                None => std::future::pending().await,
+            }
+        };
         // Restored layers are served already; systemd hears READY=1 once
         // the socket answers too.
         if std::env::var_os("NOTIFY_SOCKET").is_some() {
@@ -263,6 +277,7 @@ pub fn run(a: Args) -> Result<()> {
             served = serve(Service::new(store.clone()), &address, stop) => {
                 served.with_context(|| format!("serving on {}", address.display()))
             }
+            ended = keychain_ended => ended,
             () = grace => {
                 tracing::warn!(
                     "calls still under way {} s after the stop signal are abandoned",

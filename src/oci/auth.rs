@@ -142,24 +142,27 @@ impl Credential {
     }
 }
 
-/// The credential for requests to `authority` on behalf of repository `r`:
-/// `creds` when `authority` is `r`'s own registry, else what the auth
-/// `files` hold for `authority` itself.
+/// The credential for requests to `endpoint` on behalf of repository `r`:
+/// `creds` when `endpoint` is `r`'s own registry, else what the auth
+/// `files` hold for `endpoint`'s own `host[:port]`.
 pub fn credential_for(
-    authority: &str,
+    endpoint: &Origin,
     r: &RegistryRef,
     creds: Option<&Credential>,
     files: &[PathBuf],
 ) -> Option<Credential> {
-    let own =
-        authority.eq_ignore_ascii_case(&r.host) || authority.eq_ignore_ascii_case(r.api_host());
+    // As origins, so `reg.example:443` is `https://reg.example`.
+    let own = [r.host.as_str(), r.api_host()]
+        .iter()
+        .any(|h| Origin::of(&format!("{}://{h}", endpoint.scheme)).as_ref() == Some(endpoint));
+    let authority = endpoint.authority();
     if own {
         if let Some(c) = creds {
             return Some(c.clone());
         }
         return from_auth_files(files, &r.host).map(Credential::Basic);
     }
-    from_auth_files(files, authority).map(Credential::Basic)
+    from_auth_files(files, &authority).map(Credential::Basic)
 }
 
 /// The auth files skopeo and docker use, in the order they are consulted.
@@ -253,7 +256,7 @@ mod tests {
         let r = RegistryRef::parse("reg.example/a/b:v1").unwrap();
         let get = |host: &str, creds: Option<&str>| {
             let creds = creds.map(Credential::from_creds);
-            match credential_for(host, &r, creds.as_ref(), &files) {
+            match credential_for(&o(&format!("https://{host}")), &r, creds.as_ref(), &files) {
                 Some(Credential::Basic(s)) => Some(s.expose().to_string()),
                 _ => None,
             }
@@ -270,6 +273,18 @@ mod tests {
         );
         assert_eq!(get("other.example", Some("u:p")), None);
         assert_eq!(get("reg.example:5000", None), None);
+        // A default port written in the reference names the same origin.
+        let r443 = RegistryRef::parse("reg.example:443/a/b").unwrap();
+        let c = Credential::from_creds("u:p");
+        for (endpoint, own) in [
+            ("https://reg.example", true),
+            ("https://reg.example:443", true),
+            ("http://reg.example", false),
+            ("https://reg.example:5000", false),
+        ] {
+            let got = credential_for(&o(endpoint), &r443, Some(&c), &[]);
+            assert_eq!(got.is_some(), own, "{endpoint}");
+        }
         assert_eq!(format!("{:?}", Secret::new("s3cret".into())), "Secret(…)");
         assert_eq!(
             Credential::from_creds("u"),

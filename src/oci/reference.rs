@@ -45,26 +45,46 @@ impl RegistryRef {
         if s.is_empty() {
             return Err(bad("empty reference"));
         }
+        // A ':' after the last '/' starts a tag; one before it is a port.
+        let tag_colon = |s: &str| {
+            let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
+            s[slash..].rfind(':').map(|i| slash + i)
+        };
         let (name, reference) = match s.split_once('@') {
             Some((n, d)) => {
                 super::digest::parse(d).map_err(|_| bad("invalid digest after '@'"))?;
-                (n, d.to_string())
+                // `name:tag@digest`, as containerd reads it: the digest
+                // alone says what is pulled.
+                let name = match tag_colon(n) {
+                    Some(colon) if valid_tag(&n[colon + 1..]) => &n[..colon],
+                    Some(_) => return Err(bad("invalid tag")),
+                    None => n,
+                };
+                (name, d.to_string())
             }
-            None => {
-                // A ':' after the last '/' starts a tag; one before it is a port.
-                let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
-                match s[slash..].rfind(':') {
-                    Some(i) => (&s[..slash + i], s[slash + i + 1..].to_string()),
-                    None => (s, "latest".to_string()),
-                }
-            }
+            None => match tag_colon(s) {
+                Some(colon) => (&s[..colon], s[colon + 1..].to_string()),
+                None => (s, "latest".to_string()),
+            },
         };
+        // Docker Hub's names as containerd normalizes them: `nginx` and
+        // `docker.io/nginx` are `docker.io/library/nginx`, and
+        // `index.docker.io` is `docker.io`.
         let (host, repo) = match name.split_once('/') {
             Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => {
                 (h.to_string(), r.to_string())
             }
-            _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
-            _ => ("docker.io".to_string(), format!("library/{name}")),
+            _ => ("docker.io".to_string(), name.to_string()),
+        };
+        let host = if host == "index.docker.io" {
+            "docker.io".to_string()
+        } else {
+            host
+        };
+        let repo = if host == "docker.io" && !repo.contains('/') {
+            format!("library/{repo}")
+        } else {
+            repo
         };
         if !valid_host(&host) {
             return Err(bad(
@@ -83,13 +103,7 @@ impl RegistryRef {
                 "repository names are lowercase letters, digits, '.', '_', '-' and '/'",
             ));
         }
-        let tag_ok = reference.starts_with("sha256:")
-            || (!reference.is_empty()
-                && reference.len() <= 128
-                && reference
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
-        if !tag_ok {
+        if !(reference.starts_with("sha256:") || valid_tag(&reference)) {
             return Err(bad("invalid tag"));
         }
         Ok(RegistryRef {
@@ -98,6 +112,13 @@ impl RegistryRef {
             reference,
         })
     }
+}
+
+fn valid_tag(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 128
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Is `h` a registry `host[:port]`: dot-separated DNS labels (or an IPv4
@@ -219,6 +240,45 @@ mod tests {
                 tag: None
             }
         );
+    }
+
+    #[test]
+    fn normalizes_names_as_containerd_does() {
+        let d = format!("sha256:{}", "b".repeat(64));
+        for (written, normalized) in [
+            ("nginx", "docker://docker.io/library/nginx:latest"),
+            ("docker.io/nginx", "docker://docker.io/library/nginx:latest"),
+            (
+                "docker.io/library/nginx:1",
+                "docker://docker.io/library/nginx:1",
+            ),
+            ("index.docker.io/x/y", "docker://docker.io/x/y:latest"),
+            (
+                "index.docker.io/nginx",
+                "docker://docker.io/library/nginx:latest",
+            ),
+            (
+                "registry-1.docker.io/x/y",
+                "docker://registry-1.docker.io/x/y:latest",
+            ),
+            (
+                &format!("reg:5000/x:v1@{d}"),
+                &format!("docker://reg:5000/x@{d}"),
+            ),
+            (
+                &format!("reg:5000/x@{d}"),
+                &format!("docker://reg:5000/x@{d}"),
+            ),
+            ("reg.example:443/x", "docker://reg.example:443/x:latest"),
+        ] {
+            assert_eq!(
+                RegistryRef::parse(written).unwrap().to_string(),
+                normalized,
+                "{written}"
+            );
+        }
+        assert!(RegistryRef::parse(&format!("reg:5000/x:b@d@{d}")).is_err());
+        assert!(RegistryRef::parse(&format!("reg:5000/x:@{d}")).is_err());
     }
 
     #[test]

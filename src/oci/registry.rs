@@ -97,18 +97,14 @@ impl Registry {
             .user_agent(concat!("lazycrypt/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        let (basic, token) = match auth::credential_for(
-            &origin.authority(),
-            &r,
-            opts.creds.as_ref(),
-            &auth::auth_files(),
-        ) {
-            Some(auth::Credential::Basic(b)) => (Some(b), None),
-            Some(auth::Credential::Bearer(t)) => {
-                (None, Some(Secret::new(format!("Bearer {}", t.expose()))))
-            }
-            None => (None, None),
-        };
+        let (basic, token) =
+            match auth::credential_for(&origin, &r, opts.creds.as_ref(), &auth::auth_files()) {
+                Some(auth::Credential::Basic(b)) => (Some(b), None),
+                Some(auth::Credential::Bearer(t)) => {
+                    (None, Some(Secret::new(format!("Bearer {}", t.expose()))))
+                }
+                None => (None, None),
+            };
         Ok(Registry {
             r,
             base,

@@ -64,6 +64,29 @@ pub struct CriKeychain {
     pub ttl: Option<u64>,
 }
 
+impl CriKeychain {
+    /// Rejects settings under which the keychain would take over (and
+    /// unlink) another socket, or keep nothing: the error says which.
+    /// `address` is serve's snapshots socket.
+    pub fn check(&self, address: Option<&Path>) -> Result<(), String> {
+        let listen = self.listen.display();
+        if self.listen == self.upstream {
+            return Err(format!(
+                "cri_keychain: listen {listen} is also upstream (containerd's socket)"
+            ));
+        }
+        if address == Some(self.listen.as_path()) {
+            return Err(format!(
+                "cri_keychain: listen {listen} is also address (the snapshotter's socket)"
+            ));
+        }
+        if self.ttl == Some(0) {
+            return Err("cri_keychain: ttl must be at least 1 (seconds)".into());
+        }
+        Ok(())
+    }
+}
+
 impl FileConfig {
     /// Reads `path`; a missing file is an empty configuration unless
     /// `required`.
@@ -85,6 +108,10 @@ impl FileConfig {
                 "config {}: upper must be \"tmpfs\" or \"disk\", not {u:?}",
                 path.display()
             ));
+        }
+        if let Some(k) = &cfg.cri_keychain {
+            k.check(cfg.address.as_deref())
+                .map_err(|e| format!("config {}: {e}", path.display()))?;
         }
         Ok(cfg)
     }
@@ -149,5 +176,36 @@ mod tests {
         assert!(e.contains("missing field `upstream`"), "{e}");
         assert!(FileConfig::load(&d.path().join("none"), false).is_ok());
         assert!(FileConfig::load(&d.path().join("none"), true).is_err());
+    }
+
+    #[test]
+    fn rejects_a_keychain_that_would_take_another_socket_or_keep_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.toml");
+        for (text, why) in [
+            (
+                "cri_keychain = { listen = \"/run/c.sock\", upstream = \"/run/c.sock\" }\n",
+                "cri_keychain: listen /run/c.sock is also upstream (containerd's socket)",
+            ),
+            (
+                "address = \"/run/l.sock\"\ncri_keychain = { listen = \"/run/l.sock\", upstream = \"/run/c.sock\" }\n",
+                "cri_keychain: listen /run/l.sock is also address (the snapshotter's socket)",
+            ),
+            (
+                "cri_keychain = { listen = \"/run/k.sock\", upstream = \"/run/c.sock\", ttl = 0 }\n",
+                "cri_keychain: ttl must be at least 1 (seconds)",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = FileConfig::load(&p, true).unwrap_err();
+            assert_eq!(e, format!("config {}: {why}", p.display()));
+        }
+        let k = CriKeychain {
+            listen: "/run/k.sock".into(),
+            upstream: "/run/c.sock".into(),
+            ttl: Some(1),
+        };
+        assert!(k.check(Some(Path::new("/run/l.sock"))).is_ok());
+        assert!(k.check(Some(Path::new("/run/k.sock"))).is_err());
     }
 }

@@ -14,6 +14,7 @@
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes};
@@ -28,7 +29,7 @@ use zeroize::Zeroize;
 
 use crate::containerd::proto::cri;
 use crate::oci::auth::{Credential, Secret};
-use crate::oci::keychain::Keychain;
+use crate::oci::keychain::{Keychain, Pending};
 use crate::oci::reference::RegistryRef;
 
 /// The methods whose request is read for credentials (CRI v1, and the
@@ -42,16 +43,52 @@ const PULL_IMAGE: [&str; 2] = [
 /// list can be large).
 const MAX_MESSAGE: usize = 16 << 20;
 
+/// The only calls passed on: CRI's image service (v1, and the v1alpha2
+/// that containerd 1.6 still serves). The socket is no way into the rest of
+/// containerd.
+const FORWARDED: [&str; 2] = [
+    "/runtime.v1.ImageService/",
+    "/runtime.v1alpha2.ImageService/",
+];
+
+/// Upstream deadlines: a containerd that accepts no connection, or one
+/// gone silent under a call, is seen as down rather than waited on.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The keychain's socket at `listen`, which only root may connect to: the
 /// kubelet runs as root, and a pull's secrets and every image of the node
 /// are behind it.
 pub fn bind(listen: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
-    let _ = std::fs::remove_file(listen);
+    clear_stale(listen)?;
     crate::private::bind_socket(listen, |p| {
         let l = std::os::unix::net::UnixListener::bind(p)?;
         l.set_nonblocking(true)?;
         Ok(l)
     })
+}
+
+/// Removes the socket a previous run left at `listen`. Anything else
+/// there is refused and left alone: a socket something still answers on
+/// (another daemon's), or a file that is no socket.
+fn clear_stale(listen: &Path) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::FileTypeExt;
+    let at = |why: &str| format!("{}: {why}", listen.display());
+    match std::fs::symlink_metadata(listen) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::new(e.kind(), at(&e.to_string()))),
+        Ok(m) if !m.file_type().is_socket() => Err(Error::new(
+            ErrorKind::AlreadyExists,
+            at("exists and is not a socket"),
+        )),
+        Ok(_) => match std::os::unix::net::UnixStream::connect(listen) {
+            Ok(_) => Err(Error::new(ErrorKind::AddrInUse, at("is in use"))),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(listen),
+            Err(e) => Err(Error::new(e.kind(), at(&e.to_string()))),
+        },
+    }
 }
 
 /// Serves the keychain on `listener` (from [`bind`]), passing calls on to
@@ -86,6 +123,10 @@ fn connect_lazily(socket: &Path) -> std::io::Result<Channel> {
     let path = socket.to_path_buf();
     Ok(Endpoint::try_from("http://containerd.invalid")
         .map_err(std::io::Error::other)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_with_connector_lazy(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
@@ -116,6 +157,16 @@ impl Proxy {
         req: http::Request<tonic::service::AxumBody>,
     ) -> http::Response<tonic::body::Body> {
         let path = req.uri().path().to_string();
+        let image_service = FORWARDED.iter().any(|p| {
+            path.strip_prefix(p)
+                .is_some_and(|m| !m.is_empty() && !m.contains('/'))
+        });
+        if !image_service {
+            return Status::unimplemented(format!(
+                "CRI keychain: {path}: only CRI's image service is served here"
+            ))
+            .into_http();
+        }
         let mut server = tonic::server::Grpc::new(Raw)
             .apply_max_message_size_config(Some(MAX_MESSAGE), Some(MAX_MESSAGE));
         if PULL_IMAGE.contains(&path.as_str()) {
@@ -142,18 +193,20 @@ impl Proxy {
         ))
     }
 
-    /// Keeps what `bytes` (a `PullImageRequest`) hands over for its image.
-    fn keep(&self, bytes: &[u8]) {
+    /// Holds what `bytes` (a `PullImageRequest`) hands over for its image,
+    /// pending until the pull succeeds.
+    fn keep(&self, bytes: &[u8]) -> Option<Pending<'_>> {
         let Ok(mut pull) = cri::PullImageRequest::decode(bytes) else {
             // containerd answers what it cannot read.
-            return;
+            return None;
         };
         let image = pull.image.as_ref().map(|i| i.image.as_str()).unwrap_or("");
+        let mut pending = None;
         if let (Ok(r), Some(auth)) = (RegistryRef::parse(image), pull.auth.as_ref()) {
             match credential(auth, &r) {
                 Some(c) => {
-                    self.keychain.remember(&r, c);
-                    tracing::debug!("CRI keychain: credentials for {}/{} kept", r.host, r.repo);
+                    pending = Some(self.keychain.hold(&r, c));
+                    tracing::debug!("CRI keychain: credentials for {}/{} held", r.host, r.repo);
                 }
                 None if !auth.identity_token.is_empty() => tracing::info!(
                     "CRI keychain: {}/{}: identity tokens are not supported; its lazy layers use the node's auth files",
@@ -169,6 +222,7 @@ impl Proxy {
             a.identity_token.zeroize();
             a.registry_token.zeroize();
         }
+        pending
     }
 }
 
@@ -220,12 +274,17 @@ impl tonic::server::UnaryService<Bytes> for Pull {
         let (proxy, path) = (self.0.clone(), self.1.clone());
         Box::pin(async move {
             // Before containerd sees the pull: its Prepares of the image's
-            // layers come while the pull is under way.
-            proxy.keep(req.get_ref());
+            // layers come while the pull is under way. Kept only if the
+            // pull succeeds (a wrong secret does not replace a right one).
+            let pending = proxy.keep(req.get_ref());
             let mut client = proxy.client();
             proxy.ready(&mut client).await?;
             let path = path.parse().map_err(|_| Status::unimplemented(path))?;
-            client.unary(req, path, Raw).await
+            let answer = client.unary(req, path, Raw).await;
+            if let (Ok(_), Some(p)) = (&answer, pending) {
+                p.confirm();
+            }
+            answer
         })
     }
 }
@@ -244,10 +303,24 @@ impl tonic::server::StreamingService<Bytes> for Stream {
             let mut client = proxy.client();
             proxy.ready(&mut client).await?;
             let path = path.parse().map_err(|_| Status::unimplemented(path))?;
-            // A request stream that breaks ends there; containerd judges
-            // what it got.
-            let req = req.map(|s| s.map_while(Result::ok));
-            client.streaming(req, path, Raw).await
+            // A request stream that breaks (a message over the limit) ends
+            // there, and its own status is the answer, not what containerd
+            // makes of the cut stream.
+            let broken = Arc::new(std::sync::Mutex::new(None::<Status>));
+            let first = broken.clone();
+            let req = req.map(|s| {
+                s.map_while(move |m| {
+                    m.map_err(|e| {
+                        crate::sync::lock(&first).get_or_insert(e);
+                    })
+                    .ok()
+                })
+            });
+            let answer = client.streaming(req, path, Raw).await;
+            match crate::sync::lock(&broken).take() {
+                Some(e) => Err(e),
+                None => answer,
+            }
         })
     }
 }
@@ -300,6 +373,31 @@ mod tests {
 
     fn basic(user: &str, password: &str) -> Option<Credential> {
         Some(Credential::basic(user, password))
+    }
+
+    #[test]
+    fn takes_over_only_a_stale_socket() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cri.sock");
+        // A previous run's socket, nothing listening.
+        drop(std::os::unix::net::UnixListener::bind(&p).unwrap());
+        drop(bind(&p).expect("a stale socket is replaced"));
+        // A live daemon's.
+        std::fs::remove_file(&p).unwrap();
+        let live = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let e = bind(&p).unwrap_err();
+        assert_eq!(e.to_string(), format!("{}: is in use", p.display()));
+        std::os::unix::net::UnixStream::connect(&p).expect("still the live daemon's");
+        drop(live);
+        // Not a socket at all.
+        let f = d.path().join("file");
+        std::fs::write(&f, "keep me").unwrap();
+        let e = bind(&f).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: exists and is not a socket", f.display())
+        );
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "keep me");
     }
 
     #[test]
