@@ -158,7 +158,7 @@ fn layer_mounts(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-on_lines!(a_cri_pull_with_an_image_pull_secret_mounts_a_private_encrypted_image_lazily: V1_6, V2_1);
+on_lines!(a_cri_pull_with_an_image_pull_secret_mounts_a_private_encrypted_image_lazily: V1_6, V2_1, V2_1Local);
 fn a_cri_pull_with_an_image_pull_secret_mounts_a_private_encrypted_image_lazily(line: Line) {
     let d = tmp();
     let htpasswd = d.path().join("htpasswd");
