@@ -24,6 +24,10 @@ fn number(s: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{s:?} is not a number: {e}"))
 }
 
+/// Where a test makes a directory `nobody` can reach: the FHS's /var/tmp
+/// (world-writable, sticky), since /tmp may be root's only here.
+const NOBODY_REACHES: &str = "/var/tmp";
+
 #[test]
 fn as_root_the_demo_reads_a_lazily_mounted_file_fetching_little_and_leaving_no_plaintext_or_mount()
 {
@@ -100,10 +104,11 @@ fn as_root_the_demo_reads_a_lazily_mounted_file_fetching_little_and_leaving_no_p
 
 #[test]
 fn without_root_the_demo_says_it_skipped_the_lazy_mount_and_runs_the_rest() {
-    // A directory `nobody` can reach and write: the tests' /tmp may be root's only.
+    // A directory `nobody` can reach and write: /tmp may be root's only,
+    // and the checkout (so the target dir) may be under it.
     let base = tempfile::Builder::new()
         .prefix("demo-nobody-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .tempdir_in(NOBODY_REACHES)
         .unwrap();
     std::os::unix::fs::chown(base.path(), Some(65534), Some(65534)).unwrap();
     let dir = base.path().join("demo");
@@ -288,7 +293,7 @@ fn without_a_dir_the_demo_works_in_a_new_private_one() {
     // A temporary directory `nobody` can reach and write.
     let base = tempfile::Builder::new()
         .prefix("demo-tmp-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .tempdir_in(NOBODY_REACHES)
         .unwrap();
     std::os::unix::fs::chown(base.path(), Some(65534), Some(65534)).unwrap();
     let out = ok(std::process::Command::new("setpriv")

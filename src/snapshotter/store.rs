@@ -202,12 +202,11 @@ impl Store {
             DiffId::Misnamed { chain } => {
                 metrics::DIFF_ID_MISMATCHES.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
-                    "layer {} of {}: on its parent it makes chain ID {chain}, but it was \
-                     committed as {}: snapshot {} is poisoned (its reads fail with EIO) and is \
-                     replaced when an image needs that layer",
+                    "layer {} of {}: on its parent it makes chain ID {chain}, not the name it \
+                     was committed under: snapshot {} is poisoned (its reads fail with EIO) and \
+                     is replaced when an image needs that layer",
                     remote.layer,
                     remote.image,
-                    job.key,
                     job.key
                 );
                 self.remotes.poison(rec.id);
