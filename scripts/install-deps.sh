@@ -4,7 +4,8 @@
 # openssl, gnupg, htpasswd, containerd + runc, busybox-static (container
 # images), iproute2 (`tc`, network shaping), Go and containerd's Go source
 # (containerd's own snapshotter test suite, built offline in GOPATH mode);
-# then loads fuse and overlay.
+# then loads fuse and overlay; then unpacks containerd 2.1 and cosign 3.1
+# from Debian unstable into private prefixes.
 set -euo pipefail
 
 need=()
@@ -31,59 +32,89 @@ fi
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
 
-# containerd 2.1 beside Debian 12's 1.6 (the containerd tests run on both):
-# Debian 12 ships only 1.6, so its .deb comes from Debian's unstable suite,
-# fetched through a private apt configuration (its own sources list on
-# Debian's mirror, its own lists and cache; the system's apt sources stay as
-# they are; signatures checked against Debian's archive keyring) and
-# unpacked with dpkg -x into a private prefix, never installed. Bookworm's
-# runc serves it (unstable's needs a newer glibc). The prefix holds a stamp
-# naming the version; a prefix without one is not this script's, and is
-# never replaced.
-ctd2_prefix="${LAZYCRYPT_CONTAINERD2:-/opt/lazycrypt-test/containerd2}"
-ctd2_want="2.1.9"
-ctd2_stamp="$ctd2_prefix/.lazycrypt-containerd2"
-ctd2_mirror="${LAZYCRYPT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-if [ "$(cat "$ctd2_stamp" 2>/dev/null)" != "$ctd2_want" ]; then
-  if [ -e "$ctd2_prefix" ] && [ ! -e "$ctd2_stamp" ]; then
-    echo "install-deps: $ctd2_prefix exists and is not a containerd this script unpacked; set LAZYCRYPT_CONTAINERD2 to another directory" >&2
-    exit 1
-  fi
-  keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+# Packages Debian 12 lacks come from Debian's unstable suite, fetched
+# through a private apt configuration (its own sources list on Debian's
+# mirror, its own lists and cache; the system's apt sources stay as they
+# are; signatures checked against Debian's archive keyring) and unpacked
+# with dpkg -x into a private prefix, never installed. Each prefix holds a
+# stamp naming the version; a prefix without one is not this script's, and
+# is never replaced.
+unstable_mirror="${LAZYCRYPT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+unstable_work=""
+apt_private=()
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+# Sets up the private apt configuration and reads unstable's package lists,
+# once for all packages; WHAT names the package wanted, for the error.
+unstable_apt() {
+  local what=$1
+  [ -n "$unstable_work" ] && return 0
+  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   if [ ! -r "$keyring" ]; then
-    echo "install-deps: $keyring is missing (package debian-archive-keyring): containerd $ctd2_want cannot be fetched from Debian unstable" >&2
+    echo "install-deps: $keyring is missing (package debian-archive-keyring): $what cannot be fetched from Debian unstable" >&2
     exit 1
   fi
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/prefs.d" "$work/parts.d"
-  echo "deb [signed-by=$keyring] ${ctd2_mirror%/} unstable main" > "$work/sources.list"
-  apt_private=(-o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=$work/parts.d"
-    -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache"
-    -o "Dir::Etc::Preferences=$work/prefs" -o "Dir::Etc::PreferencesParts=$work/prefs.d")
+  unstable_work=$(mktemp -d)
+  trap 'rm -rf "$unstable_work"' EXIT
+  local w=$unstable_work
+  mkdir -p "$w/lists/partial" "$w/cache/archives/partial" "$w/prefs.d" "$w/parts.d"
+  echo "deb [signed-by=$keyring] ${unstable_mirror%/} unstable main" > "$w/sources.list"
+  apt_private=(-o "Dir::Etc::SourceList=$w/sources.list" -o "Dir::Etc::SourceParts=$w/parts.d"
+    -o "Dir::State::Lists=$w/lists" -o "Dir::Cache=$w/cache"
+    -o "Dir::Etc::Preferences=$w/prefs" -o "Dir::Etc::PreferencesParts=$w/prefs.d")
   [ -z "$sudo" ] && apt_private+=(-o "APT::Sandbox::User=root")
-  echo "fetching containerd $ctd2_want from Debian unstable ($ctd2_mirror) into $ctd2_prefix"
   apt-get "${apt_private[@]}" update -qq
-  # The newest build of that upstream version; its Debian revision may move.
-  want_re="^${ctd2_want//./[.]}[~+-]"
-  version=$(apt-cache "${apt_private[@]}" madison containerd | awk -v re="$want_re" '$3 ~ re {print $3; exit}')
-  if [ -z "$version" ]; then
-    echo "install-deps: Debian unstable at $ctd2_mirror no longer has containerd $ctd2_want" \
-         "(it has: $(apt-cache "${apt_private[@]}" madison containerd | awk '{print $3}' | xargs));" \
-         "update ctd2_want here and the versions the README names" >&2
+}
+
+# unstable_unpack NAME PACKAGE VERSION PREFIX ENVVAR CHECK: unpacks the
+# newest Debian build of upstream VERSION of PACKAGE into PREFIX (stamp
+# .lazycrypt-NAME) unless it is there already; CHECK DIR must succeed on
+# the unpacked tree (its binaries run on this system's glibc) before it
+# replaces PREFIX. ENVVAR is the variable that moves PREFIX.
+unstable_unpack() {
+  local name=$1 pkg=$2 want=$3 prefix=$4 envvar=$5 check=$6
+  local stamp="$prefix/.lazycrypt-$name"
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+  if [ -e "$prefix" ] && [ ! -e "$stamp" ]; then
+    echo "install-deps: $prefix exists and is not a $pkg this script unpacked; set $envvar to another directory" >&2
     exit 1
   fi
-  (cd "$work" && apt-get "${apt_private[@]}" download -qq "containerd=$version")
-  $sudo rm -rf "$ctd2_prefix.new"
-  $sudo mkdir -p "$ctd2_prefix.new"
-  $sudo dpkg -x "$work"/containerd_*.deb "$ctd2_prefix.new"
-  # It must run on this system's glibc.
-  "$ctd2_prefix.new/usr/bin/containerd" --version
-  "$ctd2_prefix.new/usr/bin/ctr" --version >/dev/null
-  "$ctd2_prefix.new/usr/bin/containerd-shim-runc-v2" -v >/dev/null
-  echo "$ctd2_want" | $sudo tee "$ctd2_prefix.new/.lazycrypt-containerd2" >/dev/null
-  [ -e "$ctd2_stamp" ] && $sudo rm -rf "$ctd2_prefix"
-  $sudo mv "$ctd2_prefix.new" "$ctd2_prefix"
-fi
+  unstable_apt "$pkg $want"
+  echo "fetching $pkg $want from Debian unstable ($unstable_mirror) into $prefix"
+  # The newest build of that upstream version; its Debian revision may move.
+  local want_re="^${want//./[.]}[~+-]" version
+  version=$(apt-cache "${apt_private[@]}" madison "$pkg" | awk -v re="$want_re" '$3 ~ re {print $3; exit}')
+  if [ -z "$version" ]; then
+    echo "install-deps: Debian unstable at $unstable_mirror no longer has $pkg $want" \
+         "(it has: $(apt-cache "${apt_private[@]}" madison "$pkg" | awk '{print $3}' | xargs));" \
+         "update its version here and the versions the README names" >&2
+    exit 1
+  fi
+  (cd "$unstable_work" && apt-get "${apt_private[@]}" download -qq "$pkg=$version")
+  $sudo rm -rf "$prefix.new"
+  $sudo mkdir -p "$prefix.new"
+  $sudo dpkg -x "$unstable_work/${pkg}_"*.deb "$prefix.new"
+  "$check" "$prefix.new"
+  echo "$want" | $sudo tee "$prefix.new/.lazycrypt-$name" >/dev/null
+  [ -e "$stamp" ] && $sudo rm -rf "$prefix"
+  $sudo mv "$prefix.new" "$prefix"
+}
+
+# containerd 2.1 beside Debian 12's 1.6 (the containerd tests run on both).
+# Bookworm's runc serves it (unstable's needs a newer glibc).
+check_containerd() {
+  "$1/usr/bin/containerd" --version
+  "$1/usr/bin/ctr" --version >/dev/null
+  "$1/usr/bin/containerd-shim-runc-v2" -v >/dev/null
+}
+unstable_unpack containerd2 containerd 2.1.9 \
+  "${LAZYCRYPT_CONTAINERD2:-/opt/lazycrypt-test/containerd2}" LAZYCRYPT_CONTAINERD2 check_containerd
+
+# cosign 3.1, the signer and verifier the signature tests hold lazycrypt's
+# verification against (Debian 12 has no cosign).
+check_cosign() {
+  "$1/usr/bin/cosign" version >/dev/null
+}
+unstable_unpack cosign cosign 3.1.1 \
+  "${LAZYCRYPT_COSIGN:-/opt/lazycrypt-test/cosign}" LAZYCRYPT_COSIGN check_cosign
