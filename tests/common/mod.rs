@@ -25,6 +25,7 @@ pub mod data;
 pub mod faults;
 pub mod mounts;
 pub mod procfs;
+pub mod signers;
 
 #[allow(unused_imports)]
 pub use data::noise;

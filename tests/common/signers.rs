@@ -1,0 +1,139 @@
+//! Real signers: cosign 3.1 (unpacked by `scripts/install-deps.sh` from
+//! Debian unstable), run offline against a plain-HTTP registry. Each run
+//! gets a HOME and a TUF cache inside the test's own directory, so nothing
+//! is written outside it; cosign warns that it cannot reach its TUF
+//! repository and goes on.
+//!
+//! Debian 12's skopeo 1.9.3 cannot take part: Debian built it with sigstore
+//! disabled, so both `--sign-by-sigstore-private-key` and a `sigstoreSigned`
+//! policy fail with "Debian-local change: sigstore disabled".
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+use super::{Registry, ok, run};
+
+/// The password of every key [`cosign_keys`] makes.
+pub const PASSWORD: &str = "pw";
+
+/// Where `scripts/install-deps.sh` unpacks cosign 3.1.1.
+pub fn cosign_bin() -> PathBuf {
+    std::env::var_os("LAZYCRYPT_COSIGN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/lazycrypt-test/cosign"))
+        .join("usr/bin/cosign")
+}
+
+/// cosign, run in `dir` with its HOME and TUF cache under `dir`.
+pub fn cosign(dir: &Path) -> Command {
+    let home = dir.join("cosign-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut c = Command::new(cosign_bin());
+    c.current_dir(dir)
+        .env("HOME", &home)
+        .env("TUF_ROOT", home.join("tuf"))
+        .env("COSIGN_PASSWORD", PASSWORD)
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("SIGSTORE_ROOT_FILE")
+        .env_remove("COSIGN_REPOSITORY");
+    c
+}
+
+/// A cosign key pair made in `dir` (one pair per directory): the
+/// password-encrypted private key `cosign.key` (ECDSA P-256, PEM type
+/// `ENCRYPTED SIGSTORE PRIVATE KEY`) and the public key `cosign.pub`.
+pub fn cosign_keys(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    ok(cosign(dir).arg("generate-key-pair"));
+    (dir.join("cosign.key"), dir.join("cosign.pub"))
+}
+
+/// The two ways cosign 3.1 stores a key-based image signature.
+#[derive(Clone, Copy, Debug)]
+pub enum Format {
+    /// A Sigstore bundle v0.3 (DSSE envelope of an in-toto statement),
+    /// attached as an OCI 1.1 referrer; on a registry without the
+    /// referrers API, listed in the `sha256-<hex>` fallback tag's index.
+    Bundle,
+    /// The pre-v3 simple-signing payload under the `sha256-<hex>.sig` tag.
+    Classic,
+}
+
+const REGISTRY_FLAGS: [&str; 2] = ["--allow-http-registry", "--allow-insecure-registry"];
+
+/// cosign signs `reference` (`HOST/REPO@sha256:…` on a plain-HTTP
+/// registry) with `key`, in `format`, without any transparency log.
+pub fn cosign_sign(dir: &Path, key: &Path, format: Format, reference: &str) {
+    let mut c = cosign(dir);
+    c.arg("sign").arg("--key").arg(key);
+    match format {
+        Format::Bundle => {
+            // A signing config with no services: no Rekor, no TSA.
+            let sc = dir.join("signing-config.json");
+            if !sc.exists() {
+                ok(cosign(dir)
+                    .args(["signing-config", "create", "--out"])
+                    .arg(&sc));
+            }
+            c.arg("--signing-config").arg(sc);
+        }
+        Format::Classic => {
+            c.args([
+                "--use-signing-config=false",
+                "--tlog-upload=false",
+                "--new-bundle-format=false",
+            ]);
+        }
+    }
+    ok(c.args(REGISTRY_FLAGS).args(["-y", reference]));
+}
+
+/// `cosign verify --key PUB` of `reference`, offline (no transparency log
+/// check). With `Format::Bundle` cosign looks for bundles first and falls
+/// back to classic signatures; with `Format::Classic` it reads only the
+/// `.sig` tag.
+pub fn cosign_verify(dir: &Path, public: &Path, format: Format, reference: &str) -> Output {
+    let mut c = cosign(dir);
+    c.arg("verify")
+        .arg("--key")
+        .arg(public)
+        .arg("--insecure-ignore-tlog");
+    if let Format::Classic = format {
+        c.arg("--new-bundle-format=false");
+    }
+    run(c.args(REGISTRY_FLAGS).arg(reference))
+}
+
+/// The digest reference `HOST/REPO@sha256:…` of `REPO:TAG` on `reg`, and
+/// the digest.
+pub fn digest_ref(reg: &Registry, repo: &str, tag: &str) -> (String, String) {
+    let raw = registry_get(reg, repo, &format!("manifests/{tag}"));
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(raw)));
+    (format!("{}/{repo}@{digest}", reg.addr), digest)
+}
+
+/// GET `path` (after `/v2/REPO/`) from `reg` over plain HTTP, accepting OCI
+/// manifests and indexes: the body, or a panic naming the status.
+pub fn registry_get(reg: &Registry, repo: &str, path: &str) -> Vec<u8> {
+    let url = format!("http://{}/v2/{repo}/{path}", reg.addr);
+    let out = run(Command::new("curl")
+        .args(["-sS", "--fail", "-H"])
+        .arg(
+            "Accept: application/vnd.oci.image.index.v1+json, \
+             application/vnd.oci.image.manifest.v1+json",
+        )
+        .arg(&url));
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// [`registry_get`] of a JSON document.
+pub fn registry_json(reg: &Registry, repo: &str, path: &str) -> serde_json::Value {
+    serde_json::from_slice(&registry_get(reg, repo, path)).unwrap()
+}
