@@ -177,9 +177,7 @@ impl Policy {
             kind,
         };
         let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_POLICY + 1).read_to_end(&mut bytes))
-            .map_err(|e| fail(ErrorKind::Read(e)))?;
+        read_regular(path, MAX_POLICY + 1, &mut bytes).map_err(|e| fail(ErrorKind::Read(e)))?;
         if bytes.len() as u64 > MAX_POLICY {
             return Err(fail(ErrorKind::TooLarge));
         }
@@ -440,17 +438,15 @@ impl Parser<'_> {
             return Err(self.err(path, ErrorKind::RelativeKeyPath(file.into())));
         }
         let mut bytes = Vec::new();
-        std::fs::File::open(file)
-            .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes))
-            .map_err(|source| {
-                self.err(
-                    path,
-                    ErrorKind::KeyFile {
-                        path: file.into(),
-                        source,
-                    },
-                )
-            })?;
+        read_regular(Path::new(file), MAX_KEY_FILE + 1, &mut bytes).map_err(|source| {
+            self.err(
+                path,
+                ErrorKind::KeyFile {
+                    path: file.into(),
+                    source,
+                },
+            )
+        })?;
         if bytes.len() as u64 > MAX_KEY_FILE {
             return Err(self.err(path, ErrorKind::KeyFileTooLarge { path: file.into() }));
         }
@@ -553,6 +549,22 @@ impl Parser<'_> {
         };
         Ok(identity)
     }
+}
+
+/// Reads at most `limit` bytes of a regular file. Opened without blocking
+/// and checked first, so a key path naming a FIFO or a device fails at once
+/// instead of hanging the daemon's start.
+fn read_regular(path: &Path, limit: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    f.take(limit).read_to_end(out)?;
+    Ok(())
 }
 
 fn get<'j>(members: &'j Members, key: &str) -> Option<&'j Json> {

@@ -388,3 +388,29 @@ fn load_names_the_file() {
         )
     );
 }
+
+#[test]
+fn key_paths_and_policies_must_be_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.pub");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for bad in [dir.path().to_path_buf(), fifo.clone()] {
+        let e = parse(&format!(
+            r#"{{"default": [{{"type": "sigstoreSigned", "keyPath": "{}"}}]}}"#,
+            bad.display()
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "policy /etc/containers/policy.json: default[0].keyPath: {}: not a regular file",
+                bad.display()
+            )
+        );
+        assert_eq!(
+            Policy::load(&bad).unwrap_err().to_string(),
+            format!("policy {}: not a regular file", bad.display())
+        );
+    }
+}
