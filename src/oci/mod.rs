@@ -12,6 +12,7 @@ pub mod layout;
 pub mod media;
 pub mod mirrored;
 pub mod platform;
+pub mod policy;
 pub mod reference;
 pub mod registry;
 pub mod retry;

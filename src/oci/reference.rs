@@ -114,7 +114,7 @@ impl RegistryRef {
     }
 }
 
-fn valid_tag(t: &str) -> bool {
+pub(crate) fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && t.bytes()
