@@ -15,6 +15,7 @@ pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod retry;
+pub mod signature;
 pub mod transport;
 
 pub use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
