@@ -16,6 +16,7 @@ pub mod policy;
 pub mod reference;
 pub mod registry;
 pub mod retry;
+pub mod signature;
 pub mod transport;
 
 pub use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
