@@ -81,6 +81,10 @@ impl ImageSource for Mirrored {
         self.first(|e| e.pull, |r| r.blob(desc))
     }
 
+    fn tagged(&self, tag: &str) -> Result<RawManifest, Error> {
+        self.first(|e| e.resolve, |r| r.tagged(tag))
+    }
+
     fn blob_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
         self.first(|e| e.pull, |r| r.blob_range(desc, offset, len))
     }

@@ -514,6 +514,13 @@ impl ImageSource for Registry {
         self.get_manifest(desc.digest().as_ref(), Some(desc.digest()))
     }
 
+    fn tagged(&self, tag: &str) -> Result<RawManifest, Error> {
+        if !super::reference::valid_tag(tag) {
+            return Err(Error::BadReference(format!("{tag:?} is not a valid tag")));
+        }
+        self.get_manifest(tag, None)
+    }
+
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, Error> {
         let path = format!("blobs/{}", desc.digest());
         let what = self.what("GET", &path);

@@ -26,6 +26,14 @@ pub trait ImageSource: Send + Sync {
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, Error>;
     /// Bytes `[offset, offset + len)` of a blob.
     fn blob_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Vec<u8>, Error>;
+    /// The manifest or index under `tag` in the image's repository (where
+    /// cosign stores signatures), [`Error::NotFound`] if there is none.
+    /// Sources without such tags have none.
+    fn tagged(&self, tag: &str) -> Result<RawManifest, Error> {
+        Err(Error::NotFound(format!(
+            "tag {tag}: this source has no tags"
+        )))
+    }
 }
 
 /// Where images are written to. Nothing is visible under the reference until

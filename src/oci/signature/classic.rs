@@ -42,7 +42,7 @@ pub fn signature_tag(manifest_digest: &Digest) -> String {
 
 /// Why an image's classic signatures do not verify; one line, naming the
 /// signature layer at fault.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SignatureError {
     #[error("no signature (the signature manifest has no {SIMPLE_SIGNING_MEDIA_TYPE} layer)")]
     NoSignatures,
@@ -70,7 +70,7 @@ pub enum SignatureError {
     },
 }
 
-struct TrustedKeys(usize);
+pub(super) struct TrustedKeys(pub(super) usize);
 
 impl fmt::Display for TrustedKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -76,6 +76,15 @@ impl PublicKey {
         Self::from_spki_der(&der).map_err(fail)
     }
 
+    /// Reads a DER SubjectPublicKeyInfo (a policy's already-checked key);
+    /// `origin` names it for the error.
+    pub fn from_spki(der: &[u8], origin: &str) -> Result<Self, KeyError> {
+        Self::from_spki_der(der).map_err(|reason| KeyError {
+            origin: origin.to_string(),
+            reason,
+        })
+    }
+
     fn from_spki_der(der: &[u8]) -> Result<Self, String> {
         let info = spki::SubjectPublicKeyInfoRef::try_from(der)
             .map_err(|e| format!("not a SubjectPublicKeyInfo: {e}"))?;

@@ -1,17 +1,29 @@
 //! Image signatures: cosign's classic format and the simple-signing payload
 //! it signs, verified against the public keys a signature policy trusts.
-//! Pure verification; fetching the signatures is the caller's.
+//! [`fetch`] finds them in the image's repository; [`evaluate`] gives a
+//! policy's verdict.
 
+mod bundle;
 mod classic;
+mod fetch;
 mod key;
 mod payload;
+mod verdict;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod verdict_tests;
 
+pub use bundle::{
+    BUNDLE_MEDIA_TYPE, Bundle, BundleError, IN_TOTO_PAYLOAD_TYPE, MAX_BUNDLE, SIGN_PREDICATE_TYPE,
+    STATEMENT_TYPE, VerifiedBundle, pae,
+};
 pub use classic::{
     ClassicSignature, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE, SignatureError,
     SignatureLayer, VerifiedPayload, signature_tag, verify_any,
 };
+pub use fetch::{FetchError, Found, MAX_REFERRERS, fetch, referrers_tag};
 pub use key::{BadSignature, KeyError, MAX_KEY_PEM, PublicKey};
 pub use payload::{MAX_PAYLOAD, OtherDigest, Payload, PayloadError, SIGNATURE_TYPE};
+pub use verdict::{Accepted, Reason, Refusal, Rejected, Verdict, evaluate};

@@ -1,0 +1,225 @@
+//! The policy's verdict on an image: every requirement of the most specific
+//! scope must hold, as in containers/image. `reject` refuses before anything
+//! is fetched; `sigstoreSigned` needs one signature, by one of its keys, for
+//! the image's manifest digest, whose identity its `signedIdentity` accepts.
+//!
+//! A Sigstore bundle names a manifest digest but no repository. lazycrypt
+//! reads a bundle as claiming the repository it was found in, name only —
+//! what cosign's classic payload claims — so a bundle meets the identity
+//! rules a cosign classic signature meets (`matchRepository`,
+//! `exactRepository` of that repository) and not those that need a signed
+//! tag or another name (`matchExact`, `matchRepoDigestOrExact`,
+//! `exactReference`, `remapIdentity`).
+
+use super::bundle::BundleError;
+use super::classic::SignatureError;
+use super::fetch::{FetchError, Found, fetch};
+use super::key::{KeyError, PublicKey};
+use crate::oci::digest::Digest;
+use crate::oci::policy::{Policy, Requirement, Scope, SigstoreSigned};
+use crate::oci::reference::RegistryRef;
+use crate::oci::transport::ImageSource;
+
+/// Which requirement accepted the image, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// `insecureAcceptAnything` was the only kind of requirement.
+    Unverified,
+    /// Signatures satisfied every `sigstoreSigned` requirement; for each,
+    /// which key (its index in the requirement's keys) signed.
+    Signed { keys: Vec<usize> },
+}
+
+/// The policy accepted the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub accepted: Accepted,
+}
+
+/// The policy refused the image; one line.
+#[derive(Debug, thiserror::Error)]
+#[error("signature verification failed for {image}@{digest}: {reason}")]
+pub struct Rejected {
+    pub image: String,
+    pub digest: Digest,
+    pub reason: Reason,
+}
+
+/// Why an image was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Reason {
+    #[error("rejected by policy scope {0}")]
+    PolicyReject(String),
+    #[error("no signatures found (the image is unsigned)")]
+    Unsigned,
+    #[error("{0}")]
+    Key(KeyError),
+    #[error("{0}")]
+    Refused(Box<Refusal>),
+    #[error("none of the {count} signatures is accepted; the first: {first}")]
+    NoneAccepted { count: usize, first: Box<Refusal> },
+}
+
+/// Why one signature does not satisfy a requirement.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Fetch(FetchError),
+    #[error("{0}")]
+    Classic(SignatureError),
+    #[error("bundle manifest {manifest}: bundle {source}")]
+    Bundle {
+        manifest: Digest,
+        source: BundleError,
+    },
+    #[error("{what} claims identity {signed:?}, which the policy's signedIdentity does not accept")]
+    Identity { what: String, signed: String },
+}
+
+impl Refusal {
+    /// A refusal of a signature that verified but could not be used is
+    /// worth more than an unreadable or another key's one when several fail.
+    fn rank(&self) -> u8 {
+        match self {
+            Refusal::Identity { .. } => 3,
+            Refusal::Classic(SignatureError::OtherDigest { .. })
+            | Refusal::Bundle {
+                source: BundleError::OtherDigest(_),
+                ..
+            } => 2,
+            Refusal::Classic(_) | Refusal::Bundle { .. } => 1,
+            Refusal::Fetch(_) => 0,
+        }
+    }
+}
+
+/// The policy's verdict on the image `image` names, whose manifest digest is
+/// `manifest_digest`; `source` reads `image`'s repository.
+pub fn evaluate(
+    policy: &Policy,
+    image: &RegistryRef,
+    manifest_digest: &Digest,
+    source: &dyn ImageSource,
+) -> Result<Verdict, Rejected> {
+    let reject = |reason| Rejected {
+        image: display_image(image),
+        digest: manifest_digest.clone(),
+        reason,
+    };
+    let (scope, requirements) = policy.lookup(image);
+    if requirements.contains(&Requirement::Reject) {
+        return Err(reject(Reason::PolicyReject(match scope {
+            Scope::Docker(s) => format!("{s:?}"),
+            Scope::Default => "default".into(),
+        })));
+    }
+    let signed: Vec<&SigstoreSigned> = requirements
+        .iter()
+        .filter_map(|r| match r {
+            Requirement::SigstoreSigned(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if signed.is_empty() {
+        return Ok(Verdict {
+            accepted: Accepted::Unverified,
+        });
+    }
+    let found = fetch(source, manifest_digest);
+    if found.is_empty() {
+        return Err(reject(Reason::Unsigned));
+    }
+    let mut keys = Vec::with_capacity(signed.len());
+    for req in signed {
+        keys.push(satisfy(req, image, manifest_digest, &found).map_err(reject)?);
+    }
+    Ok(Verdict {
+        accepted: Accepted::Signed { keys },
+    })
+}
+
+/// Which key satisfied `req`, or why none did.
+fn satisfy(
+    req: &SigstoreSigned,
+    image: &RegistryRef,
+    manifest_digest: &Digest,
+    found: &[Result<Found, FetchError>],
+) -> Result<usize, Reason> {
+    let keys = req
+        .keys()
+        .iter()
+        .enumerate()
+        .map(|(index, k)| {
+            PublicKey::from_spki(k.spki_der(), &format!("keys[{index}] of sigstoreSigned"))
+                .map_err(Reason::Key)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut best: Option<Refusal> = None;
+    for f in found {
+        match check(req, &keys, image, manifest_digest, f) {
+            Ok(key) => return Ok(key),
+            Err(r) => {
+                if best.as_ref().is_none_or(|b| r.rank() > b.rank()) {
+                    best = Some(r);
+                }
+            }
+        }
+    }
+    let first = Box::new(best.expect("found is not empty"));
+    Err(if found.len() == 1 {
+        Reason::Refused(first)
+    } else {
+        Reason::NoneAccepted {
+            count: found.len(),
+            first,
+        }
+    })
+}
+
+fn check(
+    req: &SigstoreSigned,
+    keys: &[PublicKey],
+    image: &RegistryRef,
+    manifest_digest: &Digest,
+    found: &Result<Found, FetchError>,
+) -> Result<usize, Refusal> {
+    let (key, what, signed) = match found {
+        Err(e) => return Err(Refusal::Fetch(e.clone())),
+        Ok(Found::Classic(sig)) => {
+            let v = sig
+                .verify(keys, manifest_digest)
+                .map_err(Refusal::Classic)?;
+            (
+                v.key_index(),
+                format!("signature layer {}", sig.layer()),
+                v.docker_reference().to_string(),
+            )
+        }
+        Ok(Found::Bundle { manifest, bundle }) => {
+            let v = bundle
+                .verify(keys, manifest_digest)
+                .map_err(|source| Refusal::Bundle {
+                    manifest: manifest.clone(),
+                    source,
+                })?;
+            (
+                v.key_index(),
+                format!("bundle manifest {manifest}"),
+                format!("{}/{}", image.host, image.repo),
+            )
+        }
+    };
+    if req.identity().matches(image, &signed) {
+        Ok(key)
+    } else {
+        Err(Refusal::Identity { what, signed })
+    }
+}
+
+fn display_image(image: &RegistryRef) -> String {
+    if image.is_digest() {
+        format!("{}/{}", image.host, image.repo)
+    } else {
+        format!("{}/{}:{}", image.host, image.repo, image.reference)
+    }
+}
