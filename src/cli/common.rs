@@ -12,6 +12,7 @@ use crate::crypto::keyprovider;
 use crate::crypto::keys::{KeyArg, ReadableKeys};
 use crate::crypto::recipient::KeyOptions;
 use crate::oci::copy::Progress;
+use crate::oci::policy::Policy;
 use crate::oci::reference::ImageRef;
 use crate::oci::registry::RegistryOptions;
 use crate::oci::transport::TransportOptions;
@@ -47,6 +48,56 @@ impl TransportArgs {
                 ..Default::default()
             },
         }
+    }
+}
+
+/// The signature policy an image must satisfy before anything of it is
+/// fetched beyond its manifests, or any key unwrapped.
+#[derive(Args, Clone, Default)]
+pub struct PolicyArgs {
+    /// A containers-policy.json(5) file (e.g. /etc/containers/policy.json):
+    /// the image's manifest digest must carry the cosign signatures it
+    /// requires. Default: any image is accepted.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<std::path::PathBuf>,
+}
+
+impl PolicyArgs {
+    /// The policy, read and checked; None without `--policy`.
+    pub fn load(&self) -> Result<Option<Policy>> {
+        Ok(self.policy.as_deref().map(Policy::load).transpose()?)
+    }
+}
+
+/// Refuses `image` at `manifest` unless `policy` (if any) accepts it; the
+/// error is the verdict's one line.
+pub fn verify_image(
+    policy: Option<&Policy>,
+    image: &crate::oci::reference::RegistryRef,
+    manifest: &crate::oci::digest::Digest,
+    source: &dyn crate::oci::transport::ImageSource,
+) -> Result<()> {
+    if let Some(p) = policy {
+        crate::oci::signature::evaluate(p, image, manifest, source)?;
+    }
+    Ok(())
+}
+
+/// [`verify_image`] for an image argument: a policy applies to registry
+/// images only (its scopes name registries), so an OCI layout is refused.
+pub fn verify_ref(
+    policy: Option<&Policy>,
+    image: &ImageRef,
+    manifest: &crate::oci::digest::Digest,
+    source: &dyn crate::oci::transport::ImageSource,
+) -> Result<()> {
+    match (policy, image) {
+        (None, _) => Ok(()),
+        (Some(_), ImageRef::Layout { dir, .. }) => anyhow::bail!(
+            "--policy applies to docker:// images; {} is an OCI layout",
+            dir.display()
+        ),
+        (Some(_), ImageRef::Registry(r)) => verify_image(policy, r, manifest, source),
     }
 }
 

@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::common::{Bars, KeyFileArgs, TransportArgs, image_ref, key_ring};
+use super::common::{
+    Bars, KeyFileArgs, PolicyArgs, TransportArgs, image_ref, key_ring, verify_ref,
+};
 use crate::convert::{self, LayerChange, Selection};
 use crate::crypto::{KeyRing, Recipient};
 use crate::layer::estargz::CHUNK_SIZE;
@@ -90,6 +92,10 @@ pub struct DecryptArgs {
     pub select: SelectArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
+    /// The policy the source image's signatures must satisfy; checked on
+    /// the digest of its top-level manifest (or index), as skopeo does.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -157,6 +163,8 @@ fn prioritized(file: &Path) -> Result<HashSet<String>> {
 
 pub fn decrypt(a: DecryptArgs) -> Result<()> {
     let ring: KeyRing = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
+    let policy = a.policy.load()?;
+    let image = image_ref(&a.src)?;
     run(
         &a.src,
         &a.dst,
@@ -164,6 +172,10 @@ pub fn decrypt(a: DecryptArgs) -> Result<()> {
         a.json,
         "decrypting",
         |src, dst, bars, where_| {
+            if policy.is_some() {
+                // Before any layer is fetched or key unwrapped.
+                verify_ref(policy.as_ref(), &image, &src.root()?.digest, src)?;
+            }
             Ok(convert::decrypt(
                 src,
                 dst,

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
 use sha2::{Digest, Sha256};
 
-use super::common::{KeyFileArgs, TransportArgs, image_ref, key_ring};
+use super::common::{KeyFileArgs, PolicyArgs, TransportArgs, image_ref, key_ring, verify_ref};
 use crate::fs::ReadAhead;
 use crate::mount::open::OpenOptions;
 use crate::mount::session::{MountSpec, clean_stale, mount};
@@ -63,6 +63,8 @@ pub struct Args {
     pub transport: TransportArgs,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// The image: oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST].
     pub image: String,
     /// An existing empty directory.
@@ -206,7 +208,7 @@ pub fn run(a: Args) -> Result<()> {
             _ => clean_stale(&run_dir, &target).context("cleaning up after an earlier mount")?,
         }
     }
-    let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
+    let policy = a.policy.load()?;
     let r = image_ref(&a.image)?;
     let mut transport = a.transport.options();
     transport.registry.timeouts = a.timeouts.timeouts(TimeoutArgs::default())?;
@@ -223,6 +225,9 @@ pub fn run(a: Args) -> Result<()> {
             .find(|p| Image::selected(p, Some(&want)))
             .with_context(|| format!("{}: no manifest for platform {want}", a.image))?,
     };
+    // Before any key is read or any layer fetched.
+    verify_ref(policy.as_ref(), &r, &chosen.raw.digest, src.as_ref())?;
+    let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
     let layers = chosen.manifest.layers().clone();
     let n = layers.len();
     let spec = MountSpec {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
-use super::common::TransportArgs;
+use super::common::{PolicyArgs, TransportArgs, verify_image};
 use crate::containerd::client::Client;
 use crate::containerd::pull::{register, resolve};
 use crate::oci::mirrored::open;
@@ -34,6 +34,8 @@ pub struct Args {
     pub hosts_dir: PathBuf,
     #[command(flatten)]
     pub transport: TransportArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// The image, `HOST/REPO:TAG` (or `docker://HOST/REPO:TAG`).
     pub image: String,
 }
@@ -42,12 +44,15 @@ pub fn run(a: Args) -> Result<()> {
     let started = Instant::now();
     let name = a.image.trim_start_matches("docker://").to_string();
     let r = RegistryRef::parse(&name).with_context(|| format!("image {}", a.image))?;
+    let policy = a.policy.load()?;
     let src = open(&r, Some(&a.hosts_dir), &a.transport.options().registry)?;
     let platform = match &a.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
-    let resolved = resolve(src.as_ref(), &name, &platform)?;
+    let resolved = resolve(src.as_ref(), &name, &platform, |digest| {
+        verify_image(policy.as_ref(), &r, digest, src.as_ref())
+    })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -78,6 +78,13 @@ pub struct Args {
     /// container's start has the link to itself [default: 5].
     #[arg(long, value_name = "SECONDS")]
     pub diff_id_delay: Option<u64>,
+    /// A containers-policy.json(5) file (e.g. /etc/containers/policy.json):
+    /// an image's layers are served, and containers started from them, only
+    /// if its manifest digest carries the cosign signatures the policy
+    /// requires, checked before any layer byte is fetched or key unwrapped.
+    /// Read once at start (restart to change it). Default: any image.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     #[command(flatten)]
     pub timeouts: super::mount::TimeoutArgs,
 }
@@ -129,6 +136,10 @@ pub fn run(a: Args) -> Result<()> {
         let ttl = std::time::Duration::from_secs(k.ttl.unwrap_or(3600));
         Arc::new(crate::oci::keychain::Keychain::new(ttl))
     });
+    let policy = match a.policy.or(file.policy) {
+        Some(p) => Some(Arc::new(crate::oci::policy::Policy::load(&p)?)),
+        None => None,
+    };
     let mut plain_http = file.plain_http;
     plain_http.extend(a.plain_http);
     let remote = RemoteConfig {
@@ -184,6 +195,7 @@ pub fn run(a: Args) -> Result<()> {
             })
             .context("config")?,
         keychain: keychain.clone(),
+        policy,
     };
     let upper = UpperConfig {
         tmpfs: a.upper.or(file.upper).as_deref() != Some("disk"),

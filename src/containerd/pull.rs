@@ -33,8 +33,15 @@ pub struct Resolved {
     pub chain: Vec<String>,
 }
 
-/// Resolves `name` (`host/repo:tag`) in `src` for `platform`.
-pub fn resolve(src: &dyn ImageSource, name: &str, platform: &Platform) -> Result<Resolved> {
+/// Resolves `name` (`host/repo:tag`) in `src` for `platform`. `check` is
+/// given the chosen manifest's digest before any blob is fetched; its error
+/// stops the pull.
+pub fn resolve(
+    src: &dyn ImageSource,
+    name: &str,
+    platform: &Platform,
+    check: impl FnOnce(&crate::oci::digest::Digest) -> Result<()>,
+) -> Result<Resolved> {
     let image = Image::load(src, name)?;
     let chosen = match image.manifests.as_slice() {
         [one] => one,
@@ -43,6 +50,7 @@ pub fn resolve(src: &dyn ImageSource, name: &str, platform: &Platform) -> Result
             .find(|p| Image::selected(p, Some(platform)))
             .with_context(|| format!("{name}: no manifest for platform {platform}"))?,
     };
+    check(&chosen.raw.digest)?;
     let config = chosen.manifest.config().clone();
     let mut config_bytes = Vec::new();
     VerifyingReader::new(

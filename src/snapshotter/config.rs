@@ -46,6 +46,9 @@ pub struct FileConfig {
     pub registry_read_timeout: Option<u64>,
     /// Seconds connecting to a registry may take, TLS included.
     pub registry_connect_timeout: Option<u64>,
+    /// containers-policy.json(5) file every image's signatures must satisfy
+    /// (e.g. "/etc/containers/policy.json"); unset: any image.
+    pub policy: Option<PathBuf>,
     /// Listen as a CRI image service in front of containerd, keeping the
     /// credentials of pulled images in memory for their lazy layers.
     pub cri_keychain: Option<CriKeychain>,

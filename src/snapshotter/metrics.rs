@@ -114,6 +114,22 @@ pub fn render(store: &Store) -> String {
             "lazycrypt_diff_id_checks_total{{result=\"{result}\"}} {n}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP lazycrypt_signature_verdicts_total The signature policy's verdicts on images \
+         (each manifest asked for once in a while; a rejected image's layers are not \
+         fetched).\n# TYPE lazycrypt_signature_verdicts_total counter"
+    );
+    for (verdict, n) in [
+        ("accepted", &super::verdicts::ACCEPTED),
+        ("rejected", &super::verdicts::REJECTED),
+    ] {
+        let n = n.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "lazycrypt_signature_verdicts_total{{verdict=\"{verdict}\"}} {n}"
+        );
+    }
     let (buckets, sum, count) = READS.snapshot();
     let _ = writeln!(
         out,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{Error, Result};
 use super::meta::{DiffId, Remote};
+use super::verdicts::Verdicts;
 use crate::cache::chunks::{ChunkCache, Reservation};
 use crate::crypto::envelope::layer_keys;
 use crate::crypto::recipient::KeyRing;
@@ -155,6 +156,9 @@ pub struct RemoteConfig {
     /// Credentials pulls handed over (the CRI keychain), consulted before
     /// the auth files.
     pub keychain: Option<Arc<crate::oci::keychain::Keychain>>,
+    /// The signature policy every image's manifest must satisfy before any
+    /// of its layers is fetched or its keys unwrapped. None: any image.
+    pub policy: Option<Arc<crate::oci::policy::Policy>>,
 }
 
 #[cfg(test)]
@@ -174,6 +178,7 @@ impl RemoteConfig {
             keeper_socket: None,
             registry_timeouts: Default::default(),
             keychain: None,
+            policy: None,
         }
     }
 }
@@ -197,6 +202,8 @@ pub struct Remotes {
     /// Connections an earlier daemon served, by mount directory, until
     /// taken over.
     inherited: Mutex<HashMap<PathBuf, OwnedFd>>,
+    /// The signature policy's recent verdicts, if there is a policy.
+    verdicts: Option<Verdicts>,
 }
 
 /// An opened layer, how it is served, its remote with the descriptor, and
@@ -249,6 +256,7 @@ impl Remotes {
             None => HashMap::new(),
         };
         Remotes {
+            verdicts: config.policy.clone().map(Verdicts::new),
             cache: Arc::new(ChunkCache::new(config.cache_bytes, 2)),
             scratch: Scratch::new(config.cache_dir.join("sealed"), config.sealed_bytes),
             config,
@@ -329,6 +337,28 @@ impl Remotes {
             },
         )?;
         Ok(Arc::from(src))
+    }
+
+    /// Whether the signature policy accepts `remote`'s image at its manifest
+    /// digest (a recent verdict, or one asked for now). Called before
+    /// anything of a layer is fetched and before any key is unwrapped; a
+    /// refusal is `FailedPrecondition` with the verdict's one-line reason.
+    fn verify(&self, remote: &Remote) -> Result<()> {
+        let Some(verdicts) = &self.verdicts else {
+            return Ok(());
+        };
+        let image = RegistryRef::parse(&remote.image)
+            .map_err(|e| Error::invalid(format!("image reference {}: {e}", remote.image)))?;
+        let manifest = crate::oci::digest::parse(&remote.manifest)
+            .map_err(|e| Error::invalid(format!("manifest digest {}: {e}", remote.manifest)))?;
+        verdicts
+            .check(&image, &remote.image, &manifest, || {
+                self.source(&remote.image)
+            })
+            .map_err(|e| match e {
+                Ok(reason) => Error::failed_precondition(reason),
+                Err(e) => e,
+            })
     }
 
     /// The manifest `remote` names, read (and checked against its digest)
@@ -419,6 +449,7 @@ impl Remotes {
     /// streaming it whole at most `rate` bytes a second (it lands in the
     /// ciphertext cache on the way).
     pub fn check_diff_id(&self, remote: &Remote, rate: Option<u64>) -> Result<DiffId> {
+        self.verify(remote)?;
         let claimed = self.claimed_diff_id(remote)?;
         let desc = descriptor(remote)?;
         let src = self.source(&remote.image)?;
@@ -563,6 +594,7 @@ impl Remotes {
     }
 
     fn open_now(&self, remote: &Remote) -> Result<Opened> {
+        self.verify(remote)?;
         let mut remote = remote.clone();
         if remote.descriptor.is_empty() {
             self.resolve(&mut remote)?;
@@ -705,9 +737,11 @@ impl Remotes {
         self.cache.clear();
     }
 
-    /// Whether a key on this node now unwraps the layer: a container may
-    /// start from an encrypted layer only while someone here holds its key.
+    /// Whether a container may start from the layer now: its image must
+    /// satisfy the signature policy (a recent verdict, or a new one), and,
+    /// if it is encrypted, a key on this node must unwrap it.
     pub fn authorize(&self, remote: &Remote) -> Result<()> {
+        self.verify(remote)?;
         let desc = descriptor(remote)?;
         if !media::is_encrypted(desc.media_type().as_ref()) {
             return Ok(());
