@@ -33,8 +33,7 @@ pub static REJECTED: AtomicU64 = AtomicU64::new(0);
 /// A policy and the verdicts it gave.
 pub struct Verdicts {
     policy: Arc<Policy>,
-    /// `Err` holds the one-line reason of a refusal.
-    given: Mutex<HashMap<Key, (Instant, Result<(), String>)>>,
+    given: Mutex<HashMap<Key, (Instant, Outcome)>>,
     /// One evaluation per image at a time: the layers of one image prepared
     /// (or opened ahead) together wait for the first one's verdict instead
     /// of each asking the registry. Only callers of the same image wait;
@@ -45,6 +44,9 @@ pub struct Verdicts {
 /// The image reference as named (a policy scope may name a tag) and the
 /// manifest digest.
 type Key = (String, String);
+
+/// A verdict: `Err` holds the one-line reason of a refusal.
+type Outcome = Result<(), String>;
 
 impl Verdicts {
     pub fn new(policy: Arc<Policy>) -> Self {

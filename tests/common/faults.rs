@@ -68,6 +68,8 @@ struct State {
     injected: AtomicU64,
     /// Answers being held back by a stall or a trickle now.
     holding: AtomicU64,
+    /// Every request's first line (`GET /v2/… HTTP/1.1`), in order.
+    requests: Mutex<Vec<String>>,
 }
 
 impl State {
@@ -137,6 +139,11 @@ impl FaultProxy {
     /// Answers held back by a stall or a trickle right now.
     pub fn holding(&self) -> u64 {
         self.state.holding.load(Ordering::SeqCst)
+    }
+
+    /// The first line of every request passed on so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.requests.lock().unwrap().clone()
     }
 }
 
@@ -211,6 +218,7 @@ fn serve(client: TcpStream, upstream: &str, st: &State) -> std::io::Result<()> {
             .unwrap_or(0)
     ];
     from_client.read_exact(&mut body)?;
+    st.requests.lock().unwrap().push(req.line.clone());
     let blob_get = req.line.starts_with("GET ") && req.line.contains("/blobs/sha256:");
     let fault = if blob_get { st.take() } else { None };
     let status = |code: u32, reason: &str, after: Option<u32>| {
