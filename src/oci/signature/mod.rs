@@ -33,4 +33,7 @@ pub use sign::{
     Attached, Passphrase, PrivateKeyError, PrivateKeyProblem, SIGSTORE_PRIVATE_KEY_PEM, Signer,
     attach_classic, classic_payload,
 };
-pub use verdict::{Accepted, Reason, Refusal, Rejected, Verdict, evaluate};
+pub use verdict::{
+    Accepted, Inspected, Outcome, Reason, Refusal, Rejected, Verdict, evaluate, evaluate_found,
+    inspect,
+};
