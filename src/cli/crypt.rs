@@ -1,10 +1,12 @@
 //! `lazycrypt encrypt` and `lazycrypt decrypt`.
 
 use std::collections::HashSet;
+use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use zeroize::Zeroizing;
 
 use super::common::{
     Bars, KeyFileArgs, PolicyArgs, TransportArgs, image_ref, key_ring, verify_ref,
@@ -15,6 +17,9 @@ use crate::layer::estargz::CHUNK_SIZE;
 use crate::layer::index::MAX_CHUNK;
 use crate::layer::tarmeta::clean;
 use crate::oci::platform::Platform;
+use crate::oci::reference::ImageRef;
+use crate::oci::registry::Registry;
+use crate::oci::signature::{MAX_KEY_PEM, Passphrase, Signer, attach_classic};
 use crate::oci::transport::{ImageDest, ImageSource, RawManifest, open_dest, open_source};
 
 /// Layer and platform selection, as imgcrypt's `--layer` and `--platform`.
@@ -70,6 +75,14 @@ pub struct EncryptArgs {
     pub select: SelectArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
+    /// Sign the pushed image with this cosign private key (PEM "ENCRYPTED
+    /// SIGSTORE PRIVATE KEY"), in cosign's classic format, as `skopeo copy
+    /// --sign-by-sigstore-private-key` does. docker:// destinations only.
+    #[arg(long, value_name = "KEY")]
+    pub sign_by_sigstore_private_key: Option<std::path::PathBuf>,
+    /// The signing key's passphrase: this file's first line (default: $COSIGN_PASSWORD).
+    #[arg(long, value_name = "FILE", requires = "sign_by_sigstore_private_key")]
+    pub sign_passphrase_file: Option<std::path::PathBuf>,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -104,6 +117,12 @@ pub struct DecryptArgs {
 }
 
 pub fn encrypt(a: EncryptArgs) -> Result<()> {
+    // The key opens before anything is pushed: a wrong passphrase leaves no
+    // unsigned image behind.
+    let signer = match &a.sign_by_sigstore_private_key {
+        Some(key) => Some(signer(key, a.sign_passphrase_file.as_deref(), &a.dst)?),
+        None => None,
+    };
     let mut recipients = Vec::new();
     for r in &a.recipients {
         recipients.extend(Recipient::parse(r)?);
@@ -125,6 +144,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<()> {
         &a.dst,
         &a.transport,
         a.json,
+        signer.as_ref(),
         "encrypting",
         |src, dst, bars, where_| {
             Ok(convert::encrypt(
@@ -170,6 +190,7 @@ pub fn decrypt(a: DecryptArgs) -> Result<()> {
         &a.dst,
         &a.transport,
         a.json,
+        None,
         "decrypting",
         |src, dst, bars, where_| {
             if policy.is_some() {
@@ -188,7 +209,48 @@ pub fn decrypt(a: DecryptArgs) -> Result<()> {
     )
 }
 
-fn run<F>(src: &str, dst: &str, t: &TransportArgs, json: bool, verb: &str, op: F) -> Result<()>
+/// The cosign key `key`, opened with the passphrase from `passphrase_file`
+/// or `$COSIGN_PASSWORD` (as cosign reads it); `dst` must be a registry.
+fn signer(key: &Path, passphrase_file: Option<&Path>, dst: &str) -> Result<Signer> {
+    const FLAG: &str = "--sign-by-sigstore-private-key";
+    if !matches!(image_ref(dst)?, ImageRef::Registry(_)) {
+        anyhow::bail!(
+            "{FLAG}: {dst} is not a docker:// destination; signatures are stored in a registry repository"
+        );
+    }
+    let passphrase = match passphrase_file {
+        Some(f) => Passphrase::from_file_contents(Zeroizing::new(
+            std::fs::read(f).with_context(|| format!("--sign-passphrase-file {}", f.display()))?,
+        )),
+        None => match std::env::var_os("COSIGN_PASSWORD") {
+            Some(p) => Passphrase::new(Zeroizing::new(p.into_encoded_bytes())),
+            None => anyhow::bail!(
+                "{FLAG} {}: no passphrase (give --sign-passphrase-file FILE or set COSIGN_PASSWORD)",
+                key.display()
+            ),
+        },
+    };
+    let mut pem = Zeroizing::new(Vec::new());
+    std::fs::File::open(key)
+        .and_then(|f| f.take(MAX_KEY_PEM as u64 + 1).read_to_end(&mut pem))
+        .with_context(|| format!("{FLAG} {}", key.display()))?;
+    Ok(Signer::from_cosign_pem(
+        &pem,
+        &passphrase,
+        &key.display().to_string(),
+    )?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<F>(
+    src: &str,
+    dst: &str,
+    t: &TransportArgs,
+    json: bool,
+    signer: Option<&Signer>,
+    verb: &str,
+    op: F,
+) -> Result<()>
 where
     F: FnOnce(
         &dyn ImageSource,
@@ -204,15 +266,28 @@ where
     let bars = Bars::new();
     let (root, changes) =
         op(source.as_ref(), dest.as_ref(), &bars, src).with_context(|| format!("{verb} {src}"))?;
+    let signed = match (signer, &dref) {
+        (Some(signer), ImageRef::Registry(r)) => {
+            let repo = Registry::new(r.clone(), &opts.registry)?;
+            let identity = format!("{}/{}", r.host, r.repo);
+            Some(
+                attach_classic(&repo, &repo, signer, &identity, &root.digest)
+                    .with_context(|| format!("signing {dst} ({})", root.digest))?,
+            )
+        }
+        _ => None,
+    };
     if json {
         let layers: Vec<_> = changes
             .iter()
             .map(|c| serde_json::json!({"platform": c.platform, "index": c.index, "from": c.from, "to": c.to, "action": c.action}))
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({"image": dst, "digest": root.digest.to_string(), "layers": layers})
-        );
+        let mut summary =
+            serde_json::json!({"image": dst, "digest": root.digest.to_string(), "layers": layers});
+        if let Some(s) = &signed {
+            summary["signature"] = serde_json::json!({"tag": s.tag, "manifest": s.manifest.to_string(), "signatures": s.signatures});
+        }
+        println!("{summary}");
     } else {
         for c in &changes {
             println!(
@@ -221,6 +296,16 @@ where
             );
         }
         println!("wrote {dst} ({})", root.digest);
+        if let Some(s) = &signed {
+            println!(
+                "signed {} in cosign's classic format: tag {} ({}, {} signature{})",
+                root.digest,
+                s.tag,
+                s.manifest,
+                s.signatures,
+                if s.signatures == 1 { "" } else { "s" }
+            );
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod notify;
 mod pull;
 mod serve;
 mod stream;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,9 @@ enum Command {
     Decrypt(crypt::DecryptArgs),
     /// Show each layer's digest, platform, size, encryption and recipients.
     Layerinfo(layerinfo::Args),
+    /// Show an image's signatures, which key signed each, and a signature
+    /// policy's verdict (exit status 1 if it rejects the image).
+    Verify(verify::Args),
     /// Decrypt one layer blob from stdin to stdout, as containerd's stream processor (ctd-decoder).
     StreamDecrypt(stream::Args),
     /// Build a plain image from directories, one layer each.
@@ -97,6 +101,11 @@ pub fn main() -> i32 {
         Command::Encrypt(a) => crypt::encrypt(a),
         Command::Decrypt(a) => crypt::decrypt(a),
         Command::Layerinfo(a) => layerinfo::run(a),
+        Command::Verify(a) => match verify::run(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return 1,
+            Err(e) => Err(e),
+        },
         Command::StreamDecrypt(a) => stream::run(a),
         Command::Build(a) => build::run(a),
         Command::Demo(a) => demo::run(a),

@@ -696,6 +696,13 @@ impl ImageDest for Registry {
         self.put_manifest_as(root, &self.r.reference.clone())
     }
 
+    fn put_tagged(&self, m: &RawManifest, tag: &str) -> Result<(), Error> {
+        if !super::reference::valid_tag(tag) {
+            return Err(Error::BadReference(format!("{tag:?} is not a valid tag")));
+        }
+        self.put_manifest_as(m, tag)
+    }
+
     fn abort(&self) {
         // Unreferenced blobs are the registry's garbage collector's job.
     }

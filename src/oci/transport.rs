@@ -47,6 +47,14 @@ pub trait ImageDest: Send + Sync {
     fn put_manifest(&self, m: &RawManifest) -> Result<(), Error>;
     /// Points the reference at `root`.
     fn commit(&self, root: &RawManifest) -> Result<(), Error>;
+    /// Stores `m` under `tag` in the image's repository (where cosign
+    /// stores signatures). Destinations without such tags refuse.
+    fn put_tagged(&self, m: &RawManifest, tag: &str) -> Result<(), Error> {
+        let _ = m;
+        Err(Error::BadReference(format!(
+            "tag {tag}: this destination has no tags"
+        )))
+    }
     /// Removes what this copy made, where the transport allows it.
     fn abort(&self);
 }

@@ -125,6 +125,13 @@ impl PublicKey {
         Ok(PublicKey { inner })
     }
 
+    /// The public half of a P-256 signing key.
+    pub(super) fn from_p256(key: p256::ecdsa::VerifyingKey) -> Self {
+        PublicKey {
+            inner: Inner::P256(key),
+        }
+    }
+
     /// Checks `signature` over `message` with this key's scheme.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
         let ok = match &self.inner {
@@ -172,7 +179,7 @@ fn alg_name(alg: &spki::AlgorithmIdentifierRef<'_>) -> &'static str {
 
 /// The first `-----BEGIN …-----END …-----` block: key files often carry a
 /// comment line before it, which a strict RFC 7468 decoder refuses.
-fn pem_block(pem: &[u8]) -> Option<&[u8]> {
+pub(super) fn pem_block(pem: &[u8]) -> Option<&[u8]> {
     let start = memchr::memmem::find(pem, b"-----BEGIN ")?;
     let rest = &pem[start..];
     let end_marker = memchr::memmem::find(rest, b"-----END ")?;

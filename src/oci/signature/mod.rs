@@ -8,8 +8,11 @@ mod classic;
 mod fetch;
 mod key;
 mod payload;
+mod sign;
 mod verdict;
 
+#[cfg(test)]
+mod sign_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -26,4 +29,11 @@ pub use classic::{
 pub use fetch::{FetchError, Found, MAX_REFERRERS, fetch, referrers_tag};
 pub use key::{BadSignature, KeyError, MAX_KEY_PEM, PublicKey};
 pub use payload::{MAX_PAYLOAD, OtherDigest, Payload, PayloadError, SIGNATURE_TYPE};
-pub use verdict::{Accepted, Reason, Refusal, Rejected, Verdict, evaluate};
+pub use sign::{
+    Attached, Passphrase, PrivateKeyError, PrivateKeyProblem, SIGSTORE_PRIVATE_KEY_PEM, Signer,
+    attach_classic, classic_payload,
+};
+pub use verdict::{
+    Accepted, Inspected, Outcome, Reason, Refusal, Rejected, Verdict, evaluate, evaluate_found,
+    inspect,
+};

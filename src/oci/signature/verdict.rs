@@ -11,6 +11,10 @@
 //! tag or another name (`matchExact`, `matchRepoDigestOrExact`,
 //! `exactReference`, `remapIdentity`).
 
+use std::borrow::Cow;
+
+use sha2::{Digest as _, Sha256};
+
 use super::bundle::BundleError;
 use super::classic::SignatureError;
 use super::fetch::{FetchError, Found, fetch};
@@ -94,12 +98,34 @@ impl Refusal {
 }
 
 /// The policy's verdict on the image `image` names, whose manifest digest is
-/// `manifest_digest`; `source` reads `image`'s repository.
+/// `manifest_digest`; `source` reads `image`'s repository. Signatures are
+/// fetched only if a requirement needs them.
 pub fn evaluate(
     policy: &Policy,
     image: &RegistryRef,
     manifest_digest: &Digest,
     source: &dyn ImageSource,
+) -> Result<Verdict, Rejected> {
+    judge(policy, image, manifest_digest, || {
+        Cow::Owned(fetch(source, manifest_digest))
+    })
+}
+
+/// [`evaluate`] over signatures already fetched (by [`fetch`]).
+pub fn evaluate_found(
+    policy: &Policy,
+    image: &RegistryRef,
+    manifest_digest: &Digest,
+    found: &[Result<Found, FetchError>],
+) -> Result<Verdict, Rejected> {
+    judge(policy, image, manifest_digest, || Cow::Borrowed(found))
+}
+
+fn judge<'a>(
+    policy: &Policy,
+    image: &RegistryRef,
+    manifest_digest: &Digest,
+    found: impl FnOnce() -> Cow<'a, [Result<Found, FetchError>]>,
 ) -> Result<Verdict, Rejected> {
     let reject = |reason| Rejected {
         image: display_image(image),
@@ -113,19 +139,13 @@ pub fn evaluate(
             Scope::Default => "default".into(),
         })));
     }
-    let signed: Vec<&SigstoreSigned> = requirements
-        .iter()
-        .filter_map(|r| match r {
-            Requirement::SigstoreSigned(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let signed = sigstore_signed(requirements);
     if signed.is_empty() {
         return Ok(Verdict {
             accepted: Accepted::Unverified,
         });
     }
-    let found = fetch(source, manifest_digest);
+    let found = found();
     if found.is_empty() {
         return Err(reject(Reason::Unsigned));
     }
@@ -138,6 +158,110 @@ pub fn evaluate(
     })
 }
 
+fn sigstore_signed(requirements: &[Requirement]) -> Vec<&SigstoreSigned> {
+    requirements
+        .iter()
+        .filter_map(|r| match r {
+            Requirement::SigstoreSigned(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One signature found, as the policy's keys see it (`lazycrypt verify`).
+#[derive(Debug)]
+pub struct Inspected {
+    /// Which signature: `classic signature layer sha256:…`, `bundle
+    /// manifest sha256:…`, or `unreadable signature`.
+    pub what: String,
+    pub outcome: Outcome,
+}
+
+/// What the policy's keys say of one signature.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A key of a `sigstoreSigned` requirement signed it, for the manifest
+    /// being verified, under an identity the requirement accepts.
+    SignedBy {
+        /// The requirement's index among the scope's `sigstoreSigned` ones.
+        requirement: usize,
+        /// The key's index among that requirement's keys.
+        key: usize,
+        /// SHA-256 of the key's DER SubjectPublicKeyInfo, hex.
+        fingerprint: String,
+        /// The identity the signature claims.
+        identity: String,
+    },
+    /// No requirement accepts it (the most telling reason).
+    Refused(Refusal),
+    /// The scope has no `sigstoreSigned` requirement to check it against.
+    NotChecked,
+}
+
+/// Each signature in `found`, checked against the keys of the
+/// `sigstoreSigned` requirements the policy has for `image`.
+pub fn inspect(
+    policy: &Policy,
+    image: &RegistryRef,
+    manifest_digest: &Digest,
+    found: &[Result<Found, FetchError>],
+) -> Vec<Inspected> {
+    let (_, requirements) = policy.lookup(image);
+    let signed = sigstore_signed(requirements);
+    let keys: Vec<Result<Vec<PublicKey>, Reason>> = signed.iter().copied().map(keys_of).collect();
+    found
+        .iter()
+        .map(|f| {
+            let what = match f {
+                Ok(Found::Classic(sig)) => format!("classic signature layer {}", sig.layer()),
+                Ok(Found::Bundle { manifest, .. }) => format!("bundle manifest {manifest}"),
+                Err(_) => "unreadable signature".to_string(),
+            };
+            let mut best: Option<Refusal> = None;
+            let mut outcome = None;
+            for (requirement, (req, keys)) in signed.iter().zip(&keys).enumerate() {
+                let Ok(keys) = keys else { continue };
+                match check(req, keys, image, manifest_digest, f) {
+                    Ok((key, identity)) => {
+                        let fingerprint = hex::encode(Sha256::digest(req.keys()[key].spki_der()));
+                        outcome = Some(Outcome::SignedBy {
+                            requirement,
+                            key,
+                            fingerprint,
+                            identity,
+                        });
+                        break;
+                    }
+                    Err(r) => {
+                        if best.as_ref().is_none_or(|b| r.rank() > b.rank()) {
+                            best = Some(r);
+                        }
+                    }
+                }
+            }
+            let outcome = outcome.unwrap_or(match best {
+                Some(r) => Outcome::Refused(r),
+                None => match f {
+                    Err(e) => Outcome::Refused(Refusal::Fetch(e.clone())),
+                    Ok(_) => Outcome::NotChecked,
+                },
+            });
+            Inspected { what, outcome }
+        })
+        .collect()
+}
+
+fn keys_of(req: &SigstoreSigned) -> Result<Vec<PublicKey>, Reason> {
+    req.keys()
+        .iter()
+        .enumerate()
+        .map(|(index, k)| {
+            PublicKey::from_spki(k.spki_der(), &format!("keys[{index}] of sigstoreSigned"))
+                .map_err(Reason::Key)
+        })
+        .collect()
+}
+
 /// Which key satisfied `req`, or why none did.
 fn satisfy(
     req: &SigstoreSigned,
@@ -145,19 +269,11 @@ fn satisfy(
     manifest_digest: &Digest,
     found: &[Result<Found, FetchError>],
 ) -> Result<usize, Reason> {
-    let keys = req
-        .keys()
-        .iter()
-        .enumerate()
-        .map(|(index, k)| {
-            PublicKey::from_spki(k.spki_der(), &format!("keys[{index}] of sigstoreSigned"))
-                .map_err(Reason::Key)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = keys_of(req)?;
     let mut best: Option<Refusal> = None;
     for f in found {
         match check(req, &keys, image, manifest_digest, f) {
-            Ok(key) => return Ok(key),
+            Ok((key, _)) => return Ok(key),
             Err(r) => {
                 if best.as_ref().is_none_or(|b| r.rank() > b.rank()) {
                     best = Some(r);
@@ -182,7 +298,7 @@ fn check(
     image: &RegistryRef,
     manifest_digest: &Digest,
     found: &Result<Found, FetchError>,
-) -> Result<usize, Refusal> {
+) -> Result<(usize, String), Refusal> {
     let (key, what, signed) = match found {
         Err(e) => return Err(Refusal::Fetch(e.clone())),
         Ok(Found::Classic(sig)) => {
@@ -210,7 +326,7 @@ fn check(
         }
     };
     if req.identity().matches(image, &signed) {
-        Ok(key)
+        Ok((key, signed))
     } else {
         Err(Refusal::Identity { what, signed })
     }
