@@ -283,9 +283,21 @@ fn a_keychain_whose_containerd_is_down_answers_unavailable_until_it_is_up() {
     // not: the socket is no way into the rest of containerd.
     let native = containerd_images_get(&listen).unwrap_err();
     assert_eq!(native.code(), Code::Unimplemented, "{native:?}");
-    // The kubelet tries again, and gets containerd's answer once it is up.
+    // The kubelet tries again, and gets containerd's answer once it is up
+    // (containerd's socket answers before its CRI plugin is ready: "server
+    // is not initialized yet" comes first, also from containerd itself).
     let _ctd = Containerd::start(d.path(), &daemon.socket);
-    let fs = image_fs(&listen).unwrap_or_else(|e| panic!("{e:?}\n{}", daemon.log()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fs = loop {
+        match image_fs(&listen) {
+            Ok(fs) => break fs,
+            Err(e) if Instant::now() < deadline => {
+                assert_ne!(e.code(), Code::Unimplemented, "{e:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e:?}\n{}", daemon.log()),
+        }
+    };
     assert!(
         fs.iter()
             .any(|m| m.ends_with("io.containerd.snapshotter.v1.lazycrypt")),
