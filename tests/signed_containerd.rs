@@ -1,0 +1,212 @@
+//! A node whose lazycrypt enforces a `sigstoreSigned` policy, through
+//! containerd as users run it (1.6, 2.1 with the transfer service, 2.1 with
+//! CRI's local pull): encrypted images signed by real cosign 3.1 run lazily
+//! through `lazycrypt pull` + `ctr run` and through a kubelet's CRI
+//! `PullImage`; an unsigned copy of the same image is refused on both paths
+//! with the verdict's line, and none of its layer bytes is fetched.
+
+#[macro_use]
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::containerd::{Containerd, Daemon, Line};
+use common::faults::FaultProxy;
+use common::signers::{Format, cosign_keys, cosign_sign, digest_ref, registry_json};
+use common::{Registry, lazycrypt, ok, run, tmp};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A kubelet's `PullImage` of `image` through containerd's CRI plugin.
+fn cri_pull(ctd: &Containerd, image: &str) -> Result<String, tonic::Status> {
+    rt().block_on(async {
+        let c = lazycrypt::containerd::client::Client::connect(&ctd.socket, "k8s.io")
+            .await
+            .unwrap();
+        use lazycrypt::containerd::proto::cri;
+        let mut images = cri::image_service_client::ImageServiceClient::new(c.channel);
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.to_string(),
+                    annotations: HashMap::new(),
+                }),
+                auth: None,
+            })
+            .await
+            .map(|r| r.into_inner().image_ref)
+    })
+}
+
+/// The encrypted images: `busybox` plus a secret holding `marker`, encrypted
+/// to `public` by lazycrypt as eStargz (`signed/esgz:v1`) and by Debian's
+/// skopeo as tar.gz (`signed/targz:v1`), and with one more file, unsigned, as
+/// `unsigned/esgz:v1`. The plaintext inputs are deleted once pushed.
+fn images(dir: &Path, reg: &Registry, marker: &str, public: &Path) -> [String; 3] {
+    let inputs = dir.join("inputs");
+    let root = inputs.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::fs::write(
+        root.join("data/secret"),
+        format!("the secret is {marker}\n"),
+    )
+    .unwrap();
+    let plain = format!("oci:{}:plain", inputs.join("img").display());
+    ok(lazycrypt()
+        .args(["build", "--cmd", "/bin/busybox", "--layer"])
+        .arg(&root)
+        .args(["--", &plain]));
+    let [esgz, targz, unsigned] =
+        ["signed/esgz", "signed/targz", "unsigned/esgz"].map(|r| reg.image(&format!("{r}:v1")));
+    common::encrypt_estargz(&plain, &esgz, public);
+    common::skopeo_encrypt(&plain, &targz, &[format!("jwe:{}", public.display())], None);
+    // Another layer: one the node already holds under a signed image's
+    // chain ID is never prepared again, so containerd asks for no verdict.
+    std::fs::write(root.join("data/unsigned"), "x\n").unwrap();
+    let other = format!("oci:{}:other", inputs.join("img").display());
+    ok(lazycrypt()
+        .args(["build", "--cmd", "/bin/busybox", "--layer"])
+        .arg(&root)
+        .args(["--", &other]));
+    common::encrypt_estargz(&other, &unsigned, public);
+    std::fs::remove_dir_all(&inputs).unwrap();
+    [esgz, targz, unsigned].map(|i| i.trim_start_matches("docker://").to_string())
+}
+
+/// The layer digests of `repo:v1`.
+fn layers(reg: &Registry, repo: &str) -> Vec<String> {
+    registry_json(reg, repo, "manifests/v1")["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+on_lines!(a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containerd: V1_6, V2_1, V2_1Local);
+fn a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containerd(line: Line) {
+    let d = tmp();
+    let reg = Registry::start();
+    let (signer, public) = cosign_keys(&d.path().join("signer"));
+    let k = common::rsa_keys(d.path(), "k");
+    let marker = format!("LZSIGNED{}", std::process::id());
+    let [esgz, targz, unsigned] = images(d.path(), &reg, &marker, &k.public);
+    // containerd and lazycrypt reach the registry through a proxy that
+    // records each request.
+    let proxy = FaultProxy::start(&reg.addr);
+    let via = |image: &str| image.replacen(&reg.addr, &proxy.addr, 1);
+    // The eStargz image in cosign's v3 bundle format, skopeo's tar.gz in
+    // cosign's classic one, each signed under the name the node pulls it
+    // by (a classic payload names the registry and repository it signs).
+    for (repo, format) in [
+        ("signed/esgz", Format::Bundle),
+        ("signed/targz", Format::Classic),
+    ] {
+        let (reference, _) = digest_ref(&reg, repo, "v1");
+        cosign_sign(d.path(), &signer, format, &via(&reference));
+    }
+    let unsigned_digest = digest_ref(&reg, "unsigned/esgz", "v1").1;
+    let unsigned_layers = layers(&reg, "unsigned/esgz");
+
+    let policy = d.path().join("policy.json");
+    let p = serde_json::json!({
+        "default": [{"type": "sigstoreSigned", "keyPath": public,
+                     "signedIdentity": {"type": "matchRepository"}}],
+    });
+    std::fs::write(&policy, serde_json::to_vec(&p).unwrap()).unwrap();
+    let keys = d.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
+    let args = [
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--plain-http",
+        &proxy.addr,
+        "--policy",
+        policy.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let daemon = Daemon::start_with(d.path(), &args);
+    let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&proxy.addr));
+    let refusal = format!(
+        "signature verification failed for {}@{unsigned_digest}: no signatures found (the image is unsigned)",
+        via(&unsigned)
+    );
+
+    // A kubelet's path: CRI pulls, then containers read the secret.
+    let cat = |ns: &str, image: &str, id: &str| {
+        run(ctd.ctr_in(ns).args([
+            "run",
+            "--rm",
+            "--snapshotter",
+            "lazycrypt",
+            image,
+            &format!("{id}-{}", line.namespace()),
+            "/bin/busybox",
+            "cat",
+            "/data/secret",
+        ]))
+    };
+    for (i, image) in [&esgz, &targz].into_iter().enumerate() {
+        let image = via(image);
+        cri_pull(&ctd, &image)
+            .unwrap_or_else(|e| panic!("CRI pull of {image}: {e}\n{}", daemon.log()));
+        let out = cat("k8s.io", &image, &format!("cri{i}"));
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&marker),
+            "{out:?}\n{}",
+            daemon.log()
+        );
+    }
+    let err = cri_pull(&ctd, &via(&unsigned)).unwrap_err();
+    assert!(err.message().contains(&refusal), "{err:?}");
+
+    // `lazycrypt pull` + `ctr run` (not CRI's, so once per containerd).
+    if line != Line::V2_1Local {
+        for (i, image) in [&esgz, &targz].into_iter().enumerate() {
+            let image = via(image);
+            let out = ok(ctd.lazycrypt_pull().arg(&image));
+            assert!(out.contains("1 layers mounted lazily"), "{out}");
+            let out = cat(line.namespace(), &image, &format!("ctr{i}"));
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&marker),
+                "{out:?}\n{}",
+                daemon.log()
+            );
+        }
+        let out = run(ctd.lazycrypt_pull().arg(via(&unsigned)));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&refusal), "{out:?}");
+    }
+
+    // Nothing of the unsigned image's layer was fetched, by containerd or
+    // by lazycrypt: its manifest and signature tag were asked for, its
+    // blobs never.
+    let asked = proxy.requests();
+    for blob in &unsigned_layers {
+        let hit: Vec<_> = asked.iter().filter(|r| r.contains(blob.as_str())).collect();
+        assert!(hit.is_empty(), "unsigned layer fetched: {hit:?}");
+    }
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.contains("/unsigned/esgz/manifests/")),
+        "{asked:?}"
+    );
+    // No plaintext at rest under the test's directory, nor in the log.
+    let needles: [&[u8]; 1] = [marker.as_bytes()];
+    let hits = common::mounts::files_containing(d.path(), &needles);
+    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
+    assert!(!daemon.log().contains(&marker));
+    drop(ctd);
+    daemon.stop();
+}
