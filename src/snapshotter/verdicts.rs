@@ -4,7 +4,8 @@
 //! signatures, the layers after it and the containers started soon after
 //! reuse the answer. A verdict expires (a signature removed from the
 //! registry stops new containers after [`VERDICT_TTL`]), rejections too
-//! (an image signed after a refusal is accepted after as long). The policy
+//! (an image signed after a refusal is accepted after as long), except a
+//! refusal the registry's failure to answer caused, which is not kept. The policy
 //! itself is read once, at start: a changed policy file takes effect when
 //! the daemon restarts (the verdicts are in memory only).
 
@@ -48,6 +49,13 @@ type Key = (String, String);
 /// A verdict: `Err` holds the one-line reason of a refusal.
 type Outcome = Result<(), String>;
 
+/// A verdict just given, and whether it may be reused: a refusal because
+/// the registry failed to answer is not (a retry may be accepted).
+struct Given {
+    outcome: Outcome,
+    keep: bool,
+}
+
 impl Verdicts {
     pub fn new(policy: Arc<Policy>) -> Self {
         Verdicts {
@@ -70,9 +78,18 @@ impl Verdicts {
     ) -> Result<(), Result<String, E>> {
         self.check_with(named, manifest.as_ref(), Instant::now(), || {
             let src = source()?;
-            Ok(evaluate(&self.policy, image, manifest, src.as_ref())
-                .map(|_| ())
-                .map_err(|r| r.to_string()))
+            Ok(
+                match evaluate(&self.policy, image, manifest, src.as_ref()) {
+                    Ok(_) => Given {
+                        outcome: Ok(()),
+                        keep: true,
+                    },
+                    Err(r) => Given {
+                        keep: !r.registry_failed,
+                        outcome: Err(r.to_string()),
+                    },
+                },
+            )
         })
     }
 
@@ -81,7 +98,7 @@ impl Verdicts {
         named: &str,
         manifest: &str,
         now: Instant,
-        evaluate: impl FnOnce() -> Result<Result<(), String>, E>,
+        evaluate: impl FnOnce() -> Result<Given, E>,
     ) -> Result<(), Result<String, E>> {
         let key = (named.to_string(), manifest.to_string());
         let recent = |now: Instant| {
@@ -98,11 +115,17 @@ impl Verdicts {
         if let Some(v) = recent(now) {
             return v.map_err(Ok);
         }
-        let verdict = evaluate().map_err(Err)?;
+        let Given {
+            outcome: verdict,
+            keep,
+        } = evaluate().map_err(Err)?;
         match &verdict {
             Ok(()) => ACCEPTED.fetch_add(1, Ordering::Relaxed),
             Err(_) => REJECTED.fetch_add(1, Ordering::Relaxed),
         };
+        if !keep {
+            return verdict.map_err(Ok);
+        }
         let mut given = lock(&self.given);
         if given.len() >= MAX_VERDICTS && !given.contains_key(&key) {
             given.retain(|_, (at, _)| now.saturating_duration_since(*at) < VERDICT_TTL);
@@ -144,7 +167,10 @@ mod tests {
         let ask = |at: Instant, verdict: Result<(), String>| {
             v.check_with::<&str>("r:t", "sha256:m", at, || {
                 asked.set(asked.get() + 1);
-                Ok(verdict)
+                Ok(Given {
+                    outcome: verdict,
+                    keep: true,
+                })
             })
         };
         assert_eq!(ask(now, Err("refused".into())), Err(Ok("refused".into())));
@@ -159,8 +185,37 @@ mod tests {
         let failed = v.check_with("r:t", "sha256:other", now, || Err("registry down"));
         assert_eq!(failed, Err(Err("registry down")));
         assert_eq!(ask(now, Ok(())), Ok(()), "kept from the second ask");
-        let again = v.check_with::<&str>("r:t", "sha256:other", now, || Ok(Ok(())));
+        let again = v.check_with::<&str>("r:t", "sha256:other", now, || Ok(kept(Ok(()))));
         assert_eq!(again, Ok(()));
+    }
+
+    fn kept(outcome: Outcome) -> Given {
+        Given {
+            outcome,
+            keep: true,
+        }
+    }
+
+    /// A refusal because the registry failed to answer for a signature is
+    /// given but not kept: the next container asks again.
+    #[test]
+    fn a_refusal_the_registry_caused_is_not_kept() {
+        let v = verdicts();
+        let now = Instant::now();
+        let asked = Cell::new(0);
+        let ask = |g: Given| {
+            v.check_with::<()>("r:t", "sha256:m", now, || {
+                asked.set(asked.get() + 1);
+                Ok(g)
+            })
+        };
+        let down = Given {
+            outcome: Err("registry down".into()),
+            keep: false,
+        };
+        assert_eq!(ask(down), Err(Ok("registry down".into())));
+        assert_eq!(ask(kept(Ok(()))), Ok(()));
+        assert_eq!(asked.get(), 2);
     }
 
     /// The cache holds at most `MAX_VERDICTS`; the oldest verdict goes.
@@ -170,7 +225,7 @@ mod tests {
         let now = Instant::now();
         for i in 0..=MAX_VERDICTS {
             let at = now + Duration::from_millis(i as u64);
-            v.check_with::<()>("r", &format!("sha256:{i}"), at, || Ok(Ok(())))
+            v.check_with::<()>("r", &format!("sha256:{i}"), at, || Ok(kept(Ok(()))))
                 .unwrap();
         }
         let given = lock(&v.given);

@@ -47,6 +47,10 @@ pub struct Rejected {
     pub image: String,
     pub digest: Digest,
     pub reason: Reason,
+    /// The registry failed to answer for one of the signatures (an error,
+    /// not a missing tag): the verdict may differ once it answers, so it is
+    /// not worth keeping.
+    pub registry_failed: bool,
 }
 
 /// Why an image was refused.
@@ -131,6 +135,7 @@ fn judge<'a>(
         image: display_image(image),
         digest: manifest_digest.clone(),
         reason,
+        registry_failed: false,
     };
     let (scope, requirements) = policy.lookup(image);
     if requirements.contains(&Requirement::Reject) {
@@ -149,9 +154,17 @@ fn judge<'a>(
     if found.is_empty() {
         return Err(reject(Reason::Unsigned));
     }
+    let registry_failed = found
+        .iter()
+        .any(|f| matches!(f, Err(FetchError::Registry(_))));
     let mut keys = Vec::with_capacity(signed.len());
     for req in signed {
-        keys.push(satisfy(req, image, manifest_digest, &found).map_err(reject)?);
+        keys.push(
+            satisfy(req, image, manifest_digest, &found).map_err(|reason| Rejected {
+                registry_failed,
+                ..reject(reason)
+            })?,
+        );
     }
     Ok(Verdict {
         accepted: Accepted::Signed { keys },

@@ -487,6 +487,11 @@ fn another_digest_tampered_malformed_and_registry_errors_are_distinct() {
         "registry 127.0.0.1:5000: HTTP 500".into(),
     );
     assert_eq!(refusal(&p, &repo), "registry 127.0.0.1:5000: HTTP 500");
+    // Only a refusal the registry's failure caused may change on a retry.
+    assert!(verdict(&p, &repo).unwrap_err().registry_failed);
+    let mut tampered = Repo::default();
+    tampered.classic(&[(payload.clone(), k.sign(&payload))]);
+    assert!(!verdict(&p, &tampered).unwrap_err().registry_failed);
 
     // One good signature among bad ones is enough.
     repo.bundles(&[b"garbage".to_vec(), k.bundle(&image_digest())]);
