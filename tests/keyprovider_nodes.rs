@@ -5,28 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::containerd::{Containerd, Daemon};
 use common::mounts::mount_with_env;
 use common::*;
 
 const ENV: &str = "OCICRYPT_KEYPROVIDER_CONFIG";
-
-/// The test provider of `tests/fixtures/keyprovider.py`, as `testkp`.
-fn provider_config(d: &Path) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keyprovider.py");
-    let p = d.join("ocicrypt-keyprovider.json");
-    std::fs::write(
-        &p,
-        format!(
-            r#"{{"key-providers":{{"testkp":{{"cmd":{{"path":"{}","args":[]}}}}}}}}"#,
-            script.display()
-        ),
-    )
-    .unwrap();
-    p
-}
 
 /// A busybox image with `/data/secret` holding `marker`, built in `d` and
 /// encrypted as eStargz to the provider only, into `dst`.
@@ -55,7 +40,7 @@ fn provider_image(d: &Path, cfg: &Path, dst: &str, marker: &str) {
 #[test]
 fn serve_unwraps_a_layer_through_the_configured_keyprovider() {
     let d = tmp();
-    let cfg = provider_config(d.path());
+    let cfg = keyprovider_config(d.path());
     let reg = Registry::start();
     let image = reg.image("kp/app:v1");
     provider_image(d.path(), &cfg, &image, "served by the keyprovider");
@@ -95,7 +80,7 @@ fn serve_unwraps_a_layer_through_the_configured_keyprovider() {
 #[test]
 fn mount_unwraps_a_layer_through_the_configured_keyprovider() {
     let d = tmp();
-    let cfg = provider_config(d.path());
+    let cfg = keyprovider_config(d.path());
     let enc = format!("oci:{}:enc", d.path().join("img").display());
     provider_image(d.path(), &cfg, &enc, "mounted by the keyprovider");
     let (mnt, state) = (d.path().join("mnt"), d.path().join("state"));

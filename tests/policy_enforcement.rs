@@ -15,7 +15,10 @@ use std::path::Path;
 
 use common::containerd::Daemon;
 use common::faults::FaultProxy;
-use common::signers::{Format, cosign_keys, cosign_sign, digest_ref, registry_json};
+use common::signers::{
+    Format, cosign_keys, cosign_sign, digest_ref, registry_get, registry_json, registry_put_blob,
+    registry_put_manifest,
+};
 use common::{Registry, fails, lazycrypt, ok, tmp};
 use lazycrypt::containerd::proto::snapshots as pb;
 use pb::snapshots_client::SnapshotsClient;
@@ -99,12 +102,30 @@ struct Pushed {
     chains: Vec<String>,
 }
 
-/// Encrypts the plain image `plain` as eStargz to `public` and pushes it to
-/// `reg` as `repo:v1`.
-fn push(reg: &Registry, plain: &str, repo: &str, public: &Path) -> Pushed {
-    common::encrypt_estargz(plain, &reg.image(&format!("{repo}:v1")), public);
-    let (_, digest) = digest_ref(reg, repo, "v1");
-    let m = registry_json(reg, repo, "manifests/v1");
+/// Encrypts the plain image `plain` as eStargz to `recipient` (`jwe:PUB`,
+/// or `provider:testkp` through the keyprovider config `provider`) and
+/// pushes it to `reg` as `repo:TAG`.
+fn push(
+    reg: &Registry,
+    plain: &str,
+    repo: &str,
+    tag: &str,
+    recipient: &str,
+    provider: &Path,
+) -> Pushed {
+    ok(lazycrypt()
+        .env("OCICRYPT_KEYPROVIDER_CONFIG", provider)
+        .args([
+            "encrypt",
+            "--plain-http",
+            "--estargz",
+            "-r",
+            recipient,
+            plain,
+        ])
+        .arg(reg.image(&format!("{repo}:{tag}"))));
+    let (_, digest) = digest_ref(reg, repo, tag);
+    let m = registry_json(reg, repo, &format!("manifests/{tag}"));
     let config = m["config"]["digest"].as_str().unwrap().to_string();
     let layers: Vec<String> = m["layers"]
         .as_array()
@@ -157,6 +178,127 @@ fn http_get(addr: &str, path: &str) -> String {
     out.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
+/// The signature manifest cosign's classic format keeps under `tag` in `repo`.
+fn sig_manifest(reg: &Registry, repo: &str, tag: &str) -> serde_json::Value {
+    registry_json(reg, repo, &format!("manifests/{tag}"))
+}
+
+/// The `.sig` tag of `p`'s digest.
+fn sig_tag(p: &Pushed) -> String {
+    format!("{}.sig", p.digest.replacen(':', "-", 1))
+}
+
+/// Replaces the blob of `m`'s layer 0 with `data` (uploaded to `repo`).
+fn swap_layer0(reg: &Registry, repo: &str, m: &mut serde_json::Value, data: &[u8]) {
+    let digest = registry_put_blob(reg, repo, data);
+    m["layers"][0]["digest"] = digest.into();
+    m["layers"][0]["size"] = data.len().into();
+}
+
+/// Images that are bad in each way the issue names, each in its own
+/// repository, encrypted to the keyprovider double; `signer` is the
+/// policy's key, `other` another. The expected end of each refusal.
+fn bad_images(
+    d: &Path,
+    reg: &Registry,
+    via: &str,
+    plain: &str,
+    provider: &Path,
+    signer: &Path,
+    other: &Path,
+) -> Vec<(Pushed, String)> {
+    let push = |repo: &str, tag: &str| push(reg, plain, repo, tag, "provider:testkp", provider);
+    let at = |p: &Pushed| format!("{via}/{}@{}", p.repo, p.digest);
+    let mut bad = Vec::new();
+
+    let unsigned = push("unsigned/app", "v1");
+    bad.push((
+        unsigned,
+        "no signatures found (the image is unsigned)".to_string(),
+    ));
+
+    let foreign = push("foreign/app", "v1");
+    cosign_sign(d, other, Format::Bundle, &at(&foreign));
+    bad.push((
+        foreign,
+        "bundle is not signed by the trusted key".to_string(),
+    ));
+
+    // A good signature of v0, put where v1's would be.
+    let v0 = push("otherdigest/app", "v0");
+    let moved = push("otherdigest/app", "v1");
+    cosign_sign(d, signer, Format::Classic, &at(&v0));
+    let m = sig_manifest(reg, "otherdigest/app", &sig_tag(&v0));
+    registry_put_manifest(reg, "otherdigest/app", &sig_tag(&moved), &m);
+    let why = format!("signs another manifest, {}", v0.digest);
+    bad.push((moved, why));
+
+    // The payload's bytes changed after signing.
+    let tampered = push("tampered/app", "v1");
+    cosign_sign(d, signer, Format::Classic, &at(&tampered));
+    let mut m = sig_manifest(reg, "tampered/app", &sig_tag(&tampered));
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let mut payload = registry_get(reg, "tampered/app", &format!("blobs/{layer}"));
+    payload.push(b' ');
+    swap_layer0(reg, "tampered/app", &mut m, &payload);
+    registry_put_manifest(reg, "tampered/app", &sig_tag(&tampered), &m);
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    bad.push((
+        tampered,
+        format!("signature layer {layer}: not signed by the trusted key"),
+    ));
+
+    // The annotation holds another payload's signature by the right key.
+    let annotated = push("annotation/app", "v1");
+    cosign_sign(d, signer, Format::Classic, &at(&annotated));
+    let mut m = sig_manifest(reg, "annotation/app", &sig_tag(&annotated));
+    let theirs = sig_manifest(reg, "otherdigest/app", &sig_tag(&v0));
+    let key = "dev.cosignproject.cosign/signature";
+    m["layers"][0]["annotations"][key] = theirs["layers"][0]["annotations"][key].clone();
+    registry_put_manifest(reg, "annotation/app", &sig_tag(&annotated), &m);
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    bad.push((
+        annotated,
+        format!("signature layer {layer}: not signed by the trusted key"),
+    ));
+
+    // A bundle that is not one, listed where cosign lists bundles.
+    let malformed = push("malformed/app", "v1");
+    cosign_sign(d, signer, Format::Bundle, &at(&malformed));
+    let index_tag = malformed.digest.replacen(':', "-", 1);
+    let mut index = sig_manifest(reg, "malformed/app", &index_tag);
+    let entry = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut m = sig_manifest(reg, "malformed/app", &entry);
+    swap_layer0(reg, "malformed/app", &mut m, br#"{"garbage":true}"#);
+    let bundle_manifest = registry_put_manifest(reg, "malformed/app", "unused", &m);
+    let size = serde_json::to_vec(&m).unwrap().len();
+    index["manifests"][0]["digest"] = bundle_manifest.clone().into();
+    index["manifests"][0]["size"] = size.into();
+    registry_put_manifest(reg, "malformed/app", &index_tag, &index);
+    bad.push((
+        malformed,
+        format!("bundle manifest {bundle_manifest}: bundle is malformed: "),
+    ));
+
+    // The .sig tag names an index: garbage where a signature manifest goes.
+    let garbage = push("garbage/app", "v1");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [],
+    });
+    registry_put_manifest(reg, "garbage/app", &sig_tag(&garbage), &index);
+    let why = format!(
+        "signature manifest {}: a \"application/vnd.oci.image.index.v1+json\", not an image manifest",
+        sig_tag(&garbage)
+    );
+    bad.push((garbage, why));
+    bad
+}
+
 #[test]
 fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others() {
     let d = tmp();
@@ -164,30 +306,41 @@ fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others
     let proxy = FaultProxy::start(&reg.addr);
     let (signer, public) = cosign_keys(&d.path().join("signer"));
     let (other, _) = cosign_keys(&d.path().join("other"));
-    // The node holds `k`; the refused images are encrypted to `k2`, which
-    // it does not: had a key been looked for, the refusal would say so.
-    let k = common::rsa_keys(d.path(), "k");
-    let k2 = common::rsa_keys(d.path(), "k2");
+    // Every image's key is the keyprovider double's, which records each
+    // call the daemon makes: a refused image must not reach it.
+    let provider = common::keyprovider_config(d.path());
+    let calls = d.path().join("keyprovider-calls");
 
     let src = d.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("marker"), "signed and encrypted\n").unwrap();
     let plain = format!("oci:{}/img:plain", d.path().display());
     common::build_dir(&src, &plain, &[]);
-    let signed = push(&reg, &plain, "signed/app", &k.public);
+    let signed = push(
+        &reg,
+        &plain,
+        "signed/app",
+        "v1",
+        "provider:testkp",
+        &provider,
+    );
+    let reference = format!("{}/{}@{}", proxy.addr, signed.repo, signed.digest);
+    cosign_sign(d.path(), &signer, Format::Bundle, &reference);
     let two = common::build_image(d.path(), "two", 2);
-    let unsigned = push(&reg, &two, "unsigned/app", &k2.public);
-    let foreign = push(&reg, &two, "foreign/app", &k2.public);
-    for (key, image) in [(&signer, &signed), (&other, &foreign)] {
-        let reference = format!("{}/{}@{}", reg.addr, image.repo, image.digest);
-        cosign_sign(d.path(), key, Format::Bundle, &reference);
-    }
+    let bad = bad_images(
+        d.path(),
+        &reg,
+        &proxy.addr,
+        &two,
+        &provider,
+        &signer,
+        &other,
+    );
 
     let policy = d.path().join("policy.json");
     signed_by(&policy, &public);
     let keys = d.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
-    std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
     let metrics = format!("127.0.0.1:{}", common::free_port());
     let mut args: Vec<String> = [
         "--keys-dir",
@@ -203,7 +356,11 @@ fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others
         a.extend(["--policy".to_string(), p.display().to_string()]);
         a
     };
-    let daemon = Daemon::start_with(d.path(), &with_policy(&policy));
+    let env = [
+        ("OCICRYPT_KEYPROVIDER_CONFIG", provider.as_path()),
+        ("LAZYCRYPT_TEST_KEYPROVIDER_CALLS", calls.as_path()),
+    ];
+    let daemon = Daemon::start_with_env(d.path(), &with_policy(&policy), &env);
     let name = |p: &Pushed| format!("{}/{}:v1", proxy.addr, p.repo);
     let prefix = |p: &Pushed| {
         format!(
@@ -215,10 +372,8 @@ fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others
 
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
-        for (image, reason) in [
-            (&unsigned, "no signatures found (the image is unsigned)"),
-            (&foreign, "bundle is not signed by the trusted key"),
-        ] {
+        let mut reasons = std::collections::HashSet::new();
+        for (image, reason) in &bad {
             // Each layer, the bottom one opening the one above ahead.
             for (i, layer) in image.layers.iter().enumerate() {
                 let labels = layer_labels(
@@ -231,17 +386,25 @@ fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others
                 let (cd, msg) =
                     code(prepare(c, &format!("x-{}-{i}", image.repo), "", labels).await);
                 assert_eq!(cd, Code::FailedPrecondition, "{msg}");
+                let why = msg
+                    .strip_prefix(&prefix(image))
+                    .unwrap_or_else(|| panic!("{msg}"));
                 assert!(
-                    msg.starts_with(&prefix(image)) && msg.ends_with(reason),
-                    "{msg}"
+                    why.ends_with(reason.as_str()) || why.contains(reason.as_str()),
+                    "{} refused with {msg:?}, not {reason:?}",
+                    image.repo
                 );
                 assert!(!msg.contains('\n'), "{msg}");
+                reasons.insert(why.to_string());
             }
         }
+        // One distinct line per way of being bad.
+        assert_eq!(reasons.len(), bad.len(), "{reasons:#?}");
         // Nothing of them was fetched: not their config, not one layer
-        // byte (their manifests and signatures were).
+        // byte (their manifests and signatures were), and no key of theirs
+        // was unwrapped.
         let asked = proxy.requests();
-        for image in [&unsigned, &foreign] {
+        for (image, _) in &bad {
             for blob in image.layers.iter().chain([&image.config]) {
                 let hit: Vec<_> = asked.iter().filter(|r| r.contains(blob.as_str())).collect();
                 assert!(hit.is_empty(), "{} fetched: {hit:?}", image.repo);
@@ -251,6 +414,7 @@ fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others
             asked.iter().any(|r| r.contains("/unsigned/app/manifests/")),
             "{asked:?}"
         );
+        assert!(!calls.exists(), "the keyprovider was asked: {calls:?}");
 
         // The daemon goes on serving the signed image.
         let l = signed.chains[0].clone();
@@ -268,6 +432,12 @@ fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others
             read_through(&m[0], &d.path().join("rootfs"), "marker"),
             "signed and encrypted\n"
         );
+        // Its key was unwrapped through the provider: the record works.
+        let asked = std::fs::read_to_string(&calls).unwrap();
+        assert!(
+            asked.lines().count() >= 1 && asked.lines().all(|l| l == "keyunwrap"),
+            "{asked}"
+        );
 
         let page = http_get(&metrics, "/metrics");
         assert!(
@@ -275,7 +445,10 @@ fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others
             "{page}"
         );
         assert!(
-            page.contains("lazycrypt_signature_verdicts_total{verdict=\"rejected\"} 2\n"),
+            page.contains(&format!(
+                "lazycrypt_signature_verdicts_total{{verdict=\"rejected\"}} {}\n",
+                bad.len()
+            )),
             "{page}"
         );
     });
@@ -307,7 +480,9 @@ fn pull_mount_and_decrypt_refuse_an_unsigned_image_with_the_verdicts_line() {
     let (_, public) = cosign_keys(&d.path().join("signer"));
     let k = common::rsa_keys(d.path(), "k");
     let plain = common::build_image(d.path(), "one", 1);
-    let image = push(&reg, &plain, "unsigned/app", &k.public);
+    let cfg = common::keyprovider_config(d.path());
+    let recipient = format!("jwe:{}", k.public.display());
+    let image = push(&reg, &plain, "unsigned/app", "v1", &recipient, &cfg);
     let policy = d.path().join("policy.json");
     signed_by(&policy, &public);
     let want = format!(

@@ -116,6 +116,21 @@ pub fn skopeo() -> Command {
     c
 }
 
+/// The test provider of `tests/fixtures/keyprovider.py`, as `testkp`.
+pub fn keyprovider_config(d: &Path) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keyprovider.py");
+    let p = d.join("ocicrypt-keyprovider.json");
+    std::fs::write(
+        &p,
+        format!(
+            r#"{{"key-providers":{{"testkp":{{"cmd":{{"path":"{}","args":[]}}}}}}}}"#,
+            script.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
 /// Writes a private key file readable by its owner only, as lazycrypt
 /// wants key files (it refuses ones that others can read).
 pub fn write_private(p: &Path, data: impl AsRef<[u8]>) {

@@ -137,3 +137,74 @@ pub fn registry_get(reg: &Registry, repo: &str, path: &str) -> Vec<u8> {
 pub fn registry_json(reg: &Registry, repo: &str, path: &str) -> serde_json::Value {
     serde_json::from_slice(&registry_get(reg, repo, path)).unwrap()
 }
+
+/// Uploads `data` as a blob of `repo` on `reg` (a POST, then the PUT that
+/// names its digest); its digest.
+pub fn registry_put_blob(reg: &Registry, repo: &str, data: &[u8]) -> String {
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+    let url = format!("http://{}/v2/{repo}/blobs/uploads/", reg.addr);
+    let head = ok(Command::new("curl").args([
+        "-sS",
+        "--fail",
+        "-X",
+        "POST",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &url,
+    ]));
+    let location = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no upload location in {head}"));
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = if location.starts_with('/') {
+        format!("http://{}{location}{sep}digest={digest}", reg.addr)
+    } else {
+        format!("{location}{sep}digest={digest}")
+    };
+    let body = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body.path(), data).unwrap();
+    ok(Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", body.path().display()))
+        .arg(&put));
+    digest
+}
+
+/// PUTs the manifest or index `doc` (as its `mediaType`) to `repo` on
+/// `reg` under `reference` (a tag or its digest); its digest.
+pub fn registry_put_manifest(
+    reg: &Registry,
+    repo: &str,
+    reference: &str,
+    doc: &serde_json::Value,
+) -> String {
+    let data = serde_json::to_vec(doc).unwrap();
+    let media = doc["mediaType"].as_str().expect("a mediaType");
+    let body = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body.path(), &data).unwrap();
+    ok(Command::new("curl")
+        .args(["-sS", "--fail", "-X", "PUT", "-H"])
+        .arg(format!("Content-Type: {media}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", body.path().display()))
+        .arg(format!(
+            "http://{}/v2/{repo}/manifests/{reference}",
+            reg.addr
+        )));
+    format!("sha256:{}", hex::encode(Sha256::digest(&data)))
+}
