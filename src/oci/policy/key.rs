@@ -9,7 +9,6 @@ use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
-const P521: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.35");
 const RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
@@ -18,7 +17,6 @@ const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 pub enum KeyAlgorithm {
     EcdsaP256,
     EcdsaP384,
-    EcdsaP521,
     Rsa,
     Ed25519,
 }
@@ -63,11 +61,13 @@ impl SigstoreKey {
                     p384::PublicKey::from_public_key_der(&der).map_err(|e| invalid(&e))?;
                     KeyAlgorithm::EcdsaP384
                 }
-                P521 => {
-                    p521::PublicKey::from_public_key_der(&der).map_err(|e| invalid(&e))?;
-                    KeyAlgorithm::EcdsaP521
+                // The verifier has no P-521 (cosign never makes such keys):
+                // refused here, at start, not at the first pull.
+                curve => {
+                    return Err(format!(
+                        "unsupported elliptic curve {curve} (P-256 and P-384 are)"
+                    ));
                 }
-                curve => return Err(format!("unsupported elliptic curve {curve}")),
             },
             RSA => {
                 rsa::RsaPublicKey::from_public_key_der(&der).map_err(|e| invalid(&e))?;
@@ -154,6 +154,19 @@ pub(super) mod tests {
         assert_eq!(
             SigstoreKey::from_pem(two.as_bytes()).unwrap_err(),
             "not a single PEM block"
+        );
+        // A valid P-521 key: the verifier could never use it.
+        let mut scalar = [3; 66];
+        scalar[0] = 0;
+        let p521 = p521::SecretKey::from_slice(&scalar)
+            .unwrap()
+            .public_key()
+            .to_public_key_der()
+            .unwrap()
+            .into_vec();
+        assert_eq!(
+            SigstoreKey::from_der(p521).unwrap_err(),
+            "unsupported elliptic curve 1.3.132.0.35 (P-256 and P-384 are)"
         );
         // A well-formed P-256 SubjectPublicKeyInfo whose point is off the curve.
         let mut der = p256::SecretKey::from_slice(&[1; 32])
