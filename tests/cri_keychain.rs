@@ -19,48 +19,10 @@ use tonic::Code;
 const USER: &str = "kubelet-user";
 const PASSWORD: &str = "pw-Xq7-never-written";
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn images(
-    socket: &Path,
-) -> cri::image_service_client::ImageServiceClient<tonic::transport::Channel> {
-    let c = lazycrypt::containerd::client::Client::connect(socket, "k8s.io")
-        .await
-        .unwrap();
-    cri::image_service_client::ImageServiceClient::new(c.channel)
-}
-
-/// A CRI `PullImage` of `image` sent to `socket`, as the kubelet sends it
-/// with an image-pull-secret.
-fn cri_pull(
-    socket: &Path,
-    image: &str,
-    auth: Option<cri::AuthConfig>,
-) -> Result<String, tonic::Status> {
-    rt().block_on(async {
-        images(socket)
-            .await
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.to_string(),
-                    annotations: HashMap::new(),
-                }),
-                auth,
-            })
-            .await
-            .map(|r| r.into_inner().image_ref)
-    })
-}
-
 /// A CRI `ImageFsInfo` sent to `socket`: where images are kept.
 fn image_fs(socket: &Path) -> Result<Vec<String>, tonic::Status> {
-    rt().block_on(async {
-        images(socket)
+    common::cri::rt().block_on(async {
+        common::cri::images(socket)
             .await
             .image_fs_info(cri::ImageFsInfoRequest {})
             .await
@@ -77,7 +39,7 @@ fn image_fs(socket: &Path) -> Result<Vec<String>, tonic::Status> {
 /// A containerd-native call (its images service) sent to `socket`.
 fn containerd_images_get(socket: &Path) -> Result<(), tonic::Status> {
     use lazycrypt::containerd::proto::images;
-    rt().block_on(async {
+    common::cri::rt().block_on(async {
         let c = lazycrypt::containerd::client::Client::connect(socket, "k8s.io")
             .await
             .unwrap();
@@ -93,7 +55,7 @@ fn containerd_images_get(socket: &Path) -> Result<(), tonic::Status> {
 /// An `ImageFsInfo` whose request carries `size` bytes more than the
 /// empty message (a field containerd skips), sent to `socket`.
 fn oversized_image_fs(socket: &Path, size: usize) -> Result<(), tonic::Status> {
-    rt().block_on(async {
+    common::cri::rt().block_on(async {
         let c = lazycrypt::containerd::client::Client::connect(socket, "k8s.io")
             .await
             .unwrap();
@@ -228,7 +190,7 @@ fn a_cri_pull_with_an_image_pull_secret_mounts_a_private_encrypted_image_lazily(
         password: "wrong-password".into(),
         ..Default::default()
     };
-    let e = cri_pull(&listen, &image, Some(wrong)).unwrap_err();
+    let e = common::cri::pull(&listen, &image, Some(wrong)).unwrap_err();
     assert!(e.message().contains("401 Unauthorized"), "{e:?}");
     assert!(!e.message().contains("wrong-password"), "{e:?}");
     assert!(layer_mounts(&daemon.root).is_empty());
@@ -241,7 +203,7 @@ fn a_cri_pull_with_an_image_pull_secret_mounts_a_private_encrypted_image_lazily(
         server_address: format!("http://{}", reg.addr),
         ..Default::default()
     };
-    let image_ref = cri_pull(&listen, &image, Some(pull))
+    let image_ref = common::cri::pull(&listen, &image, Some(pull))
         .unwrap_or_else(|e| panic!("CRI pull: {e:?}\n{}", daemon.log()));
     assert!(image_ref.starts_with("sha256:"), "{image_ref}");
     assert!(daemon.log().contains("mounted (Lazy)"), "{}", daemon.log());

@@ -19,53 +19,12 @@ use common::signers::{
     Format, cosign_keys, cosign_sign, digest_ref, registry_get, registry_json, registry_put_blob,
     registry_put_manifest,
 };
+use common::snapshots::{code, connect, prepare_labelled as prepare};
 use common::{Registry, fails, lazycrypt, ok, tmp};
-use lazycrypt::containerd::proto::snapshots as pb;
-use pb::snapshots_client::SnapshotsClient;
 use tonic::Code;
-use tonic::transport::Channel;
-
-type Client = SnapshotsClient<Channel>;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn connect(socket: &Path) -> Client {
-    let c = lazycrypt::containerd::client::Client::connect(socket, "unused")
-        .await
-        .unwrap();
-    SnapshotsClient::new(c.channel)
-}
-
-/// A Prepare: the mounts' options, or the refusal.
-async fn prepare(
-    c: &mut Client,
-    key: &str,
-    parent: &str,
-    labels: HashMap<String, String>,
-) -> Result<Vec<String>, tonic::Status> {
-    let r = c
-        .prepare(pb::PrepareSnapshotRequest {
-            key: key.into(),
-            parent: parent.into(),
-            labels,
-            ..Default::default()
-        })
-        .await?;
-    Ok(r.into_inner()
-        .mounts
-        .iter()
-        .map(|m| m.options.join(","))
-        .collect())
-}
-
-fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
-    let e = r.unwrap_err();
-    (e.code(), e.message().to_string())
+    common::cri::rt()
 }
 
 /// What `lazycrypt pull` puts on a layer's Prepare: the layer, its image,

@@ -8,41 +8,12 @@
 #[macro_use]
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use common::containerd::{Containerd, Daemon, Line};
 use common::faults::FaultProxy;
 use common::signers::{Format, cosign_keys, cosign_sign, digest_ref, registry_json};
 use common::{Registry, lazycrypt, ok, run, tmp};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// A kubelet's `PullImage` of `image` through containerd's CRI plugin.
-fn cri_pull(ctd: &Containerd, image: &str) -> Result<String, tonic::Status> {
-    rt().block_on(async {
-        let c = lazycrypt::containerd::client::Client::connect(&ctd.socket, "k8s.io")
-            .await
-            .unwrap();
-        use lazycrypt::containerd::proto::cri;
-        let mut images = cri::image_service_client::ImageServiceClient::new(c.channel);
-        images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.to_string(),
-                    annotations: HashMap::new(),
-                }),
-                auth: None,
-            })
-            .await
-            .map(|r| r.into_inner().image_ref)
-    })
-}
 
 /// The encrypted images: `busybox` plus a secret holding `marker`, encrypted
 /// to `public` by lazycrypt as eStargz (`signed/esgz:v1`) and by Debian's
@@ -158,7 +129,7 @@ fn a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containe
     };
     for (i, image) in [&esgz, &targz].into_iter().enumerate() {
         let image = via(image);
-        cri_pull(&ctd, &image)
+        ctd.cri_pull(&image)
             .unwrap_or_else(|e| panic!("CRI pull of {image}: {e}\n{}", daemon.log()));
         let out = cat("k8s.io", &image, &format!("cri{i}"));
         assert!(
@@ -167,7 +138,7 @@ fn a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containe
             daemon.log()
         );
     }
-    let err = cri_pull(&ctd, &via(&unsigned)).unwrap_err();
+    let err = ctd.cri_pull(&via(&unsigned)).unwrap_err();
     assert!(err.message().contains(&refusal), "{err:?}");
 
     // `lazycrypt pull` + `ctr run` (not CRI's, so once per containerd).

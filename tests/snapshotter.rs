@@ -11,26 +11,16 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::containerd::{Containerd, Daemon, Line};
+use common::snapshots::{Client, code, connect, prepare_labelled};
 use common::{Registry, lazycrypt, ok, run, tmp};
 use lazycrypt::containerd::proto::snapshots as pb;
-use pb::snapshots_client::SnapshotsClient;
 use tonic::Code;
-use tonic::transport::Channel;
-
-type Client = SnapshotsClient<Channel>;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-}
-
-async fn connect(socket: &Path) -> Client {
-    let c = lazycrypt::containerd::client::Client::connect(socket, "unused")
-        .await
-        .unwrap();
-    SnapshotsClient::new(c.channel)
 }
 
 async fn prepare(c: &mut Client, key: &str, parent: &str) -> Result<Vec<String>, tonic::Status> {
@@ -91,11 +81,6 @@ async fn list(c: &mut Client, filters: &[&str]) -> Result<Vec<String>, tonic::St
     }
     names.sort();
     Ok(names)
-}
-
-fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
-    let e = r.unwrap_err();
-    (e.code(), e.message().to_string())
 }
 
 #[test]
@@ -455,25 +440,6 @@ fn layer_labels(target: &str, image: &str, manifest: &str, layer: &str) -> HashM
     ])
 }
 
-async fn prepare_labelled(
-    c: &mut Client,
-    key: &str,
-    labels: HashMap<String, String>,
-) -> Result<Vec<String>, tonic::Status> {
-    let r = c
-        .prepare(pb::PrepareSnapshotRequest {
-            key: key.into(),
-            labels,
-            ..Default::default()
-        })
-        .await?;
-    Ok(r.into_inner()
-        .mounts
-        .iter()
-        .map(|m| m.options.join(","))
-        .collect())
-}
-
 /// Mounts an overlay from a Prepare's options at `target`, reads `file`,
 /// writes one, and unmounts; returns what was read.
 fn read_through(opts: &str, target: &Path, file: &str) -> String {
@@ -518,21 +484,21 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
         let c = &mut connect(&daemon.socket).await;
         // A registry failure: a clear error, nothing left, and a retry works.
         let wrong = name.replace(&reg.addr, "127.0.0.1:1");
-        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels(l.as_str(), &wrong, &manifest, &layer)).await);
+        let (cd, msg) = code(prepare_labelled(c, "x1", "", layer_labels(l.as_str(), &wrong, &manifest, &layer)).await);
         assert_eq!(cd, Code::Unavailable, "{msg}");
         assert!(msg.contains(&manifest), "{msg}");
-        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels(l.as_str(), &name, &manifest, "sha256:0000")).await);
+        let (cd, msg) = code(prepare_labelled(c, "x1", "", layer_labels(l.as_str(), &name, &manifest, "sha256:0000")).await);
         assert_eq!(cd, Code::NotFound, "{msg}");
         assert_eq!(code(stat(c, l.as_str()).await).0, Code::NotFound);
         assert_eq!(fuse_mounts_under(&root), 0);
 
         // The remote-snapshotter contract: AlreadyExists, then the target exists.
-        let (cd, msg) = code(prepare_labelled(c, "x1", layer_labels(l.as_str(), &name, &manifest, &layer)).await);
+        let (cd, msg) = code(prepare_labelled(c, "x1", "", layer_labels(l.as_str(), &name, &manifest, &layer)).await);
         assert_eq!(cd, Code::AlreadyExists, "{msg}");
         assert_eq!(stat(c, l.as_str()).await.unwrap().kind, pb::Kind::Committed as i32);
         assert_eq!(code(stat(c, "x1").await).0, Code::NotFound);
         assert_eq!(fuse_mounts_under(&root), 1);
-        let (cd, _) = code(prepare_labelled(c, "x2", layer_labels(l.as_str(), &name, &manifest, &layer)).await);
+        let (cd, _) = code(prepare_labelled(c, "x2", "", layer_labels(l.as_str(), &name, &manifest, &layer)).await);
         assert_eq!(cd, Code::AlreadyExists);
 
         // A container over it: its upper layer is on a tmpfs.
@@ -657,7 +623,7 @@ fn a_lazily_mounted_layers_usage_is_what_it_holds_on_the_node() {
     let labels = layer_labels(l.as_str(), &name, &manifest, &layers[0]);
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
-        let (cd, msg) = code(prepare_labelled(c, "x1", labels).await);
+        let (cd, msg) = code(prepare_labelled(c, "x1", "", labels).await);
         assert_eq!(cd, Code::AlreadyExists, "{msg}");
         // Its inodes are those of the mounted tree.
         let m = prepare(c, "c1", l.as_str()).await.unwrap();
@@ -709,7 +675,7 @@ fn a_layers_prepare_without_layer_labels_is_warned_of_once_with_the_fix() {
                 ("containerd.io/snapshot.ref".to_string(), target.to_string()),
                 ("someone.else/label".to_string(), "its value".to_string()),
             ]);
-            let m = prepare_labelled(c, key, labels).await.unwrap();
+            let m = prepare_labelled(c, key, "", labels).await.unwrap();
             assert_eq!(m, ["rw,rbind"]);
         }
         // A container's Prepare names no target: not a layer.
@@ -838,7 +804,7 @@ fn a_layer_opened_ahead_for_one_manifest_is_not_handed_to_another() {
             "containerd.io/snapshot/lazycrypt.image-layers".into(),
             format!("sha256:{},{}", "ab".repeat(32), layers[0]),
         );
-        let (cd, msg) = code(prepare_labelled(c, "a1", labels).await);
+        let (cd, msg) = code(prepare_labelled(c, "a1", "", labels).await);
         assert_eq!(cd, Code::NotFound, "{msg}");
         // The victim's Prepare of its own layer opens it from its own
         // manifest.
@@ -846,6 +812,7 @@ fn a_layer_opened_ahead_for_one_manifest_is_not_handed_to_another() {
             prepare_labelled(
                 c,
                 "v1",
+                "",
                 layer_labels(&chains(&image)[0], &name, &manifest, &layers[0]),
             )
             .await,
@@ -1065,28 +1032,6 @@ fn lying_pair(
     (refs[0].clone(), refs[1].clone())
 }
 
-/// A kubelet's `PullImage` of `image` through containerd's CRI plugin;
-/// the image ref it answers with.
-fn cri_pull(ctd: &Containerd, image: &str) -> Result<String, tonic::Status> {
-    rt().block_on(async {
-        let c = lazycrypt::containerd::client::Client::connect(&ctd.socket, "k8s.io")
-            .await
-            .unwrap();
-        use lazycrypt::containerd::proto::cri;
-        let mut images = cri::image_service_client::ImageServiceClient::new(c.channel);
-        images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.to_string(),
-                    annotations: HashMap::new(),
-                }),
-                auth: None,
-            })
-            .await
-            .map(|r| r.into_inner().image_ref)
-    })
-}
-
 /// CRI's `ImageFsInfo` of lazycrypt's snapshotter: bytes and inodes used.
 fn image_fs_usage(ctd: &Containerd) -> (u64, u64) {
     rt().block_on(async {
@@ -1174,7 +1119,8 @@ fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_an
     // check: V's Prepare reaches lazycrypt, which checks X's layer (or has),
     // finds it poisoned and mounts V's own.
     pull_in(&ctd, "attacker", &x).unwrap();
-    cri_pull(&ctd, &v).unwrap_or_else(|e| panic!("CRI pull of V: {e}\n{}", daemon.log()));
+    ctd.cri_pull(&v)
+        .unwrap_or_else(|e| panic!("CRI pull of V: {e}\n{}", daemon.log()));
     let out = cat("k8s.io", &v, "v1");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -1653,7 +1599,7 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&proxy.addr));
     let image = format!("{}/cri/app:v1", proxy.addr);
-    let image_ref = cri_pull(&ctd, &image);
+    let image_ref = ctd.cri_pull(&image);
     let image_ref = image_ref.unwrap_or_else(|e| panic!("CRI pull: {e}\n{}", daemon.log()));
     assert!(image_ref.starts_with("sha256:"), "{image_ref}");
     let served = proxy.served();
@@ -1706,7 +1652,7 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
         ]))
     };
     for (i, name) in names.iter().enumerate() {
-        cri_pull(&ctd, name)
+        ctd.cri_pull(name)
             .unwrap_or_else(|e| panic!("CRI pull of {name}: {e}\n{}", daemon.log()));
         let out = cat(name, &format!("cri{i}"));
         let text = String::from_utf8_lossy(&out.stdout);
@@ -1778,7 +1724,7 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
             );
             l
         };
-        let (cd, _) = code(prepare_labelled(c, "k0", labels(0)).await);
+        let (cd, _) = code(prepare_labelled(c, "k0", "", labels(0)).await);
         assert_eq!(cd, Code::AlreadyExists);
         // The two layers above are fetched without being asked for.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -1846,7 +1792,13 @@ fn layers_are_fetched_through_the_mirrors_hosts_toml_names() {
         let c = &mut connect(&daemon.socket).await;
         let name = format!("{dead}/mirrored/app:v1");
         let (cd, msg) = code(
-            prepare_labelled(c, "k", layer_labels(l.as_str(), &name, &manifest, &layer)).await,
+            prepare_labelled(
+                c,
+                "k",
+                "",
+                layer_labels(l.as_str(), &name, &manifest, &layer),
+            )
+            .await,
         );
         assert_eq!(cd, Code::AlreadyExists, "{msg}");
         let m = prepare(c, "c", l.as_str()).await.unwrap();
@@ -1893,7 +1845,7 @@ fn a_daemon_killed_in_the_middle_of_a_prepare_leaves_nothing_half_done() {
         std::thread::spawn(move || {
             rt().block_on(async {
                 let c = &mut connect(&socket).await;
-                prepare_labelled(c, "k", labels).await.map(|_| ())
+                prepare_labelled(c, "k", "", labels).await.map(|_| ())
             })
         })
     };
@@ -1919,7 +1871,7 @@ fn a_daemon_killed_in_the_middle_of_a_prepare_leaves_nothing_half_done() {
         assert_eq!(code(stat(c, l.as_str()).await).0, Code::NotFound);
         assert!(list(c, &[]).await.unwrap().is_empty());
         // The retry completes, whatever the cache kept of the first try.
-        let (cd, msg) = code(prepare_labelled(c, "k2", labels).await);
+        let (cd, msg) = code(prepare_labelled(c, "k2", "", labels).await);
         assert_eq!(cd, Code::AlreadyExists, "{msg}");
         let m = prepare(c, "c", l.as_str()).await.unwrap();
         let opts = m[0].split(' ').nth(2).unwrap().to_string();
@@ -1952,7 +1904,7 @@ fn a_config_that_passes_no_layer_labels_fails_the_pull_and_unpacks_no_plaintext(
     });
     for image in [&esgz, &targz] {
         let name = image.trim_start_matches("docker://");
-        let err = cri_pull(&ctd, name).expect_err("a pull without layer labels");
+        let err = ctd.cri_pull(name).expect_err("a pull without layer labels");
         // containerd falls back to decrypting the layer itself: 1.x through
         // the shipped file's stream processor, which has no key here (and
         // writes nothing: containerd reports its exit, or the empty stream's
@@ -2024,7 +1976,7 @@ fn labels_naming_another_images_layer_cannot_plant_it_under_a_victims_chain_id()
         let c = &mut connect(&daemon.socket).await;
         // The attacker's pull: the victim's chain ID, the attacker's layer.
         let planted = layer_labels(&v_chain, &a_name, &a_manifest, &a_layer);
-        let (cd, msg) = code(prepare_labelled(c, "a1", planted).await);
+        let (cd, msg) = code(prepare_labelled(c, "a1", "", planted).await);
         assert_eq!(cd, Code::AlreadyExists, "{msg}");
     });
     log_shows(&daemon, "is poisoned", 1);
@@ -2033,7 +1985,7 @@ fn labels_naming_another_images_layer_cannot_plant_it_under_a_victims_chain_id()
         let c = &mut connect(&daemon.socket).await;
         // The victim's pull: its own layer replaces the planted one.
         let own = layer_labels(&v_chain, &v_name, &v_manifest, &v_layer);
-        let (cd, msg) = code(prepare_labelled(c, "v1", own).await);
+        let (cd, msg) = code(prepare_labelled(c, "v1", "", own).await);
         assert_eq!(cd, Code::AlreadyExists, "{msg}\n{}", daemon.log());
         let m = prepare(c, "c", &v_chain).await.unwrap();
         let opts = m[0].split(' ').nth(2).unwrap().to_string();

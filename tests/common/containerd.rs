@@ -442,6 +442,12 @@ impl Containerd {
         c
     }
 
+    /// A kubelet's `PullImage` of `image` through this containerd's CRI
+    /// plugin; the image ref it answers with.
+    pub fn cri_pull(&self, image: &str) -> Result<String, tonic::Status> {
+        super::cri::pull(&self.socket, image, None)
+    }
+
     /// `ctr` against this containerd, in namespace `ns`.
     pub fn ctr_in(&self, ns: &str) -> Command {
         let mut c = Command::new(self.line.bin_dir().join("ctr"));

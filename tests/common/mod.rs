@@ -21,11 +21,13 @@ macro_rules! on_lines {
 
 pub mod auth_proxy;
 pub mod containerd;
+pub mod cri;
 pub mod data;
 pub mod faults;
 pub mod mounts;
 pub mod procfs;
 pub mod signers;
+pub mod snapshots;
 
 #[allow(unused_imports)]
 pub use data::noise;

@@ -61,7 +61,7 @@ pub enum Reason {
     #[error("no signatures found (the image is unsigned)")]
     Unsigned,
     #[error("{0}")]
-    Key(KeyError),
+    Key(Box<KeyError>),
     #[error("{0}")]
     Refused(Box<Refusal>),
     #[error("none of the {count} signatures is accepted; the first: {first}")]
@@ -270,7 +270,7 @@ fn keys_of(req: &SigstoreSigned) -> Result<Vec<PublicKey>, Reason> {
         .enumerate()
         .map(|(index, k)| {
             PublicKey::from_spki(k.spki_der(), &format!("keys[{index}] of sigstoreSigned"))
-                .map_err(Reason::Key)
+                .map_err(|e| Reason::Key(Box::new(e)))
         })
         .collect()
 }
