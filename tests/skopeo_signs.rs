@@ -138,6 +138,16 @@ fn skopeo_signs_a_skopeo_encrypted_image_and_lazycrypt_and_cosign_verify_it() {
         format!("sha256:{}", hex::encode(Sha256::digest(&payload))),
         payload_digest
     );
+    let config = registry_get(
+        &reg,
+        repo,
+        &format!("blobs/{}", sig["config"]["digest"].as_str().unwrap()),
+    );
+    let config: Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(
+        config["rootfs"],
+        serde_json::json!({"type": "layers", "diff_ids": [payload_digest]})
+    );
     let payload: Value = serde_json::from_slice(&payload).unwrap();
     // Unlike cosign and lazycrypt, skopeo names the tag it copied to.
     let identity = format!("{}/{repo}:v1", reg.addr);
