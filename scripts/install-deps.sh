@@ -4,8 +4,8 @@
 # openssl, gnupg, htpasswd, containerd + runc, busybox-static (container
 # images), iproute2 (`tc`, network shaping), Go and containerd's Go source
 # (containerd's own snapshotter test suite, built offline in GOPATH mode);
-# then loads fuse and overlay; then unpacks containerd 2.1 and cosign 3.1
-# from Debian unstable into private prefixes.
+# then loads fuse and overlay; then unpacks containerd 2.1, cosign 3.1 and
+# skopeo 1.22 (sigstore enabled) from Debian unstable into private prefixes.
 set -euo pipefail
 
 need=()
@@ -67,36 +67,41 @@ unstable_apt() {
   apt-get "${apt_private[@]}" update -qq
 }
 
-# unstable_unpack NAME PACKAGE VERSION PREFIX ENVVAR CHECK: unpacks the
-# newest Debian build of upstream VERSION of PACKAGE into PREFIX (stamp
-# .lazycrypt-NAME) unless it is there already; CHECK DIR must succeed on
-# the unpacked tree (its binaries run on this system's glibc) before it
-# replaces PREFIX. ENVVAR is the variable that moves PREFIX.
+# unstable_unpack NAME PACKAGE VERSION PREFIX ENVVAR CHECK [LIB=VERSION...]:
+# unpacks the newest Debian build of upstream VERSION of PACKAGE, and of
+# each LIB at its VERSION, into PREFIX (stamp .lazycrypt-NAME, holding
+# "VERSION LIB=VERSION...") unless it is there already; CHECK DIR must
+# succeed on the unpacked tree before it replaces PREFIX. ENVVAR is the
+# variable that moves PREFIX.
 unstable_unpack() {
   local name=$1 pkg=$2 want=$3 prefix=$4 envvar=$5 check=$6
-  local stamp="$prefix/.lazycrypt-$name"
-  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+  shift 6
+  local stamp="$prefix/.lazycrypt-$name" stamped="$want${*:+ $*}"
+  [ "$(cat "$stamp" 2>/dev/null)" = "$stamped" ] && return 0
   if [ -e "$prefix" ] && [ ! -e "$stamp" ]; then
     echo "install-deps: $prefix exists and is not a $pkg this script unpacked; set $envvar to another directory" >&2
     exit 1
   fi
   unstable_apt "$pkg $want"
-  echo "fetching $pkg $want from Debian unstable ($unstable_mirror) into $prefix"
-  # The newest build of that upstream version; its Debian revision may move.
-  local want_re="^${want//./[.]}[~+-]" version
-  version=$(apt-cache "${apt_private[@]}" madison "$pkg" | awk -v re="$want_re" '$3 ~ re {print $3; exit}')
-  if [ -z "$version" ]; then
-    echo "install-deps: Debian unstable at $unstable_mirror no longer has $pkg $want" \
-         "(it has: $(apt-cache "${apt_private[@]}" madison "$pkg" | awk '{print $3}' | xargs));" \
-         "update its version here and the versions the README names" >&2
-    exit 1
-  fi
-  (cd "$unstable_work" && apt-get "${apt_private[@]}" download -qq "$pkg=$version")
+  echo "fetching $pkg $want${*:+ (with $*)} from Debian unstable ($unstable_mirror) into $prefix"
   $sudo rm -rf "$prefix.new"
   $sudo mkdir -p "$prefix.new"
-  $sudo dpkg -x "$unstable_work/${pkg}_"*.deb "$prefix.new"
+  local spec p v version
+  for spec in "$pkg=$want" "$@"; do
+    p=${spec%%=*} v=${spec#*=}
+    # The newest build of that upstream version; its Debian revision may move.
+    version=$(apt-cache "${apt_private[@]}" madison "$p" | awk -v re="^${v//./[.]}[~+-]" '$3 ~ re {print $3; exit}')
+    if [ -z "$version" ]; then
+      echo "install-deps: Debian unstable at $unstable_mirror no longer has $p $v" \
+           "(it has: $(apt-cache "${apt_private[@]}" madison "$p" | awk '{print $3}' | xargs));" \
+           "update its version here and the versions the README names" >&2
+      exit 1
+    fi
+    (cd "$unstable_work" && apt-get "${apt_private[@]}" download -qq "$p=$version")
+    $sudo dpkg -x "$unstable_work/${p}_${version#*:}_"*.deb "$prefix.new"
+  done
   "$check" "$prefix.new"
-  echo "$want" | $sudo tee "$prefix.new/.lazycrypt-$name" >/dev/null
+  echo "$stamped" | $sudo tee "$prefix.new/.lazycrypt-$name" >/dev/null
   [ -e "$stamp" ] && $sudo rm -rf "$prefix"
   $sudo mv "$prefix.new" "$prefix"
 }
@@ -118,3 +123,35 @@ check_cosign() {
 }
 unstable_unpack cosign cosign 3.1.1 \
   "${LAZYCRYPT_COSIGN:-/opt/lazycrypt-test/cosign}" LAZYCRYPT_COSIGN check_cosign
+
+# skopeo 1.22 with sigstore, the second independent signer and verifier
+# beside cosign: Debian 12's skopeo 1.9.3 (above, the ocicrypt peer) was
+# built with sigstore disabled. Unstable's skopeo needs glibc 2.38 and
+# gpgme 2, newer than Debian 12's, so unstable's own dynamic loader, libc
+# and the libraries skopeo links are unpacked into the same private prefix,
+# and PREFIX/bin/skopeo starts the binary through that loader with
+# --library-path: nothing on the system changes, no other program sees
+# these libraries. LAZYCRYPT_SKOPEO_SIGSTORE names that wrapper (as the
+# tests read it); the prefix is the directory above its bin/.
+check_skopeo() {
+  local loader
+  loader=$(cd "$1" && ls usr/lib/*/ld-linux*.so.[0-9])
+  $sudo mkdir -p "$1/bin"
+  # The wrapper finds the prefix from its own path: it runs here, in
+  # PREFIX.new, before it is moved into place.
+  $sudo tee "$1/bin/skopeo" >/dev/null <<EOF
+#!/bin/sh
+# skopeo from Debian unstable, on unstable's loader and libc (scripts/install-deps.sh).
+p=\$(dirname "\$(dirname "\$(readlink -f "\$0")")")
+exec "\$p/$loader" --library-path "\$p/${loader%/*}" "\$p/usr/bin/skopeo" "\$@"
+EOF
+  $sudo chmod 755 "$1/bin/skopeo"
+  "$1/bin/skopeo" --version
+}
+skopeo_sigstore="${LAZYCRYPT_SKOPEO_SIGSTORE:-/opt/lazycrypt-test/skopeo-sigstore/bin/skopeo}"
+if [ "${skopeo_sigstore%/bin/skopeo}" = "$skopeo_sigstore" ]; then
+  echo "install-deps: LAZYCRYPT_SKOPEO_SIGSTORE=$skopeo_sigstore does not end in /bin/skopeo" >&2
+  exit 1
+fi
+unstable_unpack skopeo-sigstore skopeo 1.22.0 "${skopeo_sigstore%/bin/skopeo}" LAZYCRYPT_SKOPEO_SIGSTORE \
+  check_skopeo libc6=2.43 libgpgme45=2.2.0 libassuan9=3.0.2 libgpg-error0=1.61 libsqlite3-0=3.53.4

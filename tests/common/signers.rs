@@ -6,7 +6,9 @@
 //!
 //! Debian 12's skopeo 1.9.3 cannot take part: Debian built it with sigstore
 //! disabled, so both `--sign-by-sigstore-private-key` and a `sigstoreSigned`
-//! policy fail with "Debian-local change: sigstore disabled".
+//! policy fail with "Debian-local change: sigstore disabled". skopeo 1.22
+//! from Debian unstable (also unpacked by `scripts/install-deps.sh`, run on
+//! unstable's own loader and libc) signs and verifies instead.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -207,4 +209,68 @@ pub fn registry_put_manifest(
             reg.addr
         )));
     format!("sha256:{}", hex::encode(Sha256::digest(&data)))
+}
+
+/// Where `scripts/install-deps.sh` puts skopeo 1.22 (sigstore enabled):
+/// the wrapper that starts it on Debian unstable's loader and libc.
+pub fn skopeo_sigstore_bin() -> PathBuf {
+    let bin = std::env::var_os("LAZYCRYPT_SKOPEO_SIGSTORE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/lazycrypt-test/skopeo-sigstore/bin/skopeo"));
+    assert!(
+        bin.is_file(),
+        "skopeo 1.22 with sigstore is not at {} (LAZYCRYPT_SKOPEO_SIGSTORE): run scripts/install-deps.sh",
+        bin.display()
+    );
+    bin
+}
+
+/// skopeo 1.22, run offline in `dir` without reading or writing the
+/// system's containers configuration: its own registries.d (sigstore
+/// attachments on, for every registry), an empty registries.conf, HOME
+/// under `dir`. Give `--policy P` (or `--insecure-policy` where nothing is
+/// verified) before the subcommand.
+pub fn skopeo_sigstore(dir: &Path) -> Command {
+    let home = dir.join("skopeo-home");
+    let registries_d = home.join("registries.d");
+    std::fs::create_dir_all(&registries_d).unwrap();
+    std::fs::write(
+        registries_d.join("default.yaml"),
+        "default-docker:\n  use-sigstore-attachments: true\n",
+    )
+    .unwrap();
+    let registries_conf = home.join("registries.conf");
+    std::fs::write(&registries_conf, "").unwrap();
+    let mut c = Command::new(skopeo_sigstore_bin());
+    c.current_dir(dir)
+        .env("HOME", &home)
+        .env("CONTAINERS_REGISTRIES_CONF", &registries_conf)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("CONTAINERS_POLICY_JSON")
+        .arg("--registries.d")
+        .arg(&registries_d);
+    c
+}
+
+/// skopeo 1.22 copies `src` to `dst` (transport references; `docker://`
+/// ones on a plain-HTTP registry) and signs the destination's manifest
+/// digest with the cosign private key `key`, encrypted with `passphrase`:
+/// the classic `sha256-<hex>.sig` tag. Verifies nothing. Returns stdout.
+pub fn skopeo_sign(dir: &Path, key: &Path, passphrase: &str, src: &str, dst: &str) -> String {
+    let pass = dir.join("skopeo-sign-passphrase");
+    std::fs::write(&pass, format!("{passphrase}\n")).unwrap();
+    let mut c = skopeo_sigstore(dir);
+    c.args(["--insecure-policy", "copy"]);
+    if src.starts_with("docker://") {
+        c.arg("--src-tls-verify=false");
+    }
+    if dst.starts_with("docker://") {
+        c.arg("--dest-tls-verify=false");
+    }
+    ok(c.arg("--sign-by-sigstore-private-key")
+        .arg(key)
+        .arg("--sign-passphrase-file")
+        .arg(&pass)
+        .args([src, dst]))
 }
