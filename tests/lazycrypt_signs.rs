@@ -86,7 +86,7 @@ fn one_encrypt_command_pushes_an_image_cosign_and_lazycrypt_verify() {
     let claims: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(
         claims[0]["critical"]["identity"]["docker-reference"],
-        format!("{}/{repo}", reg.addr)
+        format!("{}/{repo}:v1", reg.addr)
     );
     assert_eq!(
         claims[0]["critical"]["image"]["docker-manifest-digest"],
@@ -121,7 +121,7 @@ fn one_encrypt_command_pushes_an_image_cosign_and_lazycrypt_verify() {
     };
     assert!(
         stdout.contains(&format!(
-            ": signed by key 0 (sha256:{fingerprint}) of sigstoreSigned requirement 0, identity \"{scope}\", digest {digest}\n"
+            ": signed by key 0 (sha256:{fingerprint}) of sigstoreSigned requirement 0, identity \"{scope}:v1\", digest {digest}\n"
         )),
         "{stdout}"
     );

@@ -21,13 +21,16 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// A policy trusting `public` for `scope` with `identity` (a signedIdentity
-/// type), rejecting the rest.
+/// type; "" leaves it out, so the default applies), rejecting the rest.
 fn policy_file(dir: &Path, name: &str, scope: &str, public: &Path, identity: &str) -> PathBuf {
     let pem = std::fs::read(public).unwrap();
+    let mut requirement = serde_json::json!({"type": "sigstoreSigned", "keyData": B64.encode(pem)});
+    if !identity.is_empty() {
+        requirement["signedIdentity"] = serde_json::json!({"type": identity});
+    }
     let p = serde_json::json!({
         "default": [{"type": "reject"}],
-        "transports": {"docker": {scope: [{"type": "sigstoreSigned", "keyData": B64.encode(pem),
-                                           "signedIdentity": {"type": identity}}]}},
+        "transports": {"docker": {scope: [requirement]}},
     });
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
@@ -337,4 +340,14 @@ fn skopeo_accepts_lazycrypts_signature_with_the_signing_key_only() {
         stderr(&s)
     );
     assert!(!out.join("manifest.json").exists());
+
+    // lazycrypt signs the name as pushed, tag included, as skopeo does: the
+    // policy podman and CRI-O users write without a signedIdentity (so
+    // matchRepoDigestOrExact) accepts it, in skopeo and in lazycrypt.
+    let default = policy_file(d.path(), "default.json", &scope, &public, "");
+    let out = d.path().join("default");
+    let s = skopeo_copy_with_policy(d.path(), &default, &image, &out);
+    assert!(s.status.success(), "{}", stderr(&s));
+    let v = lazycrypt_verify(&image, &default);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }

@@ -269,7 +269,15 @@ where
     let signed = match (signer, &dref) {
         (Some(signer), ImageRef::Registry(r)) => {
             let repo = Registry::new(r.clone(), &opts.registry)?;
-            let identity = format!("{}/{}", r.host, r.repo);
+            // The name as pushed, tag included, as skopeo signs it: the
+            // policies podman and CRI-O ship by default (no signedIdentity,
+            // so matchRepoDigestOrExact) accept it; a repository-only name,
+            // cosign's, only matchRepository does.
+            let identity = if r.is_digest() {
+                format!("{}/{}", r.host, r.repo)
+            } else {
+                format!("{}/{}:{}", r.host, r.repo, r.reference)
+            };
             Some(
                 attach_classic(&repo, &repo, signer, &identity, &root.digest)
                     .with_context(|| format!("signing {dst} ({})", root.digest))?,
