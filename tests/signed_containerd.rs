@@ -1,9 +1,10 @@
 //! A node whose lazycrypt enforces a `sigstoreSigned` policy, through
 //! containerd as users run it (1.6, 2.1 with the transfer service, 2.1 with
-//! CRI's local pull): encrypted images signed by real cosign 3.1 run lazily
-//! through `lazycrypt pull` + `ctr run` and through a kubelet's CRI
-//! `PullImage`; an unsigned copy of the same image is refused on both paths
-//! with the verdict's line, and none of its layer bytes is fetched.
+//! CRI's local pull): encrypted images (lazycrypt's eStargz, skopeo's
+//! tar.gz) signed by real cosign 3.1 (v3 bundle, classic) and skopeo 1.22
+//! run lazily through `lazycrypt pull` + `ctr run` and through a kubelet's
+//! CRI `PullImage`; an unsigned image is refused on both paths with the
+//! verdict's line, and none of its layer bytes is fetched.
 
 #[macro_use]
 mod common;
@@ -12,14 +13,44 @@ use std::path::Path;
 
 use common::containerd::{Containerd, Daemon, Line};
 use common::faults::FaultProxy;
-use common::signers::{Format, cosign_keys, cosign_sign, digest_ref, registry_json};
+use common::signers::{
+    Format, PASSWORD, cosign_keys, cosign_sign, digest_ref, registry_json, skopeo_sign,
+};
 use common::{Registry, lazycrypt, ok, run, tmp};
 
-/// The encrypted images: `busybox` plus a secret holding `marker`, encrypted
-/// to `public` by lazycrypt as eStargz (`signed/esgz:v1`) and by Debian's
-/// skopeo as tar.gz (`signed/targz:v1`), and with one more file, unsigned, as
-/// `unsigned/esgz:v1`. The plaintext inputs are deleted once pushed.
-fn images(dir: &Path, reg: &Registry, marker: &str, public: &Path) -> [String; 3] {
+/// Who encrypts an image and who signs it.
+#[derive(Clone, Copy)]
+enum Signer {
+    CosignBundle,
+    CosignClassic,
+    Skopeo,
+    Nobody,
+}
+
+/// The images, as `(repository, encrypted as eStargz by lazycrypt (or as
+/// tar.gz by Debian's skopeo), signer)`. Each has a layer of its own: a
+/// layer the node already holds under a signed image's chain ID is never
+/// prepared again, so containerd would ask for no verdict.
+const IMAGES: [(&str, bool, Signer); 5] = [
+    ("signed/esgz-bundle", true, Signer::CosignBundle),
+    ("signed/targz-classic", false, Signer::CosignClassic),
+    ("signed/esgz-skopeo", true, Signer::Skopeo),
+    ("signed/targz-skopeo", false, Signer::Skopeo),
+    ("unsigned/esgz", true, Signer::Nobody),
+];
+
+/// Builds, encrypts to `public` and pushes [`IMAGES`] (`busybox` plus a
+/// secret holding `marker`), then signs each under the name the node pulls
+/// it by (`via`'s). The plaintext inputs are deleted once pushed. Their
+/// references as pulled.
+fn images(
+    dir: &Path,
+    reg: &Registry,
+    via: &dyn Fn(&str) -> String,
+    marker: &str,
+    public: &Path,
+    signer: &Path,
+) -> Vec<String> {
     let inputs = dir.join("inputs");
     let root = inputs.join("rootfs");
     std::fs::create_dir_all(root.join("bin")).unwrap();
@@ -30,26 +61,35 @@ fn images(dir: &Path, reg: &Registry, marker: &str, public: &Path) -> [String; 3
         format!("the secret is {marker}\n"),
     )
     .unwrap();
-    let plain = format!("oci:{}:plain", inputs.join("img").display());
-    ok(lazycrypt()
-        .args(["build", "--cmd", "/bin/busybox", "--layer"])
-        .arg(&root)
-        .args(["--", &plain]));
-    let [esgz, targz, unsigned] =
-        ["signed/esgz", "signed/targz", "unsigned/esgz"].map(|r| reg.image(&format!("{r}:v1")));
-    common::encrypt_estargz(&plain, &esgz, public);
-    common::skopeo_encrypt(&plain, &targz, &[format!("jwe:{}", public.display())], None);
-    // Another layer: one the node already holds under a signed image's
-    // chain ID is never prepared again, so containerd asks for no verdict.
-    std::fs::write(root.join("data/unsigned"), "x\n").unwrap();
-    let other = format!("oci:{}:other", inputs.join("img").display());
-    ok(lazycrypt()
-        .args(["build", "--cmd", "/bin/busybox", "--layer"])
-        .arg(&root)
-        .args(["--", &other]));
-    common::encrypt_estargz(&other, &unsigned, public);
+    let mut pulled = Vec::new();
+    for (i, (repo, estargz, who)) in IMAGES.into_iter().enumerate() {
+        std::fs::write(root.join("data/variant"), repo).unwrap();
+        let plain = format!("oci:{}:v{i}", inputs.join("img").display());
+        ok(lazycrypt()
+            .args(["build", "--cmd", "/bin/busybox", "--layer"])
+            .arg(&root)
+            .args(["--", &plain]));
+        let image = reg.image(&format!("{repo}:v1"));
+        if estargz {
+            common::encrypt_estargz(&plain, &image, public);
+        } else {
+            common::skopeo_encrypt(&plain, &image, &[format!("jwe:{}", public.display())], None);
+        }
+        let (by_digest, _) = digest_ref(reg, repo, "v1");
+        let name = via(&format!("{}/{repo}:v1", reg.addr));
+        match who {
+            Signer::CosignBundle => cosign_sign(dir, signer, Format::Bundle, &via(&by_digest)),
+            Signer::CosignClassic => cosign_sign(dir, signer, Format::Classic, &via(&by_digest)),
+            Signer::Skopeo => {
+                let at = format!("docker://{name}");
+                skopeo_sign(dir, signer, PASSWORD, &at, &at);
+            }
+            Signer::Nobody => {}
+        }
+        pulled.push(name);
+    }
     std::fs::remove_dir_all(&inputs).unwrap();
-    [esgz, targz, unsigned].map(|i| i.trim_start_matches("docker://").to_string())
+    pulled
 }
 
 /// The layer digests of `repo:v1`.
@@ -69,24 +109,15 @@ fn a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containe
     let (signer, public) = cosign_keys(&d.path().join("signer"));
     let k = common::rsa_keys(d.path(), "k");
     let marker = format!("LZSIGNED{}", std::process::id());
-    let [esgz, targz, unsigned] = images(d.path(), &reg, &marker, &k.public);
     // containerd and lazycrypt reach the registry through a proxy that
-    // records each request.
+    // records each request; images are signed under that name.
     let proxy = FaultProxy::start(&reg.addr);
     let via = |image: &str| image.replacen(&reg.addr, &proxy.addr, 1);
-    // The eStargz image in cosign's v3 bundle format, skopeo's tar.gz in
-    // cosign's classic one, each signed under the name the node pulls it
-    // by (a classic payload names the registry and repository it signs).
-    for (repo, format) in [
-        ("signed/esgz", Format::Bundle),
-        ("signed/targz", Format::Classic),
-    ] {
-        let (reference, _) = digest_ref(&reg, repo, "v1");
-        cosign_sign(d.path(), &signer, format, &via(&reference));
-    }
+    let mut pulled = images(d.path(), &reg, &via, &marker, &k.public, &signer);
+    let unsigned = pulled.pop().unwrap();
+    let signed = pulled;
     let unsigned_digest = digest_ref(&reg, "unsigned/esgz", "v1").1;
     let unsigned_layers = layers(&reg, "unsigned/esgz");
-
     let policy = d.path().join("policy.json");
     let p = serde_json::json!({
         "default": [{"type": "sigstoreSigned", "keyPath": public,
@@ -109,8 +140,7 @@ fn a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containe
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&proxy.addr));
     let refusal = format!(
-        "signature verification failed for {}@{unsigned_digest}: no signatures found (the image is unsigned)",
-        via(&unsigned)
+        "signature verification failed for {unsigned}@{unsigned_digest}: no signatures found (the image is unsigned)"
     );
 
     // A kubelet's path: CRI pulls, then containers read the secret.
@@ -127,34 +157,37 @@ fn a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containe
             "/data/secret",
         ]))
     };
-    for (i, image) in [&esgz, &targz].into_iter().enumerate() {
-        let image = via(image);
-        ctd.cri_pull(&image)
+    for (i, image) in signed.iter().enumerate() {
+        ctd.cri_pull(image)
             .unwrap_or_else(|e| panic!("CRI pull of {image}: {e}\n{}", daemon.log()));
-        let out = cat("k8s.io", &image, &format!("cri{i}"));
+        let out = cat("k8s.io", image, &format!("cri{i}"));
         assert!(
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&marker),
             "{out:?}\n{}",
             daemon.log()
         );
     }
-    let err = ctd.cri_pull(&via(&unsigned)).unwrap_err();
+    // Each image's one layer was mounted by lazycrypt (eStargz lazily,
+    // tar.gz through its index), not unpacked by containerd.
+    let log = daemon.log();
+    let mounted = log.matches("mounted (Lazy)").count() + log.matches("mounted (Indexed)").count();
+    assert_eq!(mounted, signed.len(), "{log}");
+    let err = ctd.cri_pull(&unsigned).unwrap_err();
     assert!(err.message().contains(&refusal), "{err:?}");
 
     // `lazycrypt pull` + `ctr run` (not CRI's, so once per containerd).
     if line != Line::V2_1Local {
-        for (i, image) in [&esgz, &targz].into_iter().enumerate() {
-            let image = via(image);
-            let out = ok(ctd.lazycrypt_pull().arg(&image));
+        for (i, image) in signed.iter().enumerate() {
+            let out = ok(ctd.lazycrypt_pull().arg(image));
             assert!(out.contains("1 layers mounted lazily"), "{out}");
-            let out = cat(line.namespace(), &image, &format!("ctr{i}"));
+            let out = cat(line.namespace(), image, &format!("ctr{i}"));
             assert!(
                 out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&marker),
                 "{out:?}\n{}",
                 daemon.log()
             );
         }
-        let out = run(ctd.lazycrypt_pull().arg(via(&unsigned)));
+        let out = run(ctd.lazycrypt_pull().arg(&unsigned));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(&refusal), "{out:?}");
     }
