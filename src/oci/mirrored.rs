@@ -3,6 +3,7 @@
 
 use std::io::Read;
 
+use super::digest::Digest;
 use super::hosts::Endpoint;
 use super::reference::RegistryRef;
 use super::registry::{Registry, RegistryOptions};
@@ -83,6 +84,10 @@ impl ImageSource for Mirrored {
 
     fn tagged(&self, tag: &str) -> Result<RawManifest, Error> {
         self.first(|e| e.resolve, |r| r.tagged(tag))
+    }
+
+    fn referrers(&self, digest: &Digest) -> Result<Option<RawManifest>, Error> {
+        self.first(|e| e.resolve, |r| r.referrers(digest))
     }
 
     fn blob_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Vec<u8>, Error> {

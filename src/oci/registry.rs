@@ -455,7 +455,12 @@ impl Registry {
     }
 
     fn get_manifest(&self, reference: &str, expect: Option<&Digest>) -> Result<RawManifest, Error> {
-        let path = format!("manifests/{reference}");
+        self.get_document(format!("manifests/{reference}"), expect)
+    }
+
+    /// A manifest or index at `path` (under `/v2/<repo>/`), bounded and, if
+    /// `expect` names one, checked against its digest.
+    fn get_document(&self, path: String, expect: Option<&Digest>) -> Result<RawManifest, Error> {
         let what = self.what("GET", &path);
         let limit = self.whole();
         let (ct, bytes) = retrying(&what, limit, &self.timeouts, || {
@@ -519,6 +524,15 @@ impl ImageSource for Registry {
             return Err(Error::BadReference(format!("{tag:?} is not a valid tag")));
         }
         self.get_manifest(tag, None)
+    }
+
+    fn referrers(&self, digest: &Digest) -> Result<Option<RawManifest>, Error> {
+        // A registry without the API (Debian's 2.8) answers 404.
+        match self.get_document(format!("referrers/{digest}"), None) {
+            Ok(index) => Ok(Some(index)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, Error> {

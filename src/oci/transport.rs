@@ -34,6 +34,14 @@ pub trait ImageSource: Send + Sync {
             "tag {tag}: this source has no tags"
         )))
     }
+    /// The OCI 1.1 referrers API's index of the manifests whose `subject`
+    /// is `digest` (where cosign 3 attaches its bundles), `None` if the
+    /// registry has no such API (cosign then lists them under the
+    /// `sha256-<hex>` tag) or the source is not a registry.
+    fn referrers(&self, digest: &Digest) -> Result<Option<RawManifest>, Error> {
+        let _ = digest;
+        Ok(None)
+    }
 }
 
 /// Where images are written to. Nothing is visible under the reference until

@@ -1,8 +1,8 @@
 //! Finds an image's signatures in its own repository, where cosign stores
-//! them on a registry without the referrers API: the classic
-//! `sha256-<hex>.sig` manifest, and the `sha256-<hex>` fallback index whose
-//! entries are Sigstore bundle manifests (among other referrers: SBOMs,
-//! attestations, which are skipped by their own `artifactType`).
+//! them: the classic `sha256-<hex>.sig` manifest, and Sigstore bundle
+//! manifests among the image's referrers (SBOMs, attestations, skipped by
+//! their own `artifactType`), listed by the OCI 1.1 referrers API where the
+//! registry has one and under the `sha256-<hex>` fallback tag where not.
 //!
 //! Every byte fetched is bounded before it is read and checked against the
 //! digest its descriptor names before it is parsed. A signature that cannot
@@ -116,45 +116,79 @@ fn classic_layer(source: &dyn ImageSource, d: &Descriptor) -> Result<ClassicSign
     layer.with_payload(payload).map_err(FetchError::Classic)
 }
 
+/// The bundles among `manifest_digest`'s referrers: those the referrers
+/// API lists, where the registry has one, and those cosign listed under
+/// the fallback tag, each manifest read once.
 fn bundles(
     source: &dyn ImageSource,
     manifest_digest: &Digest,
     found: &mut Vec<Result<Found, FetchError>>,
 ) {
+    let mut entries: Vec<Descriptor> = Vec::new();
+    let api = source
+        .referrers(manifest_digest)
+        .map_err(|e| FetchError::Registry(Arc::new(e)))
+        .and_then(|raw| {
+            raw.map(|raw| index_entries(&raw, &format!("referrers of {manifest_digest}")))
+                .transpose()
+        });
     let tag = referrers_tag(manifest_digest);
-    let raw = match tagged(source, &tag) {
-        Ok(Some(raw)) => raw,
-        Ok(None) => return,
-        Err(e) => return found.push(Err(e)),
-    };
-    let what = format!("referrers index {tag}");
-    let malformed = |reason: String| FetchError::Malformed {
-        what: what.clone(),
-        reason,
-    };
-    if !media::is_index(&raw.media_type) {
-        return found.push(Err(malformed(format!(
-            "a {:?}, not an image index",
-            super::key::clip(&raw.media_type)
-        ))));
+    let fallback = tagged(source, &tag).and_then(|raw| {
+        raw.map(|raw| index_entries(&raw, &format!("referrers index {tag}")))
+            .transpose()
+    });
+    for listed in [api, fallback] {
+        match listed {
+            Ok(Some(listed)) => {
+                for e in listed {
+                    if !entries.iter().any(|d| d.digest() == e.digest()) {
+                        entries.push(e);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => found.push(Err(e)),
+        }
     }
-    let index: ImageIndex = match serde_json::from_slice(&raw.bytes) {
-        Ok(i) => i,
-        Err(e) => return found.push(Err(malformed(format!("not an image index: {e}")))),
-    };
-    if index.manifests().len() > MAX_REFERRERS {
-        return found.push(Err(malformed(format!(
-            "lists {} manifests, more than the {MAX_REFERRERS} read",
-            index.manifests().len()
-        ))));
+    if entries.len() > MAX_REFERRERS {
+        return found.push(Err(FetchError::Malformed {
+            what: format!("referrers of {manifest_digest}"),
+            reason: format!(
+                "{} manifests, more than the {MAX_REFERRERS} read",
+                entries.len()
+            ),
+        }));
     }
-    for entry in index.manifests() {
+    for entry in &entries {
         match bundle_manifest(source, entry, manifest_digest) {
             Ok(Some(f)) => found.push(Ok(f)),
             Ok(None) => {}
             Err(e) => found.push(Err(e)),
         }
     }
+}
+
+/// The manifests an index of referrers (`what`) lists.
+fn index_entries(raw: &RawManifest, what: &str) -> Result<Vec<Descriptor>, FetchError> {
+    let malformed = |reason: String| FetchError::Malformed {
+        what: what.to_string(),
+        reason,
+    };
+    if !media::is_index(&raw.media_type) {
+        return Err(malformed(format!(
+            "a {:?}, not an image index",
+            super::key::clip(&raw.media_type)
+        )));
+    }
+    let index: ImageIndex = serde_json::from_slice(&raw.bytes)
+        .map_err(|e| malformed(format!("not an image index: {e}")))?;
+    if index.manifests().len() > MAX_REFERRERS {
+        return Err(malformed(format!(
+            "lists {} manifests, more than the {MAX_REFERRERS} read",
+            index.manifests().len()
+        )));
+    }
+    Ok(index.manifests().clone())
 }
 
 /// The bundle a referrers entry carries; `None` for other referrers.

@@ -200,6 +200,8 @@ struct Repo {
     blobs: HashMap<String, Vec<u8>>,
     /// Tags answered with this error instead.
     failing: HashMap<String, String>,
+    /// The referrers API's answer; `None`: the registry has no such API.
+    api: Option<RawManifest>,
     reads: Mutex<usize>,
 }
 
@@ -263,6 +265,18 @@ impl Repo {
         );
         self.tags.insert(referrers_tag(&image_digest()), index);
     }
+
+    /// The fallback index, served by the referrers API instead (as cosign
+    /// attaches bundles on a registry that has it), or by both.
+    fn referrers_api(&mut self, keep_tag: bool) {
+        let tag = referrers_tag(&image_digest());
+        let index = if keep_tag {
+            self.tags.get(&tag).cloned()
+        } else {
+            self.tags.remove(&tag)
+        };
+        self.api = index;
+    }
 }
 
 impl ImageSource for Repo {
@@ -289,6 +303,10 @@ impl ImageSource for Repo {
 
     fn blob_range(&self, _: &Descriptor, _: u64, _: u64) -> Result<Vec<u8>, Error> {
         unreachable!("signature blobs are read whole")
+    }
+
+    fn referrers(&self, _: &Digest) -> Result<Option<RawManifest>, Error> {
+        Ok(self.api.clone())
     }
 
     fn tagged(&self, tag: &str) -> Result<RawManifest, Error> {
@@ -497,4 +515,38 @@ fn another_digest_tampered_malformed_and_registry_errors_are_distinct() {
     repo.bundles(&[b"garbage".to_vec(), k.bundle(&image_digest())]);
     repo.failing.clear();
     assert!(verdict(&p, &repo).is_ok());
+}
+
+/// Bundles attached through the OCI 1.1 referrers API count as those under
+/// the fallback tag; one listed in both places is read once; a referrers
+/// answer that is not an index is refused with where it came from.
+#[test]
+fn bundles_listed_by_the_referrers_api_are_found_once() {
+    let k = Key::new();
+    let p = signed_by(&k, "matchRepository");
+    let mut repo = Repo::default();
+    repo.bundles(&[k.bundle(&image_digest())]);
+    repo.referrers_api(false);
+    assert!(verdict(&p, &repo).is_ok());
+
+    let mut repo = Repo::default();
+    repo.bundles(&[Key::new().bundle(&image_digest())]);
+    repo.referrers_api(true);
+    let e = refusal(&p, &repo);
+    assert!(
+        e.ends_with("bundle is not signed by the trusted key"),
+        "{e}"
+    );
+    assert_eq!(*repo.reads.lock().unwrap(), 1, "the bundle read twice");
+
+    let mut repo = Repo::default();
+    repo.api = Some(Repo::raw(media::OCI_MANIFEST, json!({"schemaVersion": 2})));
+    assert_eq!(
+        refusal(&p, &repo),
+        format!(
+            "referrers of {}: a \"{}\", not an image index",
+            image_digest(),
+            media::OCI_MANIFEST
+        )
+    );
 }
