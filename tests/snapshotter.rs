@@ -529,6 +529,16 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
         let (cd, msg) = code(prepare(c, "c2", l.as_str()).await);
         assert_eq!(cd, Code::PermissionDenied);
         assert!(msg.starts_with("you are not authorized to use this image: missing private key needed for decryption"), "{msg}");
+        // A read-only container's view of it too.
+        let view = c
+            .view(pb::ViewSnapshotRequest {
+                key: "v2".into(),
+                parent: l.clone(),
+                ..Default::default()
+            })
+            .await;
+        let (cd, msg) = code(view);
+        assert_eq!(cd, Code::PermissionDenied, "{msg}");
         std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
     });
     assert!(!daemon.log().contains("remote layer marker"));

@@ -737,6 +737,11 @@ impl Remotes {
         self.cache.clear();
     }
 
+    /// Whether a signature policy is enforced.
+    pub fn has_policy(&self) -> bool {
+        self.verdicts.is_some()
+    }
+
     /// Whether a container may start from the layer now: its image must
     /// satisfy the signature policy (a recent verdict, or a new one), and,
     /// if it is encrypted, a key on this node must unwrap it.

@@ -78,6 +78,26 @@ pub struct Store {
 /// Logged once a daemon at the first `Prepare` of a layer that names no
 /// image layer: the config mistake that makes containerd unpack every layer
 /// (decrypting encrypted ones to disk) instead of lazycrypt serving them.
+/// Whether `key` is one containerd's unpacker gives the snapshot it
+/// extracts a layer into (`extract-<nonce> <chain ID>`, after the
+/// namespace's prefix): containerd 1.6's client-side unpack (`ctr images
+/// pull`) labels it with nothing else.
+fn unpack_key(key: &str) -> bool {
+    key.split_once(' ').is_some_and(|(name, chain)| {
+        name.rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with("extract-"))
+            && chain.starts_with("sha256:")
+    })
+}
+
+/// Why a layer's Prepare without an image's labels is refused under a
+/// signature policy.
+const UNVERIFIABLE_LAYER: &str = "a signature policy is set, but no labels name this layer's \
+    image (CRI's or lazycrypt's), so its signatures cannot be checked: refused rather than \
+    unpacked by containerd unverified. Pull with `lazycrypt pull` or through CRI with snapshot \
+    annotations enabled (see README, \"Layer labels\")";
+
 const UNNAMED_LAYER: &str = "no labels name the image layer (CRI's or lazycrypt's), so lazycrypt \
     cannot serve it lazily: layers will be unpacked by containerd into plain snapshots (an \
     encrypted image's decrypted onto disk). Expected for a plain image pulled with `ctr images \
@@ -336,6 +356,12 @@ impl Store {
             if let Some(remote) = named_layer(&labels) {
                 return Err(self.prepare_remote(parent, &labels, remote));
             }
+            // containerd would unpack the layer itself, unverified.
+            if self.remotes.has_policy() && (unnamed_layer(&labels) || unpack_key(key)) {
+                return Err(Error::failed_precondition(format!(
+                    "snapshot {key}: {UNVERIFIABLE_LAYER}"
+                )));
+            }
             if unnamed_layer(&labels) && !self.warned_unnamed.swap(true, Ordering::Relaxed) {
                 tracing::warn!("snapshot {key}: a layer's Prepare, but {UNNAMED_LAYER}");
             }
@@ -346,10 +372,9 @@ impl Store {
         let chain = self.chain(parent)?;
         refuse_poisoned(&chain)?;
         let remotes: Vec<&Remote> = chain.iter().filter_map(|r| r.remote.as_ref()).collect();
-        if kind == Kind::Active {
-            for r in &remotes {
-                self.remotes.authorize(r)?;
-            }
+        // A view is read by a container too (`ctr run --read-only`).
+        for r in &remotes {
+            self.remotes.authorize(r)?;
         }
         self.ensure_mounted(&chain)?;
         let tmpfs = kind == Kind::Active && !remotes.is_empty() && self.upper.tmpfs;
@@ -965,6 +990,15 @@ mod tests {
             size: None,
         };
         Store::open(root, remote, upper, DiffIdConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn unpack_keys_are_containerds_extraction_snapshots() {
+        assert!(unpack_key("ns/1/extract-184606894-SyLk sha256:9234"));
+        assert!(unpack_key("extract-1-a sha256:9234"));
+        assert!(!unpack_key("ns/2/c1"));
+        assert!(!unpack_key("ns/2/extract-1-a"));
+        assert!(!unpack_key("ns/2/my extract-1 sha256:1"));
     }
 
     #[test]
