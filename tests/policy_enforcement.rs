@@ -489,3 +489,37 @@ fn pull_mount_and_decrypt_refuse_an_unsigned_image_with_the_verdicts_line() {
     assert!(err.trim_end().ends_with(&want), "{err}");
     assert!(!d.path().join("out").join("index.json").exists());
 }
+
+/// `decrypt --policy` decrypts the manifest the verdict was given on: a
+/// registry that answers the tag with the signed manifest first and an
+/// unsigned one after gets the signed one decrypted, not the other.
+#[test]
+fn decrypt_reads_the_manifest_it_verified_once() {
+    let d = tmp();
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(&reg.addr);
+    let (signer, public) = cosign_keys(&d.path().join("signer"));
+    let k = common::rsa_keys(d.path(), "k");
+    let cfg = common::keyprovider_config(d.path());
+    let recipient = format!("jwe:{}", k.public.display());
+    let one = common::build_image(d.path(), "one", 1);
+    let two = common::build_image(d.path(), "two", 2);
+    let signed = push(&reg, &one, "moving/app", "v1", &recipient, &cfg);
+    push(&reg, &two, "moving/app", "evil", &recipient, &cfg);
+    let at = format!("{}/moving/app@{}", proxy.addr, signed.digest);
+    cosign_sign(d.path(), &signer, Format::Classic, &at);
+    let policy = d.path().join("policy.json");
+    signed_by(&policy, &public);
+
+    proxy.swap_after_first("/moving/app/manifests/v1", "/moving/app/manifests/evil");
+    let out = format!("oci:{}/out:plain", d.path().display());
+    ok(lazycrypt()
+        .args(["decrypt", "--plain-http", "--policy"])
+        .arg(&policy)
+        .arg("--key")
+        .arg(&k.private)
+        .arg(format!("docker://{}/moving/app:v1", proxy.addr))
+        .arg(&out));
+    // The signed image has one layer; the one swapped in, two.
+    assert_eq!(common::layer_digests(&out).len(), 1);
+}

@@ -20,7 +20,9 @@ use crate::oci::platform::Platform;
 use crate::oci::reference::ImageRef;
 use crate::oci::registry::Registry;
 use crate::oci::signature::{MAX_KEY_PEM, Passphrase, Signer, attach_classic};
-use crate::oci::transport::{ImageDest, ImageSource, RawManifest, open_dest, open_source};
+use crate::oci::transport::{
+    ImageDest, ImageSource, PinnedRoot, RawManifest, open_dest, open_source,
+};
 
 /// Layer and platform selection, as imgcrypt's `--layer` and `--platform`.
 #[derive(Args, Clone)]
@@ -193,12 +195,13 @@ pub fn decrypt(a: DecryptArgs) -> Result<()> {
         None,
         "decrypting",
         |src, dst, bars, where_| {
-            if policy.is_some() {
-                // Before any layer is fetched or key unwrapped.
-                verify_ref(policy.as_ref(), &image, &src.root()?.digest, src)?;
-            }
+            // Before any layer is fetched or key unwrapped; the copy reads
+            // the very manifest verified, not the tag again.
+            let root = src.root()?;
+            verify_ref(policy.as_ref(), &image, &root.digest, src)?;
+            let src = PinnedRoot::new(src, root);
             Ok(convert::decrypt(
-                src,
+                &src,
                 dst,
                 &ring,
                 &a.select.selection()?,

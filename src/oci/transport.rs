@@ -44,6 +44,41 @@ pub trait ImageSource: Send + Sync {
     }
 }
 
+/// `source` with its root read once: the manifest a signature verdict was
+/// given on is the one the copy reads, even if the reference's tag moves
+/// (or a registry answers otherwise) in between.
+pub struct PinnedRoot<'a> {
+    source: &'a dyn ImageSource,
+    root: RawManifest,
+}
+
+impl<'a> PinnedRoot<'a> {
+    pub fn new(source: &'a dyn ImageSource, root: RawManifest) -> Self {
+        PinnedRoot { source, root }
+    }
+}
+
+impl ImageSource for PinnedRoot<'_> {
+    fn root(&self) -> Result<RawManifest, Error> {
+        Ok(self.root.clone())
+    }
+    fn manifest(&self, desc: &Descriptor) -> Result<RawManifest, Error> {
+        self.source.manifest(desc)
+    }
+    fn blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, Error> {
+        self.source.blob(desc)
+    }
+    fn blob_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        self.source.blob_range(desc, offset, len)
+    }
+    fn tagged(&self, tag: &str) -> Result<RawManifest, Error> {
+        self.source.tagged(tag)
+    }
+    fn referrers(&self, digest: &Digest) -> Result<Option<RawManifest>, Error> {
+        self.source.referrers(digest)
+    }
+}
+
 /// Where images are written to. Nothing is visible under the reference until
 /// [`ImageDest::commit`]; [`ImageDest::abort`] undoes what it can.
 pub trait ImageDest: Send + Sync {

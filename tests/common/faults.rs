@@ -70,6 +70,9 @@ struct State {
     holding: AtomicU64,
     /// Every request's first line (`GET /v2/… HTTP/1.1`), in order.
     requests: Mutex<Vec<String>>,
+    /// A path to answer with another after its first request, and whether
+    /// it was asked for yet: a registry that changes its mind.
+    swap: Mutex<Option<(String, String, bool)>>,
 }
 
 impl State {
@@ -139,6 +142,12 @@ impl FaultProxy {
     /// Answers held back by a stall or a trickle right now.
     pub fn holding(&self) -> u64 {
         self.state.holding.load(Ordering::SeqCst)
+    }
+
+    /// Answers requests for `from` (part of a path) after the first with
+    /// what `to` names: a tag moved, or a registry lying, between two reads.
+    pub fn swap_after_first(&self, from: &str, to: &str) {
+        *self.state.swap.lock().unwrap() = Some((from.to_string(), to.to_string(), false));
     }
 
     /// The first line of every request passed on so far.
@@ -219,6 +228,14 @@ fn serve(client: TcpStream, upstream: &str, st: &State) -> std::io::Result<()> {
     ];
     from_client.read_exact(&mut body)?;
     st.requests.lock().unwrap().push(req.line.clone());
+    if let Some((from, to, seen)) = st.swap.lock().unwrap().as_mut()
+        && req.line.contains(from.as_str())
+    {
+        if *seen {
+            req.line = req.line.replace(from.as_str(), to);
+        }
+        *seen = true;
+    }
     let blob_get = req.line.starts_with("GET ") && req.line.contains("/blobs/sha256:");
     let fault = if blob_get { st.take() } else { None };
     let status = |code: u32, reason: &str, after: Option<u32>| {

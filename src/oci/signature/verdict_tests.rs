@@ -539,8 +539,10 @@ fn bundles_listed_by_the_referrers_api_are_found_once() {
     );
     assert_eq!(*repo.reads.lock().unwrap(), 1, "the bundle read twice");
 
-    let mut repo = Repo::default();
-    repo.api = Some(Repo::raw(media::OCI_MANIFEST, json!({"schemaVersion": 2})));
+    let repo = Repo {
+        api: Some(Repo::raw(media::OCI_MANIFEST, json!({"schemaVersion": 2}))),
+        ..Default::default()
+    };
     assert_eq!(
         refusal(&p, &repo),
         format!(
