@@ -145,7 +145,8 @@ impl Bundle {
             return Err(BundleError::TooLarge(bytes.len()));
         }
         let malformed = |s: String| BundleError::Malformed(s);
-        let raw: RawBundle = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+        let raw: RawBundle =
+            serde_json::from_slice(bytes).map_err(|e| malformed(super::key::untrusted(e)))?;
         if raw.media_type != BUNDLE_MEDIA_TYPE {
             return Err(malformed(format!(
                 "mediaType {:?}, not {BUNDLE_MEDIA_TYPE:?}",
@@ -210,7 +211,7 @@ impl Bundle {
             .position(|k| self.signatures.iter().any(|s| k.verify(&pae, s).is_ok()))
             .ok_or(BundleError::UntrustedKey(keys.len()))?;
         let st: Statement = serde_json::from_slice(&self.payload)
-            .map_err(|e| BundleError::Statement(e.to_string()))?;
+            .map_err(|e| BundleError::Statement(super::key::untrusted(e)))?;
         if st.kind != STATEMENT_TYPE {
             return Err(BundleError::Statement(format!(
                 "_type {:?}, not {STATEMENT_TYPE:?}",

@@ -22,6 +22,13 @@ use crate::oci::{Descriptor, Error, ImageIndex, ImageManifest, media};
 /// A fallback index listing more referrers than this is refused.
 pub const MAX_REFERRERS: usize = 64;
 
+/// OCI's empty descriptor type, cosign's artifact type for fallback entries.
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+/// A classic signature manifest with more signatures than this is refused
+/// (each is a request and up to 64 KiB read before any is verified).
+pub const MAX_CLASSIC_SIGNATURES: usize = 64;
+
 /// The tag cosign lists an image's referrers under when the registry has
 /// no referrers API (`sha256-<hex>`).
 pub fn referrers_tag(manifest_digest: &Digest) -> String {
@@ -104,6 +111,15 @@ fn classic(
     if layers.is_empty() {
         return found.push(Err(FetchError::Classic(SignatureError::NoSignatures)));
     }
+    if layers.len() > MAX_CLASSIC_SIGNATURES {
+        return found.push(Err(FetchError::Malformed {
+            what,
+            reason: format!(
+                "{} signatures, more than the {MAX_CLASSIC_SIGNATURES} read",
+                layers.len()
+            ),
+        }));
+    }
     for d in layers {
         found.push(classic_layer(source, d).map(Found::Classic));
     }
@@ -136,6 +152,21 @@ fn bundles(
     let fallback = tagged(source, &tag).and_then(|raw| {
         raw.map(|raw| index_entries(&raw, &format!("referrers index {tag}")))
             .transpose()
+    });
+    // The referrers API tells each entry's artifact type (the bundle's, as
+    // the spec has registries copy it; cosign's fallback index says the
+    // empty type): SBOMs and attestations are not even counted.
+    let api = api.map(|listed| {
+        listed.map(|l| {
+            l.into_iter()
+                .filter(|e| {
+                    e.artifact_type().as_ref().is_none_or(|t| {
+                        let t = t.to_string();
+                        t == BUNDLE_MEDIA_TYPE || t == EMPTY_MEDIA_TYPE
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
     });
     for listed in [api, fallback] {
         match listed {
@@ -180,14 +211,9 @@ fn index_entries(raw: &RawManifest, what: &str) -> Result<Vec<Descriptor>, Fetch
             super::key::clip(&raw.media_type)
         )));
     }
+    // Bounded by the manifest size; the bundles among them are counted.
     let index: ImageIndex = serde_json::from_slice(&raw.bytes)
-        .map_err(|e| malformed(format!("not an image index: {e}")))?;
-    if index.manifests().len() > MAX_REFERRERS {
-        return Err(malformed(format!(
-            "lists {} manifests, more than the {MAX_REFERRERS} read",
-            index.manifests().len()
-        )));
-    }
+        .map_err(|e| malformed(format!("not an image index: {}", super::key::untrusted(e))))?;
     Ok(index.manifests().clone())
 }
 
@@ -290,7 +316,12 @@ fn parse_manifest(raw: &RawManifest, what: &str) -> Result<ImageManifest, FetchE
             super::key::clip(&raw.media_type)
         )));
     }
-    serde_json::from_slice(&raw.bytes).map_err(|e| malformed(format!("not an image manifest: {e}")))
+    serde_json::from_slice(&raw.bytes).map_err(|e| {
+        malformed(format!(
+            "not an image manifest: {}",
+            super::key::untrusted(e)
+        ))
+    })
 }
 
 /// The blob `d` names, at most `size` bytes (already bounded by the caller).

@@ -188,6 +188,24 @@ pub(super) fn pem_block(pem: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end_marker + b"-----END ".len() + close + b"-----".len()])
 }
 
+/// An error about attacker-chosen bytes (a parser's, which may quote them)
+/// for a one-line message: control characters escaped, at most 160 chars.
+pub(super) fn untrusted(e: impl std::fmt::Display) -> String {
+    const MAX: usize = 160;
+    let mut escaped = String::new();
+    for c in e.to_string().chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    match escaped.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &escaped[..i]),
+        None => escaped,
+    }
+}
+
 /// Attacker-chosen text in a one-line message: bounded; `{:?}` escapes it.
 pub(super) fn clip(s: &str) -> &str {
     const MAX: usize = 64;

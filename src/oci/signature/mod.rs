@@ -26,7 +26,7 @@ pub use classic::{
     ClassicSignature, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE, SignatureError,
     SignatureLayer, VerifiedPayload, signature_tag, verify_any,
 };
-pub use fetch::{FetchError, Found, MAX_REFERRERS, fetch, referrers_tag};
+pub use fetch::{FetchError, Found, MAX_CLASSIC_SIGNATURES, MAX_REFERRERS, fetch, referrers_tag};
 pub use key::{BadSignature, KeyError, MAX_KEY_PEM, PublicKey};
 pub use payload::{MAX_PAYLOAD, OtherDigest, Payload, PayloadError, SIGNATURE_TYPE};
 pub use sign::{

@@ -58,8 +58,8 @@ impl Payload {
         if bytes.len() > MAX_PAYLOAD {
             return Err(PayloadError::TooLarge(bytes.len()));
         }
-        let Obj(raw): Obj<Raw> =
-            serde_json::from_slice(bytes).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+        let Obj(raw): Obj<Raw> = serde_json::from_slice(bytes)
+            .map_err(|e| PayloadError::Malformed(super::key::untrusted(e)))?;
         let (critical, optional) = (raw.critical.0, raw.optional);
         if critical.r#type != SIGNATURE_TYPE {
             return Err(PayloadError::WrongType(clip(&critical.r#type).into()));

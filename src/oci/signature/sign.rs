@@ -428,7 +428,11 @@ fn existing_layers(raw: &RawManifest, tag: &str) -> Result<Vec<Descriptor>, Erro
             clip(&raw.media_type)
         )));
     }
-    let manifest: ImageManifest = serde_json::from_slice(&raw.bytes)
-        .map_err(|e| Error::Malformed(format!("{what}: not an image manifest: {e}")))?;
+    let manifest: ImageManifest = serde_json::from_slice(&raw.bytes).map_err(|e| {
+        Error::Malformed(format!(
+            "{what}: not an image manifest: {}",
+            super::key::untrusted(e)
+        ))
+    })?;
     Ok(manifest.layers().clone())
 }

@@ -341,6 +341,9 @@ fn check(
     if req.identity().matches(image, &signed) {
         Ok((key, signed))
     } else {
+        // Only a trusted key's signature gets here, but its name is still
+        // the signer's text.
+        let signed = super::key::clip(&signed).to_string();
         Err(Refusal::Identity { what, signed })
     }
 }

@@ -181,6 +181,15 @@ fn malformed_keyless_and_oversized_bundles_are_refused_before_any_key() {
         verify_err(&serde_json::to_vec(&v).unwrap(), &[])
             .starts_with("is malformed: unknown field `extra`")
     );
+    // A field name forging a log line is escaped and cut short.
+    let envelope = v["dsseEnvelope"].as_object_mut().unwrap();
+    envelope.remove("extra");
+    envelope.insert(format!("x\n WARN forged{}", "y".repeat(500)), json!(1));
+    let e = verify_err(&serde_json::to_vec(&v).unwrap(), &[]);
+    assert!(
+        !e.contains('\n') && e.contains("x\\n WARN") && e.len() < 300,
+        "{e}"
+    );
     let big = vec![b' '; MAX_BUNDLE + 1];
     assert_eq!(
         verify_err(&big, &[]),
@@ -529,6 +538,18 @@ fn bundles_listed_by_the_referrers_api_are_found_once() {
     repo.referrers_api(false);
     assert!(verdict(&p, &repo).is_ok());
 
+    // Other referrers (SBOMs) the API names are not counted.
+    let mut api: serde_json::Value =
+        serde_json::from_slice(&repo.api.as_ref().unwrap().bytes).unwrap();
+    for i in 0..MAX_REFERRERS + 5 {
+        let d = digest::of(format!("sbom {i}").as_bytes());
+        api["manifests"].as_array_mut().unwrap().push(json!({
+            "mediaType": media::OCI_MANIFEST, "size": 100, "digest": d,
+            "artifactType": "application/spdx+json"}));
+    }
+    repo.api = Some(Repo::raw(media::OCI_INDEX, api));
+    assert!(verdict(&p, &repo).is_ok());
+
     let mut repo = Repo::default();
     repo.bundles(&[Key::new().bundle(&image_digest())]);
     repo.referrers_api(true);
@@ -551,4 +572,25 @@ fn bundles_listed_by_the_referrers_api_are_found_once() {
             media::OCI_MANIFEST
         )
     );
+}
+
+/// A classic signature manifest listing more signatures than are read is
+/// refused before any of them is fetched.
+#[test]
+fn too_many_classic_signatures_are_refused_unread() {
+    let k = Key::new();
+    let p = signed_by(&k, "matchRepository");
+    let payload = classic_payload(&image_digest());
+    let sig = k.sign(&payload);
+    let mut repo = Repo::default();
+    repo.classic(&vec![(payload, sig); MAX_CLASSIC_SIGNATURES + 1]);
+    assert_eq!(
+        refusal(&p, &repo),
+        format!(
+            "signature manifest {}: {} signatures, more than the {MAX_CLASSIC_SIGNATURES} read",
+            signature_tag(&image_digest()),
+            MAX_CLASSIC_SIGNATURES + 1
+        )
+    );
+    assert_eq!(*repo.reads.lock().unwrap(), 0);
 }
