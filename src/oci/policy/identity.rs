@@ -157,11 +157,16 @@ fn repo_digest_or_exact(intended: &DockerReference, signed: &DockerReference) ->
 }
 
 /// `intended` with `prefix` replaced by `signed_prefix` if its name starts
-/// with `prefix` at a '/' boundary; `None` if the result is not a reference
+/// with `prefix` at a '/' boundary, else as it is; `None` if a rewritten
+/// name is not a reference
 /// in its fully expanded form (it then matches nothing, as in
 /// containers/image).
 fn remap(intended: &DockerReference, prefix: &str, signed_prefix: &str) -> Option<DockerReference> {
-    let rest = intended.name.strip_prefix(prefix)?;
+    // Outside the prefix the name stays as it is (containers/image's
+    // remapReferencePrefix), matched as matchRepoDigestOrExact.
+    let Some(rest) = intended.name.strip_prefix(prefix) else {
+        return Some(intended.clone());
+    };
     if !(rest.is_empty() || rest.starts_with('/')) {
         return Some(intended.clone());
     }
@@ -458,6 +463,9 @@ mod tests {
                     "private-mirror:5000/vendor-mirrorx/a:v1",
                     true,
                 ),
+                // Nowhere near the prefix: kept, as containers/image does.
+                ("other.example/a:v1", "other.example/a:v1", true),
+                ("other.example/a:v1", "other.example/a:v2", false),
                 // The mirror's own name is no longer accepted under the prefix.
                 (
                     "private-mirror:5000/vendor-mirror/a:v1",
