@@ -33,10 +33,13 @@ const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840
 const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 
 /// scrypt costs above these are refused before any memory is spent on them
-/// (cosign writes N=2^16, r=8, p=1: 64 MiB).
+/// (cosign writes N=2^16, r=8, p=1: 64 MiB, 2^19 blocks of work): memory
+/// (128·N·r bytes) at most 256 MiB, work (N·r·p) at most 16 times cosign's.
 const MAX_LOG_N: u8 = 20;
 const MAX_R: u32 = 32;
 const MAX_P: u32 = 16;
+const MAX_N_R: u64 = 1 << 21;
+const MAX_N_R_P: u64 = 1 << 23;
 
 /// A passphrase; zeroized when dropped.
 pub struct Passphrase(Zeroizing<Vec<u8>>);
@@ -192,6 +195,10 @@ impl Signer {
         }
         let log_n = n.trailing_zeros() as u8;
         if log_n > MAX_LOG_N || r == 0 || r > MAX_R || p == 0 || p > MAX_P {
+            return Err(bad_params());
+        }
+        let n_r = u64::from(n) * u64::from(r);
+        if n_r > MAX_N_R || n_r * u64::from(p) > MAX_N_R_P {
             return Err(bad_params());
         }
         let params = scrypt::Params::new(log_n, r, p, 32).map_err(|_| bad_params())?;

@@ -57,28 +57,35 @@ fn refuses_what_is_not_a_cosign_private_key() {
     );
     let e = Signer::from_cosign_pem(b"hello", &pw("pw"), "k").unwrap_err();
     assert_eq!(e.problem(), &PrivateKeyProblem::NoPem);
-    // scrypt costs are bounded before any memory is spent.
+    // scrypt costs are bounded before any memory is spent: N alone, and
+    // N·r (memory) and N·r·p (work) within each parameter's own bound.
     let text = std::str::from_utf8(COSIGN_KEY).unwrap();
     let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let json = String::from_utf8(b64.decode(body).unwrap()).unwrap();
-    let costly = json.replace("\"N\":65536", "\"N\":4294967296");
-    let encoded = b64.encode(costly);
-    let lines: Vec<&str> = encoded
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    let pem = format!(
-        "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n{}\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n",
-        lines.join("\n")
-    );
-    let e = Signer::from_cosign_pem(pem.as_bytes(), &pw("pw"), "k").unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "cosign private key k: scrypt parameters N=4294967296, r=8, p=1 are not supported"
-    );
+    for (params, shown) in [
+        (r#""N":4294967296,"r":8,"p":1"#, "N=4294967296, r=8, p=1"),
+        (r#""N":1048576,"r":32,"p":1"#, "N=1048576, r=32, p=1"),
+        (r#""N":262144,"r":8,"p":16"#, "N=262144, r=8, p=16"),
+    ] {
+        let costly = json.replacen(r#""N":65536,"r":8,"p":1"#, params, 1);
+        let encoded = b64.encode(costly);
+        let lines: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let pem = format!(
+            "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n{}\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n",
+            lines.join("\n")
+        );
+        let e = Signer::from_cosign_pem(pem.as_bytes(), &pw("pw"), "k").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cosign private key k: scrypt parameters {shown} are not supported")
+        );
+    }
 }
 
 #[test]
