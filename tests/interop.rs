@@ -323,41 +323,6 @@ fn uncompressed_layers_skopeo_compresses_while_encrypting_decrypt_like_skopeo() 
     assert_eq!(layer_types(&ours), layer_types(&theirs));
 }
 
-/// Builds linux/amd64 and linux/arm64 images and an index over both, tagged `multi`.
-fn multi_platform_image(dir: &std::path::Path) -> String {
-    let layout = dir.join("multi");
-    let mut entries = Vec::new();
-    for arch in ["amd64", "arm64"] {
-        let root = dir.join(format!("rootfs-{arch}"));
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("arch.txt"), format!("{arch}\n").repeat(2000)).unwrap();
-        let img = format!("oci:{}:{arch}", layout.display());
-        build_dir(&root, &img, &["--platform", &format!("linux/{arch}")]);
-        let e = index_entry(&layout, arch);
-        entries.push(serde_json::json!({
-            "mediaType": e["mediaType"], "digest": e["digest"], "size": e["size"],
-            "platform": {"os": "linux", "architecture": arch},
-        }));
-    }
-    let idx = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})).unwrap();
-    let d = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&idx))
-    );
-    std::fs::write(blob_path(&layout, &d), &idx).unwrap();
-    let ip = layout.join("index.json");
-    let mut top: serde_json::Value = serde_json::from_slice(&std::fs::read(&ip).unwrap()).unwrap();
-    top["manifests"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": idx.len(),
-            "annotations": {"org.opencontainers.image.ref.name": "multi"},
-        }));
-    std::fs::write(ip, serde_json::to_vec(&top).unwrap()).unwrap();
-    format!("oci:{}:multi", layout.display())
-}
-
 /// (platform, manifest digest, layer media types) for each entry of an index image.
 fn index_entries(image: &str) -> Vec<(String, String, Vec<String>)> {
     let (dir, tag) = split_layout(image);

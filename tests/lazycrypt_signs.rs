@@ -212,3 +212,44 @@ fn verify_of_an_unsigned_image_exits_1_with_the_verdict_line() {
         )
     );
 }
+
+/// A multi-platform image is signed at its index and at each platform's
+/// manifest, as `cosign sign --recursive` signs: a node verifies the
+/// manifest of the platform it runs.
+#[test]
+fn a_multi_platform_image_is_signed_at_each_platforms_manifest() {
+    let d = tmp();
+    let reg = Registry::start();
+    let multi = common::multi_platform_image(d.path());
+    let k = rsa_keys(d.path(), "k");
+    let (key, public) = cosign_keys(&d.path().join("signer"));
+    let pass = d.path().join("pass");
+    std::fs::write(&pass, format!("{PASSWORD}\n")).unwrap();
+    let out = ok(
+        encrypt_and_sign(&multi, &reg.image("multi:v1"), &k.public, &key)
+            .arg("--sign-passphrase-file")
+            .arg(&pass),
+    );
+    let index = common::signers::registry_json(&reg, "multi", "manifests/v1");
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(platforms.len(), 2);
+    let (_, root) = digest_ref(&reg, "multi", "v1");
+    let policy = policy_file(d.path(), "p.json", &format!("{}/multi", reg.addr), &public);
+    for digest in platforms.iter().chain([&root]) {
+        assert!(
+            out.contains(&format!("signed {digest} in cosign's classic format")),
+            "{out}"
+        );
+        let v = verify(&reg.image(&format!("multi@{digest}")), &policy);
+        assert!(
+            v.status.success(),
+            "{digest}: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+    }
+}

@@ -23,6 +23,7 @@ use crate::oci::signature::{MAX_KEY_PEM, Passphrase, Signer, attach_classic};
 use crate::oci::transport::{
     ImageDest, ImageSource, PinnedRoot, RawManifest, open_dest, open_source,
 };
+use crate::oci::{ImageIndex, media};
 
 /// Layer and platform selection, as imgcrypt's `--layer` and `--platform`.
 #[derive(Args, Clone)]
@@ -281,12 +282,23 @@ where
             } else {
                 format!("{}/{}:{}", r.host, r.repo, r.reference)
             };
-            Some(
-                attach_classic(&repo, &repo, signer, &identity, &root.digest)
-                    .with_context(|| format!("signing {dst} ({})", root.digest))?,
-            )
+            // A multi-platform image's platform manifests too, as `cosign
+            // sign --recursive` does: a node verifies the one it runs.
+            let mut digests = vec![root.digest.clone()];
+            if media::is_index(&root.media_type) {
+                let index: ImageIndex = serde_json::from_slice(&root.bytes)
+                    .with_context(|| format!("signing {dst}: its index"))?;
+                digests.extend(index.manifests().iter().map(|m| m.digest().clone()));
+            }
+            let mut attached = Vec::with_capacity(digests.len());
+            for d in digests {
+                let a = attach_classic(&repo, &repo, signer, &identity, &d)
+                    .with_context(|| format!("signing {dst} ({d})"))?;
+                attached.push((d, a));
+            }
+            attached
         }
-        _ => None,
+        _ => Vec::new(),
     };
     if json {
         let layers: Vec<_> = changes
@@ -295,8 +307,14 @@ where
             .collect();
         let mut summary =
             serde_json::json!({"image": dst, "digest": root.digest.to_string(), "layers": layers});
-        if let Some(s) = &signed {
+        if let Some((_, s)) = signed.first() {
             summary["signature"] = serde_json::json!({"tag": s.tag, "manifest": s.manifest.to_string(), "signatures": s.signatures});
+        }
+        if signed.len() > 1 {
+            summary["platform_signatures"] = signed[1..]
+                .iter()
+                .map(|(d, s)| serde_json::json!({"digest": d.to_string(), "tag": s.tag, "manifest": s.manifest.to_string(), "signatures": s.signatures}))
+                .collect();
         }
         println!("{summary}");
     } else {
@@ -307,10 +325,10 @@ where
             );
         }
         println!("wrote {dst} ({})", root.digest);
-        if let Some(s) = &signed {
+        for (d, s) in &signed {
             println!(
                 "signed {} in cosign's classic format: tag {} ({}, {} signature{})",
-                root.digest,
+                d,
                 s.tag,
                 s.manifest,
                 s.signatures,

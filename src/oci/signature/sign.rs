@@ -197,7 +197,7 @@ impl Signer {
         if log_n > MAX_LOG_N || r == 0 || r > MAX_R || p == 0 || p > MAX_P {
             return Err(bad_params());
         }
-        let n_r = u64::from(n) * u64::from(r);
+        let n_r = n * u64::from(r);
         if n_r > MAX_N_R || n_r * u64::from(p) > MAX_N_R_P {
             return Err(bad_params());
         }
