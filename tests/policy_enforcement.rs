@@ -127,16 +127,6 @@ fn read_through(opts: &str, target: &Path, file: &str) -> String {
     got.unwrap()
 }
 
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
 /// The signature manifest cosign's classic format keeps under `tag` in `repo`.
 fn sig_manifest(reg: &Registry, repo: &str, tag: &str) -> serde_json::Value {
     registry_json(reg, repo, &format!("manifests/{tag}"))
@@ -398,7 +388,7 @@ fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others
             "{asked}"
         );
 
-        let page = http_get(&metrics, "/metrics");
+        let page = common::http_get(&metrics, "/metrics");
         assert!(
             page.contains("lazycrypt_signature_verdicts_total{verdict=\"accepted\"} 1\n"),
             "{page}"

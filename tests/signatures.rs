@@ -9,7 +9,7 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::signers::{Format, cosign_keys, cosign_sign, digest_ref};
+use common::signers::{Format, cosign_keys, cosign_sign, encrypted_hello};
 use common::*;
 use lazycrypt::oci::digest;
 use lazycrypt::oci::policy::Policy;
@@ -37,14 +37,7 @@ fn signed_by(scope: &str, public: &Path) -> Policy {
 fn signs_and_verifies(repo: &str, format: Format) {
     let d = tmp();
     let reg = Registry::start();
-    let src = d.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("hello.txt"), "signed and encrypted\n").unwrap();
-    let plain = format!("oci:{}/img:plain", d.path().display());
-    build_dir(&src, &plain, &[]);
-    let k = rsa_keys(d.path(), "k");
-    encrypt_estargz(&plain, &reg.image(&format!("{repo}:v1")), &k.public);
-    let (reference, digest) = digest_ref(&reg, repo, "v1");
+    let (reference, digest) = encrypted_hello(d.path(), &reg, repo);
     let (key, public) = cosign_keys(&d.path().join("signer"));
     let (_, other_public) = cosign_keys(&d.path().join("other"));
 

@@ -145,17 +145,7 @@ fn a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containe
 
     // A kubelet's path: CRI pulls, then containers read the secret.
     let cat = |ns: &str, image: &str, id: &str| {
-        run(ctd.ctr_in(ns).args([
-            "run",
-            "--rm",
-            "--snapshotter",
-            "lazycrypt",
-            image,
-            &format!("{id}-{}", line.namespace()),
-            "/bin/busybox",
-            "cat",
-            "/data/secret",
-        ]))
+        ctd.run_in(ns, image, id, &["/bin/busybox", "cat", "/data/secret"])
     };
     for (i, image) in signed.iter().enumerate() {
         ctd.cri_pull(image)

@@ -13,7 +13,7 @@ use std::process::Command;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::signers::{
-    Format, cosign_keys, cosign_sign, cosign_verify, digest_ref, registry_get, registry_json,
+    Format, cosign_keys, cosign_sign, cosign_verify, encrypted_hello, registry_get, registry_json,
 };
 use common::*;
 use serde_json::Value;
@@ -38,14 +38,7 @@ impl Signed {
     fn new(repo: &str, format: Format) -> Self {
         let d = tmp();
         let reg = Registry::start();
-        let src = d.path().join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("hello.txt"), "signed and encrypted\n").unwrap();
-        let plain = format!("oci:{}/img:plain", d.path().display());
-        build_dir(&src, &plain, &[]);
-        let k = rsa_keys(d.path(), "k");
-        encrypt_estargz(&plain, &reg.image(&format!("{repo}:v1")), &k.public);
-        let (reference, digest) = digest_ref(&reg, repo, "v1");
+        let (reference, digest) = encrypted_hello(d.path(), &reg, repo);
         let manifest = registry_json(&reg, repo, &format!("manifests/{digest}"));
         let layer_type = manifest["layers"][0]["mediaType"].as_str().unwrap();
         assert!(layer_type.ends_with("+encrypted"), "{layer_type}");

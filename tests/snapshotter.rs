@@ -335,18 +335,6 @@ fn containerd_pulls_and_runs_a_plain_image_through_lazycrypt(line: Line) {
     daemon.stop();
 }
 
-/// The body of a plain HTTP GET.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
 /// The digest of `image`'s manifest in its registry, and its layer digests.
 fn manifest_and_layers(image: &str) -> (String, Vec<String>) {
     let raw = ok(common::skopeo().args(["inspect", "--raw", "--tls-verify=false", image]));
@@ -511,7 +499,7 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
         assert_eq!(read_through(&opts, &d.path().join("rootfs"), "marker"), "remote layer marker\n");
 
         // The metrics endpoint saw the mount and the reads.
-        let page = http_get(&metrics_addr, "/metrics");
+        let page = common::http_get(&metrics_addr, "/metrics");
         assert!(page.contains("\nlazycrypt_layer_mounts 1\n"), "{page}");
         assert!(page.contains("lazycrypt_snapshots{kind=\"committed\"} 1"), "{page}");
         let count = |name: &str| -> u64 {
@@ -1649,17 +1637,12 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
     // secret.
     let names = ["esgz", "targz"].map(|f| format!("{}/cri/{f}:v1", proxy.addr));
     let cat = |image: &str, id: &str| {
-        run(ctd.ctr_in("k8s.io").args([
-            "run",
-            "--rm",
-            "--snapshotter",
-            "lazycrypt",
+        ctd.run_in(
+            "k8s.io",
             image,
-            &format!("{id}-{}", line.namespace()),
-            "/bin/busybox",
-            "cat",
-            "/data/secret",
-        ]))
+            id,
+            &["/bin/busybox", "cat", "/data/secret"],
+        )
     };
     for (i, name) in names.iter().enumerate() {
         ctd.cri_pull(name)

@@ -2,7 +2,7 @@
 //! a test's temporary directory, wired together as a proxy snapshotter.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::BIN;
@@ -440,6 +440,18 @@ impl Containerd {
             .arg("--address")
             .arg(&self.socket);
         c
+    }
+
+    /// `ctr run --rm` of `image` on lazycrypt in namespace `ns`, as
+    /// container `ID-<this line's namespace>` (runc's state is shared by the
+    /// lines), running `argv`.
+    pub fn run_in(&self, ns: &str, image: &str, id: &str, argv: &[&str]) -> Output {
+        super::run(
+            self.ctr_in(ns)
+                .args(["run", "--rm", "--snapshotter", "lazycrypt", image])
+                .arg(format!("{id}-{}", self.line.namespace()))
+                .args(argv),
+        )
     }
 
     /// A kubelet's `PullImage` of `image` through this containerd's CRI

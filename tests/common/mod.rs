@@ -133,6 +133,18 @@ pub fn keyprovider_config(d: &Path) -> PathBuf {
     p
 }
 
+/// The body of a plain HTTP GET.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
 /// Writes a private key file readable by its owner only, as lazycrypt
 /// wants key files (it refuses ones that others can read).
 pub fn write_private(p: &Path, data: impl AsRef<[u8]>) {

@@ -274,3 +274,17 @@ pub fn skopeo_sign(dir: &Path, key: &Path, passphrase: &str, src: &str, dst: &st
         .arg(&pass)
         .args([src, dst]))
 }
+
+/// An image of one file (`hello.txt`), encrypted as eStargz to a key of its
+/// own and pushed to `reg` as `REPO:v1`: its digest reference
+/// (`HOST/REPO@sha256:…`) and digest.
+pub fn encrypted_hello(dir: &Path, reg: &Registry, repo: &str) -> (String, String) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("hello.txt"), "signed and encrypted\n").unwrap();
+    let plain = format!("oci:{}/img:plain", dir.display());
+    super::build_dir(&src, &plain, &[]);
+    let k = super::rsa_keys(dir, "k");
+    super::encrypt_estargz(&plain, &reg.image(&format!("{repo}:v1")), &k.public);
+    digest_ref(reg, repo, "v1")
+}
