@@ -28,7 +28,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 pub use identity::{DockerReference, SignedIdentity};
 use json::Json;
 pub use json::JsonPath;
-pub use key::{KeyAlgorithm, SigstoreKey};
+pub use key::{BadSignature, KeyError, MAX_KEY_PEM, PublicKey};
 
 use super::reference::RegistryRef;
 
@@ -62,13 +62,13 @@ pub enum Requirement {
 /// The `sigstoreSigned` requirement with a key (keyless is refused at load).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SigstoreSigned {
-    keys: Vec<SigstoreKey>,
+    keys: Vec<PublicKey>,
     identity: SignedIdentity,
 }
 
 impl SigstoreSigned {
     /// The trusted keys; never empty. A signature by any one is enough.
-    pub fn keys(&self) -> &[SigstoreKey] {
+    pub fn keys(&self) -> &[PublicKey] {
         &self.keys
     }
 
@@ -433,7 +433,7 @@ impl Parser<'_> {
 
     /// Reads a key file. A relative path is refused: containers/image would
     /// read it from the working directory, which for a daemon is arbitrary.
-    fn key_file(&self, file: &str, path: &JsonPath) -> Result<SigstoreKey, Error> {
+    fn key_file(&self, file: &str, path: &JsonPath) -> Result<PublicKey, Error> {
         if !Path::new(file).is_absolute() {
             return Err(self.err(path, ErrorKind::RelativeKeyPath(file.into())));
         }
@@ -450,19 +450,19 @@ impl Parser<'_> {
         if bytes.len() as u64 > MAX_KEY_FILE {
             return Err(self.err(path, ErrorKind::KeyFileTooLarge { path: file.into() }));
         }
-        SigstoreKey::from_pem(&bytes).map_err(|why| {
+        PublicKey::from_pem(&bytes, file).map_err(|e| {
             self.err(
                 path,
                 ErrorKind::BadKey {
                     what: file.into(),
-                    why,
+                    why: e.reason().to_string(),
                 },
             )
         })
     }
 
     /// A key given inline: base64 of the PEM text, as Go encodes `[]byte`.
-    fn key_data(&self, v: &Json, path: &JsonPath) -> Result<SigstoreKey, Error> {
+    fn key_data(&self, v: &Json, path: &JsonPath) -> Result<PublicKey, Error> {
         let b64: String = self
             .string(v, path)?
             .chars()
@@ -471,12 +471,12 @@ impl Parser<'_> {
         let pem = B64
             .decode(b64)
             .map_err(|_| self.err(path, ErrorKind::Base64))?;
-        SigstoreKey::from_pem(&pem).map_err(|why| {
+        PublicKey::from_pem(&pem, "key").map_err(|e| {
             self.err(
                 path,
                 ErrorKind::BadKey {
                     what: "key".into(),
-                    why,
+                    why: e.reason().to_string(),
                 },
             )
         })

@@ -15,8 +15,8 @@ fn key_dir() -> tempfile::TempDir {
     dir
 }
 
-fn key(seed: u8) -> SigstoreKey {
-    SigstoreKey::from_pem(p256_pem(seed).as_bytes()).unwrap()
+fn key(seed: u8) -> PublicKey {
+    PublicKey::from_pem(p256_pem(seed).as_bytes(), "test").unwrap()
 }
 
 fn parse(json: &str) -> Result<Policy, Error> {
@@ -27,7 +27,7 @@ fn img(s: &str) -> RegistryRef {
     RegistryRef::parse(s).unwrap()
 }
 
-fn sigstore(keys: Vec<SigstoreKey>, identity: SignedIdentity) -> Requirement {
+fn sigstore(keys: Vec<PublicKey>, identity: SignedIdentity) -> Requirement {
     Requirement::SigstoreSigned(SigstoreSigned { keys, identity })
 }
 
@@ -310,9 +310,9 @@ fn refusals_say_what_and_where() {
         (sig(r#""keyPath": "keys/k1.pub""#), format!("{at}.keyPath: key path \"keys/k1.pub\" is not absolute")),
         (sig(r#""keyPath": """#), format!("{at}.keyPath: key path \"\" is not absolute")),
         (sig(&format!(r#""keyPath": "{missing}""#)), format!("{at}.keyPath: {missing}: No such file or directory (os error 2)")),
-        (sig(&format!(r#""keyPaths": ["{k1}", "{not_key}"]"#)), format!("{at}.keyPaths[1]: {not_key}: not a single PEM block")),
+        (sig(&format!(r#""keyPaths": ["{k1}", "{not_key}"]"#)), format!("{at}.keyPaths[1]: {not_key}: no PEM block")),
         (sig(r#""keyData": "%%%""#), format!("{at}.keyData: not valid base64")),
-        (sig(&format!(r#""keyDatas": ["{d1}", "{}"]"#, B64.encode("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"))), format!("{at}.keyDatas[1]: key: PEM block is \"PRIVATE KEY\", want \"PUBLIC KEY\"")),
+        (sig(&format!(r#""keyDatas": ["{d1}", "{}"]"#, B64.encode("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"))), format!("{at}.keyDatas[1]: key: a PEM \"PRIVATE KEY\" block, not \"PUBLIC KEY\" (SubjectPublicKeyInfo)")),
         (sig(&format!(r#""keyData": "{d1}", "signedIdentity": {{"type": "matchAnything"}}"#)), format!("{at}.signedIdentity: unknown signedIdentity type \"matchAnything\"")),
         (sig(&format!(r#""keyData": "{d1}", "signedIdentity": {{"type": "matchExact", "dockerReference": "a.io/b:c"}}"#)), format!("{at}.signedIdentity: unknown field \"dockerReference\"")),
         (sig(&format!(r#""keyData": "{d1}", "signedIdentity": {{"type": "exactReference"}}"#)), format!("{at}.signedIdentity: \"dockerReference\" is missing")),

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use std::collections::BTreeMap;
 
-use super::key::{PublicKey, clip};
 use crate::oci::digest::Digest;
+use crate::oci::policy::key::{PublicKey, clip};
 
 /// The media type of a bundle (its manifest's `artifactType`, its layer's type).
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -145,8 +145,8 @@ impl Bundle {
             return Err(BundleError::TooLarge(bytes.len()));
         }
         let malformed = |s: String| BundleError::Malformed(s);
-        let raw: RawBundle =
-            serde_json::from_slice(bytes).map_err(|e| malformed(super::key::untrusted(e)))?;
+        let raw: RawBundle = serde_json::from_slice(bytes)
+            .map_err(|e| malformed(crate::oci::policy::key::untrusted(e)))?;
         if raw.media_type != BUNDLE_MEDIA_TYPE {
             return Err(malformed(format!(
                 "mediaType {:?}, not {BUNDLE_MEDIA_TYPE:?}",
@@ -211,7 +211,7 @@ impl Bundle {
             .position(|k| self.signatures.iter().any(|s| k.verify(&pae, s).is_ok()))
             .ok_or(BundleError::UntrustedKey(keys.len()))?;
         let st: Statement = serde_json::from_slice(&self.payload)
-            .map_err(|e| BundleError::Statement(super::key::untrusted(e)))?;
+            .map_err(|e| BundleError::Statement(crate::oci::policy::key::untrusted(e)))?;
         if st.kind != STATEMENT_TYPE {
             return Err(BundleError::Statement(format!(
                 "_type {:?}, not {STATEMENT_TYPE:?}",

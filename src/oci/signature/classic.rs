@@ -16,9 +16,9 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::key::PublicKey;
 use super::payload::{MAX_PAYLOAD, Payload, PayloadError};
 use crate::oci::digest::{self, Digest};
+use crate::oci::policy::key::PublicKey;
 use crate::oci::{Descriptor, ImageManifest};
 
 /// The media type of a classic signature's layers.

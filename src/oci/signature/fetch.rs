@@ -208,12 +208,16 @@ fn index_entries(raw: &RawManifest, what: &str) -> Result<Vec<Descriptor>, Fetch
     if !media::is_index(&raw.media_type) {
         return Err(malformed(format!(
             "a {:?}, not an image index",
-            super::key::clip(&raw.media_type)
+            crate::oci::policy::key::clip(&raw.media_type)
         )));
     }
     // Bounded by the manifest size; the bundles among them are counted.
-    let index: ImageIndex = serde_json::from_slice(&raw.bytes)
-        .map_err(|e| malformed(format!("not an image index: {}", super::key::untrusted(e))))?;
+    let index: ImageIndex = serde_json::from_slice(&raw.bytes).map_err(|e| {
+        malformed(format!(
+            "not an image index: {}",
+            crate::oci::policy::key::untrusted(e)
+        ))
+    })?;
     Ok(index.manifests().clone())
 }
 
@@ -270,7 +274,7 @@ fn bundle_manifest(
     if layer.media_type().to_string() != BUNDLE_MEDIA_TYPE {
         return Err(malformed(format!(
             "its layer is a {:?}, not a bundle",
-            super::key::clip(layer.media_type().as_ref())
+            crate::oci::policy::key::clip(layer.media_type().as_ref())
         )));
     }
     if digest::parse(layer.digest().as_ref()).is_err() {
@@ -313,13 +317,13 @@ fn parse_manifest(raw: &RawManifest, what: &str) -> Result<ImageManifest, FetchE
     if !media::is_manifest(&raw.media_type) {
         return Err(malformed(format!(
             "a {:?}, not an image manifest",
-            super::key::clip(&raw.media_type)
+            crate::oci::policy::key::clip(&raw.media_type)
         )));
     }
     serde_json::from_slice(&raw.bytes).map_err(|e| {
         malformed(format!(
             "not an image manifest: {}",
-            super::key::untrusted(e)
+            crate::oci::policy::key::untrusted(e)
         ))
     })
 }

@@ -6,7 +6,6 @@
 mod bundle;
 mod classic;
 mod fetch;
-mod key;
 mod payload;
 mod sign;
 mod verdict;
@@ -18,6 +17,7 @@ mod tests;
 #[cfg(test)]
 mod verdict_tests;
 
+pub use crate::oci::policy::{BadSignature, KeyError, MAX_KEY_PEM, PublicKey};
 pub use bundle::{
     BUNDLE_MEDIA_TYPE, Bundle, BundleError, IN_TOTO_PAYLOAD_TYPE, MAX_BUNDLE, SIGN_PREDICATE_TYPE,
     STATEMENT_TYPE, VerifiedBundle, pae,
@@ -27,7 +27,6 @@ pub use classic::{
     SignatureLayer, VerifiedPayload, signature_tag, verify_any,
 };
 pub use fetch::{FetchError, Found, MAX_CLASSIC_SIGNATURES, MAX_REFERRERS, fetch, referrers_tag};
-pub use key::{BadSignature, KeyError, MAX_KEY_PEM, PublicKey};
 pub use payload::{MAX_PAYLOAD, OtherDigest, Payload, PayloadError, SIGNATURE_TYPE};
 pub use sign::{
     Attached, Passphrase, PrivateKeyError, PrivateKeyProblem, SIGSTORE_PRIVATE_KEY_PEM, Signer,

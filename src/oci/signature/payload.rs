@@ -20,8 +20,8 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use super::key::clip;
 use crate::oci::digest::{self, Digest};
+use crate::oci::policy::key::clip;
 
 /// The only `critical.type` this format defines.
 pub const SIGNATURE_TYPE: &str = "cosign container image signature";
@@ -59,7 +59,7 @@ impl Payload {
             return Err(PayloadError::TooLarge(bytes.len()));
         }
         let Obj(raw): Obj<Raw> = serde_json::from_slice(bytes)
-            .map_err(|e| PayloadError::Malformed(super::key::untrusted(e)))?;
+            .map_err(|e| PayloadError::Malformed(crate::oci::policy::key::untrusted(e)))?;
         let (critical, optional) = (raw.critical.0, raw.optional);
         if critical.r#type != SIGNATURE_TYPE {
             return Err(PayloadError::WrongType(clip(&critical.r#type).into()));

@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::classic::{SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE, signature_tag};
-use super::key::{PublicKey, clip, pem_block};
 use super::payload::SIGNATURE_TYPE;
 use crate::oci::digest::{self, Digest};
+use crate::oci::policy::key::{PublicKey, clip, pem_block};
 use crate::oci::transport::{ImageDest, ImageSource, RawManifest};
 use crate::oci::{Descriptor, Error, ImageManifest, media};
 
@@ -77,7 +77,7 @@ impl PrivateKeyError {
 /// What is wrong with a cosign private key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrivateKeyProblem {
-    #[error("{0} bytes, more than the {max} a key file can take", max = super::key::MAX_KEY_PEM)]
+    #[error("{0} bytes, more than the {max} a key file can take", max = crate::oci::policy::key::MAX_KEY_PEM)]
     TooLarge(usize),
     #[error("no PEM block")]
     NoPem,
@@ -161,7 +161,7 @@ impl Signer {
 
     fn open(pem: &[u8], passphrase: &Passphrase) -> Result<Self, PrivateKeyProblem> {
         use PrivateKeyProblem as P;
-        if pem.len() > super::key::MAX_KEY_PEM {
+        if pem.len() > crate::oci::policy::key::MAX_KEY_PEM {
             return Err(P::TooLarge(pem.len()));
         }
         let block = pem_block(pem).ok_or(P::NoPem)?;
@@ -438,7 +438,7 @@ fn existing_layers(raw: &RawManifest, tag: &str) -> Result<Vec<Descriptor>, Erro
     let manifest: ImageManifest = serde_json::from_slice(&raw.bytes).map_err(|e| {
         Error::Malformed(format!(
             "{what}: not an image manifest: {}",
-            super::key::untrusted(e)
+            crate::oci::policy::key::untrusted(e)
         ))
     })?;
     Ok(manifest.layers().clone())

@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use super::bundle::BundleError;
 use super::classic::SignatureError;
 use super::fetch::{FetchError, Found, fetch};
-use super::key::{KeyError, PublicKey};
+
 use crate::oci::digest::Digest;
 use crate::oci::policy::{Policy, Requirement, Scope, SigstoreSigned};
 use crate::oci::reference::RegistryRef;
@@ -60,8 +60,6 @@ pub enum Reason {
     PolicyReject(String),
     #[error("no signatures found (the image is unsigned)")]
     Unsigned,
-    #[error("{0}")]
-    Key(Box<KeyError>),
     #[error("{0}")]
     Refused(Box<Refusal>),
     #[error("none of the {count} signatures is accepted; the first: {first}")]
@@ -221,7 +219,6 @@ pub fn inspect(
 ) -> Vec<Inspected> {
     let (_, requirements) = policy.lookup(image);
     let signed = sigstore_signed(requirements);
-    let keys: Vec<Result<Vec<PublicKey>, Reason>> = signed.iter().copied().map(keys_of).collect();
     found
         .iter()
         .map(|f| {
@@ -232,9 +229,8 @@ pub fn inspect(
             };
             let mut best: Option<Refusal> = None;
             let mut outcome = None;
-            for (requirement, (req, keys)) in signed.iter().zip(&keys).enumerate() {
-                let Ok(keys) = keys else { continue };
-                match check(req, keys, image, manifest_digest, f) {
+            for (requirement, req) in signed.iter().enumerate() {
+                match check(req, image, manifest_digest, f) {
                     Ok((key, identity)) => {
                         let fingerprint = hex::encode(Sha256::digest(req.keys()[key].spki_der()));
                         outcome = Some(Outcome::SignedBy {
@@ -264,17 +260,6 @@ pub fn inspect(
         .collect()
 }
 
-fn keys_of(req: &SigstoreSigned) -> Result<Vec<PublicKey>, Reason> {
-    req.keys()
-        .iter()
-        .enumerate()
-        .map(|(index, k)| {
-            PublicKey::from_spki(k.spki_der(), &format!("keys[{index}] of sigstoreSigned"))
-                .map_err(|e| Reason::Key(Box::new(e)))
-        })
-        .collect()
-}
-
 /// Which key satisfied `req`, or why none did.
 fn satisfy(
     req: &SigstoreSigned,
@@ -282,10 +267,9 @@ fn satisfy(
     manifest_digest: &Digest,
     found: &[Result<Found, FetchError>],
 ) -> Result<usize, Reason> {
-    let keys = keys_of(req)?;
     let mut best: Option<Refusal> = None;
     for f in found {
-        match check(req, &keys, image, manifest_digest, f) {
+        match check(req, image, manifest_digest, f) {
             Ok((key, _)) => return Ok(key),
             Err(r) => {
                 if best.as_ref().is_none_or(|b| r.rank() > b.rank()) {
@@ -307,11 +291,11 @@ fn satisfy(
 
 fn check(
     req: &SigstoreSigned,
-    keys: &[PublicKey],
     image: &RegistryRef,
     manifest_digest: &Digest,
     found: &Result<Found, FetchError>,
 ) -> Result<(usize, String), Refusal> {
+    let keys = req.keys();
     let (key, what, signed) = match found {
         Err(e) => return Err(Refusal::Fetch(e.clone())),
         Ok(Found::Classic(sig)) => {
@@ -343,7 +327,7 @@ fn check(
     } else {
         // Only a trusted key's signature gets here, but its name is still
         // the signer's text.
-        let signed = super::key::clip(&signed).to_string();
+        let signed = crate::oci::policy::key::clip(&signed).to_string();
         Err(Refusal::Identity { what, signed })
     }
 }
