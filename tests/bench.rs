@@ -113,6 +113,59 @@ fn a_tiny_cold_start_run_reports_every_path() {
     assert!(!mounts.contains(&*d.path().to_string_lossy()), "{mounts}");
 }
 
+/// Path (s): the image signed by a key the benchmark makes, and the node's
+/// `lazycrypt serve` requiring that signature. Its run starts only if the
+/// daemon accepted the signature, and the report shows it beside (a).
+#[test]
+fn the_signed_path_runs_beside_a_with_the_daemon_verifying() {
+    let d = tmp();
+    let work = d.path().join("work");
+    let out = d.path().join("results");
+    let stdout = ok(lazycrypt()
+        .args(["bench", "cold-start", "--workload", "python-like"])
+        .args(["--scale", "0.01", "--runs", "1", "--paths", "a,s"])
+        .arg("--work")
+        .arg(&work)
+        .arg("--out")
+        .arg(&out));
+    for row in [
+        "| python-like | (a) lazycrypt lazy, encrypted eStargz | 1 |",
+        "| python-like | (s) lazycrypt lazy, encrypted eStargz, signed (serve --policy) | 1 |",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("- python-like: (s)−(a) = "), "{stdout}");
+    assert!(stdout.contains("(verdict in lazycrypt serve: "), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let samples = results["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2, "{results}");
+    for s in samples {
+        assert!(s["error"].is_null(), "{s}");
+        // The daemon of (a) has no policy; that of (s) accepted one image.
+        let want = if s["path"] == "S" { 1 } else { 0 };
+        assert_eq!(s["verdicts_accepted"], want, "{s}");
+    }
+    // The policy requires the benchmark's key for its registry, and
+    // rejects everything else.
+    let policy: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("signing/policy.json")).unwrap()).unwrap();
+    assert_eq!(policy["default"][0]["type"], "reject", "{policy}");
+    let docker = policy["transports"]["docker"].as_object().unwrap();
+    let (_, req) = docker.iter().next().unwrap();
+    assert_eq!(req[0]["type"], "sigstoreSigned", "{policy}");
+    assert_eq!(req[0]["signedIdentity"]["type"], "matchRepository");
+    // The key is cosign's format, sealed, and private to its owner.
+    let key = work.join("signing/cosign.key");
+    let pem = std::fs::read_to_string(&key).unwrap();
+    assert!(pem.starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o077,
+        0
+    );
+}
+
 #[test]
 fn a_signal_stops_the_benchmark_and_tears_down_its_node_and_registry() {
     use std::io::BufRead;
@@ -183,7 +236,7 @@ fn a_signal_stops_the_benchmark_and_tears_down_its_node_and_registry() {
 fn bad_benchmark_arguments_name_what_is_wrong() {
     let err = fails(lazycrypt().args(["bench", "cold-start", "--paths", "a,x"]));
     assert!(
-        err.contains("unknown path \"x\"; the paths are a, b, c, d"),
+        err.contains("unknown path \"x\"; the paths are a, b, c, d, s"),
         "{err}"
     );
     let err = fails(lazycrypt().args(["bench", "cold-start", "--shape", "fast"]));

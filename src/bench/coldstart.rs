@@ -15,6 +15,10 @@ use super::workload::{Generated, Workload, generate};
 pub enum StartPath {
     /// (a) lazycrypt, lazily: an encrypted eStargz image.
     A,
+    /// (s) path (a) with the image signed (cosign's classic format, by a key
+    /// the benchmark makes) and `lazycrypt serve --policy` requiring that
+    /// signature: (s) − (a) is what verification adds to a cold start.
+    S,
     /// (b) lazycrypt, lazily: a skopeo-encrypted tar.gz (stream index).
     B,
     /// (c) containerd's own: full pull, decrypt (stream processor), unpack.
@@ -24,22 +28,30 @@ pub enum StartPath {
 }
 
 impl StartPath {
-    pub const ALL: [StartPath; 4] = [StartPath::A, StartPath::B, StartPath::C, StartPath::D];
+    pub const ALL: [StartPath; 5] = [
+        StartPath::A,
+        StartPath::S,
+        StartPath::B,
+        StartPath::C,
+        StartPath::D,
+    ];
 
-    /// Parses `a`, `b`, `c` or `d`.
+    /// Parses `a`, `b`, `c`, `d` or `s`.
     pub fn parse(s: &str) -> Result<StartPath, String> {
         match s {
             "a" => Ok(StartPath::A),
             "b" => Ok(StartPath::B),
             "c" => Ok(StartPath::C),
             "d" => Ok(StartPath::D),
-            _ => Err(format!("unknown path {s:?}; the paths are a, b, c, d")),
+            "s" => Ok(StartPath::S),
+            _ => Err(format!("unknown path {s:?}; the paths are a, b, c, d, s")),
         }
     }
 
     pub fn letter(self) -> char {
         match self {
             StartPath::A => 'a',
+            StartPath::S => 's',
             StartPath::B => 'b',
             StartPath::C => 'c',
             StartPath::D => 'd',
@@ -49,6 +61,7 @@ impl StartPath {
     pub fn describe(self) -> &'static str {
         match self {
             StartPath::A => "lazycrypt lazy, encrypted eStargz",
+            StartPath::S => "lazycrypt lazy, encrypted eStargz, signed (serve --policy)",
             StartPath::B => "lazycrypt lazy, skopeo-encrypted tar.gz",
             StartPath::C => "containerd pull + decrypt + unpack",
             StartPath::D => "containerd pull + unpack, unencrypted",
@@ -59,13 +72,18 @@ impl StartPath {
     fn tag(self) -> &'static str {
         match self {
             StartPath::A => "esgz",
+            StartPath::S => "esgz-signed",
             StartPath::B | StartPath::C => "targz",
             StartPath::D => "plain",
         }
     }
 
     fn lazy(self) -> bool {
-        matches!(self, StartPath::A | StartPath::B)
+        matches!(self, StartPath::A | StartPath::S | StartPath::B)
+    }
+
+    fn signed(self) -> bool {
+        self == StartPath::S
     }
 }
 
@@ -104,6 +122,14 @@ pub struct Sample {
     pub fetched: Option<u64>,
     pub lazycrypt_peak_rss_kib: Option<u64>,
     pub cpu_seconds: Option<f64>,
+    /// Images `lazycrypt serve` accepted under its signature policy (lazy
+    /// paths; 0 where it has none).
+    #[serde(default)]
+    pub verdicts_accepted: Option<u64>,
+    /// The time `lazycrypt serve` spent reaching those verdicts (its
+    /// `lazycrypt_signature_verify_seconds` histogram's sum).
+    #[serde(default)]
+    pub verify_ms: Option<f64>,
     /// Why the run failed, if it did.
     pub error: Option<String>,
 }
@@ -165,6 +191,11 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
     log("starting the registry");
     let reg = Registry::start(&opts.work.join("registry"), opts.shaping.as_ref())?;
     let skopeo_missing = missing_tools(&["skopeo"]);
+    let signing = if opts.paths.iter().any(|p| p.signed()) {
+        Some(SigningKey::write(&opts.work.join("signing"), &reg.addr)?)
+    } else {
+        None
+    };
 
     for name in &opts.workloads {
         stop_if_asked(opts)?;
@@ -192,7 +223,15 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
             }
             stop_if_asked(opts)?;
             log(&format!("pushing {name}:{}", p.tag()));
-            let r = push(&g, p.tag(), &reg.addr, &public, &skopeo_missing, opts);
+            let r = push(
+                &g,
+                p.tag(),
+                &reg.addr,
+                &public,
+                signing.as_ref(),
+                &skopeo_missing,
+                opts,
+            );
             if let Err(e) = &r {
                 res.notes.push(format!("{name}:{}: {e}", p.tag()));
             }
@@ -206,7 +245,10 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
                     .expect("pushed above")
                     .1;
                 let s = match image {
-                    Ok(image) => sample(opts, &reg, &keys, &w, p, run, image),
+                    Ok(image) => {
+                        let policy = signing.as_ref().filter(|_| p.signed()).map(|s| &*s.policy);
+                        sample(opts, &reg, &keys, policy, &w, p, run, image)
+                    }
                     Err(e) => failed(name, p, run, format!("image not pushed: {e}")),
                 };
                 // A run cut short by a signal measured nothing.
@@ -230,12 +272,16 @@ fn describe(s: &Sample) -> String {
             s.run
         ),
         (None, Some(ms)) => format!(
-            "{} ({}) run {}: ready in {ms:.0} ms (pull {:.0} ms), {} fetched",
+            "{} ({}) run {}: ready in {ms:.0} ms (pull {:.0} ms), {} fetched{}",
             s.workload,
             s.path.letter(),
             s.run,
             s.pull_ms.unwrap_or(0.0),
-            super::report::mib(s.fetched.unwrap_or(0))
+            super::report::mib(s.fetched.unwrap_or(0)),
+            match (s.verdicts_accepted, s.verify_ms) {
+                (Some(n @ 1..), Some(v)) => format!(", {n} signature verdict(s) in {v:.1} ms"),
+                _ => String::new(),
+            }
         ),
         (None, None) => String::new(),
     }
@@ -251,6 +297,8 @@ fn failed(workload: &str, path: StartPath, run: usize, error: String) -> Sample 
         fetched: None,
         lazycrypt_peak_rss_kib: None,
         cpu_seconds: None,
+        verdicts_accepted: None,
+        verify_ms: None,
         error: Some(error),
     }
 }
@@ -284,12 +332,79 @@ fn generated(w: &Workload, dir: &Path, scale: f64) -> io::Result<Generated> {
     generate(w, scale, dir)
 }
 
+/// The benchmark's own cosign key pair for path (s), and a policy that
+/// requires its signature on every image of the benchmark's registry.
+struct SigningKey {
+    /// `cosign.key`: an `ENCRYPTED SIGSTORE PRIVATE KEY`, as `cosign
+    /// generate-key-pair` writes.
+    key: PathBuf,
+    /// Its passphrase, for `encrypt --sign-passphrase-file`.
+    passphrase: PathBuf,
+    /// A containers-policy.json(5) for `serve --policy`.
+    policy: PathBuf,
+}
+
+impl SigningKey {
+    /// A fresh key pair and its policy in `dir`, for images on `registry`.
+    fn write(dir: &Path, registry: &str) -> io::Result<SigningKey> {
+        use crate::oci::signature::{Passphrase, Signer};
+        use rand::RngCore as _;
+        std::fs::create_dir_all(dir)?;
+        let mut pass = zeroize::Zeroizing::new([0u8; 16]);
+        rand::rngs::OsRng.fill_bytes(pass.as_mut());
+        let pass = zeroize::Zeroizing::new(hex::encode(pass.as_ref()));
+        let signer = Signer::generate();
+        let sealed = signer.to_cosign_pem(&Passphrase::new(zeroize::Zeroizing::new(
+            pass.as_bytes().to_vec(),
+        )));
+        let private = |name: &str, bytes: &[u8]| -> io::Result<PathBuf> {
+            let path = dir.join(name);
+            io::Write::write_all(
+                &mut crate::private::open(
+                    &path,
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true),
+                )?,
+                bytes,
+            )?;
+            Ok(path)
+        };
+        let key = private("cosign.key", sealed.as_bytes())?;
+        let passphrase = private("passphrase", pass.as_bytes())?;
+        let public = dir.join("cosign.pub");
+        std::fs::write(&public, signer.public_key_pem())?;
+        // Everything else is refused: a verdict on every image the node
+        // starts, none accepted by default.
+        let policy = dir.join("policy.json");
+        let doc = serde_json::json!({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {registry: [{
+                "type": "sigstoreSigned",
+                "keyPath": public,
+                "signedIdentity": {"type": "matchRepository"},
+            }]}},
+        });
+        std::fs::write(
+            &policy,
+            serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?,
+        )?;
+        Ok(SigningKey {
+            key,
+            passphrase,
+            policy,
+        })
+    }
+}
+
 /// Pushes the `tag` variant of the workload image to `registry`.
 fn push(
     g: &Generated,
     tag: &str,
     registry: &str,
     public: &Path,
+    signing: Option<&SigningKey>,
     skopeo_missing: &[String],
     opts: &Options,
 ) -> Result<String, String> {
@@ -304,22 +419,29 @@ fn push(
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let exe = exe.to_str().ok_or("executable path is not UTF-8")?;
     let r = match tag {
-        "esgz" => sh(
-            exe,
-            &[
-                "encrypt",
-                "--plain-http",
-                "--estargz",
-                "--prioritize",
-                &list,
-                "--chunk-size",
-                &opts.chunk_size,
-                "-r",
-                &recipient,
-                &g.image,
-                &format!("docker://{dst}"),
-            ],
-        ),
+        "esgz" | "esgz-signed" => {
+            let mut args = vec![
+                "encrypt".to_string(),
+                "--plain-http".into(),
+                "--estargz".into(),
+                "--prioritize".into(),
+                list.to_string(),
+                "--chunk-size".into(),
+                opts.chunk_size.clone(),
+                "-r".into(),
+                recipient.clone(),
+            ];
+            if tag == "esgz-signed" {
+                let s = signing.ok_or("no signing key")?;
+                args.push("--sign-by-sigstore-private-key".into());
+                args.push(s.key.to_string_lossy().into_owned());
+                args.push("--sign-passphrase-file".into());
+                args.push(s.passphrase.to_string_lossy().into_owned());
+            }
+            args.push(g.image.clone());
+            args.push(format!("docker://{dst}"));
+            sh(exe, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        }
         _ if !skopeo_missing.is_empty() => {
             return Err(format!("missing: {}", skopeo_missing.join(", ")));
         }
@@ -351,10 +473,12 @@ fn push(
 
 /// One cold start: a fresh node, caches dropped, then pull and run until
 /// the workload says it is ready.
+#[allow(clippy::too_many_arguments)]
 fn sample(
     opts: &Options,
     reg: &Registry,
     keys: &Path,
+    policy: Option<&Path>,
     w: &Workload,
     path: StartPath,
     run: usize,
@@ -366,12 +490,19 @@ fn sample(
         keys,
         &opts.cache_size,
         &opts.read_ahead,
+        policy,
     ) {
         Ok(n) => n,
         Err(e) => return failed(&w.name, path, run, format!("starting the node: {e}")),
     };
     let r = start_container(&node, w, path, run, image, reg);
     let usage = node.usage();
+    // What the daemon's metrics say it verified (lazy paths only: the
+    // others do not go through it).
+    let verified = path
+        .lazy()
+        .then(|| node.signature_verdicts().ok())
+        .flatten();
     node.stop();
     match r {
         Ok(t) => Sample {
@@ -383,6 +514,8 @@ fn sample(
             fetched: Some(t.fetched),
             lazycrypt_peak_rss_kib: Some(usage.lazycrypt_peak_rss_kib),
             cpu_seconds: Some(usage.cpu_seconds),
+            verdicts_accepted: verified.map(|v| v.accepted),
+            verify_ms: verified.map(|v| v.seconds * 1000.0),
             error: None,
         },
         Err(e) => failed(&w.name, path, run, e.to_string()),

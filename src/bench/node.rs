@@ -373,8 +373,20 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -
 pub struct Node {
     pub dir: PathBuf,
     pub containerd_socket: PathBuf,
+    /// `lazycrypt serve --metrics`: every node serves them, so a node with
+    /// a signature policy differs from one without in the policy only.
+    metrics: String,
     ctd: Child,
     lz: Child,
+}
+
+/// The signature verdicts a node's `lazycrypt serve` gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Verdicts {
+    /// Images accepted under the policy.
+    pub accepted: u64,
+    /// The time spent reaching every verdict, seconds.
+    pub seconds: f64,
 }
 
 /// What a node's daemons used.
@@ -389,22 +401,29 @@ pub struct Usage {
 
 impl Node {
     /// Starts containerd and `lazycrypt serve` (this executable) with state
-    /// in `dir`, reaching `registry` over plain HTTP with the keys in `keys`.
+    /// in `dir`, reaching `registry` over plain HTTP with the keys in `keys`
+    /// and, if given, the signature policy `policy`.
     pub fn start(
         dir: &Path,
         registry: &str,
         keys: &Path,
         cache_size: &str,
         read_ahead: &str,
+        policy: Option<&Path>,
     ) -> io::Result<Node> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir.join("lz"))?;
         std::fs::create_dir_all(dir.join("ctd"))?;
         let exe = std::env::current_exe()?;
         let lz_sock = dir.join("lz/lazycrypt.sock");
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let mut serve = Command::new(&exe);
+        serve.arg("serve");
+        if let Some(p) = policy {
+            serve.arg("--policy").arg(p);
+        }
         let lz = super::stop::spawn_daemon(
-            Command::new(&exe)
-                .arg("serve")
+            serve
                 .arg("--root")
                 .arg(dir.join("lz/root"))
                 .arg("--address")
@@ -412,7 +431,7 @@ impl Node {
                 .arg("--keys-dir")
                 .arg(keys)
                 .args(["--plain-http", registry, "--cache-size", cache_size])
-                .args(["--read-ahead", read_ahead])
+                .args(["--read-ahead", read_ahead, "--metrics", &metrics])
                 .arg("--hosts-dir")
                 .arg(dir.join("lz/no-hosts"))
                 .stdin(Stdio::null())
@@ -437,6 +456,7 @@ impl Node {
         let node = Node {
             dir: dir.to_path_buf(),
             containerd_socket: ctd_sock,
+            metrics,
             ctd,
             lz,
         };
@@ -498,6 +518,26 @@ impl Node {
         ];
         a.extend_from_slice(args);
         a
+    }
+
+    /// The signature verdicts `lazycrypt serve` gave so far, from its
+    /// metrics.
+    pub fn signature_verdicts(&self) -> io::Result<Verdicts> {
+        let mut c = TcpStream::connect(&self.metrics)?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+        let mut page = String::new();
+        c.read_to_string(&mut page)?;
+        let value = |name: &str| {
+            page.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .ok_or_else(|| io::Error::other(format!("no {name} in lazycrypt's metrics")))
+        };
+        Ok(Verdicts {
+            accepted: value("lazycrypt_signature_verdicts_total{verdict=\"accepted\"}")? as u64,
+            seconds: value("lazycrypt_signature_verify_seconds_sum")?,
+        })
     }
 
     /// What the daemons used so far.

@@ -46,6 +46,9 @@ pub struct Summary {
     pub fetched_bytes: Option<Stat>,
     pub lazycrypt_peak_rss_mib: Option<Stat>,
     pub cpu_seconds: Option<Stat>,
+    /// Time `lazycrypt serve` spent on signature verdicts, per run (paths
+    /// with a policy).
+    pub verify_ms: Option<Stat>,
     pub errors: Vec<String>,
 }
 
@@ -80,6 +83,7 @@ pub fn summarize(r: &Results) -> Vec<Summary> {
                     s.lazycrypt_peak_rss_kib.map(|k| k as f64 / 1024.0)
                 }),
                 cpu_seconds: stat(&|s| s.cpu_seconds),
+                verify_ms: stat(&|s| s.verify_ms.filter(|_| s.verdicts_accepted > Some(0))),
                 errors,
                 workload: w,
                 path: p,
@@ -160,6 +164,16 @@ pub fn markdown(r: &Results) -> String {
         if let (Some(a), Some(d)) = (t(StartPath::A), t(StartPath::D)) {
             line.push_str(&format!(" (d)/(a) = {:.1}×;", d / a));
         }
+        if let (Some(a), Some(s)) = (t(StartPath::A), t(StartPath::S)) {
+            line.push_str(&format!(" (s)−(a) = {:+.0} ms", s - a));
+            if let Some(v) = get(StartPath::S).and_then(|s| s.verify_ms) {
+                line.push_str(&format!(
+                    " (verdict in lazycrypt serve: {})",
+                    spread(&Some(v), 1)
+                ));
+            }
+            line.push(';');
+        }
         if let (Some(b), Some(c)) = (t(StartPath::B), t(StartPath::C)) {
             line.push_str(&format!(" (b)/(c) = {:.2};", b / c));
         }
@@ -216,6 +230,7 @@ fn chart(r: &Results, file: &Path) -> io::Result<()> {
         * 1.1;
     let colors = [
         RGBColor(0x1b, 0x9e, 0x77),
+        RGBColor(0x66, 0xa6, 0x1e),
         RGBColor(0x75, 0x70, 0xb3),
         RGBColor(0xd9, 0x5f, 0x02),
         RGBColor(0x66, 0x66, 0x66),
@@ -257,8 +272,8 @@ fn chart(r: &Results, file: &Path) -> io::Result<()> {
                         .find(|s| s.workload == *w && s.path == *p)?
                         .ready_ms?
                         .median;
-                    let x0 = i as f64 + 0.1 + 0.2 * k as f64;
-                    Some(Rectangle::new([(x0, 0.0), (x0 + 0.18, t)], color.filled()))
+                    let x0 = i as f64 + 0.1 + 0.16 * k as f64;
+                    Some(Rectangle::new([(x0, 0.0), (x0 + 0.14, t)], color.filled()))
                 })
                 .collect();
             if bars.is_empty() {
@@ -296,6 +311,8 @@ mod tests {
             fetched: ms.map(|_| 3 << 20),
             lazycrypt_peak_rss_kib: ms.map(|_| 100 << 10),
             cpu_seconds: ms.map(|_| 0.5),
+            verdicts_accepted: ms.map(|_| u64::from(path == StartPath::S)),
+            verify_ms: ms.map(|_| 4.0),
             error: ms.is_none().then(|| "registry down".to_string()),
         }
     }
@@ -315,12 +332,15 @@ mod tests {
                 sample(StartPath::A, 2, Some(300.0)),
                 sample(StartPath::A, 3, Some(200.0)),
                 sample(StartPath::C, 1, Some(2000.0)),
+                sample(StartPath::S, 1, Some(212.0)),
                 sample(StartPath::D, 1, None),
             ],
             ..Default::default()
         };
         let s = summarize(&r);
-        assert_eq!(s.len(), 3);
+        assert_eq!(s.len(), 4);
+        assert_eq!(s[0].verify_ms, None, "(a) has no policy");
+        assert_eq!(s[1].path, StartPath::S, "(s) is next to (a)");
         assert_eq!(
             s[0].ready_ms,
             Some(Stat {
@@ -329,10 +349,12 @@ mod tests {
                 max: 300.0
             })
         );
-        assert_eq!((s[2].ok, s[2].failed), (0, 1));
+        assert_eq!((s[3].ok, s[3].failed), (0, 1));
         let md = markdown(&r);
         assert!(
-            md.contains("- w: (c)/(a) = 10.0×; (a) fetched / read = 1.50\n"),
+            md.contains(
+                "- w: (c)/(a) = 10.0×; (s)−(a) = +12 ms (verdict in lazycrypt serve: 4.0 (4.0–4.0)); (a) fetched / read = 1.50\n"
+            ),
             "{md}"
         );
         assert!(md.contains("w (d) failed: registry down"), "{md}");

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::store::Store;
-use crate::fs::latency::{BOUNDS_US, READS};
+use crate::fs::latency::{BOUNDS_US, Histogram, READS};
 
 /// Diff-ID checks of lazily mounted layers, by outcome.
 pub static DIFF_ID_VERIFIED: AtomicU64 = AtomicU64::new(0);
@@ -130,21 +130,33 @@ pub fn render(store: &Store) -> String {
             "lazycrypt_signature_verdicts_total{{verdict=\"{verdict}\"}} {n}"
         );
     }
-    let (buckets, sum, count) = READS.snapshot();
-    let _ = writeln!(
-        out,
-        "# HELP lazycrypt_fuse_read_seconds FUSE read latency.\n# TYPE lazycrypt_fuse_read_seconds histogram"
+    histogram(
+        &mut out,
+        "lazycrypt_signature_verify_seconds",
+        "Time to reach a signature verdict: signatures fetched and checked.",
+        &super::verdicts::VERIFY_TIME,
     );
+    histogram(
+        &mut out,
+        "lazycrypt_fuse_read_seconds",
+        "FUSE read latency.",
+        &READS,
+    );
+    out
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let (buckets, sum, count) = h.snapshot();
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (i, n) in buckets.iter().enumerate() {
         let le = BOUNDS_US
             .get(i)
             .map(|us| format!("{}", *us as f64 / 1e6))
             .unwrap_or_else(|| "+Inf".into());
-        let _ = writeln!(out, "lazycrypt_fuse_read_seconds_bucket{{le=\"{le}\"}} {n}");
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
     }
-    let _ = writeln!(out, "lazycrypt_fuse_read_seconds_sum {sum}");
-    let _ = writeln!(out, "lazycrypt_fuse_read_seconds_count {count}");
-    out
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
 }
 
 /// How the metrics endpoint bounds what its clients cost.

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::fs::latency::Histogram;
 use crate::oci::digest::Digest;
 use crate::oci::policy::Policy;
 use crate::oci::reference::RegistryRef;
@@ -30,6 +31,10 @@ pub const MAX_VERDICTS: usize = 1024;
 /// Verdicts given since start, by outcome, for the metrics endpoint.
 pub static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 pub static REJECTED: AtomicU64 = AtomicU64::new(0);
+
+/// How long each verdict took to reach: the signatures fetched from the
+/// registry and checked against the policy's keys.
+pub static VERIFY_TIME: Histogram = Histogram::new();
 
 /// A policy and the verdicts it gave.
 pub struct Verdicts {
@@ -115,10 +120,12 @@ impl Verdicts {
         if let Some(v) = recent(now) {
             return v.map_err(Ok);
         }
+        let started = Instant::now();
         let Given {
             outcome: verdict,
             keep,
         } = evaluate().map_err(Err)?;
+        VERIFY_TIME.observe(started.elapsed());
         match &verdict {
             Ok(()) => ACCEPTED.fetch_add(1, Ordering::Relaxed),
             Err(_) => REJECTED.fetch_add(1, Ordering::Relaxed),

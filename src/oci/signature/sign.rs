@@ -240,6 +240,58 @@ impl Signer {
     pub fn public_key(&self) -> PublicKey {
         PublicKey::from_p256(*self.key.verifying_key())
     }
+
+    /// A fresh ECDSA P-256 key, as `cosign generate-key-pair` makes.
+    pub fn generate() -> Self {
+        Signer {
+            key: p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng),
+        }
+    }
+
+    /// The matching public key as a PEM `PUBLIC KEY` block, what a
+    /// policy's `keyPath` names (cosign's `cosign.pub`).
+    pub fn public_key_pem(&self) -> String {
+        use pkcs8::EncodePublicKey as _;
+        self.key
+            .verifying_key()
+            .to_public_key_pem(pkcs8::LineEnding::LF)
+            .expect("a P-256 public key encodes")
+    }
+
+    /// The key as a cosign `ENCRYPTED SIGSTORE PRIVATE KEY` file sealed
+    /// with `passphrase` (scrypt N=2^16, r=8, p=1 and NaCl secretbox, as
+    /// cosign 3 writes it), which [`Signer::from_cosign_pem`] and cosign open.
+    pub fn to_cosign_pem(&self, passphrase: &Passphrase) -> Zeroizing<String> {
+        use pkcs8::EncodePrivateKey as _;
+        use rand::RngCore as _;
+        let pkcs8 = self.key.to_pkcs8_der().expect("a P-256 key encodes");
+        let (mut salt, mut nonce) = ([0u8; 32], [0u8; 24]);
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let (log_n, r, p) = (16u8, 8u32, 1u32);
+        let params = scrypt::Params::new(log_n, r, p, 32).expect("cosign's scrypt parameters");
+        let mut secret = Zeroizing::new([0u8; 32]);
+        scrypt::scrypt(&passphrase.0, &salt, &params, secret.as_mut())
+            .expect("a 32-byte output is valid");
+        let cipher = crypto_secretbox::XSalsa20Poly1305::new(secret.as_ref().into());
+        let ciphertext = cipher
+            .encrypt(&nonce.into(), pkcs8.as_bytes())
+            .expect("secretbox seals any length");
+        let sealed = serde_json::json!({
+            "kdf": {
+                "name": "scrypt",
+                "params": {"N": 1u64 << log_n, "r": r, "p": p},
+                "salt": B64.encode(salt),
+            },
+            "cipher": {"name": "nacl/secretbox", "nonce": B64.encode(nonce)},
+            "ciphertext": B64.encode(ciphertext),
+        });
+        let body = serde_json::to_vec(&sealed).expect("JSON serializes");
+        Zeroizing::new(
+            der::pem::encode_string(SIGSTORE_PRIVATE_KEY_PEM, der::pem::LineEnding::LF, &body)
+                .expect("PEM encodes"),
+        )
+    }
 }
 
 /// The simple-signing payload cosign signs for `docker_reference`

@@ -39,6 +39,20 @@ fn opens_a_cosign_key_and_signs_what_its_public_key_verifies() {
 }
 
 #[test]
+fn a_generated_key_seals_as_cosign_does_and_opens_again() {
+    let made = Signer::generate();
+    let pem = made.to_cosign_pem(&pw("pw"));
+    assert!(pem.starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n"));
+    let opened = Signer::from_cosign_pem(pem.as_bytes(), &pw("pw"), "made.key").unwrap();
+    let public = PublicKey::from_pem(made.public_key_pem().as_bytes(), "made.pub").unwrap();
+    public.verify(b"message", &opened.sign(b"message")).unwrap();
+    let other = PublicKey::from_pem(COSIGN_PUB, "cosign.pub").unwrap();
+    assert!(other.verify(b"message", &opened.sign(b"message")).is_err());
+    let e = Signer::from_cosign_pem(pem.as_bytes(), &pw("wrong"), "made.key").unwrap_err();
+    assert_eq!(e.problem(), &PrivateKeyProblem::WrongPassphrase);
+}
+
+#[test]
 fn a_wrong_passphrase_is_one_clear_line() {
     let e = Signer::from_cosign_pem(COSIGN_KEY, &pw("wrong"), "cosign.key").unwrap_err();
     assert_eq!(e.problem(), &PrivateKeyProblem::WrongPassphrase);
