@@ -513,3 +513,49 @@ fn decrypt_reads_the_manifest_it_verified_once() {
     // The signed image has one layer; the one swapped in, two.
     assert_eq!(common::layer_digests(&out).len(), 1);
 }
+
+/// A policy lazycrypt cannot enforce stops `serve` at start, with one line
+/// naming the file and the JSON path, never ignored: an unknown requirement
+/// type (`--policy`), a syntax error (the config file's `policy`).
+#[test]
+fn serve_refuses_to_start_with_a_policy_it_cannot_enforce() {
+    let d = tmp();
+    let unknown = d.path().join("unknown.json");
+    std::fs::write(&unknown, br#"{"default":[{"type":"signedByX"}]}"#).unwrap();
+    let broken = d.path().join("broken.json");
+    std::fs::write(&broken, br#"{"default": ["#).unwrap();
+    let config = d.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("policy = {:?}\n", broken.display().to_string()),
+    )
+    .unwrap();
+    let serve = |extra: &[&std::ffi::OsStr]| {
+        let mut c = lazycrypt();
+        c.arg("serve")
+            .arg("--root")
+            .arg(d.path().join("root"))
+            .arg("--address")
+            .arg(d.path().join("lz.sock"))
+            .args(extra)
+            .stdin(std::process::Stdio::null());
+        c
+    };
+    let err = fails(&mut serve(&["--policy".as_ref(), unknown.as_os_str()]));
+    assert!(
+        err.trim_end().ends_with(&format!(
+            "policy {}: default[0]: unknown requirement type \"signedByX\"",
+            unknown.display()
+        )),
+        "{err}"
+    );
+    let err = fails(&mut serve(&["--config".as_ref(), config.as_os_str()]));
+    assert!(
+        err.trim_end().ends_with(&format!(
+            "policy {}: EOF while parsing a list at line 1 column 13",
+            broken.display()
+        )),
+        "{err}"
+    );
+    assert!(!d.path().join("lz.sock").exists());
+}
