@@ -18,9 +18,11 @@ pub struct Daemon {
     crashed: bool,
 }
 
+/// Waits until `path` accepts a connection: a socket file exists from its
+/// `bind`, before its `listen`, and a connection in between is refused.
 fn wait_for(path: &Path, what: &str, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
         if let Some(st) = child.try_wait().unwrap() {
             panic!(
                 "{what} exited ({st}): {}",
