@@ -17,7 +17,7 @@ use common::containerd::Daemon;
 use common::faults::FaultProxy;
 use common::signers::{
     Format, cosign_keys, cosign_sign, digest_ref, registry_get, registry_json, registry_put_blob,
-    registry_put_manifest,
+    registry_put_manifest, write_signed_by_policy,
 };
 use common::snapshots::{code, connect, prepare_labelled as prepare};
 use common::{Registry, fails, lazycrypt, ok, tmp};
@@ -106,15 +106,6 @@ fn push(
         layers,
         chains: lazycrypt::containerd::pull::chain_ids(&diff_ids),
     }
-}
-
-/// A policy accepting only images signed by `public`, for their repository.
-fn signed_by(path: &Path, public: &Path) {
-    let p = serde_json::json!({
-        "default": [{"type": "sigstoreSigned", "keyPath": public,
-                     "signedIdentity": {"type": "matchRepository"}}],
-    });
-    std::fs::write(path, serde_json::to_vec(&p).unwrap()).unwrap();
 }
 
 fn read_through(opts: &str, target: &Path, file: &str) -> String {
@@ -287,7 +278,7 @@ fn serve_mounts_only_images_the_policy_accepts_and_fetches_nothing_of_the_others
     );
 
     let policy = d.path().join("policy.json");
-    signed_by(&policy, &public);
+    write_signed_by_policy(&policy, &public);
     let keys = d.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let metrics = format!("127.0.0.1:{}", common::free_port());
@@ -433,7 +424,7 @@ fn pull_mount_and_decrypt_refuse_an_unsigned_image_with_the_verdicts_line() {
     let recipient = format!("jwe:{}", k.public.display());
     let image = push(&reg, &plain, "unsigned/app", "v1", &recipient, &cfg);
     let policy = d.path().join("policy.json");
-    signed_by(&policy, &public);
+    write_signed_by_policy(&policy, &public);
     let want = format!(
         "signature verification failed for {}/{}:v1@{}: no signatures found (the image is unsigned)",
         reg.addr, image.repo, image.digest
@@ -499,7 +490,7 @@ fn decrypt_reads_the_manifest_it_verified_once() {
     let at = format!("{}/moving/app@{}", proxy.addr, signed.digest);
     cosign_sign(d.path(), &signer, Format::Classic, &at);
     let policy = d.path().join("policy.json");
-    signed_by(&policy, &public);
+    write_signed_by_policy(&policy, &public);
 
     proxy.swap_after_first("/moving/app/manifests/v1", "/moving/app/manifests/evil");
     let out = format!("oci:{}/out:plain", d.path().display());

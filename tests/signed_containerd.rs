@@ -15,6 +15,7 @@ use common::containerd::{Containerd, Daemon, Line};
 use common::faults::FaultProxy;
 use common::signers::{
     Format, PASSWORD, cosign_keys, cosign_sign, digest_ref, registry_json, skopeo_sign,
+    write_signed_by_policy,
 };
 use common::{Registry, lazycrypt, ok, run, tmp};
 
@@ -119,24 +120,9 @@ fn a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containe
     let unsigned_digest = digest_ref(&reg, "unsigned/esgz", "v1").1;
     let unsigned_layers = layers(&reg, "unsigned/esgz");
     let policy = d.path().join("policy.json");
-    let p = serde_json::json!({
-        "default": [{"type": "sigstoreSigned", "keyPath": public,
-                     "signedIdentity": {"type": "matchRepository"}}],
-    });
-    std::fs::write(&policy, serde_json::to_vec(&p).unwrap()).unwrap();
-    let keys = d.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
-    let args = [
-        "--keys-dir",
-        keys.to_str().unwrap(),
-        "--plain-http",
-        &proxy.addr,
-        "--policy",
-        policy.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
+    write_signed_by_policy(&policy, &public);
+    let (_keys, mut args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);
+    args.extend(["--policy".to_string(), policy.display().to_string()]);
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&proxy.addr));
     let refusal = format!(

@@ -372,23 +372,6 @@ fn estargz_image(
     (image, k, manifest, layers)
 }
 
-/// A node keys dir holding `key` as `k.pem`, and the `serve` arguments that
-/// use it and reach `registry` over plain HTTP.
-fn keys_dir_args(dir: &Path, key: &Path, registry: &str) -> (std::path::PathBuf, Vec<String>) {
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    std::fs::copy(key, keys.join("k.pem")).unwrap();
-    let args = [
-        "--keys-dir",
-        keys.to_str().unwrap(),
-        "--plain-http",
-        registry,
-    ]
-    .map(String::from)
-    .to_vec();
-    (keys, args)
-}
-
 /// The labels `lazycrypt pull` puts on a layer's Prepare.
 /// The chain IDs of `image`'s layers (from its config's diff IDs): the
 /// names containerd gives their snapshots, which a lazily mounted layer's
@@ -463,7 +446,7 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
     let name = image.trim_start_matches("docker://").to_string();
     let l = chains(&image)[0].clone();
 
-    let (keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (keys, mut args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
     let metrics_addr = format!("127.0.0.1:{}", common::free_port());
     args.extend(["--metrics".to_string(), metrics_addr.clone()]);
     let daemon = Daemon::start_with(d.path(), &args);
@@ -613,7 +596,7 @@ fn a_lazily_mounted_layers_usage_is_what_it_holds_on_the_node() {
     let blob = m["layers"][0]["size"].as_i64().unwrap();
     let l = chains(&image)[0].clone();
     assert!(blob > 8 << 20, "{blob}");
-    let (keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (keys, mut args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
     // Before its diff-ID check has read the blob, the layer already counts
     // all of it: CRI asks a committed snapshot once.
     args.extend(["--diff-id-delay", "86400"].map(String::from));
@@ -786,7 +769,7 @@ fn a_layer_opened_ahead_for_one_manifest_is_not_handed_to_another() {
     assert!(put.wait_with_output().unwrap().status.success());
     let evil = name.replace(":v1", ":evil");
 
-    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
@@ -883,7 +866,7 @@ fn lazycrypt_pull_runs_encrypted_images_in_containerd_without_plaintext_at_rest(
     let marker = format!("LZPULL{}", &seed[..12]);
     let ([esgz, targz], k) = encrypted_pair(d.path(), &reg, "enc", &marker, &[]);
 
-    let (keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (keys, args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&reg.addr));
     let pull = |image: &str| lazycrypt_pull(&ctd, image);
@@ -1093,7 +1076,7 @@ fn an_image_whose_config_lies_about_its_diff_ids_cannot_plant_its_layer_under_an
     let (v, x) = lying_pair(d.path(), &reg, "one", &v_marker, &x_marker, &k.public);
     let (v2_marker, x2_marker) = (format!("LZVICTWO{tag}"), format!("LZATTWO{tag}"));
     let (v2, x2) = lying_pair(d.path(), &reg, "two", &v2_marker, &x2_marker, &k.public);
-    let (_keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (_keys, mut args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
     args.extend(["--diff-id-delay", "1"].map(String::from));
     let daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&reg.addr));
@@ -1207,7 +1190,7 @@ fn a_local_user_reaches_nothing_under_lazycrypts_root_while_containers_read() {
     let passwd: &[u8] = b"root:x:0:0::/:/bin/sh\nu:x:1000:1000::/:/bin/sh\n";
     let ([esgz, _], k) =
         encrypted_pair(d.path(), &reg, "local", &marker, &[("etc/passwd", passwd)]);
-    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
     // umask 0: nothing lazycrypt makes may take its mode from it.
     let daemon = Daemon::start_with_umask(d.path(), &args, Some(0));
     open_all(&d.path().join("lz"));
@@ -1391,7 +1374,7 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted(line
     // The daemon reaches the registry through a proxy that can hold back
     // its answers.
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
-    let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
+    let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);
     let mut daemon = Daemon::start_with(d.path(), &args);
     let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&proxy.addr));
     let images = ["esgz", "targz"].map(|f| format!("{}/alive/{f}:v1", proxy.addr));
@@ -1587,7 +1570,7 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
     // Both containerd (CRI) and lazycrypt reach the registry through a
     // proxy that counts what the registry serves.
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
-    let (keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
+    let (keys, args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);
     // An image of busybox and a secret, encrypted by lazycrypt as eStargz and
     // by skopeo as tar.gz, with a key of its own.
     let pair_dir = d.path().join("pair");
@@ -1705,7 +1688,7 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
     let chain = chains(&image);
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
     let name = format!("{}/multi/app:v1", proxy.addr);
-    let (_keys, args) = keys_dir_args(d.path(), &k.private, &proxy.addr);
+    let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);
     let daemon = Daemon::start_with(d.path(), &args);
     rt().block_on(async {
         let c = &mut connect(&daemon.socket).await;
@@ -1778,7 +1761,7 @@ fn layers_are_fetched_through_the_mirrors_hosts_toml_names() {
         ),
     )
     .unwrap();
-    let (_keys, mut args) = keys_dir_args(d.path(), &k.private, dead);
+    let (_keys, mut args) = common::keys_dir_args(d.path(), &k.private, dead);
     args.extend(["--hosts-dir".to_string(), hosts.display().to_string()]);
     let daemon = Daemon::start_with(d.path(), &args);
     rt().block_on(async {
@@ -1827,7 +1810,7 @@ fn a_daemon_killed_in_the_middle_of_a_prepare_leaves_nothing_half_done() {
     let (manifest, layers) = manifest_and_layers(&image);
     let l = chains(&image)[0].clone();
     let name = image.trim_start_matches("docker://").to_string();
-    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
     let root = daemon.root.clone();
     let socket = daemon.socket.clone();
@@ -1882,7 +1865,7 @@ fn a_config_that_passes_no_layer_labels_fails_the_pull_and_unpacks_no_plaintext(
     let reg = Registry::start();
     let marker = format!("LZNOLABEL{}", std::process::id());
     let ([esgz, targz], k) = encrypted_pair(d.path(), &reg, "nolabel", &marker, &[]);
-    let (_keys, args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
     let daemon = Daemon::start_with(d.path(), &args);
     // The mistake users make: on 1.x and with 2.x's local pull, the
     // annotations left disabled; with 2.x's transfer service, not asked for
@@ -1962,7 +1945,7 @@ fn labels_naming_another_images_layer_cannot_plant_it_under_a_victims_chain_id()
         (v_name, v_manifest, v_layer, v_chain),
         (a_name, a_manifest, a_layer, _),
     ] = <[_; 2]>::try_from(images).unwrap();
-    let (_keys, mut args) = keys_dir_args(d.path(), &k.private, &reg.addr);
+    let (_keys, mut args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
     args.extend(["--diff-id-delay", "1"].map(String::from));
     let daemon = Daemon::start_with(d.path(), &args);
     rt().block_on(async {

@@ -145,6 +145,23 @@ pub fn http_get(addr: &str, path: &str) -> String {
     out.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
+/// A node keys dir holding `key` as `k.pem`, and the `serve` arguments that
+/// use it and reach `registry` over plain HTTP.
+pub fn keys_dir_args(dir: &Path, key: &Path, registry: &str) -> (PathBuf, Vec<String>) {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(key, keys.join("k.pem")).unwrap();
+    let args = [
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--plain-http",
+        registry,
+    ]
+    .map(String::from)
+    .to_vec();
+    (keys, args)
+}
+
 /// Writes a private key file readable by its owner only, as lazycrypt
 /// wants key files (it refuses ones that others can read).
 pub fn write_private(p: &Path, data: impl AsRef<[u8]>) {

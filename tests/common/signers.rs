@@ -288,3 +288,13 @@ pub fn encrypted_hello(dir: &Path, reg: &Registry, repo: &str) -> (String, Strin
     super::encrypt_estargz(&plain, &reg.image(&format!("{repo}:v1")), &k.public);
     digest_ref(reg, repo, "v1")
 }
+
+/// Writes to `path` a policy accepting only images signed by `public`, for
+/// their repository (cosign's signatures name no more).
+pub fn write_signed_by_policy(path: &Path, public: &Path) {
+    let p = serde_json::json!({
+        "default": [{"type": "sigstoreSigned", "keyPath": public,
+                     "signedIdentity": {"type": "matchRepository"}}],
+    });
+    std::fs::write(path, serde_json::to_vec(&p).unwrap()).unwrap();
+}
