@@ -4,4 +4,5 @@
 //! [`seal`] is its outer format: the index key, the sealed records and the
 //! head blob that carries them.
 
+pub mod head;
 pub mod seal;
