@@ -4,6 +4,7 @@
 
 pub mod estargz;
 pub mod index;
+pub mod seekindex;
 pub mod source;
 pub mod stream;
 pub mod tarmeta;
