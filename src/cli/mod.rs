@@ -6,6 +6,7 @@ mod common;
 mod cri_pull;
 mod crypt;
 mod demo;
+mod index;
 mod layerinfo;
 mod mount;
 mod notify;
@@ -32,6 +33,10 @@ enum Command {
     Decrypt(crypt::DecryptArgs),
     /// Show each layer's digest, platform, size, encryption and recipients.
     Layerinfo(layerinfo::Args),
+    /// Publish a seek index beside an encrypted image (an OCI referrer
+    /// readable only with the layer keys), so its tar and tar+gzip layers
+    /// start lazily; the image is not changed.
+    Index(index::Args),
     /// Show an image's signatures, which key signed each, and a signature
     /// policy's verdict (exit status 1 if it rejects the image).
     Verify(verify::Args),
@@ -101,6 +106,7 @@ pub fn main() -> i32 {
         Command::Encrypt(a) => crypt::encrypt(a),
         Command::Decrypt(a) => crypt::decrypt(a),
         Command::Layerinfo(a) => layerinfo::run(a),
+        Command::Index(a) => index::run(a),
         Command::Verify(a) => match verify::run(a) {
             Ok(true) => Ok(()),
             Ok(false) => return 1,

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::common::{KeyFileArgs, PolicyArgs, TransportArgs, image_ref, key_ring, verify_ref};
 use crate::fs::ReadAhead;
 use crate::mount::open::OpenOptions;
+use crate::mount::seek::Found;
 use crate::mount::session::{MountSpec, clean_stale, mount};
 use crate::oci::image::Image;
 use crate::oci::platform::Platform;
@@ -56,6 +57,10 @@ pub struct Args {
     /// is verified.
     #[arg(long)]
     pub allow_unverified_lazy: bool,
+    /// Do not look for seek indexes published beside the image (`lazycrypt
+    /// index`): layers without a TOC are then fetched whole before use.
+    #[arg(long)]
+    pub no_seek_index: bool,
     /// Platform to mount from a multi-platform image (default: this host's).
     #[arg(long)]
     pub platform: Option<String>,
@@ -230,6 +235,11 @@ pub fn run(a: Args) -> Result<()> {
     let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
     let layers = chosen.manifest.layers().clone();
     let n = layers.len();
+    let encrypted = layers
+        .iter()
+        .any(|d| crate::oci::media::is_encrypted(d.media_type().as_ref()));
+    let seek =
+        (encrypted && !a.no_seek_index).then(|| Found::find(src.as_ref(), &chosen.raw.digest));
     let spec = MountSpec {
         layers,
         ring,
@@ -243,6 +253,7 @@ pub fn run(a: Args) -> Result<()> {
         allow_suid_dev: a.allow_suid_dev,
         run_dir: run_dir.clone(),
         target: target.clone(),
+        seek,
     };
     let started = Instant::now();
     let mounted = mount(src, spec).with_context(|| format!("mounting {}", a.image))?;

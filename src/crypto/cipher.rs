@@ -20,7 +20,8 @@ use crate::pipeline::{Stage, StagedReader};
 type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
 type HmacSha256 = Hmac<Sha256>;
 
-/// A layer key and counter block; zeroized on drop.
+/// A layer key and counter block; zeroized on drop (copies too).
+#[derive(Clone)]
 pub struct LayerKey {
     key: Zeroizing<[u8; 32]>,
     nonce: [u8; 16],

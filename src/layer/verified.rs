@@ -51,6 +51,29 @@ impl Verified {
         h.finish(want)
     }
 
+    /// Keeps `bytes` only if each consecutive `piece` bytes of it (the
+    /// last may be shorter) hash to their own digest in `want`, one per
+    /// piece: what a seek index vouches for.
+    pub fn check_pieces(
+        bytes: Zeroizing<Vec<u8>>,
+        piece: usize,
+        want: &[Sha256Digest],
+    ) -> Result<Self, Mismatch> {
+        let count = bytes.len().div_ceil(piece.max(1));
+        if piece == 0 || count != want.len() {
+            return Err(Mismatch {
+                got: Sha256Digest([0; 32]),
+            });
+        }
+        for (p, w) in bytes.chunks(piece).zip(want) {
+            let got = Sha256Digest(Sha256::digest(p).into());
+            if got != *w {
+                return Err(Mismatch { got });
+            }
+        }
+        Ok(Verified(bytes))
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }

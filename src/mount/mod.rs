@@ -5,5 +5,6 @@ pub mod diff_id;
 pub mod keeper;
 pub mod layer;
 pub mod open;
+pub mod seek;
 pub mod session;
 pub mod sys;

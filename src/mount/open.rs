@@ -20,6 +20,7 @@ use crate::layer::index::Layer;
 use crate::layer::source::{BlobRange, RangeSource};
 use crate::layer::stream::sealed::Scratch;
 use crate::layer::stream::{self, Compression, Plain};
+use crate::mount::seek::{self, Found, LayerBlob};
 use crate::oci::digest::VerifyingReader;
 use crate::oci::transport::ImageSource;
 use crate::oci::{Descriptor, media};
@@ -47,6 +48,9 @@ pub enum Mode {
     Unverified,
     /// No TOC: the blob was fetched, verified and indexed.
     Indexed,
+    /// No TOC, a seek index published beside the image: only the spans
+    /// read are fetched.
+    Seek,
 }
 
 /// A layer blob as lazycrypt reads it: its key (if encrypted), how it is
@@ -57,6 +61,8 @@ pub(super) struct Blob {
     pub(super) what: String,
     annotations: std::collections::HashMap<String, String>,
     key: Option<LayerKey>,
+    /// The layer's symmetric key, for its seek index's key.
+    symkey: Option<Zeroizing<[u8; 32]>>,
     hmac: Option<Vec<u8>>,
     private_anchor: Option<String>,
     pub(super) compression: Compression,
@@ -75,17 +81,18 @@ impl Blob {
         let what = desc.digest().to_string();
         let mt = desc.media_type().to_string();
         let annotations = desc.annotations().clone().unwrap_or_default();
-        let (key, hmac, private_anchor) = if media::is_encrypted(&mt) {
+        let (key, symkey, hmac, private_anchor) = if media::is_encrypted(&mt) {
             // The crypto::Error rides inside: the snapshotter tells a missing key by its variant.
             let (private, public) =
                 layer_keys(&annotations, ring, &what).map_err(io::Error::other)?;
             (
                 Some(LayerKey::from_options(&private)),
+                Some(private.key()),
                 Some(public.hmac),
                 private.toc_digest(),
             )
         } else {
-            (None, None, None)
+            (None, None, None, None)
         };
         let plain_type = media::decrypted(&mt);
         let compression = if plain_type.ends_with("tar+gzip") || plain_type.ends_with("tar.gzip") {
@@ -114,6 +121,7 @@ impl Blob {
             what,
             annotations,
             key,
+            symkey,
             hmac,
             private_anchor,
             compression,
@@ -152,15 +160,17 @@ impl Blob {
 /// Opens layer `desc` of an image read from `src`. The memory its index
 /// takes is held in `reserved` (counted against the chunk cache's budget),
 /// which the caller keeps for as long as it serves the layer; a layer that
-/// does not fit is refused.
+/// does not fit is refused. `seek` holds the seek indexes found for the
+/// image's manifest, tried for an encrypted layer that has no TOC.
 pub fn open_layer(
     src: Arc<dyn ImageSource>,
     desc: &Descriptor,
     ring: &KeyRing,
     opts: &OpenOptions,
     reserved: &Reservation,
+    seek: Option<&Found>,
 ) -> io::Result<(Layer, Mode)> {
-    let (layer, mode) = open_unreserved(src, desc, ring, opts, reserved)?;
+    let (layer, mode) = open_unreserved(src, desc, ring, opts, reserved, seek)?;
     reserved.set(layer.resident(), layer.what())?;
     Ok((layer, mode))
 }
@@ -171,8 +181,9 @@ fn open_unreserved(
     ring: &KeyRing,
     opts: &OpenOptions,
     reserved: &Reservation,
+    seek: Option<&Found>,
 ) -> io::Result<(Layer, Mode)> {
-    let blob = Blob::open(src, desc, ring, opts)?;
+    let blob = Blob::open(src.clone(), desc, ring, opts)?;
     if blob.compression == Compression::Gzip && lazy::has_footer(&*blob.disk, blob.key.as_ref())? {
         let anchor = blob
             .private_anchor
@@ -193,6 +204,25 @@ fn open_unreserved(
         };
         let layer = lazy::open(blob.disk, blob.key, &anchor, &blob.what)?;
         return Ok((layer, mode));
+    }
+    if let (Some(found), Some(key), Some(symkey)) = (seek, &blob.key, &blob.symkey) {
+        let b = LayerBlob {
+            src: &src,
+            desc,
+            what: &blob.what,
+            compression: blob.compression,
+            symkey: &symkey[..],
+            key,
+            disk: &blob.disk,
+        };
+        match seek::open(&b, found, &opts.cache_dir, reserved) {
+            Ok(Some(layer)) => return Ok((layer, Mode::Seek)),
+            Ok(None) => {}
+            Err(why) => tracing::warn!(
+                "layer {}: seek index not used ({why}); fetching the whole blob",
+                blob.what
+            ),
+        }
     }
     let mut r = blob.whole()?;
     let indexed = stream::index(

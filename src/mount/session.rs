@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::layer::LayerMount;
 use super::open::{Mode, OpenOptions, open_layer};
+use super::seek::Found;
 use super::sys;
 use crate::cache::chunks::{ChunkCache, Reservation, Stats};
 use crate::crypto::recipient::KeyRing;
@@ -35,6 +36,8 @@ pub struct MountSpec {
     /// A private directory for the layer mounts; made, and removed at unmount.
     pub run_dir: PathBuf,
     pub target: PathBuf,
+    /// The seek indexes found for the image's manifest, if looked for.
+    pub seek: Option<Found>,
 }
 
 /// A mounted image.
@@ -63,7 +66,7 @@ impl std::fmt::Display for MountStats {
         write!(
             f,
             "fetched {} bytes; {} chunks decrypted and verified ({} read ahead); {} cache hits; \
-             {} chunks evicted; {} bytes cached; layers: {} lazy, {} indexed, {} verified whole, {} unverified",
+             {} chunks evicted; {} bytes cached; layers: {} lazy, {} indexed, {} seek-indexed, {} verified whole, {} unverified",
             self.fetched,
             self.cache.loaded,
             self.cache.read_ahead,
@@ -72,6 +75,7 @@ impl std::fmt::Display for MountStats {
             self.cache.held,
             count(Mode::Lazy),
             count(Mode::Indexed),
+            count(Mode::Seek),
             count(Mode::VerifiedEstargz),
             count(Mode::Unverified),
         )
@@ -92,8 +96,15 @@ pub fn mount(src: Arc<dyn ImageSource>, spec: MountSpec) -> io::Result<Mounted> 
             .map(|d| {
                 s.spawn(|| {
                     let reserved = Arc::new(cache.reservation());
-                    open_layer(src.clone(), d, &spec.ring, &spec.open, &reserved)
-                        .map(|(l, m)| (l, m, reserved))
+                    open_layer(
+                        src.clone(),
+                        d,
+                        &spec.ring,
+                        &spec.open,
+                        &reserved,
+                        spec.seek.as_ref(),
+                    )
+                    .map(|(l, m)| (l, m, reserved))
                 })
             })
             .collect();

@@ -42,7 +42,11 @@ fn build_inner(spec: &BuildSpec, dst: &dyn ImageDest) -> Result<RawManifest, Err
         let (gzip, d) = (spec.gzip, dir.clone());
         let producer = std::thread::spawn(move || -> io::Result<digest::Digest> {
             if gzip {
-                let gz = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
+                // Level 2, not 1: zlib-rs's level 1 writes one fixed-Huffman
+                // block for megabytes of output, and a seek index can only
+                // resume at block starts (docs/seek-index.md §5.4). Level 2
+                // ends a block every few dozen KiB, as Go's and zlib's do.
+                let gz = flate2::write::GzEncoder::new(writer, flate2::Compression::new(2));
                 let (diff_id, _, gz) = write_tar(&d, HashingWriter::new(gz))?.finish();
                 gz.finish()?;
                 Ok(diff_id)

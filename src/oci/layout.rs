@@ -70,6 +70,14 @@ impl Layout {
         serde_json::from_slice(&raw).map_err(|e| Error::Malformed(format!("{}: {e}", p.display())))
     }
 
+    fn write_index(&self, index: &Value) -> Result<(), Error> {
+        let tmp = self.dir.join(".index.json.tmp");
+        let body = serde_json::to_vec(index).expect("json");
+        fs::write(&tmp, body)
+            .and_then(|_| fs::rename(&tmp, self.dir.join("index.json")))
+            .map_err(|e| Error::io(format!("writing {}/index.json", self.dir.display()), e))
+    }
+
     fn read_manifest(
         &self,
         media_type: &str,
@@ -117,7 +125,15 @@ impl Layout {
 impl ImageSource for Layout {
     fn root(&self) -> Result<RawManifest, Error> {
         let index = self.read_index()?;
-        let entries = index["manifests"].as_array().cloned().unwrap_or_default();
+        // Referrers (seek indexes, signatures) are listed untagged beside
+        // the images they refer to, with their artifactType: not images.
+        let entries: Vec<Value> = index["manifests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.get("artifactType").is_none())
+            .collect();
         let name_of = |e: &Value| e["annotations"][REF_NAME].as_str().map(str::to_string);
         let chosen = match &self.tag {
             Some(t) => entries
@@ -173,6 +189,33 @@ impl ImageSource for Layout {
                 )
             })?;
         Ok(buf)
+    }
+
+    /// The image-layout spec has no referrers mechanism; referrers are the
+    /// untagged `index.json` entries with an `artifactType` (as oras keeps
+    /// them). Their `subject` is for the reader to check.
+    fn referrers(&self, _digest: &Digest) -> Result<Option<RawManifest>, Error> {
+        let index = self.read_index()?;
+        let listed: Vec<Value> = index["manifests"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter(|e| e.get("artifactType").is_some())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let bytes = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": listed,
+        }))
+        .expect("json");
+        Ok(Some(RawManifest {
+            media_type: media::OCI_INDEX.to_string(),
+            digest: digest::of(&bytes),
+            bytes,
+        }))
     }
 }
 
@@ -241,16 +284,46 @@ impl ImageDest for Layout {
             ))
         })?;
         // Like skopeo: the tag moves to the new image; an untagged write replaces untagged entries.
-        manifests.retain(|e| e["annotations"][REF_NAME].as_str().map(str::to_string) != tag);
+        // Referrers stay: they name their subject by digest.
+        manifests.retain(|e| {
+            e.get("artifactType").is_some()
+                || e["annotations"][REF_NAME].as_str().map(str::to_string) != tag
+        });
         manifests.push(entry);
         if index.get("mediaType").is_none() {
             index["mediaType"] = json!(media::OCI_INDEX);
         }
-        let tmp = self.dir.join(".index.json.tmp");
-        let body = serde_json::to_vec(&index).expect("json");
-        fs::write(&tmp, body)
-            .and_then(|_| fs::rename(&tmp, self.dir.join("index.json")))
-            .map_err(|e| Error::io(format!("writing {}/index.json", self.dir.display()), e))
+        self.write_index(&index)
+    }
+
+    fn put_referrer(
+        &self,
+        m: &RawManifest,
+        _subject: &Digest,
+        artifact_type: &str,
+    ) -> Result<(), Error> {
+        self.put_manifest(m)?;
+        let mut index = self.read_index()?;
+        let manifests = index["manifests"].as_array_mut().ok_or_else(|| {
+            Error::Malformed(format!(
+                "{}/index.json has no manifests list",
+                self.dir.display()
+            ))
+        })?;
+        let digest = m.digest.to_string();
+        if manifests
+            .iter()
+            .any(|e| e["digest"].as_str() == Some(&digest))
+        {
+            return Ok(());
+        }
+        manifests.push(json!({
+            "mediaType": m.media_type,
+            "digest": digest,
+            "size": m.bytes.len(),
+            "artifactType": artifact_type,
+        }));
+        self.write_index(&index)
     }
 
     fn abort(&self) {

@@ -14,6 +14,7 @@ pub mod mirrored;
 pub mod platform;
 pub mod policy;
 pub mod reference;
+pub mod referrers;
 pub mod registry;
 pub mod retry;
 pub mod signature;

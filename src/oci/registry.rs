@@ -717,6 +717,31 @@ impl ImageDest for Registry {
         self.put_manifest_as(m, tag)
     }
 
+    fn put_referrer(
+        &self,
+        m: &RawManifest,
+        subject: &Digest,
+        artifact_type: &str,
+    ) -> Result<(), Error> {
+        self.put_manifest(m)?;
+        // A registry with the referrers API lists the manifest by its
+        // subject itself; for one without, the client keeps the fallback
+        // tag's index (distribution spec, "Pushing Manifests with Subject").
+        if ImageSource::referrers(self, subject)?.is_some() {
+            return Ok(());
+        }
+        let tag = super::referrers::referrers_tag(subject);
+        let current = match ImageSource::tagged(self, &tag) {
+            Ok(raw) => Some(raw),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        match super::referrers::with_referrer(current.as_ref(), m, artifact_type, None)? {
+            Some(index) => self.put_tagged(&index, &tag),
+            None => Ok(()),
+        }
+    }
+
     fn abort(&self) {
         // Unreferenced blobs are the registry's garbage collector's job.
     }

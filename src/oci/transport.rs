@@ -98,6 +98,20 @@ pub trait ImageDest: Send + Sync {
             "tag {tag}: this destination has no tags"
         )))
     }
+    /// Stores the artifact manifest `m` (its blobs already stored) as a
+    /// referrer of its `subject`, listed where readers of the
+    /// transport look for referrers. Destinations without referrers refuse.
+    fn put_referrer(
+        &self,
+        m: &RawManifest,
+        subject: &Digest,
+        artifact_type: &str,
+    ) -> Result<(), Error> {
+        let _ = (m, subject);
+        Err(Error::BadReference(format!(
+            "this destination cannot hold referrers ({artifact_type})"
+        )))
+    }
     /// Removes what this copy made, where the transport allows it.
     fn abort(&self);
 }

@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub upper: Option<String>,
     pub upper_size: Option<String>,
     pub allow_unverified_lazy: Option<bool>,
+    /// Look for seek indexes published beside images (default true).
+    pub seek_index: Option<bool>,
     /// Prometheus metrics address, e.g. "127.0.0.1:9187".
     pub metrics: Option<std::net::SocketAddr>,
     /// Blob bytes a second a background diff-ID check may read, e.g. "32M";

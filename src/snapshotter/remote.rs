@@ -22,6 +22,7 @@ use crate::layer::stream::sealed::Scratch;
 use crate::mount::keeper::Keeper;
 use crate::mount::layer::LayerMount;
 use crate::mount::open::{Mode, OpenOptions, open_layer};
+use crate::mount::seek::Found;
 use crate::oci::reference::RegistryRef;
 use crate::oci::registry::RegistryOptions;
 use crate::oci::transport::ImageSource;
@@ -146,6 +147,9 @@ pub struct RemoteConfig {
     pub sealed_bytes: u64,
     /// Serve eStargz layers with no TOC anchor before verifying them whole.
     pub allow_unverified_lazy: bool,
+    /// Serve layers without a TOC through seek indexes published beside
+    /// their images, where there are.
+    pub seek_index: bool,
     /// The kernel's read-ahead on each layer mount.
     pub read_ahead: crate::fs::ReadAhead,
     /// The FUSE keeper's socket: layer mounts outlive a killed daemon and
@@ -174,6 +178,7 @@ impl RemoteConfig {
             cache_bytes: 1 << 20,
             sealed_bytes: 1 << 20,
             allow_unverified_lazy: false,
+            seek_index: true,
             read_ahead: crate::fs::ReadAhead::Auto,
             keeper_socket: None,
             registry_timeouts: Default::default(),
@@ -196,6 +201,8 @@ pub struct Remotes {
     /// Layers being opened (or opened and not yet mounted), by digest,
     /// with when they were asked for.
     opening: Mutex<HashMap<String, (Instant, Opening)>>,
+    /// Seek indexes found per image manifest, for a while.
+    seek_found: Mutex<HashMap<String, (Instant, SeekCell)>>,
     /// Where zstd layers' sealed copies go, under their disk budget.
     scratch: Scratch,
     keeper: Option<Keeper>,
@@ -212,6 +219,8 @@ type Opened = (Arc<Layer>, Mode, Remote, Arc<Reservation>);
 
 /// One open of a layer, shared by whoever asks for it.
 type Opening = Arc<OnceLock<Result<Opened>>>;
+/// An image's seek indexes, looked for once.
+type SeekCell = Arc<OnceLock<Arc<Found>>>;
 
 /// How long a layer opened ahead waits for the Prepare that wants it
 /// before it is dropped, with the memory its index holds.
@@ -264,6 +273,7 @@ impl Remotes {
             fetched_before: std::sync::atomic::AtomicU64::new(0),
             late: KeyedLocks::default(),
             opening: Mutex::new(HashMap::new()),
+            seek_found: Mutex::new(HashMap::new()),
             keeper,
             inherited: Mutex::new(inherited),
         }
@@ -475,6 +485,34 @@ impl Remotes {
         }
     }
 
+    /// The seek indexes of `remote`'s image manifest, looked for once per
+    /// image for a while and shared by its layers; none for a layer that
+    /// is not encrypted or when turned off.
+    fn seek_indexes(
+        &self,
+        remote: &Remote,
+        desc: &Descriptor,
+        src: &dyn ImageSource,
+    ) -> Option<Arc<Found>> {
+        if !self.config.seek_index || !media::is_encrypted(desc.media_type().as_ref()) {
+            return None;
+        }
+        let manifest = crate::oci::digest::parse(&remote.manifest).ok()?;
+        let now = Instant::now();
+        let cell = {
+            let mut m = lock(&self.seek_found);
+            m.retain(|_, (at, _)| now.duration_since(*at) < OPENED_AHEAD_TTL);
+            m.entry(opening_key(&remote.image, &remote.manifest, ""))
+                .or_insert_with(|| (now, Arc::default()))
+                .1
+                .clone()
+        };
+        Some(
+            cell.get_or_init(|| Arc::new(Found::find(src, &manifest)))
+                .clone(),
+        )
+    }
+
     fn open_options(&self) -> OpenOptions {
         OpenOptions {
             cache_dir: self.config.cache_dir.clone(),
@@ -603,8 +641,16 @@ impl Remotes {
         let src = self.source(&remote.image)?;
         let ring = self.ring()?;
         let reserved = Arc::new(self.cache.reservation());
-        let (layer, mode) = open_layer(src, &desc, &ring, &self.open_options(), &reserved)
-            .map_err(|e| layer_error(&e))?;
+        let seek = self.seek_indexes(&remote, &desc, src.as_ref());
+        let (layer, mode) = open_layer(
+            src,
+            &desc,
+            &ring,
+            &self.open_options(),
+            &reserved,
+            seek.as_deref(),
+        )
+        .map_err(|e| layer_error(&e))?;
         Ok((Arc::new(layer), mode, remote, reserved))
     }
 

@@ -91,6 +91,7 @@ pub fn show(p: Plan, ring: KeyRing) -> Result<()> {
         allow_suid_dev: false,
         run_dir: run,
         target: mnt.clone(),
+        seek: None,
     };
     let src: Arc<dyn ImageSource> = Arc::new(src);
     let mounted = mount(src, spec).context("mounting the encrypted image")?;

@@ -118,6 +118,39 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// The Unix seconds [`rfc3339`] writes as `s`; `None` for any other text
+/// (fractions, zone offsets, other spellings of the same time): its strict
+/// inverse, for formats that store the seconds.
+pub fn unix_secs(s: &str) -> Option<u64> {
+    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.rsplitn(3, '-');
+    let (day, month, year) = (d.next()?, d.next()?, d.next()?);
+    let mut t = time.split(':');
+    let (h, m, sec) = (t.next()?, t.next()?, t.next()?);
+    // Years of up to 13 digits cover every u64 of seconds and keep the
+    // arithmetic below far from overflowing.
+    let num = |x: &str, digits: usize| -> Option<i128> {
+        if x.is_empty() || x.len() > digits || !x.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        x.parse().ok()
+    };
+    let (y, mo, d) = (num(year, 13)?, num(month, 2)?, num(day, 2)?);
+    let (h, m, sec) = (num(h, 2)?, num(m, 2)?, num(sec, 2)?);
+    // Days since 1970-01-01 from a civil date (Howard Hinnant's
+    // days_from_civil).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()?;
+    // Out-of-range fields (month 13, second 60) and unpadded spellings
+    // give some time, but not one written the same way.
+    (t.next().is_none() && rfc3339(secs) == s).then_some(secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +160,40 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_566_297_043), "2019-08-20T10:30:43Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn times_parse_back_exactly_and_nothing_else_does() {
+        for secs in [
+            0,
+            1,
+            951_782_400,
+            1_566_297_043,
+            99_999_999_999,
+            u64::MAX / 2,
+            u64::MAX,
+        ] {
+            assert_eq!(unix_secs(&rfc3339(secs)), Some(secs), "{secs}");
+        }
+        for s in [
+            "",
+            "garbage",
+            "2019-08-20T10:30:43",
+            "2019-08-20T10:30:43.5Z",
+            "2019-08-20T12:30:43+02:00",
+            "2019-8-20T10:30:43Z",
+            "2019-02-29T10:30:43Z",
+            "2019-08-20T24:00:00Z",
+            "2019-08-20T10:30:60Z",
+            "2019-13-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "02019-08-20T10:30:43Z",
+            "+2019-08-20T10:30:43Z",
+            "2019-08-20T10:30:43:00Z",
+            "99999999999999-01-01T00:00:00Z",
+        ] {
+            assert_eq!(unix_secs(s), None, "{s}");
+        }
     }
 
     #[test]

@@ -102,42 +102,70 @@ fn bad(why: impl Into<String>) -> HeadError {
     HeadError(why.into())
 }
 
+/// A field that runs past its bytes' end, or a count that claims more than
+/// they hold: the text of its error, which the section's own error wraps.
+pub(super) struct FieldError(pub(super) String);
+
+impl From<FieldError> for HeadError {
+    fn from(e: FieldError) -> Self {
+        HeadError(e.0)
+    }
+}
+
 /// Reads little-endian fields in order, never past the end.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// What the bytes are, for errors ("payload").
+    place: &'static str,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], HeadError> {
+    pub(super) fn new(bytes: &'a [u8], place: &'static str) -> Self {
+        Reader {
+            bytes,
+            at: 0,
+            place,
+        }
+    }
+    /// Bytes not read yet.
+    pub(super) fn left(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+    pub(super) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], FieldError> {
         let end = self
             .at
             .checked_add(n)
             .filter(|&e| e <= self.bytes.len())
-            .ok_or_else(|| bad(format!("{what} runs past the payload's end")))?;
+            .ok_or_else(|| FieldError(format!("{what} runs past the {}'s end", self.place)))?;
         let s = &self.bytes[self.at..end];
         self.at = end;
         Ok(s)
     }
-    fn u8(&mut self, what: &str) -> Result<u8, HeadError> {
+    pub(super) fn u8(&mut self, what: &str) -> Result<u8, FieldError> {
         Ok(self.take(1, what)?[0])
     }
-    fn u32(&mut self, what: &str) -> Result<u32, HeadError> {
+    pub(super) fn u16(&mut self, what: &str) -> Result<u16, FieldError> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().unwrap()))
+    }
+    pub(super) fn u32(&mut self, what: &str) -> Result<u32, FieldError> {
         Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
     }
-    fn u64(&mut self, what: &str) -> Result<u64, HeadError> {
+    pub(super) fn u64(&mut self, what: &str) -> Result<u64, FieldError> {
         Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
     }
-    fn digest(&mut self, what: &str) -> Result<[u8; 32], HeadError> {
+    fn digest(&mut self, what: &str) -> Result<[u8; 32], FieldError> {
         Ok(self.take(32, what)?.try_into().unwrap())
     }
-    /// `count` records of `len` bytes fit in what is left (checked before
-    /// any allocation for them).
-    fn room(&self, count: u64, len: usize, what: &str) -> Result<usize, HeadError> {
-        let left = (self.bytes.len() - self.at) as u64;
+    /// `count` records of at least `len` bytes fit in what is left (checked
+    /// before any allocation for them).
+    pub(super) fn room(&self, count: u64, len: usize, what: &str) -> Result<usize, FieldError> {
         match count.checked_mul(len as u64) {
-            Some(n) if n <= left => Ok(count as usize),
-            _ => Err(bad(format!("{count} {what} do not fit in the payload"))),
+            Some(n) if n <= self.left() as u64 => Ok(count as usize),
+            _ => Err(FieldError(format!(
+                "{count} {what} do not fit in the {}",
+                self.place
+            ))),
         }
     }
 }
@@ -153,10 +181,7 @@ fn size_ok(v: u32, min: u32, max: u32) -> bool {
 impl<'a> Head<'a> {
     /// Parses `payload` (record 0, opened) for the layer `expect` describes.
     pub fn parse(payload: &'a [u8], expect: &Expect) -> Result<Self, HeadError> {
-        let mut r = Reader {
-            bytes: payload,
-            at: 0,
-        };
+        let mut r = Reader::new(payload, "payload");
         if payload.len() < HEADER_LEN {
             return Err(bad(format!(
                 "{} bytes, shorter than its header",
@@ -286,7 +311,7 @@ impl<'a> Head<'a> {
 
         let len = usize::try_from(entries_len)
             .ok()
-            .filter(|&l| l <= payload.len() - r.at)
+            .filter(|&l| l <= r.left())
             .ok_or_else(|| {
                 bad(format!(
                     "entries length {entries_len} runs past the payload's end"

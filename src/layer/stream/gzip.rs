@@ -6,8 +6,12 @@
 use std::io::{self, Read};
 
 use miniz_oxide::inflate::TINFLStatus;
-use miniz_oxide::inflate::core::inflate_flags::TINFL_FLAG_HAS_MORE_INPUT;
-use miniz_oxide::inflate::core::{DecompressorOxide, TINFL_LZ_DICT_SIZE, decompress};
+use miniz_oxide::inflate::core::inflate_flags::{
+    TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY,
+};
+use miniz_oxide::inflate::core::{
+    BlockBoundaryState, DecompressorOxide, TINFL_LZ_DICT_SIZE, decompress_with_limit,
+};
 use zeroize::{Zeroize, Zeroizing};
 
 /// Where the reader is in the gzip framing.
@@ -37,6 +41,8 @@ pub struct State {
     phase: Phase,
     header: Vec<u8>,
     members: u64,
+    /// Output produced before the current member began.
+    member_out: u64,
     /// Compressed bytes consumed.
     pub in_pos: u64,
     /// Plaintext bytes produced.
@@ -60,10 +66,72 @@ impl State {
             phase: Phase::Header,
             header: Vec::new(),
             members: 0,
+            member_out: 0,
             in_pos: 0,
             out_pos: 0,
         }
     }
+
+    /// The state at the start of a deflate block (a [`BlockStart`]): the
+    /// caller feeds the compressed stream from byte `ceil(in_bit / 8)`;
+    /// `partial` is byte `floor(in_bit / 8)` (unused when `in_bit` is a
+    /// whole byte), and `window` (at most 32 KiB) the output just before
+    /// `out`.
+    pub fn at_block(in_bit: u64, partial: u8, out: u64, window: &[u8]) -> Option<Self> {
+        if window.len() > TINFL_LZ_DICT_SIZE || (window.len() as u64) > out {
+            return None;
+        }
+        let mut st = State::start();
+        let r = (in_bit % 8) as u32;
+        // Deflate packs bits from the low end: the block's first bits are
+        // the high `8 - r` of the partial byte.
+        let (num_bits, bit_buf) = if r == 0 {
+            (0, 0)
+        } else {
+            ((8 - r) as u8, partial >> r)
+        };
+        st.d = Box::new(DecompressorOxide::from_block_boundary_state(
+            &BlockBoundaryState {
+                num_bits,
+                bit_buf,
+                ..Default::default()
+            },
+        ));
+        st.window[..window.len()].copy_from_slice(window);
+        st.window_at = window.len() & (TINFL_LZ_DICT_SIZE - 1);
+        st.phase = Phase::Deflate;
+        // Mid-member: the stream may end after this member's trailer.
+        st.members = 1;
+        st.member_out = out - window.len() as u64;
+        st.in_pos = in_bit.div_ceil(8);
+        st.out_pos = out;
+        Some(st)
+    }
+}
+
+/// Where a deflate block begins, as recorded while indexing: enough for
+/// any inflater to resume there (zran's checkpoints).
+pub struct BlockStart {
+    /// Output produced before the block.
+    pub out: u64,
+    /// Bit offset of the block's first header bit in the compressed stream.
+    pub in_bit: u64,
+    /// The output just before `out` that the block may refer back to: at
+    /// most 32 KiB, none at a member's start. Plaintext: wiped on drop.
+    pub window: Zeroizing<Vec<u8>>,
+}
+
+/// What [`GzReader::with_blocks`] records.
+struct Blocks {
+    /// Least output between two recorded block starts.
+    spacing: u64,
+    /// Output is produced in calls that stop at multiples of this, and the
+    /// input consumed at each is recorded ([`GzReader::piece_ends`]).
+    piece: u64,
+    points: Vec<BlockStart>,
+    /// The last recorded point's output, once points were taken.
+    last_out: Option<u64>,
+    piece_ends: Vec<u64>,
 }
 
 /// Inflates a gzip stream, saving a [`State`] each time the output reaches a
@@ -84,6 +152,7 @@ pub struct GzReader<R> {
     /// doubles, so a stream that inflates without bound (a decompression
     /// bomb) keeps a bounded number of 32 KiB windows, further apart.
     max_saved: usize,
+    blocks: Option<Blocks>,
 }
 
 const INPUT: usize = 256 << 10;
@@ -114,6 +183,75 @@ impl<R: Read> GzReader<R> {
             every: None,
             saved: Vec::new(),
             max_saved: usize::MAX,
+            blocks: None,
+        }
+    }
+
+    /// Records a [`BlockStart`] at each member's start and at the first
+    /// block start at least `spacing` bytes of output after the last one,
+    /// and the input consumed at each multiple of `piece` of output (both
+    /// powers of two, `piece` at most 32 KiB's multiple).
+    pub fn with_blocks(mut self, spacing: u64, piece: u64) -> Self {
+        assert!(spacing > 0 && piece > 0);
+        self.blocks = Some(Blocks {
+            spacing,
+            piece,
+            points: Vec::new(),
+            last_out: None,
+            piece_ends: Vec::new(),
+        });
+        self
+    }
+
+    /// The block starts recorded since the last call.
+    pub fn take_points(&mut self) -> Vec<BlockStart> {
+        self.blocks
+            .as_mut()
+            .map(|b| std::mem::take(&mut b.points))
+            .unwrap_or_default()
+    }
+
+    /// For each whole `piece` of output so far, the compressed bytes
+    /// consumed when its last byte was produced.
+    pub fn piece_ends(&self) -> &[u64] {
+        self.blocks.as_ref().map_or(&[], |b| &b.piece_ends)
+    }
+
+    /// Compressed bytes consumed so far.
+    pub fn in_pos(&self) -> u64 {
+        self.st.in_pos
+    }
+
+    /// The last `n` bytes of output, oldest first.
+    fn recent(&self, n: usize) -> Zeroizing<Vec<u8>> {
+        let mut w = Zeroizing::new(Vec::with_capacity(n));
+        let at = self.st.window_at;
+        let start = (at + TINFL_LZ_DICT_SIZE - n) & (TINFL_LZ_DICT_SIZE - 1);
+        if start < at || n == 0 {
+            w.extend_from_slice(&self.st.window[start..at]);
+        } else {
+            w.extend_from_slice(&self.st.window[start..]);
+            w.extend_from_slice(&self.st.window[..at]);
+        }
+        w
+    }
+
+    /// Records the block start the inflater is at, if it is due.
+    fn block_start(&mut self, in_bit: u64, first: bool) {
+        let out = self.st.out_pos;
+        let since_member = (out - self.st.member_out).min(TINFL_LZ_DICT_SIZE as u64) as usize;
+        let window = self.recent(since_member);
+        let Some(b) = self.blocks.as_mut() else {
+            return;
+        };
+        let due = (first && out == 0) || b.last_out.is_none_or(|l| out >= l + b.spacing);
+        if due {
+            b.last_out = Some(out);
+            b.points.push(BlockStart {
+                out,
+                in_bit,
+                window,
+            });
         }
     }
 
@@ -180,6 +318,9 @@ impl<R: Read> GzReader<R> {
                         self.st.header.clear();
                         *self.st.d = DecompressorOxide::new();
                         self.st.phase = Phase::Deflate;
+                        self.st.member_out = self.st.out_pos;
+                        let first = self.st.members == 0;
+                        self.block_start(self.st.in_pos * 8, first);
                     }
                     None => {
                         if self.st.header.len() as u64 > MAX_HEADER {
@@ -208,18 +349,35 @@ impl<R: Read> GzReader<R> {
                 Ok(())
             }
             Phase::Deflate => {
-                let flags = if self.eof {
+                let mut flags = if self.eof {
                     0
                 } else {
                     TINFL_FLAG_HAS_MORE_INPUT
                 };
+                let mut limit = usize::MAX;
+                if let Some(b) = &self.blocks {
+                    flags |= TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY;
+                    limit = (b.piece - self.st.out_pos % b.piece) as usize;
+                }
                 let at = self.st.window_at;
-                let (status, used, made) =
-                    decompress(&mut self.st.d, avail, &mut self.st.window[..], at, flags);
+                let (status, used, made) = decompress_with_limit(
+                    &mut self.st.d,
+                    avail,
+                    &mut self.st.window[..],
+                    at,
+                    limit,
+                    flags,
+                );
                 self.consume(used);
                 self.pending = (at, at + made);
                 self.st.window_at = (at + made) & (TINFL_LZ_DICT_SIZE - 1);
                 self.st.out_pos += made as u64;
+                if let Some(b) = self.blocks.as_mut()
+                    && made > 0
+                    && self.st.out_pos.is_multiple_of(b.piece)
+                {
+                    b.piece_ends.push(self.st.in_pos);
+                }
                 match status {
                     TINFLStatus::Done => self.st.phase = Phase::Trailer(8),
                     TINFLStatus::NeedsMoreInput | TINFLStatus::FailedCannotMakeProgress
@@ -228,6 +386,15 @@ impl<R: Read> GzReader<R> {
                         return Err(bad("the gzip stream is truncated"));
                     }
                     TINFLStatus::NeedsMoreInput | TINFLStatus::HasMoreOutput => {}
+                    TINFLStatus::BlockBoundary => {
+                        let bits = self
+                            .st
+                            .d
+                            .block_boundary_state()
+                            .map_or(0, |s| u64::from(s.num_bits));
+                        let in_bit = self.st.in_pos * 8 - bits;
+                        self.block_start(in_bit, false);
+                    }
                     other => return Err(bad(&format!("invalid deflate data ({other:?})"))),
                 }
                 if made > 0
@@ -343,6 +510,57 @@ mod tests {
                 .unwrap();
             let at = k * every as usize;
             assert_eq!(part, plain[at..at + 5000], "state {k}");
+        }
+    }
+
+    /// Block starts recorded on the way resume anywhere, mid-byte or not,
+    /// across members, from their window alone; pieces' input ends are
+    /// enough to produce them.
+    #[test]
+    fn resumes_at_every_recorded_block_start() {
+        let plain = text(3_000_000);
+        let mut z = gz(&plain[..1_000_000]);
+        z.extend(gz(&plain[1_000_000..]));
+        let piece = 64 << 10;
+        let mut r = GzReader::new(&z[..], None).with_blocks(200 << 10, piece);
+        let mut all = Vec::new();
+        let mut points = Vec::new();
+        let mut buf = vec![0; 10_000];
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            points.extend(r.take_points());
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(all, plain);
+        assert!(points.len() > 5, "{}", points.len());
+        assert_eq!((points[0].out, points[0].window.len()), (0, 0));
+        assert!(points.iter().any(|p| p.in_bit % 8 != 0));
+        // The second member's start: no history.
+        assert!(
+            points
+                .iter()
+                .any(|p| p.out == 1_000_000 && p.window.is_empty())
+        );
+        let ends = r.piece_ends().to_vec();
+        assert_eq!(ends.len(), plain.len() / piece as usize);
+        for (i, p) in points.iter().enumerate() {
+            let from = p.in_bit.div_ceil(8) as usize;
+            let partial = z[(p.in_bit / 8) as usize];
+            let st = State::at_block(p.in_bit, partial, p.out, &p.window).unwrap();
+            // Only the input up to the next piece's end.
+            let k = (p.out / piece) as usize;
+            let to = ends.get(k).map_or(z.len(), |&e| e as usize);
+            let want = ((k as u64 + 1) * piece - p.out) as usize;
+            let want = want.min(plain.len() - p.out as usize);
+            let mut got = vec![0; want];
+            GzReader::resume(&z[from..to], st)
+                .read_exact(&mut got)
+                .unwrap_or_else(|e| panic!("point {i}: {e}"));
+            let at = p.out as usize;
+            assert!(got == plain[at..at + want], "point {i}");
         }
     }
 

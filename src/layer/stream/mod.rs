@@ -62,6 +62,11 @@ impl Indexed {
     pub fn uncompressed_size(&self) -> u64 {
         self.total
     }
+
+    /// The entries, in tar order, their extents in [`CHUNK`]s.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
 }
 
 /// Farthest apart gzip checkpoints may lie: each read inflates up to this
@@ -149,7 +154,7 @@ pub fn index<R: Read>(
 /// (and the caller's digest and HMAC checks see the end). Files are split
 /// into chunks only then, once the stream has shown it holds the bytes
 /// their headers claim.
-fn walk<'m, R: Read>(
+pub(crate) fn walk<'m, R: Read>(
     r: ChunkHasher<'m, R>,
     what: &str,
 ) -> io::Result<(Vec<Node>, ChunkHasher<'m, R>)> {
@@ -212,11 +217,12 @@ fn walk<'m, R: Read>(
     Ok((nodes, r))
 }
 
-/// Hashes a stream in `CHUNK`-sized pieces as it is read; the digests'
-/// memory is taken from `meter` a batch at a time.
-struct ChunkHasher<'m, R> {
+/// Hashes a stream in `CHUNK`-sized pieces (or another unit) as it is
+/// read; the digests' memory is taken from `meter` a batch at a time.
+pub(crate) struct ChunkHasher<'m, R> {
     inner: R,
     hasher: Sha256,
+    unit: u64,
     at: u64,
     digests: Vec<[u8; 32]>,
     meter: &'m dyn Meter,
@@ -227,10 +233,16 @@ struct ChunkHasher<'m, R> {
 const DIGEST_BATCH: usize = 1024;
 
 impl<'m, R: Read> ChunkHasher<'m, R> {
-    fn new(inner: R, meter: &'m dyn Meter, what: &'m str) -> Self {
+    pub(crate) fn new(inner: R, meter: &'m dyn Meter, what: &'m str) -> Self {
+        Self::with_unit(inner, CHUNK, meter, what)
+    }
+
+    /// Hashes every `unit` bytes (a power of two) instead of every chunk.
+    pub(crate) fn with_unit(inner: R, unit: u64, meter: &'m dyn Meter, what: &'m str) -> Self {
         ChunkHasher {
             inner,
             hasher: Sha256::new(),
+            unit,
             at: 0,
             digests: Vec::new(),
             meter,
@@ -244,15 +256,19 @@ impl<'m, R: Read> ChunkHasher<'m, R> {
         {
             return Err(no_room(
                 self.what,
-                &format!("digests of {} MiB of tar stream", self.digests.len()),
+                &format!(
+                    "digests of {} MiB of tar stream",
+                    (self.digests.len() as u64 * self.unit) >> 20
+                ),
             ));
         }
         self.digests.push(self.hasher.finalize_reset().into());
         Ok(())
     }
 
-    fn finish(mut self) -> io::Result<(Vec<[u8; 32]>, u64, R)> {
-        if !self.at.is_multiple_of(CHUNK) {
+    /// The digests, the stream's length and the stream.
+    pub(crate) fn finish(mut self) -> io::Result<(Vec<[u8; 32]>, u64, R)> {
+        if !self.at.is_multiple_of(self.unit) {
             self.push()?;
         }
         Ok((self.digests, self.at, self.inner))
@@ -264,12 +280,12 @@ impl<R: Read> Read for ChunkHasher<'_, R> {
         let n = self.inner.read(buf)?;
         let mut data = &buf[..n];
         while !data.is_empty() {
-            let room = (CHUNK - self.at % CHUNK) as usize;
+            let room = (self.unit - self.at % self.unit) as usize;
             let take = room.min(data.len());
             self.hasher.update(&data[..take]);
             self.at += take as u64;
             data = &data[take..];
-            if self.at.is_multiple_of(CHUNK) {
+            if self.at.is_multiple_of(self.unit) {
                 self.push()?;
             }
         }

@@ -29,15 +29,7 @@ const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// (each is a request and up to 64 KiB read before any is verified).
 pub const MAX_CLASSIC_SIGNATURES: usize = 64;
 
-/// The tag cosign lists an image's referrers under when the registry has
-/// no referrers API (`sha256-<hex>`).
-pub fn referrers_tag(manifest_digest: &Digest) -> String {
-    format!(
-        "{}-{}",
-        manifest_digest.algorithm().as_ref(),
-        manifest_digest.digest()
-    )
-}
+pub use crate::oci::referrers::referrers_tag;
 
 /// One signature found, not yet verified.
 #[derive(Debug, Clone)]

@@ -1,0 +1,259 @@
+//! Building a layer's seek index (docs/seek-index.md §8): one pass over the
+//! blob, its ciphertext hashed per span as it arrives ([`SpanTap`]), its
+//! plaintext inflated with block starts recorded, the tar stream hashed per
+//! piece and walked for its entries; then sealed under the layer key.
+
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use rand::RngCore as _;
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
+
+use super::entries;
+use super::head::{Checkpoint, Compression, Head, Header, MAX_SPACING, Piece, Window};
+use super::seal::{Binding, HeadBlob, IndexKey, Kind, padded};
+use super::windows;
+use crate::layer::index::{Meter, bad};
+use crate::layer::stream::gzip::GzReader;
+use crate::layer::stream::{CHUNK, ChunkHasher, walk};
+use crate::oci::digest::Digest;
+
+/// Ciphertext bytes per span digest (§8: four disk-cache blocks; a read
+/// over-fetches at most one span at each end).
+pub const SPAN: u32 = 64 << 10;
+/// Tar-stream bytes per piece digest.
+pub const PIECE: u32 = 64 << 10;
+/// Least output between two checkpoints. A checkpoint's window costs about
+/// the compressed size of 32 KiB of output, so at 2 MiB apart windows take
+/// 1/64 of the compressed layer (≤ 2 % with everything else), and a read
+/// inflates at most 2 MiB plus one block before the bytes it wants.
+pub const SPACING: u64 = 2 << 20;
+
+/// SHA-256 of each [`SPAN`] of a stream, as it is read.
+#[derive(Default)]
+pub struct SpanDigests {
+    hasher: Sha256,
+    at: u64,
+    digests: Vec<[u8; 32]>,
+}
+
+impl SpanDigests {
+    fn update(&mut self, mut data: &[u8]) {
+        let span = u64::from(SPAN);
+        while !data.is_empty() {
+            let take = ((span - self.at % span) as usize).min(data.len());
+            self.hasher.update(&data[..take]);
+            self.at += take as u64;
+            data = &data[take..];
+            if self.at.is_multiple_of(span) {
+                self.digests.push(self.hasher.finalize_reset().into());
+            }
+        }
+    }
+
+    /// The digests of every span, the last one partial; and the length.
+    fn finish(&mut self) -> (Vec<[u8; 32]>, u64) {
+        if !self.at.is_multiple_of(u64::from(SPAN)) {
+            let last = self.hasher.finalize_reset().into();
+            self.digests.push(last);
+        }
+        (std::mem::take(&mut self.digests), self.at)
+    }
+}
+
+/// Hashes the ciphertext passing through it into shared [`SpanDigests`].
+pub struct SpanTap<R> {
+    inner: R,
+    digests: Arc<Mutex<SpanDigests>>,
+}
+
+impl<R> SpanTap<R> {
+    pub fn new(inner: R, digests: Arc<Mutex<SpanDigests>>) -> Self {
+        SpanTap { inner, digests }
+    }
+}
+
+impl<R: Read> Read for SpanTap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        crate::sync::lock(&self.digests).update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A layer's index, built and not yet sealed. Holds plaintext (entries and
+/// windows): wiped on drop.
+pub struct Built {
+    header: Header,
+    spans: Vec<[u8; 32]>,
+    pieces: Vec<Piece>,
+    /// Checkpoints with their windows, raw.
+    checkpoints: Vec<(u64, u64, Zeroizing<Vec<u8>>)>,
+    entries: Zeroizing<Vec<u8>>,
+}
+
+impl Built {
+    /// Entries indexed.
+    pub fn entry_count(&self) -> u32 {
+        self.header.entry_count
+    }
+
+    /// Inflater checkpoints recorded.
+    pub fn checkpoint_count(&self) -> usize {
+        self.checkpoints.len()
+    }
+
+    /// Bytes of the uncompressed tar stream.
+    pub fn uncompressed(&self) -> u64 {
+        self.header.uncompressed
+    }
+}
+
+/// The sealed blobs of one layer's index.
+pub struct SealedIndex {
+    /// The head blob (§4.3).
+    pub head: Vec<u8>,
+    /// The windows blob (§6), if any checkpoint stores its window.
+    pub windows: Option<Vec<u8>>,
+}
+
+/// Indexes a layer from `plain`, its blob's compressed plaintext (its
+/// digest and HMAC verified by the reader at its end), while `spans` is
+/// filled from the same blob's ciphertext. `what` names the layer in
+/// errors (its digest).
+pub fn build<R: Read>(
+    plain: R,
+    compression: Compression,
+    layer: &Digest,
+    spans: &Mutex<SpanDigests>,
+    meter: &dyn Meter,
+) -> io::Result<Built> {
+    let what = layer.to_string();
+    let what = what.as_str();
+    let piece = u64::from(PIECE);
+    let (nodes, digests, total, ends, points) = match compression {
+        Compression::None => {
+            let (nodes, hasher) = walk(ChunkHasher::with_unit(plain, piece, meter, what), what)?;
+            let (digests, total, _) = hasher.finish()?;
+            let ends = (0..digests.len() as u64)
+                .map(|k| ((k + 1) * piece).min(total))
+                .collect();
+            (nodes, digests, total, ends, Vec::new())
+        }
+        Compression::Gzip => {
+            let gz = GzReader::new(plain, None).with_blocks(SPACING, piece);
+            let (nodes, hasher) = walk(ChunkHasher::with_unit(gz, piece, meter, what), what)?;
+            let (digests, total, mut gz) = hasher.finish()?;
+            let mut ends = gz.piece_ends().to_vec();
+            let points = gz.take_points();
+            // The last piece ends where the blob does: whatever the inflater
+            // looked ahead at, a reader has it.
+            ends.truncate(digests.len().saturating_sub(1));
+            ends.push(gz.in_pos());
+            (nodes, digests, total, ends, points)
+        }
+    };
+    let (spans, blob_size) = crate::sync::lock(spans).finish();
+    let mut pieces: Vec<Piece> = digests
+        .into_iter()
+        .zip(ends)
+        .map(|(digest, in_end)| Piece { digest, in_end })
+        .collect();
+    if compression == Compression::Gzip
+        && let Some(last) = pieces.last_mut()
+    {
+        last.in_end = blob_size;
+    }
+    let mut checkpoints = Vec::with_capacity(points.len());
+    let mut last_out = 0u64;
+    for p in points {
+        if p.out >= total && total > 0 {
+            continue;
+        }
+        if p.out - last_out > MAX_SPACING {
+            return Err(spaced(what));
+        }
+        last_out = p.out;
+        checkpoints.push((p.out, p.in_bit, p.window));
+    }
+    if compression == Compression::Gzip && total - last_out > MAX_SPACING {
+        return Err(spaced(what));
+    }
+    let entries = entries::encode(&nodes, CHUNK).map_err(|e| bad(what, e.to_string()))?;
+    let entry_count = nodes.len() as u32;
+    let mut layer_raw = [0u8; 32];
+    hex::decode_to_slice(layer.digest(), &mut layer_raw)
+        .map_err(|_| bad(what, "the layer digest is not sha256".into()))?;
+    Ok(Built {
+        header: Header {
+            layer: layer_raw,
+            blob_size,
+            compression,
+            uncompressed: total,
+            span: SPAN,
+            piece: PIECE,
+            entry_count,
+            checkpoint_count: checkpoints.len() as u32,
+            entries_len: entries.len() as u64,
+            windows_size: 0,
+        },
+        spans,
+        pieces,
+        checkpoints,
+        entries,
+    })
+}
+
+fn spaced(what: &str) -> io::Error {
+    bad(
+        what,
+        format!(
+            "its deflate blocks are so long that checkpoints would lie more than {} MiB apart",
+            MAX_SPACING >> 20
+        ),
+    )
+}
+
+/// Seals `built` for `manifest` under the layer's symmetric key, with a
+/// fresh salt (§4.1: a key is never used for two sealings).
+pub fn seal(built: &Built, symkey: &[u8], manifest: &Digest, layer: &Digest) -> SealedIndex {
+    let mut salt = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let key = IndexKey::derive(symkey, &salt, layer);
+    let binding = Binding { manifest, layer };
+    let mut windows = windows::Writer::new();
+    let mut checkpoints = Vec::with_capacity(built.checkpoints.len());
+    for (i, (out, in_bit, window)) in built.checkpoints.iter().enumerate() {
+        let kind = if window.is_empty() {
+            Window::None
+        } else {
+            let raw = Zeroizing::new(miniz_oxide::deflate::compress_to_vec(window, 6));
+            let record = key.seal(Kind::Window, i as u64, binding, &raw);
+            let (offset, len) = windows.push(&record);
+            Window::Stored { offset, len }
+        };
+        checkpoints.push(Checkpoint {
+            out: *out,
+            in_bit: *in_bit,
+            window_len: window.len() as u32,
+            window: kind,
+        });
+    }
+    let windows = windows.finish();
+    let mut header = built.header.clone();
+    header.windows_size = windows.as_ref().map_or(0, |w| w.len() as u64);
+    let head = Head {
+        header,
+        spans: built.spans.clone(),
+        pieces: built.pieces.clone(),
+        checkpoints,
+        entries: &built.entries,
+    };
+    let payload = padded(&Zeroizing::new(head.write()));
+    let record = key.seal(Kind::Head, 0, binding, &payload);
+    SealedIndex {
+        head: HeadBlob::write(&salt, &record),
+        windows,
+    }
+}

@@ -1,0 +1,592 @@
+//! Serving a layer through its seek index (docs/seek-index.md §7): a read
+//! fetches the ciphertext spans from the nearest checkpoint to the end of
+//! its pieces, checks each span against its digest before decrypting it,
+//! inflates from the checkpoint's window and checks each piece it keeps.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::entries::{self, EntriesError};
+use super::head::{Checkpoint, Compression, Expect, Head, HeadError, Header, Piece, Window};
+use super::seal::{Binding, HeadBlob, IndexKey, Kind, SealError};
+use super::windows::{self, WindowError};
+use crate::crypto::cipher::LayerKey;
+use crate::layer::index::{ChunkSource, Layer, Meter, Node, bad, chunk_buffer};
+use crate::layer::source::RangeSource;
+use crate::layer::stream::CHUNK;
+use crate::layer::stream::gzip::{GzReader, State};
+use crate::layer::verified::{Sha256Digest, Verified};
+use crate::oci::digest::Digest;
+
+/// Why a seek index cannot serve a layer; one line that names no file.
+#[derive(Debug, thiserror::Error)]
+pub enum SeekError {
+    #[error("{0}")]
+    Seal(#[from] SealError),
+    #[error("{0}")]
+    Head(#[from] HeadError),
+    #[error("{0}")]
+    Entries(#[from] EntriesError),
+    #[error("{0}")]
+    Window(#[from] WindowError),
+    #[error("its index does not fit in what the cache budget leaves")]
+    NoRoom,
+}
+
+/// A head opened and checked, ready to serve its layer.
+pub struct Unsealed {
+    key: IndexKey,
+    header: Header,
+    spans: Vec<[u8; 32]>,
+    pieces: Vec<Piece>,
+    checkpoints: Vec<Checkpoint>,
+    nodes: Vec<Node>,
+    /// Memory taken from the meter for the sections kept.
+    held: u64,
+}
+
+impl Unsealed {
+    /// The windows blob's size the head names (0: none).
+    pub fn windows_size(&self) -> u64 {
+        self.header.windows_size
+    }
+
+    /// Memory the index keeps while served.
+    pub fn resident(&self) -> u64 {
+        self.held
+    }
+}
+
+/// Opens a head blob (already checked against its descriptor's digest)
+/// under the layer's symmetric key, for the image and layer `binding`
+/// names, and decodes it against what the manifest says of the layer.
+pub fn unseal(
+    head_blob: &[u8],
+    symkey: &[u8],
+    binding: Binding<'_>,
+    expect: &Expect,
+    meter: &dyn Meter,
+) -> Result<Unsealed, SeekError> {
+    let blob = HeadBlob::parse(head_blob)?;
+    let key = IndexKey::derive(symkey, &blob.salt, binding.layer);
+    let payload = key.open(Kind::Head, 0, binding, blob.record)?;
+    let head = Head::parse(&payload, expect)?;
+    let held = head.spans.len() as u64 * 32
+        + head.pieces.len() as u64 * std::mem::size_of::<Piece>() as u64
+        + head.checkpoints.len() as u64 * std::mem::size_of::<Checkpoint>() as u64;
+    if !meter.take(held) {
+        return Err(SeekError::NoRoom);
+    }
+    let nodes = entries::decode(
+        head.entries,
+        head.header.entry_count,
+        head.header.uncompressed,
+        CHUNK,
+        meter,
+    );
+    let nodes = match nodes {
+        Ok(n) => n,
+        Err(e) => {
+            meter.give(held);
+            return Err(e.into());
+        }
+    };
+    Ok(Unsealed {
+        key,
+        header: head.header,
+        spans: head.spans,
+        pieces: head.pieces,
+        checkpoints: head.checkpoints,
+        nodes,
+        held,
+    })
+}
+
+/// Where a layer served by its seek index reads from.
+pub struct Sources {
+    /// The layer blob (ciphertext), through the disk cache.
+    pub blob: Arc<dyn RangeSource>,
+    /// The windows blob, if the head names one.
+    pub windows: Option<Arc<dyn RangeSource>>,
+    pub layer_key: LayerKey,
+    pub manifest: Digest,
+    pub layer: Digest,
+}
+
+/// The layer `u` indexes, served from `src`.
+pub fn layer(u: Unsealed, src: Sources, what: &str) -> io::Result<Layer> {
+    if (u.header.windows_size > 0) != src.windows.is_some()
+        || src
+            .windows
+            .as_ref()
+            .is_some_and(|w| w.size() != u.header.windows_size)
+    {
+        return Err(bad(
+            what,
+            "the windows blob is not the one its head names".into(),
+        ));
+    }
+    let count = u32::try_from(u.header.uncompressed.div_ceil(CHUNK))
+        .map_err(|_| bad(what, "layer has too many chunks".into()))?;
+    let chunks = SeekChunks {
+        what: what.to_string(),
+        key: u.key,
+        header: u.header,
+        spans: u.spans,
+        pieces: u.pieces,
+        checkpoints: u.checkpoints,
+        held: u.held,
+        src,
+    };
+    Layer::new(what, u.nodes, Box::new(chunks), count)
+}
+
+struct SeekChunks {
+    what: String,
+    key: IndexKey,
+    header: Header,
+    spans: Vec<[u8; 32]>,
+    pieces: Vec<Piece>,
+    checkpoints: Vec<Checkpoint>,
+    held: u64,
+    src: Sources,
+}
+
+/// What loading a range of the tar stream needs.
+struct Plan {
+    /// The checkpoint to inflate from (gzip).
+    checkpoint: Option<usize>,
+    /// Compressed (= ciphertext) bytes `[from, to)` that hold it.
+    from: u64,
+    to: u64,
+}
+
+impl SeekChunks {
+    fn span(&self) -> u64 {
+        u64::from(self.header.span)
+    }
+
+    fn piece(&self) -> u64 {
+        u64::from(self.header.piece)
+    }
+
+    /// The stream range chunk `c` covers.
+    fn chunk_range(&self, c: u32) -> (u64, u64) {
+        let start = u64::from(c) * CHUNK;
+        (start, (start + CHUNK).min(self.header.uncompressed))
+    }
+
+    /// The ciphertext needed for stream bytes `[start, end)`.
+    fn plan(&self, start: u64, end: u64) -> Plan {
+        let last = ((end.max(1) - 1) / self.piece()) as usize;
+        match self.header.compression {
+            Compression::None => Plan {
+                checkpoint: None,
+                from: start,
+                to: end,
+            },
+            Compression::Gzip => {
+                let j = self.checkpoints.partition_point(|c| c.out <= start).max(1) - 1;
+                Plan {
+                    checkpoint: Some(j),
+                    from: self.checkpoints[j].in_bit / 8,
+                    to: self.pieces[last.min(self.pieces.len() - 1)].in_end,
+                }
+            }
+        }
+    }
+
+    /// `[from, to)` widened to whole spans.
+    fn spans_of(&self, from: u64, to: u64) -> (u64, u64) {
+        let s = self.span();
+        let lo = from / s * s;
+        let hi = (to.div_ceil(s) * s).min(self.header.blob_size);
+        (lo, hi.max(lo))
+    }
+
+    /// Ciphertext `[lo, hi)` (whole spans), each span checked against its
+    /// digest before it is decrypted; a bad cached copy is fetched once more.
+    fn read_spans(&self, lo: u64, hi: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+        let blob = &self.src.blob;
+        let mut tries = 0;
+        loop {
+            blob.prepare(lo, hi - lo)?;
+            let mut buf = Zeroizing::new(blob.read_range(lo, hi - lo)?);
+            match self.check_spans(lo, &buf) {
+                Ok(()) => {
+                    self.src.layer_key.apply_at(lo, &mut buf);
+                    return Ok(buf);
+                }
+                Err(i) => {
+                    if let Err(e) = blob.forget_range(lo, hi - lo) {
+                        tracing::warn!("layer {}: forgetting a bad span: {e}", self.what);
+                    }
+                    tries += 1;
+                    if tries == 2 {
+                        return Err(bad(
+                            &self.what,
+                            format!(
+                                "ciphertext span {i} (blob offset {}) does not match its seek index digest",
+                                i as u64 * self.span()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first span of `buf` (starting at blob offset `lo`) that does not
+    /// match its digest.
+    fn check_spans(&self, lo: u64, buf: &[u8]) -> Result<(), usize> {
+        let first = (lo / self.span()) as usize;
+        for (n, bytes) in buf.chunks(self.span() as usize).enumerate() {
+            let i = first + n;
+            let got: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(bytes).into();
+            if self.spans.get(i) != Some(&got) {
+                return Err(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoint `j`'s history.
+    fn window(&self, j: usize, c: &Checkpoint) -> io::Result<Zeroizing<Vec<u8>>> {
+        let binding = Binding {
+            manifest: &self.src.manifest,
+            layer: &self.src.layer,
+        };
+        match c.window {
+            Window::None => Ok(Zeroizing::new(Vec::new())),
+            Window::Primed { .. } => Err(bad(
+                &self.what,
+                format!("checkpoint {j}: primed windows are not read by this lazycrypt"),
+            )),
+            Window::Stored { offset, len } => {
+                let w =
+                    self.src.windows.as_ref().ok_or_else(|| {
+                        bad(&self.what, format!("checkpoint {j}: no windows blob"))
+                    })?;
+                let size = self.header.windows_size;
+                let at = |e: WindowError| bad(&self.what, e.to_string());
+                windows::check_place(j as u64, offset, len, size).map_err(at)?;
+                let sealed = w.read_range(offset, u64::from(len))?;
+                windows::open(&self.key, j as u64, binding, &sealed, c.window_len).map_err(at)
+            }
+        }
+    }
+
+    fn load_range(&self, start: u64, end: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+        let plan = self.plan(start, end);
+        let (lo, hi) = self.spans_of(plan.from, plan.to);
+        let buf = self.read_spans(lo, hi)?;
+        let mut out = chunk_buffer((end - start) as usize);
+        match plan.checkpoint {
+            None => out.copy_from_slice(&buf[(start - lo) as usize..(end - lo) as usize]),
+            Some(j) => {
+                let c = &self.checkpoints[j];
+                let window = self.window(j, c)?;
+                let partial = buf[(c.in_bit / 8 - lo) as usize];
+                let st = State::at_block(c.in_bit, partial, c.out, &window).ok_or_else(|| {
+                    bad(
+                        &self.what,
+                        format!("checkpoint {j}: its window is too long"),
+                    )
+                })?;
+                let from = (c.in_bit.div_ceil(8) - lo) as usize;
+                let mut gz = GzReader::resume(&buf[from.min(buf.len())..], st);
+                let at_cp = |e: io::Error| {
+                    bad(
+                        &self.what,
+                        format!(
+                            "inflating from checkpoint {j} (blob offset {}): {e}",
+                            c.in_bit / 8
+                        ),
+                    )
+                };
+                io::copy(&mut (&mut gz).take(start - c.out), &mut io::sink())
+                    .map_err(at_cp)
+                    .and_then(|n| {
+                        if n == start - c.out {
+                            Ok(())
+                        } else {
+                            Err(at_cp(io::ErrorKind::UnexpectedEof.into()))
+                        }
+                    })?;
+                gz.read_exact(&mut out).map_err(at_cp)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn range_of(&self, chunks: &[u32]) -> Option<(u64, u64)> {
+        let (first, last) = (*chunks.first()?, *chunks.last()?);
+        let (start, _) = self.chunk_range(first);
+        let (_, end) = self.chunk_range(last);
+        let plan = self.plan(start, end);
+        Some(self.spans_of(plan.from, plan.to))
+    }
+}
+
+impl ChunkSource for SeekChunks {
+    fn load(&self, chunk: u32) -> io::Result<Verified> {
+        let (start, end) = self.chunk_range(chunk);
+        if start >= end {
+            return Err(bad(&self.what, format!("no chunk {chunk}")));
+        }
+        let bytes = self.load_range(start, end)?;
+        let (k0, k1) = (start / self.piece(), (end - 1) / self.piece());
+        let want: Vec<Sha256Digest> = self.pieces[k0 as usize..=k1 as usize]
+            .iter()
+            .map(|p| Sha256Digest(p.digest))
+            .collect();
+        Verified::check_pieces(bytes, self.piece() as usize, &want).map_err(|_| {
+            bad(
+                &self.what,
+                format!("chunk {chunk} does not match its seek index's piece digests"),
+            )
+        })
+    }
+
+    fn fetched(&self) -> u64 {
+        self.src.blob.fetched() + self.src.windows.as_ref().map_or(0, |w| w.fetched())
+    }
+
+    fn resident(&self) -> u64 {
+        self.held
+    }
+
+    fn is_local(&self) -> bool {
+        self.src.blob.has(0, self.header.blob_size)
+    }
+
+    fn is_local_chunks(&self, chunks: &[u32]) -> bool {
+        self.range_of(chunks)
+            .is_none_or(|(lo, hi)| self.src.blob.has(lo, hi - lo))
+    }
+
+    fn prepare(&self, chunks: &[u32], then: &[u32]) -> io::Result<()> {
+        if self.is_local_chunks(chunks) {
+            return Ok(());
+        }
+        let all: Vec<u32> = chunks.iter().chain(then).copied().collect();
+        match self.range_of(&all) {
+            Some((lo, hi)) => self.src.blob.prepare(lo, hi - lo),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::layer::index::Unmetered;
+    use crate::layer::seekindex::build::{self, SpanDigests, SpanTap};
+    use crate::layer::source::MemoryRange;
+    use crate::oci::digest;
+
+    fn noise(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    fn text(n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n);
+        let mut i = 0u64;
+        while v.len() < n {
+            writeln!(v, "line {i} of a module, {}", i * 7919 % 1013).unwrap();
+            i += 1;
+        }
+        v.truncate(n);
+        v
+    }
+
+    fn files() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("etc/small.conf", b"hello, seek index\n".to_vec()),
+            ("usr/lib/big.txt", text(5 << 20)),
+            ("usr/lib/blob.so", noise(3 << 20, 7)),
+            ("usr/lib/empty", Vec::new()),
+            ("z/tail.txt", text(70_000)),
+        ]
+    }
+
+    fn tar(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    struct Fixture {
+        ct: Vec<u8>,
+        key: LayerKey,
+        symkey: [u8; 32],
+        manifest: Digest,
+        layer: Digest,
+        compression: Compression,
+        head: Vec<u8>,
+        windows: Option<Vec<u8>>,
+    }
+
+    fn fixture(compression: Compression) -> Fixture {
+        let t = tar(&files());
+        let plain = match compression {
+            Compression::None => t,
+            Compression::Gzip => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&t).unwrap();
+                e.finish().unwrap()
+            }
+        };
+        let key = LayerKey::generate();
+        let mut ct = plain.clone();
+        key.apply_at(0, &mut ct);
+        let layer = digest::of(&ct);
+        let manifest = digest::of(b"the image manifest");
+        let spans = Arc::new(Mutex::new(SpanDigests::default()));
+        io::copy(&mut SpanTap::new(&ct[..], spans.clone()), &mut io::sink()).unwrap();
+        let built = build::build(&plain[..], compression, &layer, &spans, &Unmetered).unwrap();
+        let symkey = [9u8; 32];
+        let sealed = build::seal(&built, &symkey, &manifest, &layer);
+        Fixture {
+            ct,
+            key,
+            symkey,
+            manifest,
+            layer,
+            compression,
+            head: sealed.head,
+            windows: sealed.windows,
+        }
+    }
+
+    impl Fixture {
+        fn expect(&self) -> Expect {
+            let mut raw = [0u8; 32];
+            hex::decode_to_slice(self.layer.digest(), &mut raw).unwrap();
+            Expect {
+                layer: raw,
+                blob_size: self.ct.len() as u64,
+                compression: self.compression,
+            }
+        }
+
+        fn open(&self, ct: Vec<u8>) -> Result<(Layer, Arc<MemoryRange>), SeekError> {
+            let binding = Binding {
+                manifest: &self.manifest,
+                layer: &self.layer,
+            };
+            let u = unseal(
+                &self.head,
+                &self.symkey,
+                binding,
+                &self.expect(),
+                &Unmetered,
+            )?;
+            let blob = Arc::new(MemoryRange::new(ct));
+            let windows = self
+                .windows
+                .clone()
+                .map(|w| Arc::new(MemoryRange::new(w)) as Arc<dyn RangeSource>);
+            let src = Sources {
+                blob: blob.clone(),
+                windows,
+                layer_key: self.key.clone(),
+                manifest: self.manifest.clone(),
+                layer: self.layer.clone(),
+            };
+            Ok((layer(u, src, "L").unwrap(), blob))
+        }
+    }
+
+    #[test]
+    fn every_file_reads_right_at_any_offset_fetching_little() {
+        for c in [Compression::Gzip, Compression::None] {
+            let f = fixture(c);
+            let (l, blob) = f.open(f.ct.clone()).unwrap();
+            let small = l.read_file("etc/small.conf", 0, 100).unwrap();
+            assert_eq!(&small[..], b"hello, seek index\n");
+            // A small file's read fetches its checkpoint's range, not the layer.
+            let fetched = blob.fetched.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(fetched < 3 << 20, "{c:?}: {fetched} of {}", f.ct.len());
+            for (name, data) in files() {
+                let all = l.read_file(name, 0, u64::MAX).unwrap();
+                assert!(all[..] == data[..], "{c:?} {name}");
+                for at in [1u64, 65_535, (1 << 20) + 17, (3 << 20) - 5] {
+                    if at < data.len() as u64 {
+                        let got = l.read_file(name, at, 9000).unwrap();
+                        let end = (at as usize + 9000).min(data.len());
+                        assert!(got[..] == data[at as usize..end], "{c:?} {name} @{at}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_key_image_or_layer_and_tampering_are_refused() {
+        let f = fixture(Compression::Gzip);
+        let other = digest::of(b"another image");
+        let e = |r: Result<(Layer, Arc<MemoryRange>), SeekError>| r.err().unwrap().to_string();
+        let mut g = fixture_like(&f);
+        g.symkey = [8; 32];
+        assert!(e(g.open(f.ct.clone())).contains("does not open"));
+        let mut g = fixture_like(&f);
+        g.manifest = other.clone();
+        assert!(e(g.open(f.ct.clone())).contains("does not open"));
+        let mut g = fixture_like(&f);
+        let n = g.head.len();
+        g.head[n - 40] ^= 1;
+        assert!(e(g.open(f.ct.clone())).contains("does not open"));
+        // A span the registry changed: EIO, never other bytes.
+        let mut bad = f.ct.clone();
+        bad[100] ^= 1;
+        let (l, _) = f.open(bad).unwrap();
+        let err = l
+            .read_file("etc/small.conf", 0, 100)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("span 0") && err.contains("does not match"),
+            "{err}"
+        );
+        // A window record changed: refused.
+        let mut g = fixture_like(&f);
+        let w = g.windows.as_mut().unwrap();
+        let last = w.len() - 1;
+        w[last] ^= 1;
+        let (l, _) = g.open(f.ct.clone()).unwrap();
+        let err = l.read_file("z/tail.txt", 0, 100).unwrap_err().to_string();
+        assert!(err.contains("does not open"), "{err}");
+    }
+
+    fn fixture_like(f: &Fixture) -> Fixture {
+        Fixture {
+            ct: f.ct.clone(),
+            key: f.key.clone(),
+            symkey: f.symkey,
+            manifest: f.manifest.clone(),
+            layer: f.layer.clone(),
+            compression: f.compression,
+            head: f.head.clone(),
+            windows: f.windows.clone(),
+        }
+    }
+}
