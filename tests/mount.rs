@@ -265,7 +265,7 @@ fn assert_same_tree(mnt: &Path, want: &BTreeMap<String, Ent>) {
 }
 
 #[test]
-fn mounted_trees_equal_the_merged_rootfs_for_skopeo_tar_gz_and_zstd_and_estargz() {
+fn mounted_trees_equal_the_merged_rootfs_for_skopeo_tar_gz_indexed_or_not_zstd_and_estargz() {
     let d = tmp();
     let big = noise(100 << 20);
     let layers = rich_layers(big);
@@ -287,12 +287,25 @@ fn mounted_trees_equal_the_merged_rootfs_for_skopeo_tar_gz_and_zstd_and_estargz(
     let by_us = format!("oci:{}:estargz", d.path().join("img").display());
     encrypt_estargz(&plain, &by_us, &k.public);
     let key = k.private.to_str().unwrap();
+    // The tar.gz image with a seek index published beside it too: the
+    // layers it indexes read as the whole-blob path reads them.
+    let indexed = format!("oci:{}:indexed", img.display());
+    skopeo_encrypt(
+        &plain,
+        &indexed,
+        &[format!("jwe:{}", k.public.display())],
+        Some("gzip"),
+    );
+    ok(lazycrypt().args(["index", "--key", key, &indexed]));
     for (image, mode) in [
         (&by_skopeo, "3 indexed"),
+        (&indexed, "3 seek-indexed"),
         (&zstd, "3 indexed"),
         (&by_us, "3 lazy"),
     ] {
-        let state = d.path().join(format!("state-{mode}"));
+        let state = d
+            .path()
+            .join(format!("state-{}", image.rsplit(':').next().unwrap()));
         let mnt = d.path().join("mnt");
         let m = mount(image, &mnt, &state, &["--key", key, "--stats"]).unwrap();
         assert_same_tree(&mnt, &want);

@@ -15,7 +15,9 @@ use crate::crypto::envelope::layer_keys;
 use crate::layer::index::Unmetered;
 use crate::layer::seekindex::artifact::{self, ARTIFACT_TYPE, Blob};
 use crate::layer::seekindex::build::{self, SpanDigests, SpanTap};
-use crate::layer::seekindex::head::Compression;
+use crate::layer::seekindex::head::{Compression, Expect};
+use crate::layer::seekindex::seal::Binding;
+use crate::layer::seekindex::serve;
 use crate::oci::digest::{Digest, VerifyingReader};
 use crate::oci::image::Image;
 use crate::oci::platform::Platform;
@@ -194,6 +196,30 @@ fn layer(
     let plain = key.decrypt_reader(verified, &public.hmac, None, &what);
     let built = build::build(plain, compression, d.digest(), &spans, &Unmetered)?;
     let sealed = build::seal(&built, &private.key()[..], manifest, d.digest());
+    // What readers would refuse is not published: the head is opened and
+    // checked here as a node will.
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(d.digest().digest(), &mut raw)?;
+    let expect = Expect {
+        layer: raw,
+        blob_size: d.size(),
+        compression,
+    };
+    let binding = Binding {
+        manifest,
+        layer: d.digest(),
+    };
+    if let Err(e) = serve::unseal(
+        &sealed.head,
+        &private.key()[..],
+        binding,
+        &expect,
+        &Unmetered,
+    ) {
+        return Ok(Outcome::Skipped(format!(
+            "its index would not be usable: {e}"
+        )));
+    }
     let secs = started.elapsed().as_secs_f64();
     let mut blobs = vec![Blob {
         media_type: artifact::HEAD_MEDIA_TYPE,

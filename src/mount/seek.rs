@@ -119,6 +119,16 @@ fn open_with(
 ) -> io::Result<Layer> {
     let head_desc = &blobs.head;
     HeadBlob::check_size(head_desc.size()).map_err(io::Error::other)?;
+    // Anyone who can push to the repository can list heads: they are
+    // fetched only up to what a real one could need for this layer.
+    let most = (4 << 20) + 4 * b.desc.size();
+    if head_desc.size() > most {
+        return Err(io::Error::other(format!(
+            "head blob {} is {} bytes, more than an index of this layer needs",
+            head_desc.digest(),
+            head_desc.size()
+        )));
+    }
     let head_disk = cached(b.src, head_desc, cache_dir)?;
     let size = head_desc.size();
     head_disk.prepare(0, size)?;

@@ -132,7 +132,7 @@ impl ImageSource for Layout {
             .cloned()
             .unwrap_or_default()
             .into_iter()
-            .filter(|e| e.get("artifactType").is_none())
+            .filter(|e| !is_referrer(e))
             .collect();
         let name_of = |e: &Value| e["annotations"][REF_NAME].as_str().map(str::to_string);
         let chosen = match &self.tag {
@@ -193,18 +193,27 @@ impl ImageSource for Layout {
 
     /// The image-layout spec has no referrers mechanism; referrers are the
     /// untagged `index.json` entries with an `artifactType` (as oras keeps
-    /// them). Their `subject` is for the reader to check.
-    fn referrers(&self, _digest: &Digest) -> Result<Option<RawManifest>, Error> {
+    /// them) whose manifest names `digest` as its subject.
+    fn referrers(&self, digest: &Digest) -> Result<Option<RawManifest>, Error> {
         let index = self.read_index()?;
-        let listed: Vec<Value> = index["manifests"]
-            .as_array()
-            .map(|m| {
-                m.iter()
-                    .filter(|e| e.get("artifactType").is_some())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut listed = Vec::new();
+        for e in index["manifests"].as_array().into_iter().flatten() {
+            if !is_referrer(e) {
+                continue;
+            }
+            let Ok(desc) = serde_json::from_value::<Descriptor>(e.clone()) else {
+                continue;
+            };
+            let Ok(m) = self.manifest(&desc) else {
+                continue;
+            };
+            let subject = serde_json::from_slice::<Value>(&m.bytes)
+                .ok()
+                .and_then(|v| v["subject"]["digest"].as_str().map(str::to_string));
+            if subject.as_deref() == Some(digest.to_string().as_str()) {
+                listed.push(e.clone());
+            }
+        }
         let bytes = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": media::OCI_INDEX,
@@ -217,6 +226,12 @@ impl ImageSource for Layout {
             bytes,
         }))
     }
+}
+
+/// An untagged `index.json` entry with an `artifactType`: a referrer
+/// (tagged entries are images, whatever their descriptor says).
+fn is_referrer(e: &Value) -> bool {
+    e.get("artifactType").is_some() && e["annotations"][REF_NAME].as_str().is_none()
 }
 
 impl ImageDest for Layout {
@@ -286,8 +301,7 @@ impl ImageDest for Layout {
         // Like skopeo: the tag moves to the new image; an untagged write replaces untagged entries.
         // Referrers stay: they name their subject by digest.
         manifests.retain(|e| {
-            e.get("artifactType").is_some()
-                || e["annotations"][REF_NAME].as_str().map(str::to_string) != tag
+            is_referrer(e) || e["annotations"][REF_NAME].as_str().map(str::to_string) != tag
         });
         manifests.push(entry);
         if index.get("mediaType").is_none() {

@@ -178,7 +178,7 @@ impl RemoteConfig {
             cache_bytes: 1 << 20,
             sealed_bytes: 1 << 20,
             allow_unverified_lazy: false,
-            seek_index: true,
+            seek_index: false,
             read_ahead: crate::fs::ReadAhead::Auto,
             keeper_socket: None,
             registry_timeouts: Default::default(),

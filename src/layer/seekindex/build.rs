@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::entries;
-use super::head::{Checkpoint, Compression, Head, Header, MAX_SPACING, Piece, Window};
+use super::head::{Checkpoint, Compression, Head, Header, MAX_INFLATE, Piece, Window};
 use super::seal::{Binding, HeadBlob, IndexKey, Kind, padded};
 use super::windows;
 use crate::layer::index::{Meter, bad};
@@ -171,13 +171,13 @@ pub fn build<R: Read>(
         if p.out >= total && total > 0 {
             continue;
         }
-        if p.out - last_out > MAX_SPACING {
+        if p.out - last_out > MAX_INFLATE {
             return Err(spaced(what));
         }
         last_out = p.out;
         checkpoints.push((p.out, p.in_bit, p.window));
     }
-    if compression == Compression::Gzip && total - last_out > MAX_SPACING {
+    if compression == Compression::Gzip && total - last_out > MAX_INFLATE {
         return Err(spaced(what));
     }
     let entries = entries::encode(&nodes, CHUNK).map_err(|e| bad(what, e.to_string()))?;
@@ -210,7 +210,7 @@ fn spaced(what: &str) -> io::Error {
         what,
         format!(
             "its deflate blocks are so long that checkpoints would lie more than {} MiB apart",
-            MAX_SPACING >> 20
+            MAX_INFLATE >> 20
         ),
     )
 }

@@ -11,6 +11,12 @@ pub const MAX_SPACING: u64 = 256 << 20;
 pub const MAX_PRIME_BITS: u64 = 8 * (256 << 10);
 /// Deflate's history.
 pub const WINDOW: u32 = 32768;
+/// The tar stream is read in chunks of this many bytes (`stream::CHUNK`).
+pub const CHUNK: u64 = 1 << 20;
+/// Most compressed bytes one chunk's read may need, from its checkpoint.
+pub const MAX_FETCH: u64 = 64 << 20;
+/// Most output one chunk's read may inflate and drop before the chunk.
+pub const MAX_INFLATE: u64 = 64 << 20;
 
 const HEADER_LEN: usize = 88;
 const SPAN_LEN: usize = 32;
@@ -308,6 +314,9 @@ impl<'a> Head<'a> {
         {
             return Err(bad("the last checkpoint is too far from the end"));
         }
+        if compression == Compression::Gzip {
+            reads_are_bounded(&checkpoints, &pieces, piece, uncompressed)?;
+        }
 
         let len = usize::try_from(entries_len)
             .ok()
@@ -376,6 +385,51 @@ impl<'a> Head<'a> {
         out.extend_from_slice(self.entries);
         out
     }
+}
+
+/// Every 1 MiB chunk a reader loads (the unit of `stream::CHUNK`) needs
+/// compressed bytes from its checkpoint to its last piece's `in_end`: that
+/// range must start before it ends, and neither it nor the output inflated
+/// before the chunk may pass the reader's limits (an index, even one that
+/// unseals, must not make one read fetch or inflate without bound).
+fn reads_are_bounded(
+    checkpoints: &[Checkpoint],
+    pieces: &[Piece],
+    piece: u32,
+    uncompressed: u64,
+) -> Result<(), HeadError> {
+    let chunk = CHUNK;
+    let mut j = 0;
+    let mut start = 0u64;
+    while start < uncompressed {
+        while j + 1 < checkpoints.len() && checkpoints[j + 1].out <= start {
+            j += 1;
+        }
+        let c = &checkpoints[j];
+        let end = (start + chunk).min(uncompressed);
+        let last = ((end - 1) / u64::from(piece)) as usize;
+        let Some(p) = pieces.get(last) else {
+            return Err(bad("the pieces do not cover the stream"));
+        };
+        let from = c.in_bit / 8;
+        let n = start / chunk;
+        if p.in_end <= from {
+            return Err(bad(format!(
+                "chunk {n}: its pieces end before its checkpoint {j} begins"
+            )));
+        }
+        // Deflate at worst grows data by an eighth (fixed-Huffman literals
+        // of 9 bits); an inflater looks ahead a little.
+        let most = (end - c.out) + (end - c.out) / 8 + (1 << 20);
+        if p.in_end - from > most.min(MAX_FETCH) || start - c.out > MAX_INFLATE {
+            return Err(bad(format!(
+                "chunk {n}: reading it from checkpoint {j} would fetch or inflate more than {} MiB",
+                MAX_FETCH >> 20
+            )));
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 fn checkpoint(r: &mut Reader<'_>, i: usize) -> Result<Checkpoint, HeadError> {

@@ -272,8 +272,24 @@ impl SeekChunks {
                 let size = self.header.windows_size;
                 let at = |e: WindowError| bad(&self.what, e.to_string());
                 windows::check_place(j as u64, offset, len, size).map_err(at)?;
-                let sealed = w.read_range(offset, u64::from(len))?;
-                windows::open(&self.key, j as u64, binding, &sealed, c.window_len).map_err(at)
+                // A record the source got wrong once is fetched once more,
+                // as a span is: the cache must not keep it failing.
+                let mut tries = 0;
+                loop {
+                    let sealed = w.read_range(offset, u64::from(len))?;
+                    match windows::open(&self.key, j as u64, binding, &sealed, c.window_len) {
+                        Ok(window) => return Ok(window),
+                        Err(e) => {
+                            if let Err(f) = w.forget_range(offset, u64::from(len)) {
+                                tracing::warn!("layer {}: forgetting a bad window: {f}", self.what);
+                            }
+                            tries += 1;
+                            if tries == 2 {
+                                return Err(at(e));
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -288,7 +304,16 @@ impl SeekChunks {
             Some(j) => {
                 let c = &self.checkpoints[j];
                 let window = self.window(j, c)?;
-                let partial = buf[(c.in_bit / 8 - lo) as usize];
+                // The head's rules put the checkpoint inside what was read
+                // (§5.4, and every chunk's range checked at parse).
+                let partial = c
+                    .in_bit
+                    .checked_sub(lo * 8)
+                    .and_then(|b| buf.get((b / 8) as usize))
+                    .copied()
+                    .ok_or_else(|| {
+                        bad(&self.what, format!("checkpoint {j} lies outside its read"))
+                    })?;
                 let st = State::at_block(c.in_bit, partial, c.out, &window).ok_or_else(|| {
                     bad(
                         &self.what,
@@ -575,6 +600,114 @@ mod tests {
         let (l, _) = g.open(f.ct.clone()).unwrap();
         let err = l.read_file("z/tail.txt", 0, 100).unwrap_err().to_string();
         assert!(err.contains("does not open"), "{err}");
+    }
+
+    /// The fixture's head, opened, edited as a co-recipient of the layer
+    /// key could, and sealed again under the same salt.
+    fn resealed(f: &Fixture, edit: impl FnOnce(&mut Head<'_>)) -> Fixture {
+        let blob = HeadBlob::parse(&f.head).unwrap();
+        let key = IndexKey::derive(&f.symkey, &blob.salt, &f.layer);
+        let binding = Binding {
+            manifest: &f.manifest,
+            layer: &f.layer,
+        };
+        let payload = key.open(Kind::Head, 0, binding, blob.record).unwrap();
+        let mut head = Head::parse(&payload, &f.expect()).unwrap();
+        edit(&mut head);
+        let mut bytes = head.write();
+        bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
+        let record = key.seal(Kind::Head, 0, binding, &bytes);
+        let mut g = fixture_like(f);
+        g.head = HeadBlob::write(&blob.salt, &record);
+        g
+    }
+
+    /// A piece `in_end` before its checkpoint's byte (non-decreasing, last
+    /// = C) once panicked the reader; the head is now refused.
+    #[test]
+    fn an_in_end_before_its_checkpoint_fails_the_read_without_panicking() {
+        let f = fixture(Compression::Gzip);
+        let g = resealed(&f, |h| {
+            let n = h.pieces.len();
+            for p in &mut h.pieces[..n - 1] {
+                p.in_end = 0;
+            }
+        });
+        let e = g.open(f.ct.clone()).err().unwrap().to_string();
+        assert!(e.contains("end before its checkpoint 0 begins"), "{e}");
+    }
+
+    /// A piece `in_end` of C for every piece made each chunk load read (and
+    /// buffer, unmetered) from its checkpoint to the blob's end; the head is
+    /// now refused.
+    #[test]
+    fn an_in_end_at_the_blobs_end_does_not_fetch_the_whole_blob() {
+        let f = fixture(Compression::Gzip);
+        let c = f.ct.len() as u64;
+        let g = resealed(&f, |h| {
+            for p in &mut h.pieces {
+                p.in_end = c;
+            }
+        });
+        let e = g.open(f.ct.clone()).err().unwrap().to_string();
+        assert!(e.contains("chunk 0: reading it from checkpoint 0"), "{e}");
+    }
+
+    /// Serves other bytes on its first read only (a registry or mirror
+    /// that misbehaved once).
+    struct FlakyOnce {
+        data: Vec<u8>,
+        served: std::sync::atomic::AtomicBool,
+    }
+
+    impl RangeSource for FlakyOnce {
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn read_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            let at = offset as usize;
+            buf.copy_from_slice(&self.data[at..at + buf.len()]);
+            if !self.served.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                for b in buf.iter_mut() {
+                    *b ^= 0x5a;
+                }
+            }
+            Ok(())
+        }
+        fn fetched(&self) -> u64 {
+            0
+        }
+    }
+
+    /// A window record the source got wrong once is fetched again, as a bad
+    /// span is; it once failed every read from the cache.
+    #[test]
+    fn a_window_the_source_got_wrong_once_is_fetched_again() {
+        let f = fixture(Compression::Gzip);
+        let dir = tempfile::tempdir().unwrap();
+        let w = f.windows.clone().unwrap();
+        let wd = digest::of(&w);
+        let flaky = Arc::new(FlakyOnce {
+            data: w,
+            served: false.into(),
+        });
+        let cached =
+            Arc::new(crate::cache::blobs::DiskRange::open(dir.path(), &wd, flaky).unwrap());
+        let binding = Binding {
+            manifest: &f.manifest,
+            layer: &f.layer,
+        };
+        let u = unseal(&f.head, &f.symkey, binding, &f.expect(), &Unmetered).unwrap();
+        let src = Sources {
+            blob: Arc::new(MemoryRange::new(f.ct.clone())),
+            windows: Some(cached),
+            layer_key: f.key.clone(),
+            manifest: f.manifest.clone(),
+            layer: f.layer.clone(),
+        };
+        let l = layer(u, src, "L").unwrap();
+        let got = l.read_file("z/tail.txt", 0, 100);
+        assert!(got.is_ok(), "{:?}", got.err());
     }
 
     fn fixture_like(f: &Fixture) -> Fixture {
