@@ -8,4 +8,6 @@ pub mod seekindex;
 pub mod source;
 pub mod stream;
 pub mod tarmeta;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod verified;

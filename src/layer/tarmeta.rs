@@ -291,6 +291,7 @@ impl std::error::Error for Own {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::testing::pax;
 
     #[test]
     fn names_are_cleaned() {
@@ -309,22 +310,6 @@ mod tests {
         h.set_mode(0o644);
         h.set_cksum();
         h
-    }
-
-    fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (k, v) in records {
-            let body = k.len() + v.len() + 3;
-            // The length field counts its own digits.
-            let mut len = body + body.to_string().len();
-            if len.to_string().len() != body.to_string().len() {
-                len += 1;
-            }
-            out.extend_from_slice(format!("{len} {k}=").as_bytes());
-            out.extend_from_slice(v);
-            out.push(b'\n');
-        }
-        out
     }
 
     #[test]

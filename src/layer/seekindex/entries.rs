@@ -430,6 +430,7 @@ fn extent_count(offset: u64, size: u64, chunk: u64) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use crate::layer::testing::{Budget, pax};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use tar::{EntryType, Header};
@@ -438,41 +439,6 @@ mod tests {
     use crate::layer::index::Unmetered;
     use crate::layer::stream::sealed::Scratch;
     use crate::layer::stream::{self, CHUNK};
-
-    /// A budget of `.0` bytes; `.1` taken.
-    struct Budget(u64, AtomicU64);
-
-    impl Meter for Budget {
-        fn take(&self, bytes: u64) -> bool {
-            self.1
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
-                    t.checked_add(bytes).filter(|&n| n <= self.0)
-                })
-                .is_ok()
-        }
-        fn give(&self, bytes: u64) {
-            self.1.fetch_sub(bytes, Ordering::SeqCst);
-        }
-        fn budget(&self) -> u64 {
-            self.0
-        }
-    }
-
-    fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (k, v) in records {
-            let body = k.len() + v.len() + 3;
-            // The length field counts its own digits.
-            let mut len = body + body.to_string().len();
-            if len.to_string().len() != body.to_string().len() {
-                len += 1;
-            }
-            out.extend_from_slice(format!("{len} {k}=").as_bytes());
-            out.extend_from_slice(v);
-            out.push(b'\n');
-        }
-        out
-    }
 
     fn header(kind: EntryType, size: u64, mode: u32) -> Header {
         let mut h = Header::new_gnu();

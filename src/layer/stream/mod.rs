@@ -459,6 +459,7 @@ impl ChunkSource for StreamChunks {
 
 #[cfg(test)]
 mod tests {
+    use crate::layer::testing::Budget;
     use std::io::Write;
 
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -469,25 +470,6 @@ mod tests {
 
     fn nowhere() -> Scratch {
         Scratch::new("/nonexistent".into(), u64::MAX)
-    }
-
-    /// A budget of `.0` bytes; `.1` taken.
-    struct Budget(u64, AtomicU64);
-
-    impl Meter for Budget {
-        fn take(&self, bytes: u64) -> bool {
-            self.1
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
-                    t.checked_add(bytes).filter(|&n| n <= self.0)
-                })
-                .is_ok()
-        }
-        fn give(&self, bytes: u64) {
-            self.1.fetch_sub(bytes, Ordering::SeqCst);
-        }
-        fn budget(&self) -> u64 {
-            self.0
-        }
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {

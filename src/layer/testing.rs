@@ -1,0 +1,41 @@
+//! What the layer modules' tests share.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::index::Meter;
+
+/// A budget of `.0` bytes; `.1` taken.
+pub struct Budget(pub u64, pub AtomicU64);
+
+impl Meter for Budget {
+    fn take(&self, bytes: u64) -> bool {
+        self.1
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                t.checked_add(bytes).filter(|&n| n <= self.0)
+            })
+            .is_ok()
+    }
+    fn give(&self, bytes: u64) {
+        self.1.fetch_sub(bytes, Ordering::SeqCst);
+    }
+    fn budget(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A PAX extended header's payload of `records` (`LEN KEY=VALUE\n`).
+pub fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in records {
+        let body = k.len() + v.len() + 3;
+        // The length field counts its own digits.
+        let mut len = body + body.to_string().len();
+        if len.to_string().len() != body.to_string().len() {
+            len += 1;
+        }
+        out.extend_from_slice(format!("{len} {k}=").as_bytes());
+        out.extend_from_slice(v);
+        out.push(b'\n');
+    }
+    out
+}
