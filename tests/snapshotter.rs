@@ -1970,3 +1970,75 @@ fn labels_naming_another_images_layer_cannot_plant_it_under_a_victims_chain_id()
     });
     daemon.stop();
 }
+
+on_lines!(seek_indexed_tar_gz_images_run_through_containerd_fetching_a_fraction: V1_6, V2_1);
+fn seek_indexed_tar_gz_images_run_through_containerd_fetching_a_fraction(line: Line) {
+    let d = tmp();
+    let reg = Registry::start();
+    let marker = format!("LZSEEK{}", std::process::id());
+    // busybox, the secret, and 64 MiB the container never reads.
+    let big = common::noise(64 << 20);
+    let ([_, targz], k) = encrypted_pair(
+        d.path(),
+        &reg,
+        "seek",
+        &marker,
+        &[("weights/big.bin", &big)],
+    );
+    drop(big);
+    let said = ok(lazycrypt()
+        .args(["index", "--plain-http", "--key"])
+        .arg(&k.private)
+        .arg(&targz));
+    assert!(said.contains("published seek index"), "{said}");
+    // containerd and lazycrypt reach the registry through a counting proxy.
+    let proxy = common::mounts::CountingProxy::start(&reg.addr);
+    let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);
+    let daemon = Daemon::start_with(d.path(), &args);
+    let ctd = Containerd::start_on(line, d.path(), &daemon.socket, Some(&proxy.addr));
+    let image = format!("{}/seek/targz:v1", proxy.addr);
+    let out = lazycrypt_pull(&ctd, &image);
+    assert!(out.contains("1 layers mounted lazily"), "{out}");
+    let out = run_rm(&ctd, &image, "seek1", &["cat", "/data/secret"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&marker),
+        "{out:?}\n{}",
+        daemon.log()
+    );
+    assert!(daemon.log().contains("mounted (Seek)"), "{}", daemon.log());
+    let served = proxy.served();
+    eprintln!(
+        "{line:?}: pull and run of a 66 MiB indexed image: the registry served {served} bytes"
+    );
+    assert!(
+        served < 12 << 20,
+        "the registry served {served} bytes to run a 66 MiB indexed image"
+    );
+    // The CRI path: pulled and run in the kubelet's namespace.
+    ctd.cri_pull(&image)
+        .unwrap_or_else(|e| panic!("CRI pull: {e}\n{}", daemon.log()));
+    let out = ctd.run_in(
+        "k8s.io",
+        &image,
+        "seek2",
+        &["/bin/busybox", "cat", "/data/secret"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&marker),
+        "{out:?}\n{}",
+        daemon.log()
+    );
+    let served = proxy.served();
+    assert!(
+        served < 16 << 20,
+        "the registry served {served} bytes for two pulls of a 66 MiB indexed image"
+    );
+    let needles: [&[u8]; 1] = [marker.as_bytes()];
+    let hits = common::mounts::files_containing(d.path(), &needles);
+    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
+    assert!(!daemon.log().contains(&marker));
+    drop(ctd);
+    daemon.stop();
+}

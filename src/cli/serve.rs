@@ -65,11 +65,10 @@ pub struct Args {
     /// Serve eStargz layers with no TOC anchor before verifying them whole.
     #[arg(long)]
     pub allow_unverified_lazy: bool,
-    /// Serve layers without a TOC through seek indexes published beside
-    /// their images (`lazycrypt index`). Off by default until the
-    /// background check also covers the index (docs/seek-index.md §9).
+    /// Do not look for seek indexes published beside images (`lazycrypt
+    /// index`); layers without a TOC are then fetched whole.
     #[arg(long)]
-    pub seek_index: bool,
+    pub no_seek_index: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9187).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -182,7 +181,7 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or(crate::layer::stream::sealed::DEFAULT_SEALED_SIZE),
         allow_unverified_lazy: a.allow_unverified_lazy
             || file.allow_unverified_lazy.unwrap_or(false),
-        seek_index: a.seek_index || file.seek_index.unwrap_or(false),
+        seek_index: !a.no_seek_index && file.seek_index.unwrap_or(true),
         read_ahead: a
             .read_ahead
             .or(parsed(

@@ -71,6 +71,23 @@ pub trait ChunkSource: Send + Sync {
     fn prepare(&self, _chunks: &[u32], _then: &[u32]) -> io::Result<()> {
         Ok(())
     }
+    /// What a published index (a seek index) vouched for, which the
+    /// background check compares with the blob; `None` for layers whose
+    /// index was built here from the blob itself, or anchored by it.
+    fn vouched(&self) -> Option<Vouched> {
+        None
+    }
+}
+
+/// What a seek index vouched for and a reader trusted: the digests of the
+/// blob's ciphertext spans and of the tar stream's pieces, and its length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    pub span: u32,
+    pub spans: Vec<[u8; 32]>,
+    pub piece: u32,
+    pub pieces: Vec<[u8; 32]>,
+    pub uncompressed: u64,
 }
 
 /// Counts the memory a layer's index takes as it is built, against a budget
@@ -285,6 +302,11 @@ impl Layer {
     /// Whether loading `chunks` (adjacent, in order) needs no fetch.
     pub fn is_local_chunks(&self, chunks: &[u32]) -> bool {
         self.chunks.is_local_chunks(chunks)
+    }
+
+    /// See [`ChunkSource::vouched`].
+    pub fn vouched(&self) -> Option<Vouched> {
+        self.chunks.vouched()
     }
 
     /// See [`ChunkSource::prepare`].

@@ -4,7 +4,7 @@
 //! the diff ID its image config claims (the name containerd gives it).
 
 use std::io::{self, Read};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -12,6 +12,9 @@ use zeroize::Zeroizing;
 
 use super::open::{Blob, OpenOptions};
 use crate::crypto::recipient::KeyRing;
+use crate::layer::index::{Node, Vouched};
+use crate::layer::seekindex::build::SpanDigests;
+use crate::layer::seekindex::check;
 use crate::layer::stream::Compression;
 use crate::oci::Descriptor;
 use crate::oci::transport::ImageSource;
@@ -31,6 +34,32 @@ pub fn diff_id(
     let blob = Blob::open(src, desc, ring, opts)?;
     let plain = Throttled::new(blob.whole()?, rate);
     let result = hash_tar(plain, blob.compression);
+    match &result {
+        Ok(_) => blob.disk.mark_complete()?,
+        Err(_) => blob.disk.forget()?,
+    }
+    result.map_err(|e| io::Error::new(e.kind(), format!("layer {}: {e}", blob.what)))
+}
+
+/// [`diff_id`], and for a layer served through a seek index (`vouched`:
+/// what the index vouched for and the entries it served), the first way
+/// the blob differs from what the index said, if any
+/// (docs/seek-index.md §9).
+pub fn diff_id_checking(
+    src: Arc<dyn ImageSource>,
+    desc: &Descriptor,
+    ring: &KeyRing,
+    opts: &OpenOptions,
+    rate: Option<u64>,
+    vouched: Option<(&Vouched, &[Node])>,
+) -> io::Result<(String, Option<String>)> {
+    let Some((vouched, served)) = vouched else {
+        return diff_id(src, desc, ring, opts, rate).map(|d| (d, None));
+    };
+    let blob = Blob::open(src, desc, ring, opts)?;
+    let spans = Arc::new(Mutex::new(SpanDigests::new(vouched.span)));
+    let plain = Throttled::new(blob.whole_tapped(Some(spans.clone()))?, rate);
+    let result = check::compare(plain, blob.compression, &spans, vouched, served, &blob.what);
     match &result {
         Ok(_) => blob.disk.mark_complete()?,
         Err(_) => blob.disk.forget()?,

@@ -17,6 +17,7 @@ use crate::layer::estargz::TOC_DIGEST_ANNOTATION;
 use crate::layer::estargz::lazy::{self, Anchor};
 use crate::layer::estargz::reader::toc_json;
 use crate::layer::index::Layer;
+use crate::layer::seekindex::build::{SpanDigests, SpanTap};
 use crate::layer::source::{BlobRange, RangeSource};
 use crate::layer::stream::sealed::Scratch;
 use crate::layer::stream::{self, Compression, Plain};
@@ -135,6 +136,15 @@ impl Blob {
     /// stored as it passes. The caller marks the cache complete (or forgets
     /// it) once it has read to the end.
     pub(super) fn whole(&self) -> io::Result<Box<dyn Read + Send>> {
+        self.whole_tapped(None)
+    }
+
+    /// [`Blob::whole`], its ciphertext hashed per span into `spans` on the
+    /// way (for the background check of a seek index).
+    pub(super) fn whole_tapped(
+        &self,
+        spans: Option<Arc<std::sync::Mutex<SpanDigests>>>,
+    ) -> io::Result<Box<dyn Read + Send>> {
         let raw: Box<dyn Read + Send> = if self.disk.is_complete() {
             Box::new(self.disk.local()?)
         } else {
@@ -143,6 +153,10 @@ impl Blob {
                 blob: self.remote.clone(),
             };
             Box::new(DiskRange::filling(&self.disk, r))
+        };
+        let raw: Box<dyn Read + Send> = match spans {
+            Some(s) => Box::new(SpanTap::new(raw, s)),
+            None => raw,
         };
         let verified = VerifyingReader::new(
             raw,

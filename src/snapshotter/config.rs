@@ -30,7 +30,7 @@ pub struct FileConfig {
     pub upper_size: Option<String>,
     pub allow_unverified_lazy: Option<bool>,
     /// Serve layers through seek indexes published beside images (default
-    /// false until the background check covers them).
+    /// true).
     pub seek_index: Option<bool>,
     /// Prometheus metrics address, e.g. "127.0.0.1:9187".
     pub metrics: Option<std::net::SocketAddr>,

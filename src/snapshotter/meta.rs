@@ -42,6 +42,10 @@ pub struct Remote {
     /// image config claims (the name containerd gives the snapshot).
     #[serde(default)]
     pub diff_id: DiffId,
+    /// Served through a seek index: until its check, not reused for
+    /// another image's manifest even with the same blob.
+    #[serde(default)]
+    pub seek: bool,
 }
 
 /// Where a remote layer stands against the diff ID its image claims.
@@ -59,12 +63,18 @@ pub enum DiffId {
     /// ID `chain`, not the name it was committed under (labels an image
     /// set itself named another image's layer): poisoned, as a mismatch.
     Misnamed { chain: String },
+    /// It was served through a seek index that does not match the blob
+    /// (a co-recipient's lie, or another blob's index): poisoned.
+    IndexMismatch { why: String },
 }
 
 impl DiffId {
     /// Not to be served, nor reused: its content is not what its name says.
     pub fn is_poisoned(&self) -> bool {
-        matches!(self, DiffId::Mismatch { .. } | DiffId::Misnamed { .. })
+        matches!(
+            self,
+            DiffId::Mismatch { .. } | DiffId::Misnamed { .. } | DiffId::IndexMismatch { .. }
+        )
     }
 }
 

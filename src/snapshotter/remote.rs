@@ -68,6 +68,7 @@ pub fn named_layer(labels: &BTreeMap<String, String>) -> Option<Remote> {
             layer: labels.get(*l)?.clone(),
             descriptor: String::new(),
             diff_id: DiffId::Pending,
+            seek: false,
         })
     })
 }
@@ -178,7 +179,7 @@ impl RemoteConfig {
             cache_bytes: 1 << 20,
             sealed_bytes: 1 << 20,
             allow_unverified_lazy: false,
-            seek_index: false,
+            seek_index: true,
             read_ahead: crate::fs::ReadAhead::Auto,
             keeper_socket: None,
             registry_timeouts: Default::default(),
@@ -458,15 +459,32 @@ impl Remotes {
     /// Checks `remote`'s layer against the diff ID its image config claims,
     /// streaming it whole at most `rate` bytes a second (it lands in the
     /// ciphertext cache on the way).
-    pub fn check_diff_id(&self, remote: &Remote, rate: Option<u64>) -> Result<DiffId> {
+    pub fn check_diff_id(&self, id: u64, remote: &Remote, rate: Option<u64>) -> Result<DiffId> {
         self.verify(remote)?;
         let claimed = self.claimed_diff_id(remote)?;
         let desc = descriptor(remote)?;
         let src = self.source(&remote.image)?;
         let ring = self.ring()?;
-        let actual = crate::mount::diff_id::diff_id(src, &desc, &ring, &self.open_options(), rate)
-            .map_err(|e| layer_error(&e))?;
-        Ok(if actual.eq_ignore_ascii_case(&claimed) {
+        // A layer served through a seek index is checked against what the
+        // index vouched for, too (docs/seek-index.md §9).
+        let layer = lock(&self.mounts).get(&id).map(|m| m.layer().clone());
+        let vouched = layer.as_ref().and_then(|l| l.vouched());
+        let check = vouched
+            .as_ref()
+            .zip(layer.as_ref())
+            .map(|(v, l)| (v, l.nodes()));
+        let (actual, why) = crate::mount::diff_id::diff_id_checking(
+            src,
+            &desc,
+            &ring,
+            &self.open_options(),
+            rate,
+            check,
+        )
+        .map_err(|e| layer_error(&e))?;
+        Ok(if let Some(why) = why {
+            DiffId::IndexMismatch { why }
+        } else if actual.eq_ignore_ascii_case(&claimed) {
             DiffId::Verified(actual)
         } else {
             DiffId::Mismatch { claimed, actual }
@@ -528,6 +546,7 @@ impl Remotes {
     pub fn mount(&self, id: u64, remote: &mut Remote, dir: &Path) -> Result<Mode> {
         let (layer, mode, resolved, reserved) = self.take_opened(remote)?;
         *remote = resolved;
+        remote.seek = mode == Mode::Seek;
         let m = LayerMount::new(
             layer,
             reserved,
@@ -679,6 +698,7 @@ impl Remotes {
                 layer: layer.clone(),
                 descriptor: String::new(),
                 diff_id: DiffId::Pending,
+                seek: false,
             };
             queue.push_back((remote, cell));
         }
@@ -941,6 +961,7 @@ mod tests {
                 layer: "L".into(),
                 descriptor: String::new(),
                 diff_id: DiffId::Pending,
+                seek: false,
             };
             let weak = Arc::downgrade(&reserved);
             let cell: Opening = Arc::default();

@@ -166,7 +166,7 @@ impl Store {
             return self.checks.ended(job.id, Ok(()));
         };
         let rate = if job.urgent { None } else { self.diff_id.rate };
-        let verdict = match self.remotes.check_diff_id(remote, rate) {
+        let verdict = match self.remotes.check_diff_id(rec.id, remote, rate) {
             // Its name must be the chain its content makes on its parent:
             // layer labels can come from the image itself (containerd
             // passes its layers' `containerd.io/snapshot/` annotations on),
@@ -213,6 +213,18 @@ impl Store {
                     "layer {} of {}: its content has diff ID {actual}, but the image config \
                      claims {claimed}: snapshot {} is poisoned (its reads fail with EIO) and \
                      is replaced when an image needs that layer",
+                    remote.layer,
+                    remote.image,
+                    job.key
+                );
+                self.remotes.poison(rec.id);
+            }
+            DiffId::IndexMismatch { why } => {
+                metrics::DIFF_ID_MISMATCHES.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "layer {} of {}: it was served through a seek index that does not match \
+                     its blob ({why}): snapshot {} is poisoned (its reads fail with EIO) and is \
+                     replaced when an image needs that layer",
                     remote.layer,
                     remote.image,
                     job.key
@@ -288,7 +300,11 @@ impl Store {
             let Some(remote) = &rec.remote else { continue };
             match remote.diff_id {
                 // Poisoned: never served again.
-                DiffId::Mismatch { .. } | DiffId::Misnamed { .. } => continue,
+                DiffId::Mismatch { .. }
+                | DiffId::Misnamed { .. }
+                | DiffId::IndexMismatch { .. } => {
+                    continue;
+                }
                 DiffId::Pending => {
                     self.checks
                         .push(&key, rec.id, Instant::now() + self.diff_id.delay, false)
@@ -531,7 +547,13 @@ impl Store {
             return Ok(None);
         };
         let verdict = match &theirs.diff_id {
-            DiffId::Pending if theirs.layer != remote.layer => {
+            // A blob served through another image's seek index is that
+            // image's until its check: the index is vouched for only by a
+            // key holder, not by the blob's digest.
+            DiffId::Pending
+                if theirs.layer != remote.layer
+                    || (theirs.seek && theirs.manifest != remote.manifest) =>
+            {
                 self.wait_diff_id(target, existing.id)?
             }
             v => v.clone(),

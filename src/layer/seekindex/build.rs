@@ -30,31 +30,47 @@ pub const PIECE: u32 = 64 << 10;
 /// inflates at most 2 MiB plus one block before the bytes it wants.
 pub const SPACING: u64 = 2 << 20;
 
-/// SHA-256 of each [`SPAN`] of a stream, as it is read.
-#[derive(Default)]
+/// SHA-256 of each span (of [`SPAN`] bytes unless told) of a stream, as it
+/// is read.
 pub struct SpanDigests {
+    span: u64,
     hasher: Sha256,
     at: u64,
     digests: Vec<[u8; 32]>,
 }
 
+impl Default for SpanDigests {
+    fn default() -> Self {
+        Self::new(SPAN)
+    }
+}
+
 impl SpanDigests {
+    /// Digests of every `span` bytes (a power of two).
+    pub fn new(span: u32) -> Self {
+        SpanDigests {
+            span: u64::from(span.max(1)),
+            hasher: Sha256::new(),
+            at: 0,
+            digests: Vec::new(),
+        }
+    }
+
     fn update(&mut self, mut data: &[u8]) {
-        let span = u64::from(SPAN);
         while !data.is_empty() {
-            let take = ((span - self.at % span) as usize).min(data.len());
+            let take = ((self.span - self.at % self.span) as usize).min(data.len());
             self.hasher.update(&data[..take]);
             self.at += take as u64;
             data = &data[take..];
-            if self.at.is_multiple_of(span) {
+            if self.at.is_multiple_of(self.span) {
                 self.digests.push(self.hasher.finalize_reset().into());
             }
         }
     }
 
     /// The digests of every span, the last one partial; and the length.
-    fn finish(&mut self) -> (Vec<[u8; 32]>, u64) {
-        if !self.at.is_multiple_of(u64::from(SPAN)) {
+    pub fn finish(&mut self) -> (Vec<[u8; 32]>, u64) {
+        if !self.at.is_multiple_of(self.span) {
             let last = self.hasher.finalize_reset().into();
             self.digests.push(last);
         }

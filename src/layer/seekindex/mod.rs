@@ -7,6 +7,7 @@
 
 pub mod artifact;
 pub mod build;
+pub mod check;
 pub mod entries;
 pub mod head;
 pub mod seal;

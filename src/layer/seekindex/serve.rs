@@ -13,7 +13,7 @@ use super::head::{Checkpoint, Compression, Expect, Head, HeadError, Header, Piec
 use super::seal::{Binding, HeadBlob, IndexKey, Kind, SealError};
 use super::windows::{self, WindowError};
 use crate::crypto::cipher::LayerKey;
-use crate::layer::index::{ChunkSource, Layer, Meter, Node, bad, chunk_buffer};
+use crate::layer::index::{ChunkSource, Layer, Meter, Node, Vouched, bad, chunk_buffer};
 use crate::layer::source::RangeSource;
 use crate::layer::stream::CHUNK;
 use crate::layer::stream::gzip::{GzReader, State};
@@ -383,6 +383,16 @@ impl ChunkSource for SeekChunks {
         self.held
     }
 
+    fn vouched(&self) -> Option<Vouched> {
+        Some(Vouched {
+            span: self.header.span,
+            spans: self.spans.clone(),
+            piece: self.header.piece,
+            pieces: self.pieces.iter().map(|p| p.digest).collect(),
+            uncompressed: self.header.uncompressed,
+        })
+    }
+
     fn is_local(&self) -> bool {
         self.src.blob.has(0, self.header.blob_size)
     }
@@ -708,6 +718,48 @@ mod tests {
         let l = layer(u, src, "L").unwrap();
         let got = l.read_file("z/tail.txt", 0, 100);
         assert!(got.is_ok(), "{:?}", got.err());
+    }
+
+    /// The background check finds every way an index that unseals (a
+    /// co-recipient's) can differ from the blob it claims to index.
+    #[test]
+    fn the_background_check_compares_what_the_index_vouched_for_with_the_blob() {
+        use crate::layer::seekindex::check::compare;
+        use crate::layer::stream::Compression as Stream;
+        let f = fixture(Compression::Gzip);
+        let (l, _) = f.open(f.ct.clone()).unwrap();
+        let vouched = l.vouched().unwrap();
+        let mut plain = f.ct.clone();
+        f.key.apply_at(0, &mut plain);
+        let run = |v: &Vouched, nodes: &[Node]| {
+            let spans = Arc::new(Mutex::new(SpanDigests::new(v.span)));
+            io::copy(&mut SpanTap::new(&f.ct[..], spans.clone()), &mut io::sink()).unwrap();
+            compare(&plain[..], Stream::Gzip, &spans, v, nodes, "L").unwrap()
+        };
+        let want = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(tar(&files())))
+        );
+        assert_eq!(run(&vouched, l.nodes()), (want.clone(), None));
+        let mut lying = vouched.clone();
+        lying.pieces[3][0] ^= 1;
+        let (d, why) = run(&lying, l.nodes());
+        assert_eq!(d, want);
+        assert_eq!(
+            why.unwrap(),
+            "tar stream piece 3 is not what the seek index said"
+        );
+        let mut lying = vouched.clone();
+        lying.spans[1][0] ^= 1;
+        assert!(
+            run(&lying, l.nodes())
+                .1
+                .unwrap()
+                .contains("ciphertext span 1")
+        );
+        let mut setuid = l.nodes().to_vec();
+        setuid[0].entry.mode |= 0o4000;
+        assert!(run(&vouched, &setuid).1.unwrap().contains("entries"));
     }
 
     fn fixture_like(f: &Fixture) -> Fixture {

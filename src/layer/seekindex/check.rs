@@ -1,0 +1,89 @@
+//! The background check for a layer served through a seek index
+//! (docs/seek-index.md §9): the index is vouched for only by its seal,
+//! which any holder of the layer key can make, so the whole blob the
+//! manifest pins is streamed once and everything the index let a reader
+//! trust is rebuilt from it and compared: span digests, piece digests, the
+//! tar stream's length and the entries.
+
+use std::io::{self, Read};
+use std::sync::Mutex;
+
+use sha2::{Digest as _, Sha256};
+
+use super::build::SpanDigests;
+use super::entries;
+use crate::layer::index::{Node, Unmetered, Vouched};
+use crate::layer::stream::gzip::GzReader;
+use crate::layer::stream::{CHUNK, ChunkHasher, Compression, walk};
+
+/// Hashes what passes through it (the tar stream: the diff ID).
+struct Tee<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Streams `plain` (the layer's compressed plaintext, whose ciphertext
+/// fills `spans` as it is read, made with the vouched span size) to its
+/// end. Returns the diff ID and, if the blob is not what the index said,
+/// the first difference found (one line, naming no file).
+pub fn compare<R: Read>(
+    plain: R,
+    compression: Compression,
+    spans: &Mutex<SpanDigests>,
+    vouched: &Vouched,
+    served: &[Node],
+    what: &str,
+) -> io::Result<(String, Option<String>)> {
+    let stream: Box<dyn Read + '_> = match compression {
+        Compression::Gzip => Box::new(GzReader::new(plain, None)),
+        Compression::None => Box::new(plain),
+        Compression::Zstd => return Err(io::Error::other("zstd layers have no seek index")),
+    };
+    let tee = Tee {
+        inner: stream,
+        hasher: Sha256::new(),
+    };
+    let hasher = ChunkHasher::with_unit(tee, u64::from(vouched.piece), &Unmetered, what);
+    let (nodes, hasher) = walk(hasher, what)?;
+    let (pieces, total, tee) = hasher.finish()?;
+    let diff_id = format!("sha256:{}", hex::encode(tee.hasher.finalize()));
+    let (got_spans, _) = crate::sync::lock(spans).finish();
+    let why = if total != vouched.uncompressed {
+        Some(format!(
+            "its tar stream is {total} bytes, the seek index said {}",
+            vouched.uncompressed
+        ))
+    } else if let Some(i) = first_difference(&got_spans, &vouched.spans) {
+        Some(format!(
+            "ciphertext span {i} is not what the seek index said"
+        ))
+    } else if let Some(k) = first_difference(&pieces, &vouched.pieces) {
+        Some(format!(
+            "tar stream piece {k} is not what the seek index said"
+        ))
+    } else {
+        let ours = entries::encode(&nodes, CHUNK);
+        let theirs = entries::encode(served, CHUNK);
+        match (ours, theirs) {
+            (Ok(a), Ok(b)) if *a == *b => None,
+            _ => Some("its entries are not the ones its tar headers make".into()),
+        }
+    };
+    Ok((diff_id, why))
+}
+
+/// The first place two digest lists differ, counting a length difference.
+fn first_difference(a: &[[u8; 32]], b: &[[u8; 32]]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or((a.len() != b.len()).then_some(a.len().min(b.len())))
+}
