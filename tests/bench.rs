@@ -113,6 +113,30 @@ fn a_tiny_cold_start_run_reports_every_path() {
     assert!(!mounts.contains(&*d.path().to_string_lossy()), "{mounts}");
 }
 
+/// Path (e): path (b)'s kind of image, skopeo-encrypted tar.gz, with a
+/// seek index published beside it before the runs; the node serves it
+/// through the index, and the report compares it with (a).
+#[test]
+fn the_seek_indexed_path_runs_beside_a() {
+    let d = tmp();
+    let out = d.path().join("results");
+    let stdout = ok(lazycrypt()
+        .args(["bench", "cold-start", "--workload", "python-like"])
+        .args(["--scale", "0.01", "--runs", "1", "--paths", "a,e"])
+        .arg("--work")
+        .arg(d.path().join("work"))
+        .arg("--out")
+        .arg(&out));
+    let row = "| python-like | (e) lazycrypt lazy, skopeo-encrypted tar.gz + seek index | 1 |";
+    assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    assert!(stdout.contains("(e)/(a) = "), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    for s in results["samples"].as_array().unwrap() {
+        assert!(s["error"].is_null(), "{s}");
+    }
+}
+
 /// Path (s): the image signed by a key the benchmark makes, and the node's
 /// `lazycrypt serve` requiring that signature. Its run starts only if the
 /// daemon accepted the signature, and the report shows it beside (a).
@@ -236,7 +260,7 @@ fn a_signal_stops_the_benchmark_and_tears_down_its_node_and_registry() {
 fn bad_benchmark_arguments_name_what_is_wrong() {
     let err = fails(lazycrypt().args(["bench", "cold-start", "--paths", "a,x"]));
     assert!(
-        err.contains("unknown path \"x\"; the paths are a, b, c, d, s"),
+        err.contains("unknown path \"x\"; the paths are a, b, c, d, e, s"),
         "{err}"
     );
     let err = fails(lazycrypt().args(["bench", "cold-start", "--shape", "fast"]));

@@ -21,6 +21,9 @@ pub enum StartPath {
     S,
     /// (b) lazycrypt, lazily: a skopeo-encrypted tar.gz (stream index).
     B,
+    /// (e) path (b)'s image with a seek index published beside it
+    /// (`lazycrypt index`): the same kind of image, started lazily.
+    E,
     /// (c) containerd's own: full pull, decrypt (stream processor), unpack.
     C,
     /// (d) containerd's own: full pull and unpack of the unencrypted image.
@@ -28,23 +31,27 @@ pub enum StartPath {
 }
 
 impl StartPath {
-    pub const ALL: [StartPath; 5] = [
+    pub const ALL: [StartPath; 6] = [
         StartPath::A,
         StartPath::S,
         StartPath::B,
+        StartPath::E,
         StartPath::C,
         StartPath::D,
     ];
 
-    /// Parses `a`, `b`, `c`, `d` or `s`.
+    /// Parses `a`, `b`, `c`, `d`, `e` or `s`.
     pub fn parse(s: &str) -> Result<StartPath, String> {
         match s {
             "a" => Ok(StartPath::A),
             "b" => Ok(StartPath::B),
             "c" => Ok(StartPath::C),
             "d" => Ok(StartPath::D),
+            "e" => Ok(StartPath::E),
             "s" => Ok(StartPath::S),
-            _ => Err(format!("unknown path {s:?}; the paths are a, b, c, d, s")),
+            _ => Err(format!(
+                "unknown path {s:?}; the paths are a, b, c, d, e, s"
+            )),
         }
     }
 
@@ -53,6 +60,7 @@ impl StartPath {
             StartPath::A => 'a',
             StartPath::S => 's',
             StartPath::B => 'b',
+            StartPath::E => 'e',
             StartPath::C => 'c',
             StartPath::D => 'd',
         }
@@ -63,6 +71,7 @@ impl StartPath {
             StartPath::A => "lazycrypt lazy, encrypted eStargz",
             StartPath::S => "lazycrypt lazy, encrypted eStargz, signed (serve --policy)",
             StartPath::B => "lazycrypt lazy, skopeo-encrypted tar.gz",
+            StartPath::E => "lazycrypt lazy, skopeo-encrypted tar.gz + seek index",
             StartPath::C => "containerd pull + decrypt + unpack",
             StartPath::D => "containerd pull + unpack, unencrypted",
         }
@@ -74,12 +83,16 @@ impl StartPath {
             StartPath::A => "esgz",
             StartPath::S => "esgz-signed",
             StartPath::B | StartPath::C => "targz",
+            StartPath::E => "targz-indexed",
             StartPath::D => "plain",
         }
     }
 
     fn lazy(self) -> bool {
-        matches!(self, StartPath::A | StartPath::S | StartPath::B)
+        matches!(
+            self,
+            StartPath::A | StartPath::S | StartPath::B | StartPath::E
+        )
     }
 
     fn signed(self) -> bool {
@@ -445,7 +458,7 @@ fn push(
         _ if !skopeo_missing.is_empty() => {
             return Err(format!("missing: {}", skopeo_missing.join(", ")));
         }
-        "targz" => sh(
+        "targz" | "targz-indexed" => sh(
             "skopeo",
             &[
                 "copy",
@@ -456,7 +469,24 @@ fn push(
                 &g.image,
                 &format!("docker://{dst}"),
             ],
-        ),
+        )
+        .and_then(|out| {
+            if tag != "targz-indexed" {
+                return Ok(out);
+            }
+            // The publisher's step, not the node's: before any cold start.
+            let key = private_of(public);
+            sh(
+                exe,
+                &[
+                    "index",
+                    "--plain-http",
+                    "--key",
+                    &key.to_string_lossy(),
+                    &format!("docker://{dst}"),
+                ],
+            )
+        }),
         _ => sh(
             "skopeo",
             &[
@@ -593,6 +623,15 @@ fn start_container(
 
 /// A fresh RSA key pair: the private key in `dir` (the node's keys), the
 /// public one beside it; returns the public key's path.
+/// The private key [`write_keys`] wrote beside `public` (`DIR.pub.pem`):
+/// `DIR/bench.pem`.
+fn private_of(public: &Path) -> PathBuf {
+    public
+        .with_extension("")
+        .with_extension("")
+        .join("bench.pem")
+}
+
 fn write_keys(dir: &Path) -> io::Result<PathBuf> {
     use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
     std::fs::create_dir_all(dir)?;

@@ -177,6 +177,15 @@ pub fn markdown(r: &Results) -> String {
         if let (Some(b), Some(c)) = (t(StartPath::B), t(StartPath::C)) {
             line.push_str(&format!(" (b)/(c) = {:.2};", b / c));
         }
+        if let (Some(a), Some(e)) = (t(StartPath::A), t(StartPath::E)) {
+            line.push_str(&format!(" (e)/(a) = {:.2};", e / a));
+        }
+        if let Some(f) = get(StartPath::E).and_then(|s| s.fetched_bytes) {
+            line.push_str(&format!(
+                " (e) fetched / read = {:.2};",
+                f.median / w.read_bytes.max(1) as f64
+            ));
+        }
         if let Some(f) = get(StartPath::A).and_then(|s| s.fetched_bytes) {
             line.push_str(&format!(
                 " (a) fetched / read = {:.2};",
@@ -228,10 +237,12 @@ fn chart(r: &Results, file: &Path) -> io::Result<()> {
         .filter_map(|s| s.ready_ms.map(|t| t.max))
         .fold(1.0, f64::max)
         * 1.1;
-    let colors = [
+    // One per path, in StartPath::ALL's order: the type keeps them in step.
+    let colors: [RGBColor; StartPath::ALL.len()] = [
         RGBColor(0x1b, 0x9e, 0x77),
         RGBColor(0x66, 0xa6, 0x1e),
         RGBColor(0x75, 0x70, 0xb3),
+        RGBColor(0xe7, 0x29, 0x8a),
         RGBColor(0xd9, 0x5f, 0x02),
         RGBColor(0x66, 0x66, 0x66),
     ];
