@@ -14,7 +14,7 @@ use crate::crypto::cipher::LayerKey;
 use crate::crypto::envelope::layer_keys;
 use crate::layer::index::Unmetered;
 use crate::layer::seekindex::artifact::{self, ARTIFACT_TYPE, Blob};
-use crate::layer::seekindex::build::{self, SpanDigests, SpanTap};
+use crate::layer::seekindex::build::{self, SpanDigests, SpanStage};
 use crate::layer::seekindex::head::{Compression, Expect};
 use crate::layer::seekindex::seal::Binding;
 use crate::layer::seekindex::serve;
@@ -171,7 +171,7 @@ fn layer(
     };
     let what = d.digest().to_string();
     let annotations = d.annotations().clone().unwrap_or_default();
-    let (private, public) = match layer_keys(&annotations, ring, &what) {
+    let (private, _) = match layer_keys(&annotations, ring, &what) {
         Ok(k) => k,
         Err(CryptoError::MissingKey(_)) => {
             return Ok(Outcome::Skipped(
@@ -190,10 +190,12 @@ fn layer(
     let raw = src
         .blob(d)
         .with_context(|| format!("fetching layer {what}"))?;
-    let tapped = SpanTap::new(raw, spans.clone());
-    let verified = VerifyingReader::new(tapped, d.digest().clone(), Some(d.size()), &what);
+    // The blob's digest pins its bytes (checked at its end, before
+    // anything built from them is sealed): ocicrypt's HMAC, a fourth
+    // SHA-256 pass, adds nothing here.
+    let verified = VerifyingReader::new(raw, d.digest().clone(), Some(d.size()), &what);
     let key = LayerKey::from_options(&private);
-    let plain = key.decrypt_reader(verified, &public.hmac, None, &what);
+    let plain = key.decrypt_reader_pinned(verified, vec![Box::new(SpanStage(spans.clone()))]);
     let built = build::build(plain, compression, d.digest(), &spans, &Unmetered)?;
     let sealed = build::seal(&built, &private.key()[..], manifest, d.digest());
     // What readers would refuse is not published: the head is opened and

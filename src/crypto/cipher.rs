@@ -125,6 +125,22 @@ impl LayerKey {
     }
 }
 
+impl LayerKey {
+    /// Ciphertext → plaintext with no HMAC check, for a source pinned by
+    /// its digest (`src` checks it at EOF): what the seek indexer reads, on
+    /// three threads, `first` (span digests) running on the thread that
+    /// reads and verifies `src`, decryption on another, the caller's work
+    /// on its own.
+    pub fn decrypt_reader_pinned<R: Read + Send + 'static>(
+        &self,
+        src: R,
+        first: Vec<Box<dyn Stage>>,
+    ) -> StagedReader {
+        let ctr: Box<dyn Stage> = Box::new(CtrStage(self.ctr()));
+        StagedReader::new(src, vec![first, vec![ctr]], vec![])
+    }
+}
+
 /// What encryption learns by the end of the stream.
 #[derive(Clone, Default)]
 pub struct EncryptResult {

@@ -98,6 +98,16 @@ impl<R: Read> Read for SpanTap<R> {
     }
 }
 
+/// Hashes the ciphertext blocks of a pipeline into shared [`SpanDigests`]
+/// (on the thread that reads them, beside the blob digest).
+pub struct SpanStage(pub Arc<Mutex<SpanDigests>>);
+
+impl crate::pipeline::Stage for SpanStage {
+    fn process(&mut self, block: &mut [u8]) {
+        crate::sync::lock(&self.0).update(block);
+    }
+}
+
 /// A layer's index, built and not yet sealed. Holds plaintext (entries and
 /// windows): wiped on drop.
 pub struct Built {
