@@ -88,6 +88,8 @@ pub struct Vouched {
     pub piece: u32,
     pub pieces: Vec<[u8; 32]>,
     pub uncompressed: u64,
+    /// The chunk size the served entries' extents were cut in.
+    pub chunk: u64,
 }
 
 /// Counts the memory a layer's index takes as it is built, against a budget

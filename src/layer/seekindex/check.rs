@@ -71,7 +71,7 @@ pub fn compare<R: Read>(
         ))
     } else {
         let ours = entries::encode(&nodes, CHUNK);
-        let theirs = entries::encode(served, CHUNK);
+        let theirs = entries::encode(served, vouched.chunk);
         match (ours, theirs) {
             (Ok(a), Ok(b)) if *a == *b => None,
             _ => Some("its entries are not the ones its tar headers make".into()),

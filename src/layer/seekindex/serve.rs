@@ -15,7 +15,6 @@ use super::windows::{self, WindowError};
 use crate::crypto::cipher::LayerKey;
 use crate::layer::index::{ChunkSource, Layer, Meter, Node, Vouched, bad, chunk_buffer};
 use crate::layer::source::RangeSource;
-use crate::layer::stream::CHUNK;
 use crate::layer::stream::gzip::{GzReader, State};
 use crate::layer::verified::{Sha256Digest, Verified};
 use crate::oci::digest::Digest;
@@ -35,9 +34,16 @@ pub enum SeekError {
     NoRoom,
 }
 
+/// Tar-stream bytes per chunk a layer served through a seek index is read
+/// in (at least one piece): a cold read of a small file fetches and
+/// inflates up to the end of its chunk, as an eStargz layer's 256 KiB
+/// chunks do.
+pub const SEEK_CHUNK: u64 = 256 << 10;
+
 /// A head opened and checked, ready to serve its layer.
 pub struct Unsealed {
     key: IndexKey,
+    chunk: u64,
     header: Header,
     spans: Vec<[u8; 32]>,
     pieces: Vec<Piece>,
@@ -79,11 +85,12 @@ pub fn unseal(
     if !meter.take(held) {
         return Err(SeekError::NoRoom);
     }
+    let chunk = SEEK_CHUNK.max(u64::from(head.header.piece));
     let nodes = entries::decode(
         head.entries,
         head.header.entry_count,
         head.header.uncompressed,
-        CHUNK,
+        chunk,
         meter,
     );
     let nodes = match nodes {
@@ -95,6 +102,7 @@ pub fn unseal(
     };
     Ok(Unsealed {
         key,
+        chunk,
         header: head.header,
         spans: head.spans,
         pieces: head.pieces,
@@ -128,10 +136,12 @@ pub fn layer(u: Unsealed, src: Sources, what: &str) -> io::Result<Layer> {
             "the windows blob is not the one its head names".into(),
         ));
     }
-    let count = u32::try_from(u.header.uncompressed.div_ceil(CHUNK))
+    let count = u32::try_from(u.header.uncompressed.div_ceil(u.chunk))
         .map_err(|_| bad(what, "layer has too many chunks".into()))?;
     let chunks = SeekChunks {
         what: what.to_string(),
+        chunk: u.chunk,
+        cursor: std::sync::Mutex::new(None),
         key: u.key,
         header: u.header,
         spans: u.spans,
@@ -145,6 +155,10 @@ pub fn layer(u: Unsealed, src: Sources, what: &str) -> io::Result<Layer> {
 
 struct SeekChunks {
     what: String,
+    chunk: u64,
+    /// The inflater where the last chunk load ended: the next chunk in
+    /// order goes on from there rather than from its checkpoint.
+    cursor: std::sync::Mutex<Option<State>>,
     key: IndexKey,
     header: Header,
     spans: Vec<[u8; 32]>,
@@ -153,6 +167,9 @@ struct SeekChunks {
     held: u64,
     src: Sources,
 }
+
+/// A range's plaintext, and the inflater where it ended (gzip).
+type Loaded = (Zeroizing<Vec<u8>>, Option<State>);
 
 /// What loading a range of the tar stream needs.
 struct Plan {
@@ -174,8 +191,8 @@ impl SeekChunks {
 
     /// The stream range chunk `c` covers.
     fn chunk_range(&self, c: u32) -> (u64, u64) {
-        let start = u64::from(c) * CHUNK;
-        (start, (start + CHUNK).min(self.header.uncompressed))
+        let start = u64::from(c) * self.chunk;
+        (start, (start + self.chunk).min(self.header.uncompressed))
     }
 
     /// The ciphertext needed for stream bytes `[start, end)`.
@@ -294,11 +311,47 @@ impl SeekChunks {
         }
     }
 
-    fn load_range(&self, start: u64, end: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+    /// Loads `[start, end)` going on from `st` (the inflater where the last
+    /// load ended, at `start`): no checkpoint, no window, no output inflated
+    /// again.
+    fn load_on(&self, st: State, start: u64, end: u64) -> io::Result<Loaded> {
+        let from = st.in_pos;
+        let last = ((end - 1) / self.piece()) as usize;
+        let to = self
+            .pieces
+            .get(last)
+            .map_or(self.header.blob_size, |p| p.in_end)
+            .max(from + 1)
+            .min(self.header.blob_size);
+        let (lo, hi) = self.spans_of(from, to);
+        let buf = self.read_spans(lo, hi)?;
+        let at = usize::try_from(from - lo)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let mut gz = GzReader::resume(&buf[at..], st).with_stops(self.piece());
+        let mut out = chunk_buffer((end - start) as usize);
+        gz.read_exact(&mut out)?;
+        Ok((out, gz.state()))
+    }
+
+    fn load_range(&self, start: u64, end: u64) -> io::Result<Loaded> {
+        if self.header.compression == Compression::Gzip {
+            let cursor = crate::sync::lock(&self.cursor)
+                .take()
+                .filter(|st| st.out_pos == start);
+            // Any trouble going on: from the checkpoint, as if there were
+            // no cursor (whose output is checked by the pieces anyway).
+            if let Some(st) = cursor
+                && let Ok(loaded) = self.load_on(st, start, end)
+            {
+                return Ok(loaded);
+            }
+        }
         let plan = self.plan(start, end);
         let (lo, hi) = self.spans_of(plan.from, plan.to);
         let buf = self.read_spans(lo, hi)?;
         let mut out = chunk_buffer((end - start) as usize);
+        let mut state = None;
         match plan.checkpoint {
             None => out.copy_from_slice(&buf[(start - lo) as usize..(end - lo) as usize]),
             Some(j) => {
@@ -321,7 +374,8 @@ impl SeekChunks {
                     )
                 })?;
                 let from = (c.in_bit.div_ceil(8) - lo) as usize;
-                let mut gz = GzReader::resume(&buf[from.min(buf.len())..], st);
+                let mut gz =
+                    GzReader::resume(&buf[from.min(buf.len())..], st).with_stops(self.piece());
                 let at_cp = |e: io::Error| {
                     bad(
                         &self.what,
@@ -341,9 +395,10 @@ impl SeekChunks {
                         }
                     })?;
                 gz.read_exact(&mut out).map_err(at_cp)?;
+                state = gz.state();
             }
         }
-        Ok(out)
+        Ok((out, state))
     }
 
     fn range_of(&self, chunks: &[u32]) -> Option<(u64, u64)> {
@@ -361,18 +416,24 @@ impl ChunkSource for SeekChunks {
         if start >= end {
             return Err(bad(&self.what, format!("no chunk {chunk}")));
         }
-        let bytes = self.load_range(start, end)?;
+        let (bytes, state) = self.load_range(start, end)?;
         let (k0, k1) = (start / self.piece(), (end - 1) / self.piece());
         let want: Vec<Sha256Digest> = self.pieces[k0 as usize..=k1 as usize]
             .iter()
             .map(|p| Sha256Digest(p.digest))
             .collect();
-        Verified::check_pieces(bytes, self.piece() as usize, &want).map_err(|_| {
-            bad(
-                &self.what,
-                format!("chunk {chunk} does not match its seek index's piece digests"),
-            )
-        })
+        let verified =
+            Verified::check_pieces(bytes, self.piece() as usize, &want).map_err(|_| {
+                bad(
+                    &self.what,
+                    format!("chunk {chunk} does not match its seek index's piece digests"),
+                )
+            })?;
+        // Only an inflater whose output matched goes on to the next chunk.
+        if let Some(st) = state {
+            *crate::sync::lock(&self.cursor) = Some(st);
+        }
+        Ok(verified)
     }
 
     fn fetched(&self) -> u64 {
@@ -390,6 +451,7 @@ impl ChunkSource for SeekChunks {
             piece: self.header.piece,
             pieces: self.pieces.iter().map(|p| p.digest).collect(),
             uncompressed: self.header.uncompressed,
+            chunk: self.chunk,
         })
     }
 

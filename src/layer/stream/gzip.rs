@@ -153,6 +153,9 @@ pub struct GzReader<R> {
     /// bomb) keeps a bounded number of 32 KiB windows, further apart.
     max_saved: usize,
     blocks: Option<Blocks>,
+    /// Output is produced in calls that stop at multiples of this, so the
+    /// state can be taken between two of them ([`GzReader::state`]).
+    stops: Option<u64>,
 }
 
 const INPUT: usize = 256 << 10;
@@ -184,7 +187,20 @@ impl<R: Read> GzReader<R> {
             saved: Vec::new(),
             max_saved: usize::MAX,
             blocks: None,
+            stops: None,
         }
+    }
+
+    /// Stops each inflate call at multiples of `every` bytes of output.
+    pub fn with_stops(mut self, every: u64) -> Self {
+        self.stops = Some(every.max(1));
+        self
+    }
+
+    /// Its whole state, if no output is waiting to be read: where a later
+    /// reader of the output from here on can resume.
+    pub fn state(&self) -> Option<State> {
+        (self.pending.0 == self.pending.1).then(|| self.st.clone())
     }
 
     /// Records a [`BlockStart`] at each member's start and at the first
@@ -358,6 +374,9 @@ impl<R: Read> GzReader<R> {
                 if let Some(b) = &self.blocks {
                     flags |= TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY;
                     limit = (b.piece - self.st.out_pos % b.piece) as usize;
+                }
+                if let Some(p) = self.stops {
+                    limit = limit.min((p - self.st.out_pos % p) as usize);
                 }
                 let at = self.st.window_at;
                 let (status, used, made) = decompress_with_limit(
