@@ -141,7 +141,7 @@ pub fn layer(u: Unsealed, src: Sources, what: &str) -> io::Result<Layer> {
     let chunks = SeekChunks {
         what: what.to_string(),
         chunk: u.chunk,
-        cursor: std::sync::Mutex::new(None),
+        memo: std::sync::Mutex::new(Memo::default()),
         key: u.key,
         header: u.header,
         spans: u.spans,
@@ -156,9 +156,9 @@ pub fn layer(u: Unsealed, src: Sources, what: &str) -> io::Result<Layer> {
 struct SeekChunks {
     what: String,
     chunk: u64,
-    /// The inflater where the last chunk load ended: the next chunk in
-    /// order goes on from there rather than from its checkpoint.
-    cursor: std::sync::Mutex<Option<State>>,
+    /// Inflater states at chunk starts reached by earlier loads: a load
+    /// goes on from the nearest one rather than from its checkpoint.
+    memo: std::sync::Mutex<Memo>,
     key: IndexKey,
     header: Header,
     spans: Vec<[u8; 32]>,
@@ -166,6 +166,45 @@ struct SeekChunks {
     checkpoints: Vec<Checkpoint>,
     held: u64,
     src: Sources,
+}
+
+/// Inflater states one layer keeps, at most.
+const MAX_MEMO: usize = 16;
+
+/// Inflater states at chunk starts, the least recently kept dropped first.
+#[derive(Default)]
+struct Memo {
+    tick: u64,
+    states: std::collections::BTreeMap<u64, (u64, State)>,
+}
+
+impl Memo {
+    /// A copy of the state nearest before `start`, if one is at `floor`
+    /// or after.
+    fn nearest(&self, start: u64, floor: u64) -> Option<State> {
+        self.states
+            .range(floor..=start)
+            .next_back()
+            .map(|(_, (_, st))| st.clone())
+    }
+
+    fn put(&mut self, st: State) {
+        self.tick += 1;
+        self.states.insert(st.out_pos, (self.tick, st));
+        if self.states.len() > MAX_MEMO
+            && let Some(oldest) = self
+                .states
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| *k)
+        {
+            self.states.remove(&oldest);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.states.clear();
+    }
 }
 
 /// A range's plaintext, and the inflater where it ended (gzip).
@@ -311,11 +350,13 @@ impl SeekChunks {
         }
     }
 
-    /// Loads `[start, end)` going on from `st` (the inflater where the last
-    /// load ended, at `start`): no checkpoint, no window, no output inflated
-    /// again.
+    /// Loads `[start, end)` going on from `st` (an inflater state at or
+    /// before `start`), keeping the states it passes at chunk starts.
     fn load_on(&self, st: State, start: u64, end: u64) -> io::Result<Loaded> {
         let from = st.in_pos;
+        let skip = start
+            .checked_sub(st.out_pos)
+            .ok_or_else(|| io::Error::other("an inflater state past the chunk"))?;
         let last = ((end - 1) / self.piece()) as usize;
         let to = self
             .pieces
@@ -329,76 +370,68 @@ impl SeekChunks {
             .unwrap_or(usize::MAX)
             .min(buf.len());
         let mut gz = GzReader::resume(&buf[at..], st).with_stops(self.piece());
+        let mut left = skip;
+        let mut scratch = Zeroizing::new(vec![0u8; self.piece() as usize]);
+        while left > 0 {
+            let n = left.min(scratch.len() as u64) as usize;
+            gz.read_exact(&mut scratch[..n])?;
+            left -= n as u64;
+            if let Some(st) = gz.state().filter(|s| s.out_pos.is_multiple_of(self.chunk)) {
+                crate::sync::lock(&self.memo).put(st);
+            }
+        }
         let mut out = chunk_buffer((end - start) as usize);
         gz.read_exact(&mut out)?;
         Ok((out, gz.state()))
     }
 
     fn load_range(&self, start: u64, end: u64) -> io::Result<Loaded> {
-        if self.header.compression == Compression::Gzip {
-            let cursor = crate::sync::lock(&self.cursor)
-                .take()
-                .filter(|st| st.out_pos == start);
-            // Any trouble going on: from the checkpoint, as if there were
-            // no cursor (whose output is checked by the pieces anyway).
-            if let Some(st) = cursor
-                && let Ok(loaded) = self.load_on(st, start, end)
-            {
-                return Ok(loaded);
-            }
-        }
         let plan = self.plan(start, end);
-        let (lo, hi) = self.spans_of(plan.from, plan.to);
-        let buf = self.read_spans(lo, hi)?;
-        let mut out = chunk_buffer((end - start) as usize);
-        let mut state = None;
-        match plan.checkpoint {
-            None => out.copy_from_slice(&buf[(start - lo) as usize..(end - lo) as usize]),
-            Some(j) => {
-                let c = &self.checkpoints[j];
-                let window = self.window(j, c)?;
-                // The head's rules put the checkpoint inside what was read
-                // (§5.4, and every chunk's range checked at parse).
-                let partial = c
-                    .in_bit
-                    .checked_sub(lo * 8)
-                    .and_then(|b| buf.get((b / 8) as usize))
-                    .copied()
-                    .ok_or_else(|| {
-                        bad(&self.what, format!("checkpoint {j} lies outside its read"))
-                    })?;
-                let st = State::at_block(c.in_bit, partial, c.out, &window).ok_or_else(|| {
-                    bad(
-                        &self.what,
-                        format!("checkpoint {j}: its window is too long"),
-                    )
-                })?;
-                let from = (c.in_bit.div_ceil(8) - lo) as usize;
-                let mut gz =
-                    GzReader::resume(&buf[from.min(buf.len())..], st).with_stops(self.piece());
-                let at_cp = |e: io::Error| {
-                    bad(
-                        &self.what,
-                        format!(
-                            "inflating from checkpoint {j} (blob offset {}): {e}",
-                            c.in_bit / 8
-                        ),
-                    )
-                };
-                io::copy(&mut (&mut gz).take(start - c.out), &mut io::sink())
-                    .map_err(at_cp)
-                    .and_then(|n| {
-                        if n == start - c.out {
-                            Ok(())
-                        } else {
-                            Err(at_cp(io::ErrorKind::UnexpectedEof.into()))
-                        }
-                    })?;
-                gz.read_exact(&mut out).map_err(at_cp)?;
-                state = gz.state();
-            }
+        let Some(j) = plan.checkpoint else {
+            let (lo, hi) = self.spans_of(plan.from, plan.to);
+            let buf = self.read_spans(lo, hi)?;
+            let mut out = chunk_buffer((end - start) as usize);
+            out.copy_from_slice(&buf[(start - lo) as usize..(end - lo) as usize]);
+            return Ok((out, None));
+        };
+        let c = &self.checkpoints[j];
+        // Nearer than the checkpoint: a state an earlier load passed. Any
+        // trouble with it, and the checkpoint is used (output from either
+        // is checked by the pieces).
+        let near = crate::sync::lock(&self.memo).nearest(start, c.out);
+        if let Some(st) = near
+            && let Ok(loaded) = self.load_on(st, start, end)
+        {
+            return Ok(loaded);
         }
-        Ok((out, state))
+        let at_cp = |e: io::Error| {
+            bad(
+                &self.what,
+                format!(
+                    "inflating from checkpoint {j} (blob offset {}): {e}",
+                    c.in_bit / 8
+                ),
+            )
+        };
+        let window = self.window(j, c)?;
+        // The block's first bits may share a byte with the one before.
+        let partial = if c.in_bit.is_multiple_of(8) {
+            0
+        } else {
+            let byte = c.in_bit / 8;
+            let (lo, hi) = self.spans_of(byte, byte + 1);
+            let span = self.read_spans(lo, hi)?;
+            span.get((byte - lo) as usize)
+                .copied()
+                .ok_or_else(|| bad(&self.what, format!("checkpoint {j} lies outside the blob")))?
+        };
+        let st = State::at_block(c.in_bit, partial, c.out, &window).ok_or_else(|| {
+            bad(
+                &self.what,
+                format!("checkpoint {j}: its window is too long"),
+            )
+        })?;
+        self.load_on(st, start, end).map_err(at_cp)
     }
 
     fn range_of(&self, chunks: &[u32]) -> Option<(u64, u64)> {
@@ -424,6 +457,8 @@ impl ChunkSource for SeekChunks {
             .collect();
         let verified =
             Verified::check_pieces(bytes, self.piece() as usize, &want).map_err(|_| {
+                // States reached through it are not to be gone on from.
+                crate::sync::lock(&self.memo).clear();
                 bad(
                     &self.what,
                     format!("chunk {chunk} does not match its seek index's piece digests"),
@@ -431,7 +466,7 @@ impl ChunkSource for SeekChunks {
             })?;
         // Only an inflater whose output matched goes on to the next chunk.
         if let Some(st) = state {
-            *crate::sync::lock(&self.cursor) = Some(st);
+            crate::sync::lock(&self.memo).put(st);
         }
         Ok(verified)
     }
@@ -441,7 +476,7 @@ impl ChunkSource for SeekChunks {
     }
 
     fn resident(&self) -> u64 {
-        self.held
+        self.held + (MAX_MEMO as u64) * crate::layer::stream::gzip::STATE_BYTES
     }
 
     fn vouched(&self) -> Option<Vouched> {
