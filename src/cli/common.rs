@@ -101,6 +101,30 @@ pub fn verify_ref(
     }
 }
 
+/// The keys a command that decrypts is given: key files, a directory of
+/// them, and how they are checked.
+#[derive(Args)]
+pub struct DecryptionKeyArgs {
+    #[arg(long = "key", value_name = "FILE", help = KEY_HELP)]
+    pub keys: Vec<String>,
+    /// Also use every key in this directory (like ctd-decoder).
+    #[arg(long)]
+    pub decryption_keys_path: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub key_files: KeyFileArgs,
+}
+
+impl DecryptionKeyArgs {
+    /// The key ring they make.
+    pub fn ring(&self) -> anyhow::Result<KeyRing> {
+        key_ring(
+            &self.keys,
+            self.decryption_keys_path.as_deref(),
+            self.key_files,
+        )
+    }
+}
+
 /// How private key files are checked and keyproviders called.
 #[derive(Args, Clone, Copy, Default)]
 pub struct KeyFileArgs {

@@ -9,7 +9,8 @@ use clap::Args;
 use zeroize::Zeroizing;
 
 use super::common::{
-    Bars, KeyFileArgs, PolicyArgs, TransportArgs, image_ref, key_ring, verify_ref,
+    Bars, DecryptionKeyArgs, KeyFileArgs, PolicyArgs, TransportArgs, image_ref, key_ring,
+    verify_ref,
 };
 use crate::convert::{self, LayerChange, Selection};
 use crate::crypto::{KeyRing, Recipient};
@@ -97,13 +98,8 @@ pub struct EncryptArgs {
 
 #[derive(Args)]
 pub struct DecryptArgs {
-    #[arg(long = "key", value_name = "FILE", help = super::common::KEY_HELP)]
-    pub keys: Vec<String>,
-    /// Also use every key in this directory (like ctd-decoder).
-    #[arg(long)]
-    pub decryption_keys_path: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub key_files: KeyFileArgs,
+    pub keys: DecryptionKeyArgs,
     #[command(flatten)]
     pub select: SelectArgs,
     #[command(flatten)]
@@ -185,7 +181,7 @@ fn prioritized(file: &Path) -> Result<HashSet<String>> {
 }
 
 pub fn decrypt(a: DecryptArgs) -> Result<()> {
-    let ring: KeyRing = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
+    let ring: KeyRing = a.keys.ring()?;
     let policy = a.policy.load()?;
     let image = image_ref(&a.src)?;
     run(

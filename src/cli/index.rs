@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::common::{KeyFileArgs, TransportArgs, image_ref, key_ring};
+use super::common::{DecryptionKeyArgs, TransportArgs, image_ref};
 use crate::crypto::Error as CryptoError;
 use crate::crypto::cipher::LayerKey;
 use crate::crypto::envelope::layer_keys;
@@ -26,13 +26,8 @@ use crate::oci::{Descriptor, media};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long = "key", value_name = "FILE", help = super::common::KEY_HELP)]
-    pub keys: Vec<String>,
-    /// Also use every key in this directory (like ctd-decoder).
-    #[arg(long)]
-    pub decryption_keys_path: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub key_files: KeyFileArgs,
+    pub keys: DecryptionKeyArgs,
     /// Only this platform, OS/ARCH[/VARIANT]. Default: all platforms.
     #[arg(long)]
     pub platform: Option<String>,
@@ -52,7 +47,7 @@ enum Outcome {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
+    let ring = a.keys.ring()?;
     let r = image_ref(&a.image)?;
     let transport = a.transport.options();
     let src: Arc<dyn ImageSource> = Arc::from(open_source(&r, &transport)?);

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
 use sha2::{Digest, Sha256};
 
-use super::common::{KeyFileArgs, PolicyArgs, TransportArgs, image_ref, key_ring, verify_ref};
+use super::common::{DecryptionKeyArgs, PolicyArgs, TransportArgs, image_ref, verify_ref};
 use crate::fs::ReadAhead;
 use crate::mount::open::OpenOptions;
 use crate::mount::seek::Found;
@@ -22,13 +22,8 @@ use crate::oci::transport::{ImageSource, open_source};
 
 #[derive(ClapArgs)]
 pub struct Args {
-    #[arg(long = "key", value_name = "FILE", help = super::common::KEY_HELP)]
-    pub keys: Vec<String>,
-    /// Also use every key in this directory (like ctd-decoder).
-    #[arg(long)]
-    pub decryption_keys_path: Option<PathBuf>,
     #[command(flatten)]
-    pub key_files: KeyFileArgs,
+    pub keys: DecryptionKeyArgs,
     /// Plaintext chunk cache budget in memory (K, M, G suffixes).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub cache_size: u64,
@@ -232,7 +227,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     // Before any key is read or any layer fetched.
     verify_ref(policy.as_ref(), &r, &chosen.raw.digest, src.as_ref())?;
-    let ring = key_ring(&a.keys, a.decryption_keys_path.as_deref(), a.key_files)?;
+    let ring = a.keys.ring()?;
     let layers = chosen.manifest.layers().clone();
     let n = layers.len();
     let encrypted = layers
