@@ -42,7 +42,12 @@ pub struct Args {
 
 /// What became of one layer.
 enum Outcome {
-    Indexed { blobs: Vec<Blob>, line: String },
+    Indexed {
+        blobs: Vec<Blob>,
+        line: String,
+    },
+    /// No key given opens it.
+    NoKey,
     Skipped(String),
 }
 
@@ -73,13 +78,20 @@ pub fn run(a: Args) -> Result<()> {
                         Some(d) => d,
                         None => dest.insert(open_dest(&r, &transport)?),
                     };
-                    blobs.extend(push(dest.as_ref(), b)?);
+                    push(dest.as_ref(), &b)?;
+                    blobs.extend(b);
                     indexed += 1;
                 }
+                Outcome::NoKey => {
+                    keyless += 1;
+                    println!(
+                        "{} layer {i} {}: not indexed: no key given opens it (missing private key \
+                         needed for decryption)",
+                        p.platform,
+                        d.digest()
+                    );
+                }
                 Outcome::Skipped(why) => {
-                    if why.starts_with("no key") {
-                        keyless += 1;
-                    }
                     println!(
                         "{} layer {i} {}: not indexed: {why}",
                         p.platform,
@@ -169,9 +181,7 @@ fn layer(
     let (private, _) = match layer_keys(&annotations, ring, &what) {
         Ok(k) => k,
         Err(CryptoError::MissingKey(_)) => {
-            return Ok(Outcome::Skipped(
-                "no key given opens it (missing private key needed for decryption)".into(),
-            ));
+            return Ok(Outcome::NoKey);
         }
         Err(e) => return Err(e.into()),
     };
@@ -253,18 +263,18 @@ fn layer(
     Ok(Outcome::Indexed { blobs, line })
 }
 
-/// Pushes the blobs (and the empty config once) to `dest`.
-fn push(dest: &dyn ImageDest, blobs: Vec<Blob>) -> Result<Vec<Blob>> {
+/// Pushes the blobs (and the empty config, if missing) to `dest`.
+fn push(dest: &dyn ImageDest, blobs: &[Blob]) -> Result<()> {
     let empty = crate::oci::digest::of(artifact::EMPTY_CONFIG);
     if !dest.has_blob(&empty)? {
         dest.put_blob(&mut &artifact::EMPTY_CONFIG[..], artifact::EMPTY_MEDIA_TYPE)?;
     }
-    for b in &blobs {
+    for b in blobs {
         if !dest.has_blob(&b.digest)? {
             dest.put_blob(&mut &b.bytes[..], b.media_type)?;
         }
     }
-    Ok(blobs)
+    Ok(())
 }
 
 /// Now, as RFC 3339 UTC.

@@ -405,19 +405,8 @@ pub fn name_bytes(n: &OsStr) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::estargz::toc::{TocEntry, rfc3339};
-
-    fn node(name: &str, kind: &str) -> Node {
-        Node {
-            entry: TocEntry {
-                name: name.into(),
-                kind: kind.into(),
-                mode: 0o644,
-                ..Default::default()
-            },
-            extents: Vec::new(),
-        }
-    }
+    use crate::layer::estargz::toc::rfc3339;
+    use crate::layer::testing::node;
 
     /// A name past PATH_MAX would make a directory inode per component;
     /// it is skipped like any name that cannot be a path.

@@ -2,7 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::index::Meter;
+use super::estargz::toc::TocEntry;
+use super::index::{Meter, Node};
 
 /// A budget of `.0` bytes; `.1` taken.
 pub struct Budget(pub u64, pub AtomicU64);
@@ -38,4 +39,17 @@ pub fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
         out.push(b'\n');
     }
     out
+}
+
+/// An entry of `kind` named `name`, mode 0644, with no extents.
+pub fn node(name: &str, kind: &str) -> Node {
+    Node {
+        entry: TocEntry {
+            name: name.into(),
+            kind: kind.into(),
+            mode: 0o644,
+            ..Default::default()
+        },
+        extents: Vec::new(),
+    }
 }

@@ -430,6 +430,7 @@ fn extent_count(offset: u64, size: u64, chunk: u64) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use crate::layer::testing::node;
     use crate::layer::testing::{Budget, pax};
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -573,18 +574,6 @@ mod tests {
         // An empty layer is an empty section.
         assert!(encode(&[], CHUNK).unwrap().is_empty());
         assert!(decode(&[], 0, 0, CHUNK, &Unmetered).unwrap().is_empty());
-    }
-
-    fn node(name: &str, kind: &str) -> Node {
-        Node {
-            entry: TocEntry {
-                name: name.into(),
-                kind: kind.into(),
-                mode: 0o644,
-                ..Default::default()
-            },
-            extents: Vec::new(),
-        }
     }
 
     fn file(name: &str, offset: u64, size: u64) -> Node {
