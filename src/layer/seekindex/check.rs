@@ -5,7 +5,9 @@
 //! trust is rebuilt from it and compared: span digests, piece digests, the
 //! tar stream's length and the entries.
 
+use std::cell::Cell;
 use std::io::{self, Read};
+use std::rc::Rc;
 use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
@@ -17,15 +19,32 @@ use crate::layer::stream::gzip::GzReader;
 use crate::layer::stream::{CHUNK, ChunkHasher, Compression, walk};
 
 /// Hashes what passes through it (the tar stream: the diff ID).
+/// Passes at most `left` bytes: a blob that inflates past what the index
+/// said (a bomb behind a lying index) is stopped there, and `over` set,
+/// rather than walked and hashed to its end.
 struct Tee<R> {
     inner: R,
     hasher: Sha256,
+    left: u64,
+    over: Rc<Cell<bool>>,
 }
 
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        if self.left == 0 {
+            // One byte more tells a longer stream from one that ends here
+            // (and lets the reader below check the blob at its end).
+            if self.inner.read(&mut [0u8; 1])? > 0 {
+                self.over.set(true);
+            }
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
         self.hasher.update(&buf[..n]);
+        self.left -= n as u64;
         Ok(n)
     }
 }
@@ -47,13 +66,29 @@ pub fn compare<R: Read>(
         Compression::None => Box::new(plain),
         Compression::Zstd => return Err(io::Error::other("zstd layers have no seek index")),
     };
+    let over = Rc::new(Cell::new(false));
     let tee = Tee {
         inner: stream,
         hasher: Sha256::new(),
+        left: vouched.uncompressed,
+        over: over.clone(),
+    };
+    let longer = || {
+        format!(
+            "its tar stream is longer than the {} bytes the seek index said",
+            vouched.uncompressed
+        )
     };
     let hasher = ChunkHasher::with_unit(tee, u64::from(vouched.piece), &Unmetered, what);
-    let (nodes, hasher) = walk(hasher, what)?;
+    let (nodes, hasher) = match walk(hasher, what) {
+        Ok(w) => w,
+        Err(_) if over.get() => return Ok((String::new(), Some(longer()))),
+        Err(e) => return Err(e),
+    };
     let (pieces, total, tee) = hasher.finish()?;
+    if over.get() {
+        return Ok((String::new(), Some(longer())));
+    }
     let diff_id = format!("sha256:{}", hex::encode(tee.hasher.finalize()));
     let (got_spans, _) = crate::sync::lock(spans).finish();
     let why = if total != vouched.uncompressed {

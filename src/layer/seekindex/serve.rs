@@ -854,6 +854,11 @@ mod tests {
                 .unwrap()
                 .contains("ciphertext span 1")
         );
+        // A blob longer than the index said is stopped at that length.
+        let mut short = vouched.clone();
+        short.uncompressed -= 1 << 20;
+        let (_, why) = run(&short, l.nodes());
+        assert!(why.unwrap().contains("longer than"));
         let mut setuid = l.nodes().to_vec();
         setuid[0].entry.mode |= 0o4000;
         assert!(run(&vouched, &setuid).1.unwrap().contains("entries"));
