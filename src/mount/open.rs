@@ -198,11 +198,20 @@ fn open_unreserved(
     seek: Option<&Found>,
 ) -> io::Result<(Layer, Mode)> {
     let blob = Blob::open(src.clone(), desc, ring, opts)?;
-    if blob.compression == Compression::Gzip && lazy::has_footer(&*blob.disk, blob.key.as_ref())? {
-        let anchor = blob
-            .private_anchor
-            .clone()
-            .or_else(|| blob.annotations.get(TOC_DIGEST_ANNOTATION).cloned());
+    let anchor = blob
+        .private_anchor
+        .clone()
+        .or_else(|| blob.annotations.get(TOC_DIGEST_ANNOTATION).cloned());
+    // Where a layer is not said to be eStargz, only the footer's own bytes
+    // are asked for: the cache would fetch its last block, which the
+    // whole-blob fetch that most such layers get then fetches again.
+    let footer_from: &dyn RangeSource =
+        if anchor.is_some() || opts.allow_unverified_lazy || blob.disk.is_complete() {
+            &*blob.disk
+        } else {
+            &*blob.remote
+        };
+    if blob.compression == Compression::Gzip && lazy::has_footer(footer_from, blob.key.as_ref())? {
         let (anchor, mode) = match anchor {
             Some(a) => (Anchor::Toc(a), Mode::Lazy),
             None if opts.allow_unverified_lazy => (Anchor::Unverified, Mode::Unverified),

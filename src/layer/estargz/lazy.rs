@@ -336,19 +336,7 @@ mod tests {
     use super::*;
     use crate::layer::estargz::writer::convert;
     use crate::layer::source::MemoryRange;
-
-    /// Incompressible bytes, so chunk members are as large as their chunks.
-    fn noise(n: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::layer::testing::noise;
 
     fn layer(big: &[u8]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());

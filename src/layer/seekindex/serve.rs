@@ -16,6 +16,7 @@ use crate::crypto::cipher::LayerKey;
 use crate::layer::index::{ChunkSource, Layer, Meter, Node, Vouched, bad, chunk_buffer};
 use crate::layer::source::RangeSource;
 use crate::layer::stream::gzip::{GzReader, State};
+use crate::layer::stream::memo::{MEMO_BYTES, Memo};
 use crate::layer::verified::{Sha256Digest, Verified};
 use crate::oci::digest::Digest;
 
@@ -166,45 +167,6 @@ struct SeekChunks {
     checkpoints: Vec<Checkpoint>,
     held: u64,
     src: Sources,
-}
-
-/// Inflater states one layer keeps, at most.
-const MAX_MEMO: usize = 16;
-
-/// Inflater states at chunk starts, the least recently kept dropped first.
-#[derive(Default)]
-struct Memo {
-    tick: u64,
-    states: std::collections::BTreeMap<u64, (u64, State)>,
-}
-
-impl Memo {
-    /// A copy of the state nearest before `start`, if one is at `floor`
-    /// or after.
-    fn nearest(&self, start: u64, floor: u64) -> Option<State> {
-        self.states
-            .range(floor..=start)
-            .next_back()
-            .map(|(_, (_, st))| st.clone())
-    }
-
-    fn put(&mut self, st: State) {
-        self.tick += 1;
-        self.states.insert(st.out_pos, (self.tick, st));
-        if self.states.len() > MAX_MEMO
-            && let Some(oldest) = self
-                .states
-                .iter()
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(k, _)| *k)
-        {
-            self.states.remove(&oldest);
-        }
-    }
-
-    fn clear(&mut self) {
-        self.states.clear();
-    }
 }
 
 /// A range's plaintext, and the inflater where it ended (gzip).
@@ -476,7 +438,7 @@ impl ChunkSource for SeekChunks {
     }
 
     fn resident(&self) -> u64 {
-        self.held + (MAX_MEMO as u64) * crate::layer::stream::gzip::STATE_BYTES
+        self.held + MEMO_BYTES
     }
 
     fn vouched(&self) -> Option<Vouched> {

@@ -1,21 +1,26 @@
 //! The stream index: serves any tar layer (plain, gzip or zstd, encrypted or
 //! not) that has no TOC. The blob is read once, in order, while its caller
 //! checks its digest and HMAC; on the way we record every entry's offset in
-//! the uncompressed stream, a SHA-256 of each 1 MiB of it, and, for gzip, the
-//! inflater's state at each 1 MiB of output. A read then decrypts from the
-//! local ciphertext copy and inflates from the nearest saved state; every
-//! chunk is checked against its recorded digest before use. zstd has no
+//! the uncompressed stream, a SHA-256 of each 64 KiB piece of it, and, for
+//! gzip, the inflater's state at each 1 MiB of output. A read then decrypts
+//! from the local ciphertext copy and inflates from the nearest saved state
+//! (or one an earlier read reached) to the end of its 256 KiB chunk; every
+//! piece is checked against its recorded digest before use. zstd has no
 //! cheap checkpoints, so its tar stream is kept in a [`sealed::Sealed`] copy.
 
 pub mod gzip;
+pub mod memo;
 pub mod sealed;
 
 use std::io::{self, Read};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use zeroize::Zeroizing;
+
 use self::gzip::{GzReader, State};
+use self::memo::{MEMO_BYTES, Memo};
 use self::sealed::{Scratch, Sealed, Tee};
 use super::index::{
     ChunkSource, Layer, MAX_ENTRIES, Meter, Node, bad, chunk_buffer, no_room, node_bytes,
@@ -23,11 +28,21 @@ use super::index::{
 };
 use super::source::{RangeReader, RangeSource};
 use super::tarmeta::{Pending, Source, is_extension, walk_error};
-use super::verified::{Hashing, Sha256Digest, Verified};
+use super::verified::{Sha256Digest, Verified};
 use crate::crypto::cipher::LayerKey;
 
-/// Uncompressed bytes per chunk.
-pub const CHUNK: u64 = 1 << 20;
+/// Tar-stream bytes per chunk a layer is served in: a cold read of a small
+/// file inflates and checks only up to the end of its chunk, not of the
+/// 1 MiB between two saved states (docs/seek-index.md §12).
+pub const CHUNK: u64 = 256 << 10;
+
+/// Tar-stream bytes per recorded digest: 32 bytes per 64 KiB is 0.05 % of
+/// the stream in memory.
+pub const PIECE: u64 = 64 << 10;
+
+/// Output between two saved inflater states: each holds a 32 KiB window,
+/// 3 % of the stream at this spacing.
+pub const STATE_EVERY: u64 = 1 << 20;
 
 /// How the tar stream inside the blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +55,7 @@ pub enum Compression {
 /// What one pass over the stream learned.
 pub struct Indexed {
     nodes: Vec<Node>,
+    /// One per [`PIECE`].
     digests: Vec<[u8; 32]>,
     stored: Stored,
     total: u64,
@@ -118,7 +134,7 @@ pub fn index<R: Read>(
         }
         Compression::Gzip => {
             let states_room = (meter.budget() / STATES_SHARE / gzip::STATE_BYTES) as usize;
-            let gz = GzReader::new(r, Some(CHUNK)).with_max_saved(states_room);
+            let gz = GzReader::new(r, Some(STATE_EVERY)).with_max_saved(states_room);
             let (nodes, hasher) = walk(ChunkHasher::new(gz, meter, what), what)?;
             let (digests, total, mut gz) = hasher.finish()?;
             if gz.every().is_some_and(|e| e > MAX_SPACING) {
@@ -137,7 +153,8 @@ pub fn index<R: Read>(
             if states.first().is_none_or(|s| s.out_pos != 0) {
                 return Err(wrap(io::Error::other("inflater states are missing")));
             }
-            if !meter.take(states.len() as u64 * gzip::STATE_BYTES) {
+            // With the states the memo may keep while served.
+            if !meter.take(states.len() as u64 * gzip::STATE_BYTES + MEMO_BYTES) {
                 return Err(no_room(what, &format!("{} checkpoints", states.len())));
             }
             Ok(Indexed {
@@ -217,8 +234,8 @@ pub(crate) fn walk<'m, R: Read>(
     Ok((nodes, r))
 }
 
-/// Hashes a stream in `CHUNK`-sized pieces (or another unit) as it is
-/// read; the digests' memory is taken from `meter` a batch at a time.
+/// Hashes a stream in [`PIECE`]s (or another unit) as it is read; the
+/// digests' memory is taken from `meter` a batch at a time.
 pub(crate) struct ChunkHasher<'m, R> {
     inner: R,
     hasher: Sha256,
@@ -234,10 +251,10 @@ const DIGEST_BATCH: usize = 1024;
 
 impl<'m, R: Read> ChunkHasher<'m, R> {
     pub(crate) fn new(inner: R, meter: &'m dyn Meter, what: &'m str) -> Self {
-        Self::with_unit(inner, CHUNK, meter, what)
+        Self::with_unit(inner, PIECE, meter, what)
     }
 
-    /// Hashes every `unit` bytes (a power of two) instead of every chunk.
+    /// Hashes every `unit` bytes (a power of two) instead of every piece.
     pub(crate) fn with_unit(inner: R, unit: u64, meter: &'m dyn Meter, what: &'m str) -> Self {
         ChunkHasher {
             inner,
@@ -314,34 +331,12 @@ impl Plain {
 struct StreamChunks {
     plain: Plain,
     what: String,
+    /// One per [`PIECE`].
     digests: Vec<[u8; 32]>,
     stored: Stored,
     total: u64,
-}
-
-/// Fills `out` a piece at a time with `fill(offset in out, piece)`, hashing
-/// each piece once it is filled.
-fn fill_hashed(
-    out: &mut Hashing,
-    mut fill: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
-) -> io::Result<()> {
-    const PIECE: usize = 64 << 10;
-    while out.filled() < out.len() {
-        let at = out.filled() as u64;
-        out.fill(PIECE, |piece| fill(at, piece).map(|()| piece.len()))?;
-    }
-    Ok(())
-}
-
-/// Reads and drops `n` bytes of plaintext, in a buffer wiped after.
-fn discard(r: &mut impl Read, mut n: u64) -> io::Result<()> {
-    let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 << 10]);
-    while n > 0 {
-        let take = n.min(buf.len() as u64) as usize;
-        r.read_exact(&mut buf[..take])?;
-        n -= take as u64;
-    }
-    Ok(())
+    /// Inflater states at chunk starts that earlier loads reached (gzip).
+    memo: Mutex<Memo>,
 }
 
 /// The saved state nearest before `offset` of the output (the first is at 0).
@@ -351,7 +346,7 @@ fn state_before(states: &[State], offset: u64) -> usize {
 
 /// A layer served from its index and a local copy of its blob.
 pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
-    let count = u32::try_from(indexed.digests.len())
+    let count = u32::try_from(indexed.total.div_ceil(CHUNK))
         .map_err(|_| bad(what, "layer has too many chunks".into()))?;
     let chunks = StreamChunks {
         plain,
@@ -359,8 +354,61 @@ pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
         digests: indexed.digests,
         stored: indexed.stored,
         total: indexed.total,
+        memo: Mutex::new(Memo::default()),
     };
     Layer::new(what, indexed.nodes, Box::new(chunks), count)
+}
+
+/// A chunk's plaintext, and the inflater where it ended (gzip).
+type Loaded = (Zeroizing<Vec<u8>>, Option<State>);
+
+impl StreamChunks {
+    /// Inflates `[start, end)` going on from `st` (at or before `start`),
+    /// keeping the states it passes at chunk starts: the output before
+    /// them is checked by the chunk that ends there, so they are put in
+    /// the memo only as the load that reached them succeeds.
+    fn inflate_on(&self, st: State, start: u64, end: u64) -> io::Result<(Loaded, Vec<State>)> {
+        let skip = start
+            .checked_sub(st.out_pos)
+            .ok_or_else(|| io::Error::other("an inflater state past the chunk"))?;
+        let mut gz = GzReader::resume(self.plain.reader(st.in_pos), st).with_stops(PIECE);
+        let mut passed = Vec::new();
+        let mut scratch = Zeroizing::new(vec![0u8; PIECE as usize]);
+        let mut left = skip;
+        while left > 0 {
+            let n = left.min(PIECE) as usize;
+            gz.read_exact(&mut scratch[..n])?;
+            left -= n as u64;
+            if let Some(st) = gz.state().filter(|s| s.out_pos.is_multiple_of(CHUNK)) {
+                passed.push(st);
+            }
+        }
+        let mut out = chunk_buffer((end - start) as usize);
+        gz.read_exact(&mut out)?;
+        Ok(((out, gz.state()), passed))
+    }
+
+    /// The chunk `[start, end)` of a gzip stream, from the nearest state.
+    fn inflate(&self, states: &[State], start: u64, end: u64) -> io::Result<(Loaded, Vec<State>)> {
+        let saved = &states[state_before(states, start)];
+        // Nearer than the saved state: one an earlier load reached. Any
+        // trouble with it, and the saved state is used (the output of
+        // either is checked against the pieces).
+        let near = crate::sync::lock(&self.memo).nearest(start, saved.out_pos);
+        if let Some(st) = near
+            && let Ok(loaded) = self.inflate_on(st, start, end)
+        {
+            return Ok(loaded);
+        }
+        self.inflate_on(saved.clone(), start, end)
+    }
+}
+
+/// Reads `len` bytes with `fill`, in a buffer wiped after.
+fn filled(len: u64, fill: impl FnOnce(&mut [u8]) -> io::Result<()>) -> io::Result<Loaded> {
+    let mut out = chunk_buffer(len as usize);
+    fill(&mut out)?;
+    Ok((out, None))
 }
 
 impl ChunkSource for StreamChunks {
@@ -373,31 +421,35 @@ impl ChunkSource for StreamChunks {
 
     fn resident(&self) -> u64 {
         let states = match &self.stored {
-            Stored::Gzip(states) => states.len() as u64 * gzip::STATE_BYTES,
+            Stored::Gzip(states) => states.len() as u64 * gzip::STATE_BYTES + MEMO_BYTES,
             _ => 0,
         };
         states + self.digests.len() as u64 * 32
     }
 
     fn load(&self, chunk: u32) -> io::Result<Verified> {
-        let k = chunk as usize;
-        let want = self
-            .digests
-            .get(k)
-            .ok_or_else(|| bad(&self.what, format!("no chunk {chunk}")))?;
         let start = u64::from(chunk) * CHUNK;
-        let len = CHUNK.min(self.total - start);
-        let mut out = Hashing::from(chunk_buffer(len as usize));
+        if start >= self.total {
+            return Err(bad(&self.what, format!("no chunk {chunk}")));
+        }
+        let end = (start + CHUNK).min(self.total);
+        let want: Vec<Sha256Digest> = self
+            .digests
+            .get((start / PIECE) as usize..=((end - 1) / PIECE) as usize)
+            .ok_or_else(|| bad(&self.what, format!("no digests for chunk {chunk}")))?
+            .iter()
+            .map(|d| Sha256Digest(*d))
+            .collect();
         // The blob range the chunk comes from: if what the ciphertext cache
-        // holds of it fails (to inflate, or its digest), that copy is bad
+        // holds of it fails (to inflate, or its digests), that copy is bad
         // (the blob was verified when it was indexed) and is dropped, so the
         // next read fetches it again.
         let range = match &self.stored {
             Stored::Sealed(_) => None,
-            Stored::Tar => Some((start, len)),
+            Stored::Tar => Some((start, end - start)),
             Stored::Gzip(states) => {
                 let from = states[state_before(states, start)].in_pos;
-                let after = states.partition_point(|s| s.out_pos < start + len);
+                let after = states.partition_point(|s| s.out_pos < end);
                 let to = states
                     .get(after)
                     .map_or(self.plain.src.size(), |s| s.in_pos);
@@ -405,6 +457,7 @@ impl ChunkSource for StreamChunks {
             }
         };
         let failed = |e: io::Error| {
+            crate::sync::lock(&self.memo).clear();
             if let Some((at, n)) = range
                 && let Err(f) = self.plain.src.forget_range(at, n)
             {
@@ -412,44 +465,44 @@ impl ChunkSource for StreamChunks {
             }
             e
         };
-        let at_blob = |e: io::Error, from: u64| {
+        let at_blob = |e: io::Error| {
+            let from = range.map_or(start, |(at, _)| at);
             failed(bad(
                 &self.what,
                 format!("chunk {chunk} (blob offset {from}): {e}"),
             ))
         };
-        // Each piece is hashed right after it is produced, while it is
-        // still in the core's cache.
-        match &self.stored {
-            Stored::Sealed(sealed) => {
-                fill_hashed(&mut out, |at, piece| sealed.read_into(start + at, piece))
-                    .map_err(|e| bad(&self.what, format!("chunk {chunk}: {e}")))?
-            }
+        let ((bytes, state), passed) = match &self.stored {
+            Stored::Sealed(sealed) => (
+                filled(end - start, |out| sealed.read_into(start, out))
+                    .map_err(|e| bad(&self.what, format!("chunk {chunk}: {e}")))?,
+                Vec::new(),
+            ),
             Stored::Tar => {
-                self.plain.src.prepare(start, len)?;
+                self.plain.src.prepare(start, end - start)?;
                 let mut r = self.plain.reader(start);
-                fill_hashed(&mut out, |_, piece| r.read_exact(piece))
-                    .map_err(|e| at_blob(e, start))?
+                (
+                    filled(end - start, |out| r.read_exact(out)).map_err(at_blob)?,
+                    Vec::new(),
+                )
             }
-            Stored::Gzip(states) => {
-                let state = states[state_before(states, start)].clone();
-                let (from, skip) = (state.in_pos, start - state.out_pos);
-                let mut gz = GzReader::resume(self.plain.reader(from), state);
-                // States further apart than a chunk (a stream that inflates
-                // far): inflate up to the chunk, keeping nothing of it.
-                discard(&mut gz, skip).map_err(|e| at_blob(e, from))?;
-                fill_hashed(&mut out, |_, piece| gz.read_exact(piece))
-                    .map_err(|e| at_blob(e, from))?
-            }
-        }
-        out.finish(&Sha256Digest(*want)).map_err(|_| {
+            Stored::Gzip(states) => self.inflate(states, start, end).map_err(at_blob)?,
+        };
+        let verified = Verified::check_pieces(bytes, PIECE as usize, &want).map_err(|_| {
             failed(bad(
                 &self.what,
                 format!(
-                    "chunk {chunk} does not match the digest recorded when the blob was verified"
+                    "chunk {chunk} does not match the digests recorded when the blob was verified"
                 ),
             ))
-        })
+        })?;
+        // States passed on the way follow output no piece checked; a wrong
+        // one can only fail a later chunk's check (which clears the memo).
+        let mut memo = crate::sync::lock(&self.memo);
+        for st in passed.into_iter().chain(state) {
+            memo.put(st);
+        }
+        Ok(verified)
     }
 
     fn fetched(&self) -> u64 {
@@ -467,6 +520,7 @@ mod tests {
     use super::*;
     use crate::layer::index::Unmetered;
     use crate::layer::source::MemoryRange;
+    use crate::layer::testing::noise;
 
     fn nowhere() -> Scratch {
         Scratch::new("/nonexistent".into(), u64::MAX)
@@ -505,6 +559,28 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.starts_with("layer L: its index ("), "{e}");
+    }
+
+    /// A cold read of a small file inflates only to the end of its 256 KiB
+    /// chunk, checked by 64 KiB pieces, not to the end of the 1 MiB between
+    /// two saved states (it read 1 MiB of the blob with 1 MiB chunks); the
+    /// next chunk goes on from where that read stopped.
+    #[test]
+    fn a_cold_small_read_inflates_only_to_the_end_of_its_chunk() {
+        let big = noise(3 << 20);
+        let gz = gzip(&tar_with(&big));
+        let idx = index(&gz[..], Compression::Gzip, &nowhere(), "L", &Unmetered).unwrap();
+        let src = Arc::new(MemoryRange::new(gz));
+        let l = layer(idx, Plain::new(src.clone(), None), "L").unwrap();
+        assert_eq!(&l.read_file("a/small.txt", 0, 5).unwrap()[..], b"hello");
+        let first = src.fetched();
+        assert!(((256 << 10)..(384 << 10)).contains(&first), "{first}");
+        // The rest of chunk 1, from chunk 0's end: another chunk's worth.
+        let at = (256 << 10) + 1000;
+        let got = l.read_file("a/big.bin", at, 10).unwrap();
+        assert_eq!(&got[..], &big[at as usize..at as usize + 10]);
+        let second = src.fetched() - first;
+        assert!(second < 384 << 10, "{second}");
     }
 
     /// A zstd layer's sealed copy keeps to the sealed-copy disk budget.
@@ -666,7 +742,7 @@ mod tests {
             .read_file("a/big.bin", 1 << 20, 10)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("layer L: chunk 1 does not match"), "{e}");
+        assert!(e.contains("layer L: chunk 4 does not match"), "{e}");
         assert_eq!(&l.read_file("a/small.txt", 0, 5).unwrap()[..], b"hello");
     }
 }
