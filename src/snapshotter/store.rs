@@ -73,6 +73,40 @@ pub struct Store {
     checks: Queue,
     /// Whether a layer's `Prepare` without layer labels was warned of.
     warned_unnamed: std::sync::atomic::AtomicBool,
+    /// Snapshots whose `Prepare` may have made their directory but not yet
+    /// committed their record (a remote layer's takes seconds to open):
+    /// `cleanup` leaves their directories alone.
+    preparing: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+/// Holds a snapshot id in [`Store::preparing`] until dropped.
+struct Preparing<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<u64>>,
+    id: std::cell::Cell<Option<u64>>,
+}
+
+impl<'a> Preparing<'a> {
+    fn new(set: &'a std::sync::Mutex<std::collections::HashSet<u64>>) -> Self {
+        Preparing {
+            set,
+            id: std::cell::Cell::new(None),
+        }
+    }
+
+    fn hold(&self, id: u64) {
+        crate::sync::lock(self.set).insert(id);
+        if let Some(old) = self.id.replace(Some(id)) {
+            crate::sync::lock(self.set).remove(&old);
+        }
+    }
+}
+
+impl Drop for Preparing<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            crate::sync::lock(self.set).remove(&id);
+        }
+    }
 }
 
 /// Logged once a daemon at the first `Prepare` of a layer that names no
@@ -125,6 +159,7 @@ impl Store {
             diff_id,
             checks: Queue::default(),
             warned_unnamed: std::sync::atomic::AtomicBool::new(false),
+            preparing: Default::default(),
         })
     }
 
@@ -396,6 +431,8 @@ impl Store {
         let tmpfs = kind == Kind::Active && !remotes.is_empty() && self.upper.tmpfs;
         let now = SystemTime::now();
         let made = std::cell::Cell::new(None);
+        // Dropped after the record is committed or the directory removed.
+        let held = Preparing::new(&self.preparing);
         let result = self.meta.update(|t| {
             if t.get(key)?.is_some() {
                 return Err(Error::already_exists(format!(
@@ -419,6 +456,7 @@ impl Store {
             // fails, it is removed below and nothing is recorded. A crash
             // leaves an orphan directory, which cleanup removes.
             let dir = self.dir(id);
+            held.hold(id);
             made.set(Some(dir.clone()));
             self.make_dir(&dir, tmpfs)?;
             t.put(key, &rec)?;
@@ -475,6 +513,8 @@ impl Store {
             Ok(id) => id,
             Err(e) => return e,
         };
+        let held = Preparing::new(&self.preparing);
+        held.hold(id);
         let dir = self.dir(id);
         let done = (|| {
             layer_dir(&dir).map_err(|e| Error::io("cannot create snapshot directory", e))?;
@@ -832,12 +872,19 @@ impl Store {
 
     /// Removes directories no record owns (left by a crash or a failed call).
     pub fn cleanup(&self) -> Result<()> {
-        let keep: std::collections::HashSet<String> =
-            self.meta.ids()?.iter().map(|i| i.to_string()).collect();
         let dir = self.root.join("snapshots");
-        let entries =
-            fs::read_dir(&dir).map_err(|e| Error::io(&format!("{}", dir.display()), e))?;
-        for e in entries.flatten() {
+        // Listed first, then the Prepares under way, then the records: a
+        // Prepare that commits in between is in one of the two.
+        let entries: Vec<fs::DirEntry> = fs::read_dir(&dir)
+            .map_err(|e| Error::io(&format!("{}", dir.display()), e))?
+            .flatten()
+            .collect();
+        let mut keep: std::collections::HashSet<String> = crate::sync::lock(&self.preparing)
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        keep.extend(self.meta.ids()?.iter().map(|i| i.to_string()));
+        for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
             if !keep.contains(&name) {
                 remove_tree(&e.path());
@@ -1012,6 +1059,28 @@ mod tests {
             size: None,
         };
         Store::open(root, remote, upper, DiffIdConfig::default()).unwrap()
+    }
+
+    /// A remote layer's Prepare makes its directory and then opens and
+    /// mounts the layer, for seconds, before its record is committed: a
+    /// Cleanup in between (containerd's garbage collection) removed the
+    /// directory, and the mount failed with ENOENT. Cleanup now leaves the
+    /// directories of Prepares under way, and only those.
+    #[test]
+    fn cleanup_leaves_the_directory_of_a_prepare_under_way() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(&d.path().join("root"));
+        let (busy, orphan) = (s.dir(1000), s.dir(1001));
+        layer_dir(&busy).unwrap();
+        layer_dir(&orphan).unwrap();
+        let held = Preparing::new(&s.preparing);
+        held.hold(1000);
+        s.cleanup().unwrap();
+        assert!(busy.join("fs").is_dir(), "the Prepare's directory went");
+        assert!(!orphan.exists(), "an orphan stayed");
+        drop(held);
+        s.cleanup().unwrap();
+        assert!(!busy.exists(), "once given up, its directory is an orphan");
     }
 
     #[test]
