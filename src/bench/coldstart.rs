@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::node::{Node, Registry, Shaping, drop_caches, missing_tools, sh};
-use super::workload::{Generated, Workload, generate};
+use super::workload::{GENERATOR, Generated, Workload, generate};
 
 /// The ways a container can start from an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -337,6 +337,7 @@ fn generated(w: &Workload, dir: &Path, scale: f64) -> io::Result<Generated> {
     if let Ok(b) = std::fs::read(&record)
         && let Ok(g) = serde_json::from_slice::<Generated>(&b)
         && g.scale == scale
+        && g.generator == GENERATOR
         && g.workload == *w
     {
         return Ok(g);
@@ -677,4 +678,32 @@ fn machine() -> String {
         })
         .unwrap_or(0);
     format!("{cores} × {cpu}, {} GiB", (mem + (1 << 19)) >> 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Images kept in `--work` by a version that made other bytes (gzip
+    /// level 1, before the seek index) were used as they were; now their
+    /// record names how they were made, and one made otherwise is made
+    /// again.
+    #[test]
+    fn an_image_made_by_another_generator_is_made_again() {
+        let d = tempfile::tempdir().unwrap();
+        let w = Workload::builtin("many-layers", 0.05).unwrap();
+        let dir = d.path().join("many-layers");
+        generated(&w, &dir, 0.05).unwrap();
+        let record = dir.join("workload.json");
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        assert_eq!(old["generator"], GENERATOR);
+        old.as_object_mut().unwrap().remove("generator");
+        std::fs::write(&record, serde_json::to_vec(&old).unwrap()).unwrap();
+        let g = generated(&w, &dir, 0.05).unwrap();
+        assert_eq!(g.generator, GENERATOR);
+        let kept: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        assert_eq!(kept["generator"], GENERATOR);
+    }
 }

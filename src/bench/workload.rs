@@ -282,11 +282,21 @@ fn base() -> Vec<FileSpec> {
     vec![text("/etc/os-release".into(), 4 * KIB)]
 }
 
+/// Bumped when `generate` makes different bytes from the same workload:
+/// 2 since its gzip is level 2 (level 1 wrote deflate blocks of many MiB,
+/// which left a seek index no checkpoints; images kept from before were
+/// still used).
+pub const GENERATOR: u32 = 2;
+
 /// What `generate` wrote.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Generated {
     pub workload: Workload,
     pub scale: f64,
+    /// How the image was made ([`GENERATOR`]); images made otherwise are
+    /// made again.
+    #[serde(default)]
+    pub generator: u32,
     /// The plain image: `oci:DIR:TAG`.
     pub image: String,
     pub image_bytes: u64,
@@ -342,6 +352,7 @@ pub fn generate(w: &Workload, scale: f64, out: &Path) -> io::Result<Generated> {
     std::fs::remove_dir_all(&trees)?;
 
     let g = Generated {
+        generator: GENERATOR,
         scale,
         image,
         image_bytes: w.image_bytes(),
