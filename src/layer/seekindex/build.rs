@@ -14,8 +14,8 @@ use super::entries;
 use super::head::{Checkpoint, Compression, Head, Header, MAX_INFLATE, Piece, Window};
 use super::seal::{Binding, HeadBlob, IndexKey, Kind, padded};
 use super::windows;
-use crate::layer::index::{Meter, bad};
-use crate::layer::stream::gzip::GzReader;
+use crate::layer::index::{Meter, Node, bad};
+use crate::layer::stream::gzip::{BlockStart, GzReader};
 use crate::layer::stream::{CHUNK, ChunkHasher, walk};
 use crate::oci::digest::Digest;
 
@@ -24,11 +24,22 @@ use crate::oci::digest::Digest;
 pub const SPAN: u32 = 64 << 10;
 /// Tar-stream bytes per piece digest.
 pub const PIECE: u32 = 64 << 10;
-/// Least output between two checkpoints. A checkpoint's window costs about
-/// the compressed size of 32 KiB of output, so at 2 MiB apart windows take
-/// 1/64 of the compressed layer (≤ 2 % with everything else), and a read
-/// inflates at most 2 MiB plus one block before the bytes it wants.
+/// Output per checkpoint with a window, on average. A window costs about
+/// the compressed size of 32 KiB of output, so one per 2 MiB takes 1/64 of
+/// the compressed layer (≤ 2 % with everything else). Where they go is
+/// [`place`]'s choice.
 pub const SPACING: u64 = 2 << 20;
+
+/// Least output between two block starts kept as candidate checkpoints.
+const CANDIDATE: u64 = 256 << 10;
+
+/// Most candidates kept while a layer is indexed (with their 32 KiB
+/// windows, 64 MiB): past 512 MiB of output they lie further apart.
+const MAX_CANDIDATES: usize = 2048;
+
+/// Checkpoints are at most this far apart inside any stretch of the
+/// stream, whatever the files (half of [`MAX_INFLATE`]).
+const FAR: u64 = MAX_INFLATE / 2;
 
 /// SHA-256 of each span (of [`SPAN`] bytes unless told) of a stream, as it
 /// is read.
@@ -168,11 +179,13 @@ pub fn build<R: Read>(
             (nodes, digests, total, ends, Vec::new())
         }
         Compression::Gzip => {
-            let gz = GzReader::new(plain, None).with_blocks(SPACING, piece);
+            let gz = GzReader::new(plain, None)
+                .with_blocks(CANDIDATE, piece)
+                .with_max_points(MAX_CANDIDATES);
             let (nodes, hasher) = walk(ChunkHasher::with_unit(gz, piece, meter, what), what)?;
             let (digests, total, mut gz) = hasher.finish()?;
             let mut ends = gz.piece_ends().to_vec();
-            let points = gz.take_points();
+            let points = place(gz.take_points(), &nodes, total);
             // The last piece ends where the blob does: whatever the inflater
             // looked ahead at, a reader has it.
             ends.truncate(digests.len().saturating_sub(1));
@@ -231,6 +244,89 @@ pub fn build<R: Read>(
     })
 }
 
+/// Chooses checkpoints among `candidates` (block starts in output order,
+/// the first at 0): no more windows than one per [`SPACING`] of output
+/// would cost, but placed where reads start. Each file's data start, and
+/// every [`SPACING`] inside a large file, asks for the candidate before it
+/// if the last checkpoint chosen is at least `t` before; `t` is the least
+/// from [`CANDIDATE`] (to 16 KiB) that keeps within the budget. A
+/// candidate without a window (a gzip member's start) costs nothing and is
+/// always kept.
+pub(crate) fn place(candidates: Vec<BlockStart>, nodes: &[Node], total: u64) -> Vec<BlockStart> {
+    if candidates.is_empty() {
+        return candidates;
+    }
+    let mut wanted: Vec<u64> = Vec::new();
+    for n in nodes {
+        let Some(first) = n.extents.first() else {
+            continue;
+        };
+        let start = u64::from(first.chunk) * CHUNK + u64::from(first.chunk_offset);
+        let end = start + n.entry.size;
+        let mut at = start;
+        while at < end {
+            wanted.push(at);
+            at += SPACING;
+        }
+    }
+    let mut at = FAR;
+    while at < total {
+        wanted.push(at);
+        at += FAR;
+    }
+    wanted.sort_unstable();
+    let choose = |t: u64| -> Vec<bool> {
+        let mut chosen = vec![false; candidates.len()];
+        chosen[0] = true;
+        let mut last = candidates[0].out;
+        for &p in &wanted {
+            if p < last.saturating_add(t) {
+                continue;
+            }
+            let i = candidates.partition_point(|c| c.out <= p).max(1) - 1;
+            if candidates[i].out > last {
+                chosen[i] = true;
+                last = candidates[i].out;
+            }
+        }
+        for (c, k) in candidates.iter().zip(chosen.iter_mut()) {
+            *k |= c.window.is_empty();
+        }
+        chosen
+    };
+    // As many windows as periodic checkpoints would have (the first, at 0,
+    // has none).
+    let budget = (total / SPACING) as usize;
+    let cost = |chosen: &[bool]| {
+        candidates
+            .iter()
+            .zip(chosen)
+            .filter(|(c, k)| **k && !c.window.is_empty())
+            .count()
+    };
+    // The least `t` within the budget, to 16 KiB (the cost falls as `t`
+    // grows).
+    let (mut lo, mut hi) = (CANDIDATE, FAR);
+    let mut chosen = choose(lo);
+    if cost(&chosen) > budget {
+        chosen = choose(hi);
+        while hi - lo > 16 << 10 {
+            let mid = lo + (hi - lo) / 2;
+            let c = choose(mid);
+            if cost(&c) <= budget {
+                (hi, chosen) = (mid, c);
+            } else {
+                lo = mid;
+            }
+        }
+    }
+    candidates
+        .into_iter()
+        .zip(chosen)
+        .filter_map(|(c, k)| k.then_some(c))
+        .collect()
+}
+
 fn spaced(what: &str) -> io::Error {
     bad(
         what,
@@ -281,5 +377,68 @@ pub fn seal(built: &Built, symkey: &[u8], manifest: &Digest, layer: &Digest) -> 
     SealedIndex {
         head: HeadBlob::write(&salt, &record),
         windows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::layer::index::Unmetered;
+    use crate::layer::testing::noise;
+
+    /// Small files that lie 100 KiB before each 2 MiB of the stream:
+    /// periodic checkpoints (the first block start 2 MiB after the last) left
+    /// each about 1.9 MiB behind its nearest one; placed ones are just before
+    /// each, within the same budget of windows.
+    #[test]
+    fn checkpoints_go_where_files_start_within_the_same_budget() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        for i in 0..4 {
+            let before = if i == 0 { (100 << 10) + 512 } else { 1536 };
+            add(&format!("big{i}"), &noise((2 << 20) - before));
+            add(&format!("small{i}"), b"small file");
+        }
+        add("tail", &noise(300 << 10));
+        let tar = b.into_inner().unwrap();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&tar).unwrap();
+        let gz = e.finish().unwrap();
+        let layer = crate::oci::digest::of(&gz);
+        let spans = Mutex::new(SpanDigests::default());
+        let built = build(&gz[..], Compression::Gzip, &layer, &spans, &Unmetered).unwrap();
+        let total = built.uncompressed();
+        let windows = built.checkpoints.iter().filter(|c| !c.2.is_empty()).count();
+        assert!(windows as u64 <= total / SPACING, "{windows} windows");
+        let starts: Vec<u64> = (0..4)
+            .map(|i| {
+                let name = format!("small{i}");
+                let at = tar
+                    .windows(name.len())
+                    .position(|w| w == name.as_bytes())
+                    .unwrap();
+                at as u64 + 512
+            })
+            .collect();
+        for s in starts {
+            let nearest = built
+                .checkpoints
+                .iter()
+                .map(|c| c.0)
+                .filter(|&o| o <= s)
+                .max()
+                .unwrap();
+            assert!(
+                s - nearest <= 320 << 10,
+                "file at {s}, checkpoint at {nearest}"
+            );
+        }
     }
 }

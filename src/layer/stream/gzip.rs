@@ -129,6 +129,9 @@ struct Blocks {
     /// input consumed at each is recorded ([`GzReader::piece_ends`]).
     piece: u64,
     points: Vec<BlockStart>,
+    /// Most points kept: past it, `spacing` doubles and the points are
+    /// thinned to it, so a long stream keeps a bounded number of windows.
+    max_points: usize,
     /// The last recorded point's output, once points were taken.
     last_out: Option<u64>,
     piece_ends: Vec<u64>,
@@ -213,9 +216,19 @@ impl<R: Read> GzReader<R> {
             spacing,
             piece,
             points: Vec::new(),
+            max_points: usize::MAX,
             last_out: None,
             piece_ends: Vec::new(),
         });
+        self
+    }
+
+    /// Keeps at most `n` (at least 2) recorded block starts between two
+    /// calls of [`GzReader::take_points`], further apart as the stream goes.
+    pub fn with_max_points(mut self, n: usize) -> Self {
+        if let Some(b) = self.blocks.as_mut() {
+            b.max_points = n.max(2);
+        }
         self
     }
 
@@ -268,6 +281,18 @@ impl<R: Read> GzReader<R> {
                 in_bit,
                 window,
             });
+            if b.points.len() > b.max_points {
+                b.spacing *= 2;
+                let mut last: Option<u64> = None;
+                b.points.retain(|p| {
+                    let keep = last.is_none_or(|l| p.out >= l + b.spacing);
+                    if keep {
+                        last = Some(p.out);
+                    }
+                    keep
+                });
+                b.last_out = last;
+            }
         }
     }
 
@@ -596,6 +621,33 @@ mod tests {
             e.to_string(),
             format!("gzip: member header is over the {MAX_HEADER}-byte limit")
         );
+    }
+
+    /// Block starts past the most kept are thinned, each doubling of the
+    /// spacing keeping the first and those far enough apart; every one kept
+    /// still resumes right.
+    #[test]
+    fn a_long_stream_keeps_few_block_starts_further_apart() {
+        let plain = text(2_000_000);
+        let z = gz(&plain);
+        let mut r = GzReader::new(&z[..], None)
+            .with_blocks(16 << 10, 16 << 10)
+            .with_max_points(4);
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        let points = r.take_points();
+        assert!((2..=4).contains(&points.len()), "{}", points.len());
+        assert_eq!(points[0].out, 0);
+        let gaps: Vec<u64> = points.windows(2).map(|w| w[1].out - w[0].out).collect();
+        assert!(gaps.iter().all(|&g| g >= 128 << 10), "{gaps:?}");
+        for p in &points {
+            let partial = z[(p.in_bit / 8) as usize];
+            let st = State::at_block(p.in_bit, partial, p.out, &p.window).unwrap();
+            let mut got = vec![0; 1000];
+            GzReader::resume(&z[p.in_bit.div_ceil(8) as usize..], st)
+                .read_exact(&mut got)
+                .unwrap();
+            assert!(got[..] == plain[p.out as usize..][..1000]);
+        }
     }
 
     #[test]
