@@ -482,6 +482,8 @@ fn push(
                 &[
                     "index",
                     "--plain-http",
+                    "--prioritize",
+                    &list,
                     "--key",
                     &key.to_string_lossy(),
                     &format!("docker://{dst}"),

@@ -1,9 +1,11 @@
 //! Flags and helpers shared by subcommands.
 
+use std::collections::HashSet;
 use std::io::{IsTerminal, Read};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -11,6 +13,7 @@ use crate::crypto::KeyRing;
 use crate::crypto::keyprovider;
 use crate::crypto::keys::{KeyArg, ReadableKeys};
 use crate::crypto::recipient::KeyOptions;
+use crate::layer::tarmeta::clean;
 use crate::oci::copy::Progress;
 use crate::oci::policy::Policy;
 use crate::oci::reference::ImageRef;
@@ -235,6 +238,20 @@ impl Progress for Bars {
         pb.set_message(label.to_string());
         Box::new(pb.wrap_read(r))
     }
+}
+
+/// The paths listed in `file` (blank lines and `#` comments skipped), as
+/// TOC names.
+pub fn prioritized(file: &Path) -> Result<HashSet<String>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--prioritize {}", file.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(clean)
+        .filter(|n| !n.is_empty())
+        .collect())
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use crate::convert::{self, LayerChange, Selection};
 use crate::crypto::{KeyRing, Recipient};
 use crate::layer::estargz::CHUNK_SIZE;
 use crate::layer::index::MAX_CHUNK;
-use crate::layer::tarmeta::clean;
 use crate::oci::platform::Platform;
 use crate::oci::reference::ImageRef;
 use crate::oci::registry::Registry;
@@ -128,7 +127,7 @@ pub fn encrypt(a: EncryptArgs) -> Result<()> {
     }
     let ring = key_ring(&a.keys, None, a.key_files)?;
     let prioritized = match &a.prioritize {
-        Some(f) => prioritized(f)?,
+        Some(f) => super::common::prioritized(f)?,
         None => HashSet::new(),
     };
     let opts = convert::EncryptOptions {
@@ -164,20 +163,6 @@ fn parse_chunk_size(s: &str) -> Result<u64, String> {
         return Err(format!("chunk size {s:?} is over 64M"));
     }
     Ok(n)
-}
-
-/// The paths listed in `file` (blank lines and `#` comments skipped), as
-/// TOC names.
-fn prioritized(file: &Path) -> Result<HashSet<String>> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("--prioritize {}", file.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(clean)
-        .filter(|n| !n.is_empty())
-        .collect())
 }
 
 pub fn decrypt(a: DecryptArgs) -> Result<()> {

@@ -36,6 +36,12 @@ pub struct Args {
     /// Publish even when an artifact already lists every layer indexed.
     #[arg(long)]
     pub force: bool,
+    /// A file listing the paths a workload reads first, one per line (as
+    /// `encrypt --estargz --prioritize` takes): the checkpoints the index
+    /// can afford go just before their data first, so their first reads
+    /// fetch and inflate little. The image is not changed.
+    #[arg(long, value_name = "FILE")]
+    pub prioritize: Option<std::path::PathBuf>,
     /// The image: docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
     pub image: String,
 }
@@ -53,6 +59,10 @@ enum Outcome {
 
 pub fn run(a: Args) -> Result<()> {
     let ring = a.keys.ring()?;
+    let first = match &a.prioritize {
+        Some(f) => super::common::prioritized(f)?,
+        None => Default::default(),
+    };
     let r = image_ref(&a.image)?;
     let transport = a.transport.options();
     let src: Arc<dyn ImageSource> = Arc::from(open_source(&r, &transport)?);
@@ -71,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
             if media::is_encrypted(&mt) {
                 encrypted += 1;
             }
-            match layer(src.as_ref(), d, &ring, &p.raw.digest)? {
+            match layer(src.as_ref(), d, &ring, &p.raw.digest, &first)? {
                 Outcome::Indexed { blobs: b, line } => {
                     println!("{} layer {i} {}: {line}", p.platform, d.digest());
                     let dest = match &dest {
@@ -161,6 +171,7 @@ fn layer(
     d: &Descriptor,
     ring: &crate::crypto::recipient::KeyRing,
     manifest: &Digest,
+    first: &std::collections::HashSet<String>,
 ) -> Result<Outcome> {
     let mt = d.media_type().to_string();
     if !media::is_encrypted(&mt) {
@@ -201,7 +212,7 @@ fn layer(
     let verified = VerifyingReader::new(raw, d.digest().clone(), Some(d.size()), &what);
     let key = LayerKey::from_options(&private);
     let plain = key.decrypt_reader_pinned(verified, vec![Box::new(SpanStage(spans.clone()))]);
-    let built = build::build(plain, compression, d.digest(), &spans, &Unmetered)?;
+    let built = build::build(plain, compression, d.digest(), &spans, &Unmetered, first)?;
     let sealed = build::seal(&built, &private.key()[..], manifest, d.digest());
     // What readers would refuse is not published: the head is opened and
     // checked here as a node will.

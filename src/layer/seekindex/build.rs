@@ -3,6 +3,7 @@
 //! plaintext inflated with block starts recorded, the tar stream hashed per
 //! piece and walked for its entries; then sealed under the layer key.
 
+use std::collections::HashSet;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
@@ -158,13 +159,15 @@ pub struct SealedIndex {
 /// Indexes a layer from `plain`, its blob's compressed plaintext (its
 /// digest and HMAC verified by the reader at its end), while `spans` is
 /// filled from the same blob's ciphertext. `what` names the layer in
-/// errors (its digest).
+/// errors (its digest). The files named in `first` get checkpoints before
+/// the others ([`place`]).
 pub fn build<R: Read>(
     plain: R,
     compression: Compression,
     layer: &Digest,
     spans: &Mutex<SpanDigests>,
     meter: &dyn Meter,
+    first: &HashSet<String>,
 ) -> io::Result<Built> {
     let what = layer.to_string();
     let what = what.as_str();
@@ -185,7 +188,7 @@ pub fn build<R: Read>(
             let (nodes, hasher) = walk(ChunkHasher::with_unit(gz, piece, meter, what), what)?;
             let (digests, total, mut gz) = hasher.finish()?;
             let mut ends = gz.piece_ends().to_vec();
-            let points = place(gz.take_points(), &nodes, total);
+            let points = place(gz.take_points(), &nodes, total, first);
             // The last piece ends where the blob does: whatever the inflater
             // looked ahead at, a reader has it.
             ends.truncate(digests.len().saturating_sub(1));
@@ -246,25 +249,35 @@ pub fn build<R: Read>(
 
 /// Chooses checkpoints among `candidates` (block starts in output order,
 /// the first at 0): no more windows than one per [`SPACING`] of output
-/// would cost, but placed where reads start. Each file's data start, and
-/// every [`SPACING`] inside a large file, asks for the candidate before it
+/// would cost, but placed where reads start. The data starts of the files
+/// named in `first` (a workload's start-up files, `--prioritize`) are
+/// served first: each gets the candidate before it, as far as the budget
+/// goes. Then each file's data start, every [`SPACING`] inside a large
+/// file and every [`FAR`] of the stream ask for the candidate before them
 /// if the last checkpoint chosen is at least `t` before; `t` is the least
 /// from [`CANDIDATE`] (to 16 KiB) that keeps within the budget. A
 /// candidate without a window (a gzip member's start) costs nothing and is
 /// always kept.
-pub(crate) fn place(candidates: Vec<BlockStart>, nodes: &[Node], total: u64) -> Vec<BlockStart> {
+pub(crate) fn place(
+    candidates: Vec<BlockStart>,
+    nodes: &[Node],
+    total: u64,
+    first: &HashSet<String>,
+) -> Vec<BlockStart> {
     if candidates.is_empty() {
         return candidates;
     }
-    let mut wanted: Vec<u64> = Vec::new();
+    let (mut wanted, mut firsts) = (Vec::new(), Vec::new());
     for n in nodes {
-        let Some(first) = n.extents.first() else {
+        let Some(e) = n.extents.first() else {
             continue;
         };
-        let start = u64::from(first.chunk) * CHUNK + u64::from(first.chunk_offset);
-        let end = start + n.entry.size;
+        let start = u64::from(e.chunk) * CHUNK + u64::from(e.chunk_offset);
+        if first.contains(&n.entry.name) {
+            firsts.push(start);
+        }
         let mut at = start;
-        while at < end {
+        while at < start + n.entry.size {
             wanted.push(at);
             at += SPACING;
         }
@@ -275,15 +288,25 @@ pub(crate) fn place(candidates: Vec<BlockStart>, nodes: &[Node], total: u64) -> 
         at += FAR;
     }
     wanted.sort_unstable();
-    let choose = |t: u64| -> Vec<bool> {
-        let mut chosen = vec![false; candidates.len()];
+    firsts.sort_unstable();
+    // From `forced`, adds the candidate before each point of `points` whose
+    // nearest chosen checkpoint is at least `t` before it.
+    let choose = |points: &[u64], t: u64, forced: &[bool]| -> Vec<bool> {
+        let mut chosen = forced.to_vec();
         chosen[0] = true;
         let mut last = candidates[0].out;
-        for &p in &wanted {
+        let mut next = 0;
+        for &p in points {
+            while next < candidates.len() && candidates[next].out <= p {
+                if chosen[next] {
+                    last = candidates[next].out;
+                }
+                next += 1;
+            }
             if p < last.saturating_add(t) {
                 continue;
             }
-            let i = candidates.partition_point(|c| c.out <= p).max(1) - 1;
+            let i = next.max(1) - 1;
             if candidates[i].out > last {
                 chosen[i] = true;
                 last = candidates[i].out;
@@ -304,22 +327,31 @@ pub(crate) fn place(candidates: Vec<BlockStart>, nodes: &[Node], total: u64) -> 
             .filter(|(c, k)| **k && !c.window.is_empty())
             .count()
     };
-    // The least `t` within the budget, to 16 KiB (the cost falls as `t`
-    // grows).
-    let (mut lo, mut hi) = (CANDIDATE, FAR);
-    let mut chosen = choose(lo);
-    if cost(&chosen) > budget {
-        chosen = choose(hi);
-        while hi - lo > 16 << 10 {
-            let mid = lo + (hi - lo) / 2;
-            let c = choose(mid);
-            if cost(&c) <= budget {
-                (hi, chosen) = (mid, c);
-            } else {
-                lo = mid;
+    // The least `t` in `[lo, hi]` within the budget, to 16 KiB (the cost
+    // falls as `t` grows); at `hi` whatever it costs.
+    let least = |points: &[u64], forced: &[bool], mut lo: u64, mut hi: u64| {
+        let mut chosen = choose(points, lo, forced);
+        if cost(&chosen) > budget {
+            chosen = choose(points, hi, forced);
+            while hi - lo > 16 << 10 {
+                let mid = lo + (hi - lo) / 2;
+                let c = choose(points, mid, forced);
+                if cost(&c) <= budget {
+                    (hi, chosen) = (mid, c);
+                } else {
+                    lo = mid;
+                }
             }
         }
-    }
+        chosen
+    };
+    let none = vec![false; candidates.len()];
+    let forced = if firsts.is_empty() {
+        none
+    } else {
+        least(&firsts, &none, 0, FAR)
+    };
+    let chosen = least(&wanted, &forced, CANDIDATE, FAR);
     candidates
         .into_iter()
         .zip(chosen)
@@ -388,6 +420,68 @@ mod tests {
     use crate::layer::index::Unmetered;
     use crate::layer::testing::noise;
 
+    /// `tar` gzipped (zlib's default level) and indexed.
+    fn built_of(tar: &[u8], first: &HashSet<String>) -> Built {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(tar).unwrap();
+        let gz = e.finish().unwrap();
+        let layer = crate::oci::digest::of(&gz);
+        let spans = Mutex::new(SpanDigests::default());
+        build(
+            &gz[..],
+            Compression::Gzip,
+            &layer,
+            &spans,
+            &Unmetered,
+            first,
+        )
+        .unwrap()
+    }
+
+    /// Start-up files named to the indexer get the checkpoints first: ten
+    /// 768 KiB files have 3 windows between them, and the three named each
+    /// get one just before their data.
+    #[test]
+    fn prioritized_files_get_the_checkpoints_first() {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..10 {
+            let mut h = tar::Header::new_gnu();
+            let data = noise((768 << 10) + i);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, format!("f{i}"), &data[..]).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let first: HashSet<String> = ["f3", "f6", "f8"].map(String::from).into();
+        let built = built_of(&tar, &first);
+        let windows = built.checkpoints.iter().filter(|c| !c.2.is_empty()).count();
+        assert!(
+            windows as u64 <= built.uncompressed() / SPACING,
+            "{windows}"
+        );
+        // Each entry is a 512-byte header, then its data padded to 512.
+        let data_start = |k: u64| -> u64 {
+            (0..k)
+                .map(|i| 512 + ((768 << 10) + i).div_ceil(512) * 512)
+                .sum::<u64>()
+                + 512
+        };
+        for k in [3, 6, 8] {
+            let at = data_start(k);
+            let nearest = built
+                .checkpoints
+                .iter()
+                .map(|c| c.0)
+                .filter(|&o| o <= at)
+                .max();
+            let nearest = nearest.unwrap();
+            assert!(
+                at - nearest <= 320 << 10,
+                "f{k} at {at}, checkpoint at {nearest}"
+            );
+        }
+    }
+
     /// Small files that lie 100 KiB before each 2 MiB of the stream:
     /// periodic checkpoints (the first block start 2 MiB after the last) left
     /// each about 1.9 MiB behind its nearest one; placed ones are just before
@@ -408,12 +502,7 @@ mod tests {
         }
         add("tail", &noise(300 << 10));
         let tar = b.into_inner().unwrap();
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(&tar).unwrap();
-        let gz = e.finish().unwrap();
-        let layer = crate::oci::digest::of(&gz);
-        let spans = Mutex::new(SpanDigests::default());
-        let built = build(&gz[..], Compression::Gzip, &layer, &spans, &Unmetered).unwrap();
+        let built = built_of(&tar, &HashSet::new());
         let total = built.uncompressed();
         let windows = built.checkpoints.iter().filter(|c| !c.2.is_empty()).count();
         assert!(windows as u64 <= total / SPACING, "{windows} windows");

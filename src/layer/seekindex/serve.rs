@@ -556,7 +556,15 @@ mod tests {
         let manifest = digest::of(b"the image manifest");
         let spans = Arc::new(Mutex::new(SpanDigests::default()));
         io::copy(&mut SpanTap::new(&ct[..], spans.clone()), &mut io::sink()).unwrap();
-        let built = build::build(&plain[..], compression, &layer, &spans, &Unmetered).unwrap();
+        let built = build::build(
+            &plain[..],
+            compression,
+            &layer,
+            &spans,
+            &Unmetered,
+            &Default::default(),
+        )
+        .unwrap();
         let symkey = [9u8; 32];
         let sealed = build::seal(&built, &symkey, &manifest, &layer);
         Fixture {
