@@ -66,3 +66,16 @@ pub fn noise(n: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Text that compresses about 3:1 and refers back all through its window.
+pub fn text(n: usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut v = Vec::with_capacity(n + 64);
+    let mut i = 0u64;
+    while v.len() < n {
+        writeln!(v, "line {i} of some compressible text {}", i * 7919 % 1000).unwrap();
+        i += 1;
+    }
+    v.truncate(n);
+    v
+}

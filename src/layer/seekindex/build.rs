@@ -25,11 +25,14 @@ use crate::oci::digest::Digest;
 pub const SPAN: u32 = 64 << 10;
 /// Tar-stream bytes per piece digest.
 pub const PIECE: u32 = 64 << 10;
-/// Output per checkpoint with a window, on average. A window costs about
-/// the compressed size of 32 KiB of output, so one per 2 MiB takes 1/64 of
-/// the compressed layer (≤ 2 % with everything else). Where they go is
-/// [`place`]'s choice.
+/// Output per checkpoint the writer warns about beyond (four times this):
+/// a whole window costs about the compressed size of 32 KiB of output, so
+/// one per 2 MiB takes 1/64 of the compressed layer.
 pub const SPACING: u64 = 2 << 20;
+
+/// The windows of a layer's checkpoints take at most 1/this of its
+/// compressed size, sealed (1.6 %; ≤ 2 % with the rest of the index).
+const BUDGET_SHARE: u64 = 64;
 
 /// Least output between two block starts kept as candidate checkpoints.
 const CANDIDATE: u64 = 256 << 10;
@@ -184,11 +187,12 @@ pub fn build<R: Read>(
         Compression::Gzip => {
             let gz = GzReader::new(plain, None)
                 .with_blocks(CANDIDATE, piece)
-                .with_max_points(MAX_CANDIDATES);
+                .with_max_points(MAX_CANDIDATES)
+                .with_sparse_windows();
             let (nodes, hasher) = walk(ChunkHasher::with_unit(gz, piece, meter, what), what)?;
             let (digests, total, mut gz) = hasher.finish()?;
             let mut ends = gz.piece_ends().to_vec();
-            let points = place(gz.take_points(), &nodes, total, first);
+            let points = place(gz.take_points(), &nodes, total, gz.in_pos(), first);
             // The last piece ends where the blob does: whatever the inflater
             // looked ahead at, a reader has it.
             ends.truncate(digests.len().saturating_sub(1));
@@ -248,20 +252,23 @@ pub fn build<R: Read>(
 }
 
 /// Chooses checkpoints among `candidates` (block starts in output order,
-/// the first at 0): no more windows than one per [`SPACING`] of output
-/// would cost, but placed where reads start. The data starts of the files
-/// named in `first` (a workload's start-up files, `--prioritize`) are
+/// the first at 0, their windows thinned by [`GzReader::with_sparse_windows`]):
+/// windows that cost, compressed, at most 1/[`BUDGET_SHARE`] of the
+/// `compressed` layer, placed where reads start. The data starts of the
+/// files named in `first` (a workload's start-up files, `--prioritize`) are
 /// served first: each gets the candidate before it, as far as the budget
-/// goes. Then each file's data start, every [`SPACING`] inside a large
-/// file and every [`FAR`] of the stream ask for the candidate before them
-/// if the last checkpoint chosen is at least `t` before; `t` is the least
-/// from [`CANDIDATE`] (to 16 KiB) that keeps within the budget. A
-/// candidate without a window (a gzip member's start) costs nothing and is
-/// always kept.
+/// goes. Then each file's data start, every [`CANDIDATE`] inside a file and
+/// every [`FAR`] of the stream ask for the candidate before them if the last
+/// checkpoint chosen is at least `t` before; `t` is the least from
+/// [`CANDIDATE`] (to 16 KiB) that keeps within the budget. So over data that
+/// barely repeats (sparse windows) every candidate may be taken; over text,
+/// about one per 2 MiB of output. A candidate without a window (a gzip
+/// member's start) costs nothing and is always kept.
 pub(crate) fn place(
     candidates: Vec<BlockStart>,
     nodes: &[Node],
     total: u64,
+    compressed: u64,
     first: &HashSet<String>,
 ) -> Vec<BlockStart> {
     if candidates.is_empty() {
@@ -279,7 +286,7 @@ pub(crate) fn place(
         let mut at = start;
         while at < start + n.entry.size {
             wanted.push(at);
-            at += SPACING;
+            at += CANDIDATE;
         }
     }
     let mut at = FAR;
@@ -317,15 +324,22 @@ pub(crate) fn place(
         }
         chosen
     };
-    // As many windows as periodic checkpoints would have (the first, at 0,
-    // has none).
-    let budget = (total / SPACING) as usize;
-    let cost = |chosen: &[bool]| {
-        candidates
+    // What the windows cost sealed, about: a sparse one next to nothing.
+    let sizes: Vec<u64> = candidates
+        .iter()
+        .map(|c| match c.window.len() {
+            0 => 0,
+            _ => miniz_oxide::deflate::compress_to_vec(&c.window, 1).len() as u64 + 16,
+        })
+        .collect();
+    let budget = compressed / BUDGET_SHARE;
+    let cost = |chosen: &[bool]| -> u64 {
+        sizes
             .iter()
             .zip(chosen)
-            .filter(|(c, k)| **k && !c.window.is_empty())
-            .count()
+            .filter(|(_, k)| **k)
+            .map(|(s, _)| s)
+            .sum()
     };
     // The least `t` in `[lo, hi]` within the budget, to 16 KiB (the cost
     // falls as `t` grows); at `hi` whatever it costs.
@@ -420,11 +434,13 @@ mod tests {
     use crate::layer::index::Unmetered;
     use crate::layer::testing::noise;
 
-    /// `tar` gzipped (zlib's default level) and indexed.
-    fn built_of(tar: &[u8], first: &HashSet<String>) -> Built {
+    /// `tar` gzipped (zlib's default level) and indexed; and what its
+    /// windows may cost, sealed.
+    fn built_of(tar: &[u8], first: &HashSet<String>) -> (Built, u64) {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(tar).unwrap();
         let gz = e.finish().unwrap();
+        let budget = gz.len() as u64 / BUDGET_SHARE;
         let layer = crate::oci::digest::of(&gz);
         let spans = Mutex::new(SpanDigests::default());
         build(
@@ -435,49 +451,88 @@ mod tests {
             &Unmetered,
             first,
         )
+        .map(|b| (b, budget))
         .unwrap()
     }
 
+    /// What the windows of `built` cost, sealed (compressed as `seal` does,
+    /// less the AEAD tags).
+    fn window_bytes(built: &Built) -> u64 {
+        built
+            .checkpoints
+            .iter()
+            .filter(|c| !c.2.is_empty())
+            .map(|c| miniz_oxide::deflate::compress_to_vec(&c.2, 6).len() as u64)
+            .sum()
+    }
+
+    /// Each entry is a 512-byte header, then its data padded to 512.
+    fn data_start(sizes: impl Iterator<Item = u64>) -> u64 {
+        sizes.map(|s| 512 + s.div_ceil(512) * 512).sum::<u64>() + 512
+    }
+
+    fn nearest_before(built: &Built, at: u64) -> u64 {
+        built
+            .checkpoints
+            .iter()
+            .map(|c| c.0)
+            .filter(|&o| o <= at)
+            .max()
+            .unwrap()
+    }
+
     /// Start-up files named to the indexer get the checkpoints first: ten
-    /// 768 KiB files have 3 windows between them, and the three named each
-    /// get one just before their data.
+    /// 768 KiB text files (whose windows are dense, about 11 KiB sealed)
+    /// afford 3 windows between them, and the three named each get one just
+    /// before their data.
     #[test]
     fn prioritized_files_get_the_checkpoints_first() {
         let mut b = tar::Builder::new(Vec::new());
+        let size = |i: u64| (768 << 10) + i;
         for i in 0..10 {
             let mut h = tar::Header::new_gnu();
-            let data = noise((768 << 10) + i);
+            let data = crate::layer::testing::text(size(i) as usize);
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
             b.append_data(&mut h, format!("f{i}"), &data[..]).unwrap();
         }
         let tar = b.into_inner().unwrap();
         let first: HashSet<String> = ["f3", "f6", "f8"].map(String::from).into();
-        let built = built_of(&tar, &first);
-        let windows = built.checkpoints.iter().filter(|c| !c.2.is_empty()).count();
-        assert!(
-            windows as u64 <= built.uncompressed() / SPACING,
-            "{windows}"
-        );
-        // Each entry is a 512-byte header, then its data padded to 512.
-        let data_start = |k: u64| -> u64 {
-            (0..k)
-                .map(|i| 512 + ((768 << 10) + i).div_ceil(512) * 512)
-                .sum::<u64>()
-                + 512
-        };
+        let (built, budget) = built_of(&tar, &first);
+        assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
         for k in [3, 6, 8] {
-            let at = data_start(k);
-            let nearest = built
-                .checkpoints
-                .iter()
-                .map(|c| c.0)
-                .filter(|&o| o <= at)
-                .max();
-            let nearest = nearest.unwrap();
+            let at = data_start((0..k).map(size));
+            let nearest = nearest_before(&built, at);
             assert!(
                 at - nearest <= 320 << 10,
                 "f{k} at {at}, checkpoint at {nearest}"
+            );
+        }
+    }
+
+    /// Over data that barely repeats, windows are sparse and cost next to
+    /// nothing: twenty 300 KiB files of noise each get a checkpoint before
+    /// their data (whole windows, 32 KiB each, allowed two for all).
+    #[test]
+    fn sparse_windows_let_every_file_of_noise_have_a_checkpoint() {
+        let mut b = tar::Builder::new(Vec::new());
+        let size = |i: u64| (300 << 10) + i;
+        for i in 0..20 {
+            let mut h = tar::Header::new_gnu();
+            let data = noise(size(i) as usize);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, format!("n{i}"), &data[..]).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let (built, budget) = built_of(&tar, &HashSet::new());
+        assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
+        for k in 1..20 {
+            let at = data_start((0..k).map(size));
+            let nearest = nearest_before(&built, at);
+            assert!(
+                at - nearest <= 320 << 10,
+                "n{k} at {at}, checkpoint at {nearest}"
             );
         }
     }
@@ -502,10 +557,8 @@ mod tests {
         }
         add("tail", &noise(300 << 10));
         let tar = b.into_inner().unwrap();
-        let built = built_of(&tar, &HashSet::new());
-        let total = built.uncompressed();
-        let windows = built.checkpoints.iter().filter(|c| !c.2.is_empty()).count();
-        assert!(windows as u64 <= total / SPACING, "{windows} windows");
+        let (built, budget) = built_of(&tar, &HashSet::new());
+        assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
         let starts: Vec<u64> = (0..4)
             .map(|i| {
                 let name = format!("small{i}");

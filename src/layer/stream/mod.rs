@@ -11,6 +11,7 @@
 pub mod gzip;
 pub mod memo;
 pub mod sealed;
+pub mod sparse;
 
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
