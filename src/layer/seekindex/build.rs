@@ -324,12 +324,17 @@ pub(crate) fn place(
         }
         chosen
     };
-    // What the windows cost sealed, about: a sparse one next to nothing.
+    // What the windows cost sealed, about: a sparse one its bytes set (the
+    // zeros between compress to nothing), a dense one its compressed size.
     let sizes: Vec<u64> = candidates
         .iter()
-        .map(|c| match c.window.len() {
-            0 => 0,
-            _ => miniz_oxide::deflate::compress_to_vec(&c.window, 1).len() as u64 + 16,
+        .map(|c| {
+            let set = c.window.iter().filter(|&&b| b != 0).count();
+            match c.window.len() {
+                0 => 0,
+                _ if set < 4096 => set as u64 + 64,
+                _ => miniz_oxide::deflate::compress_to_vec(&c.window, 1).len() as u64 + 16,
+            }
         })
         .collect();
     let budget = compressed / BUDGET_SHARE;

@@ -195,9 +195,15 @@ impl<R: Read> GzReader<R> {
     /// Resumes at a saved state; `inner` must yield the compressed stream
     /// from `state.in_pos` on.
     pub fn resume(inner: R, state: State) -> Self {
+        Self::resume_buffered(inner, state, INPUT)
+    }
+
+    /// [`GzReader::resume`] reading `input` bytes at a time: a short read
+    /// need not allocate, and wipe, a long buffer.
+    pub fn resume_buffered(inner: R, state: State, input: usize) -> Self {
         GzReader {
             inner,
-            input: Zeroizing::new(vec![0; INPUT]),
+            input: Zeroizing::new(vec![0; input.max(64)]),
             in_at: 0,
             in_len: 0,
             eof: false,
@@ -310,12 +316,15 @@ impl<R: Read> GzReader<R> {
     fn block_start(&mut self, in_bit: u64, first: bool, partial: u8) {
         let out = self.st.out_pos;
         let since_member = (out - self.st.member_out).min(TINFL_LZ_DICT_SIZE as u64) as usize;
-        let window = self.recent(since_member);
-        let Some(b) = self.blocks.as_mut() else {
+        let Some(b) = self.blocks.as_ref() else {
             return;
         };
         let due = (first && out == 0) || b.last_out.is_none_or(|l| out >= l + b.spacing);
         if due {
+            let window = self.recent(since_member);
+            let Some(b) = self.blocks.as_mut() else {
+                return;
+            };
             b.last_out = Some(out);
             if b.sparse && !window.is_empty() {
                 b.pending.push(Pending {

@@ -48,7 +48,7 @@ impl Pending {
         let w = self.window.len();
         let run = |window: &[u8]| -> Option<Zeroizing<Vec<u8>>> {
             let st = State::at_block(self.in_bit, self.partial, self.out, window)?;
-            let mut r = GzReader::resume(&self.input[..], st);
+            let mut r = GzReader::resume_buffered(&self.input[..], st, 16 << 10);
             let mut out = Zeroizing::new(vec![0u8; reach]);
             let mut n = 0;
             while n < reach {
