@@ -5,7 +5,7 @@
 
 use std::io::{self, Read};
 
-use super::sparse::{Pending, REACH};
+use super::sparse::{MAX_INPUT, Pending, REACH};
 use miniz_oxide::inflate::TINFLStatus;
 use miniz_oxide::inflate::core::inflate_flags::{
     TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY,
@@ -391,11 +391,14 @@ impl<R: Read> GzReader<R> {
     }
 
     fn consume(&mut self, n: usize) {
-        if let Some(b) = self.blocks.as_mut() {
+        if let Some(b) = self.blocks.as_mut()
+            && !b.pending.is_empty()
+        {
             for p in &mut b.pending {
                 p.input
                     .extend_from_slice(&self.input[self.in_at..self.in_at + n]);
             }
+            b.pending.retain(|p| p.input.len() <= MAX_INPUT);
         }
         self.in_at += n;
         self.st.in_pos += n as u64;
@@ -666,6 +669,46 @@ mod tests {
             }
         }
         assert!(thin > 5, "{thin} windows over noise were thinned");
+    }
+
+    /// A stream that goes on without output (empty stored blocks) after a
+    /// block start keeps that window whole instead of gathering its input
+    /// without bound (with no bound, it gathered 6 MB here and thinned the
+    /// window to nothing).
+    #[test]
+    fn a_window_whose_input_never_ends_stays_whole() {
+        let plain = crate::layer::testing::noise(240_000);
+        let stored = |out: &mut Vec<u8>, data: &[u8], last: bool| {
+            out.push(u8::from(last));
+            out.extend_from_slice(&(data.len() as u16).to_le_bytes());
+            out.extend_from_slice(&(!(data.len() as u16)).to_le_bytes());
+            out.extend_from_slice(data);
+        };
+        let mut z = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        stored(&mut z, &plain[..60_000], false);
+        stored(&mut z, &plain[60_000..120_000], false);
+        for _ in 0..1_200_000 {
+            stored(&mut z, &[], false);
+        }
+        stored(&mut z, &plain[120_000..180_000], false);
+        stored(&mut z, &plain[180_000..], true);
+        let mut crc = flate2::Crc::new();
+        crc.update(&plain);
+        z.extend_from_slice(&crc.sum().to_le_bytes());
+        z.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+        let mut r = GzReader::new(&z[..], None)
+            .with_blocks(1, 64 << 10)
+            .with_sparse_windows();
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).unwrap();
+        assert!(all == plain);
+        let points = r.take_points();
+        let p = points.iter().find(|p| p.out == 120_000).unwrap();
+        let set = p.window.iter().filter(|&&b| b != 0).count();
+        assert!(set > 30_000, "{set} bytes of its window kept");
+        // Stored blocks copy nothing: the one after the noise is thinned.
+        let q = points.iter().find(|p| p.out == 180_000).unwrap();
+        assert!(q.window.iter().all(|&b| b == 0));
     }
 
     #[test]

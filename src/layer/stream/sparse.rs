@@ -18,6 +18,11 @@ pub const REACH: usize = 32 << 10;
 /// compressed bytes gathered hold all the first `REACH` needs.
 pub const MARGIN: u64 = 32 << 10;
 
+/// Most compressed bytes gathered for one window: a stream that produces
+/// its next 64 KiB from more (empty stored blocks, say) keeps that window
+/// whole rather than memory without bound.
+pub const MAX_INPUT: usize = 4 << 20;
+
 /// A block start whose window waits for the compressed bytes after it.
 pub struct Pending {
     pub out: u64,
