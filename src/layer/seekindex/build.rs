@@ -38,7 +38,8 @@ const BUDGET_SHARE: u64 = 64;
 const CANDIDATE: u64 = 256 << 10;
 
 /// Most candidates kept while a layer is indexed (with their 32 KiB
-/// windows, 64 MiB): past 512 MiB of output they lie further apart.
+/// windows, 64 MiB): past 512 MiB of output they lie further apart, up to
+/// `FAR / 2` (past 32 GiB, more are kept: 32 KiB per 16 MiB).
 const MAX_CANDIDATES: usize = 2048;
 
 /// Checkpoints are at most this far apart inside any stretch of the
@@ -187,7 +188,7 @@ pub fn build<R: Read>(
         Compression::Gzip => {
             let gz = GzReader::new(plain, None)
                 .with_blocks(CANDIDATE, piece)
-                .with_max_points(MAX_CANDIDATES)
+                .with_max_points(MAX_CANDIDATES, FAR / 2)
                 .with_sparse_windows();
             let (nodes, hasher) = walk(ChunkHasher::with_unit(gz, piece, meter, what), what)?;
             let (digests, total, mut gz) = hasher.finish()?;
@@ -332,8 +333,12 @@ pub(crate) fn place(
             let set = c.window.iter().filter(|&&b| b != 0).count();
             match c.window.len() {
                 0 => 0,
-                _ if set < 4096 => set as u64 + 64,
-                _ => miniz_oxide::deflate::compress_to_vec(&c.window, 1).len() as u64 + 16,
+                // Scattered bytes cost more than themselves, compressed.
+                _ if set < 4096 => 3 * set as u64 + 64,
+                _ => {
+                    let z = Zeroizing::new(miniz_oxide::deflate::compress_to_vec(&c.window, 1));
+                    z.len() as u64 + 16
+                }
             }
         })
         .collect();

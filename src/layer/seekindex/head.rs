@@ -11,7 +11,9 @@ pub const MAX_SPACING: u64 = 256 << 20;
 pub const MAX_PRIME_BITS: u64 = 8 * (256 << 10);
 /// Deflate's history.
 pub const WINDOW: u32 = 32768;
-/// The tar stream is read in chunks of this many bytes (`stream::CHUNK`).
+/// The reader limits are checked per this many bytes of tar stream (the
+/// chunk size when the format was written; smaller chunks are bounded by
+/// them too).
 pub const CHUNK: u64 = 1 << 20;
 /// Most compressed bytes one chunk's read may need, from its checkpoint.
 pub const MAX_FETCH: u64 = 64 << 20;

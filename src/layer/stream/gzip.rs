@@ -133,6 +133,8 @@ struct Blocks {
     /// Most points kept: past it, `spacing` doubles and the points are
     /// thinned to it, so a long stream keeps a bounded number of windows.
     max_points: usize,
+    /// The spacing thinning stops at.
+    widest: u64,
     /// The last recorded point's output, once points were taken.
     last_out: Option<u64>,
     piece_ends: Vec<u64>,
@@ -240,6 +242,7 @@ impl<R: Read> GzReader<R> {
             piece,
             points: Vec::new(),
             max_points: usize::MAX,
+            widest: u64::MAX,
             last_out: None,
             piece_ends: Vec::new(),
             sparse: false,
@@ -260,10 +263,12 @@ impl<R: Read> GzReader<R> {
     }
 
     /// Keeps at most `n` (at least 2) recorded block starts between two
-    /// calls of [`GzReader::take_points`], further apart as the stream goes.
-    pub fn with_max_points(mut self, n: usize) -> Self {
+    /// calls of [`GzReader::take_points`], further apart as the stream goes,
+    /// but never more than `widest` apart (past it, more are kept).
+    pub fn with_max_points(mut self, n: usize, widest: u64) -> Self {
         if let Some(b) = self.blocks.as_mut() {
             b.max_points = n.max(2);
+            b.widest = widest;
         }
         self
     }
@@ -332,7 +337,7 @@ impl<R: Read> GzReader<R> {
                     in_bit,
                     partial,
                     window: window.clone(),
-                    input: Zeroizing::new(Vec::new()),
+                    input: Default::default(),
                 });
             }
             b.points.push(BlockStart {
@@ -340,7 +345,7 @@ impl<R: Read> GzReader<R> {
                 in_bit,
                 window,
             });
-            if b.points.len() > b.max_points {
+            if b.points.len() > b.max_points && b.spacing.saturating_mul(2) <= b.widest {
                 b.spacing *= 2;
                 let mut last: Option<u64> = None;
                 b.points.retain(|p| {
@@ -783,7 +788,7 @@ mod tests {
         let z = gz(&plain);
         let mut r = GzReader::new(&z[..], None)
             .with_blocks(16 << 10, 16 << 10)
-            .with_max_points(4);
+            .with_max_points(4, u64::MAX);
         io::copy(&mut r, &mut io::sink()).unwrap();
         let points = r.take_points();
         assert!((2..=4).contains(&points.len()), "{}", points.len());
@@ -799,6 +804,18 @@ mod tests {
                 .unwrap();
             assert!(got[..] == plain[p.out as usize..][..1000]);
         }
+        // Never further apart than told: past it, more are kept (a layer
+        // of 64 GiB kept its candidates more than 64 MiB apart otherwise).
+        let mut r = GzReader::new(&z[..], None)
+            .with_blocks(16 << 10, 16 << 10)
+            .with_max_points(4, 32 << 10);
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        let capped = r.take_points().len();
+        let mut r = GzReader::new(&z[..], None).with_blocks(16 << 10, 16 << 10);
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        // Its blocks are further apart than that: every one is kept.
+        assert_eq!(capped, r.take_points().len());
+        assert!(capped > 4, "{capped}");
     }
 
     #[test]

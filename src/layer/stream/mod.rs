@@ -29,7 +29,7 @@ use super::index::{
 };
 use super::source::{RangeReader, RangeSource};
 use super::tarmeta::{Pending, Source, is_extension, walk_error};
-use super::verified::{Sha256Digest, Verified};
+use super::verified::{Mismatch, Sha256Digest, Verified};
 use crate::crypto::cipher::LayerKey;
 
 /// Tar-stream bytes per chunk a layer is served in: a cold read of a small
@@ -389,19 +389,31 @@ impl StreamChunks {
         Ok(((out, gz.state()), passed))
     }
 
-    /// The chunk `[start, end)` of a gzip stream, from the nearest state.
-    fn inflate(&self, states: &[State], start: u64, end: u64) -> io::Result<(Loaded, Vec<State>)> {
+    /// The chunk `[start, end)` of a gzip stream, checked against `want`,
+    /// from the nearest state. A state an earlier load reached is tried
+    /// first; if it fails to inflate or its output does not match, the memo
+    /// is cleared and the saved state is used (a bad copy of the blob fails
+    /// from both, and only then is it the caller's to forget).
+    fn inflate(
+        &self,
+        states: &[State],
+        start: u64,
+        end: u64,
+        want: &[Sha256Digest],
+    ) -> io::Result<Result<(Verified, Vec<State>), Mismatch>> {
         let saved = &states[state_before(states, start)];
-        // Nearer than the saved state: one an earlier load reached. Any
-        // trouble with it, and the saved state is used (the output of
-        // either is checked against the pieces).
         let near = crate::sync::lock(&self.memo).nearest(start, saved.out_pos);
-        if let Some(st) = near
-            && let Ok(loaded) = self.inflate_on(st, start, end)
-        {
-            return Ok(loaded);
+        if let Some(st) = near {
+            if let Ok(((bytes, state), passed)) = self.inflate_on(st, start, end)
+                && let Ok(v) = Verified::check_pieces(bytes, PIECE as usize, want)
+            {
+                return Ok(Ok((v, passed.into_iter().chain(state).collect())));
+            }
+            crate::sync::lock(&self.memo).clear();
         }
-        self.inflate_on(saved.clone(), start, end)
+        let ((bytes, state), passed) = self.inflate_on(saved.clone(), start, end)?;
+        Ok(Verified::check_pieces(bytes, PIECE as usize, want)
+            .map(|v| (v, passed.into_iter().chain(state).collect())))
     }
 }
 
@@ -473,23 +485,21 @@ impl ChunkSource for StreamChunks {
                 format!("chunk {chunk} (blob offset {from}): {e}"),
             ))
         };
-        let ((bytes, state), passed) = match &self.stored {
-            Stored::Sealed(sealed) => (
-                filled(end - start, |out| sealed.read_into(start, out))
-                    .map_err(|e| bad(&self.what, format!("chunk {chunk}: {e}")))?,
-                Vec::new(),
-            ),
+        let checked = match &self.stored {
+            Stored::Sealed(sealed) => {
+                let (bytes, _) = filled(end - start, |out| sealed.read_into(start, out))
+                    .map_err(|e| bad(&self.what, format!("chunk {chunk}: {e}")))?;
+                Verified::check_pieces(bytes, PIECE as usize, &want).map(|v| (v, Vec::new()))
+            }
             Stored::Tar => {
                 self.plain.src.prepare(start, end - start)?;
                 let mut r = self.plain.reader(start);
-                (
-                    filled(end - start, |out| r.read_exact(out)).map_err(at_blob)?,
-                    Vec::new(),
-                )
+                let (bytes, _) = filled(end - start, |out| r.read_exact(out)).map_err(at_blob)?;
+                Verified::check_pieces(bytes, PIECE as usize, &want).map(|v| (v, Vec::new()))
             }
-            Stored::Gzip(states) => self.inflate(states, start, end).map_err(at_blob)?,
+            Stored::Gzip(states) => self.inflate(states, start, end, &want).map_err(at_blob)?,
         };
-        let verified = Verified::check_pieces(bytes, PIECE as usize, &want).map_err(|_| {
+        let (verified, reached) = checked.map_err(|_| {
             failed(bad(
                 &self.what,
                 format!(
@@ -500,7 +510,7 @@ impl ChunkSource for StreamChunks {
         // States passed on the way follow output no piece checked; a wrong
         // one can only fail a later chunk's check (which clears the memo).
         let mut memo = crate::sync::lock(&self.memo);
-        for st in passed.into_iter().chain(state) {
+        for st in reached {
             memo.put(st);
         }
         Ok(verified)
@@ -582,6 +592,38 @@ mod tests {
         assert_eq!(&got[..], &big[at as usize..at as usize + 10]);
         let second = src.fetched() - first;
         assert!(second < 384 << 10, "{second}");
+    }
+
+    /// An inflater state in the memo that gives wrong bytes (here: one
+    /// another stream reached at the same offset) is dropped and the load
+    /// done again from the saved state: the read succeeds, and the blob's
+    /// good copy is not forgotten (the load failed before).
+    #[test]
+    fn a_memo_state_that_gives_wrong_bytes_is_dropped_not_served() {
+        let chunks = |data: &[u8]| {
+            let gz = gzip(&tar_with(data));
+            let idx = index(&gz[..], Compression::Gzip, &nowhere(), "L", &Unmetered).unwrap();
+            let Stored::Gzip(states) = idx.stored else {
+                panic!("gzip")
+            };
+            let src = Arc::new(MemoryRange::new(gz));
+            StreamChunks {
+                plain: Plain::new(src, None),
+                what: "L".into(),
+                digests: idx.digests,
+                stored: Stored::Gzip(states),
+                total: idx.total,
+                memo: Mutex::new(Memo::default()),
+            }
+        };
+        let (good, other) = (noise(3 << 20), noise((3 << 20) + 1)[1..].to_vec());
+        let (a, b) = (chunks(&good), chunks(&other));
+        b.load(0).unwrap();
+        let wrong = crate::sync::lock(&b.memo).nearest(CHUNK, CHUNK).unwrap();
+        crate::sync::lock(&a.memo).put(wrong);
+        let got = a.load(1).unwrap();
+        let want = tar_with(&good);
+        assert!(got.bytes() == &want[CHUNK as usize..2 * CHUNK as usize]);
     }
 
     /// A zstd layer's sealed copy keeps to the sealed-copy disk budget.

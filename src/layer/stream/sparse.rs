@@ -10,6 +10,7 @@ use std::io::Read;
 use zeroize::Zeroizing;
 
 use super::gzip::{GzReader, State};
+use crate::crypto::wipe::SecretBuf;
 
 /// Output after a block start that can still refer into its window.
 pub const REACH: usize = 32 << 10;
@@ -30,8 +31,9 @@ pub struct Pending {
     /// Byte `floor(in_bit / 8)` of the compressed stream.
     pub partial: u8,
     pub window: Zeroizing<Vec<u8>>,
-    /// Compressed bytes from `ceil(in_bit / 8)` on.
-    pub input: Zeroizing<Vec<u8>>,
+    /// Compressed bytes from `ceil(in_bit / 8)` on (plaintext: a buffer that
+    /// wipes what it leaves behind as it grows).
+    pub input: SecretBuf,
 }
 
 impl Pending {
