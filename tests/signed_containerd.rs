@@ -214,10 +214,7 @@ fn a_signed_encrypted_image_runs_and_an_unsigned_one_is_refused_through_containe
         "{asked:?}"
     );
     // No plaintext at rest under the test's directory, nor in the log.
-    let needles: [&[u8]; 1] = [marker.as_bytes()];
-    let hits = common::mounts::files_containing(d.path(), &needles);
-    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
-    assert!(!daemon.log().contains(&marker));
+    common::mounts::assert_not_at_rest(d.path(), &marker, &daemon.log());
     drop(ctd);
     daemon.stop();
 }

@@ -1651,10 +1651,7 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
     );
     // Nothing of the secret at rest under the test's directory (lazycrypt's
     // root, containerd's root and state, the logs), nor in the log.
-    let needles: [&[u8]; 1] = [marker.as_bytes()];
-    let hits = common::mounts::files_containing(d.path(), &needles);
-    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
-    assert!(!daemon.log().contains(&marker));
+    common::mounts::assert_not_at_rest(d.path(), &marker, &daemon.log());
     drop(ctd);
     daemon.stop();
 }
@@ -2035,10 +2032,7 @@ fn seek_indexed_tar_gz_images_run_through_containerd_fetching_a_fraction(line: L
         served < 16 << 20,
         "the registry served {served} bytes for two pulls of a 66 MiB indexed image"
     );
-    let needles: [&[u8]; 1] = [marker.as_bytes()];
-    let hits = common::mounts::files_containing(d.path(), &needles);
-    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
-    assert!(!daemon.log().contains(&marker));
+    common::mounts::assert_not_at_rest(d.path(), &marker, &daemon.log());
     drop(ctd);
     daemon.stop();
 }

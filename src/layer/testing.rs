@@ -79,3 +79,15 @@ pub fn text(n: usize) -> Vec<u8> {
     v.truncate(n);
     v
 }
+
+/// A tar of regular files (mode 0644, GNU headers), in the order given.
+pub fn tar_of<N: AsRef<str>>(files: &[(N, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name.as_ref(), &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}

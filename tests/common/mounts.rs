@@ -428,6 +428,15 @@ pub fn open_files_containing(pid: u32, needles: &[&[u8]]) -> Vec<String> {
     hits
 }
 
+/// Asserts that no file under `root` (a test's directory: lazycrypt's
+/// root, containerd's root and state, the logs) holds `marker`, and that
+/// `log` does not either.
+pub fn assert_not_at_rest(root: &Path, marker: &str, log: &str) {
+    let hits = files_containing(root, &[marker.as_bytes()]);
+    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
+    assert!(!log.contains(marker));
+}
+
 pub fn files_containing(root: &Path, needles: &[&[u8]]) -> Vec<PathBuf> {
     let mut hits = Vec::new();
     let mut stack = vec![root.to_path_buf()];

@@ -442,7 +442,7 @@ mod tests {
 
     use super::*;
     use crate::layer::index::Unmetered;
-    use crate::layer::testing::noise;
+    use crate::layer::testing::{noise, tar_of, text};
 
     /// `tar` gzipped (zlib's default level) and indexed; and what its
     /// windows may cost, sealed.
@@ -497,16 +497,11 @@ mod tests {
     /// before their data.
     #[test]
     fn prioritized_files_get_the_checkpoints_first() {
-        let mut b = tar::Builder::new(Vec::new());
         let size = |i: u64| (768 << 10) + i;
-        for i in 0..10 {
-            let mut h = tar::Header::new_gnu();
-            let data = crate::layer::testing::text(size(i) as usize);
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, format!("f{i}"), &data[..]).unwrap();
-        }
-        let tar = b.into_inner().unwrap();
+        let files: Vec<_> = (0..10)
+            .map(|i| (format!("f{i}"), text(size(i) as usize)))
+            .collect();
+        let tar = tar_of(&files);
         let first: HashSet<String> = ["f3", "f6", "f8"].map(String::from).into();
         let (built, budget) = built_of(&tar, &first);
         assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
@@ -525,16 +520,11 @@ mod tests {
     /// their data (whole windows, 32 KiB each, allowed two for all).
     #[test]
     fn sparse_windows_let_every_file_of_noise_have_a_checkpoint() {
-        let mut b = tar::Builder::new(Vec::new());
         let size = |i: u64| (300 << 10) + i;
-        for i in 0..20 {
-            let mut h = tar::Header::new_gnu();
-            let data = noise(size(i) as usize);
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, format!("n{i}"), &data[..]).unwrap();
-        }
-        let tar = b.into_inner().unwrap();
+        let files: Vec<_> = (0..20)
+            .map(|i| (format!("n{i}"), noise(size(i) as usize)))
+            .collect();
+        let tar = tar_of(&files);
         let (built, budget) = built_of(&tar, &HashSet::new());
         assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
         for k in 1..20 {
@@ -553,20 +543,14 @@ mod tests {
     /// each, within the same budget of windows.
     #[test]
     fn checkpoints_go_where_files_start_within_the_same_budget() {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut add = |name: &str, data: &[u8]| {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, name, data).unwrap();
-        };
+        let mut files = Vec::new();
         for i in 0..4 {
             let before = if i == 0 { (100 << 10) + 512 } else { 1536 };
-            add(&format!("big{i}"), &noise((2 << 20) - before));
-            add(&format!("small{i}"), b"small file");
+            files.push((format!("big{i}"), noise((2 << 20) - before)));
+            files.push((format!("small{i}"), b"small file".to_vec()));
         }
-        add("tail", &noise(300 << 10));
-        let tar = b.into_inner().unwrap();
+        files.push(("tail".into(), noise(300 << 10)));
+        let tar = tar_of(&files);
         let (built, budget) = built_of(&tar, &HashSet::new());
         assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
         let starts: Vec<u64> = (0..4)

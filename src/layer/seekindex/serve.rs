@@ -482,6 +482,7 @@ mod tests {
     use crate::layer::index::Unmetered;
     use crate::layer::seekindex::build::{self, SpanDigests, SpanTap};
     use crate::layer::source::MemoryRange;
+    use crate::layer::testing::tar_of;
     use crate::oci::digest;
 
     fn noise(n: usize, mut x: u64) -> Vec<u8> {
@@ -516,17 +517,6 @@ mod tests {
         ]
     }
 
-    fn tar(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, data) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, name, &data[..]).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
     struct Fixture {
         ct: Vec<u8>,
         key: LayerKey,
@@ -539,7 +529,7 @@ mod tests {
     }
 
     fn fixture(compression: Compression) -> Fixture {
-        let t = tar(&files());
+        let t = tar_of(&files());
         let plain = match compression {
             Compression::None => t,
             Compression::Gzip => {
@@ -805,7 +795,7 @@ mod tests {
         };
         let want = format!(
             "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(tar(&files())))
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(tar_of(&files())))
         );
         assert_eq!(run(&vouched, l.nodes()), (want.clone(), None));
         let mut lying = vouched.clone();
