@@ -56,11 +56,17 @@ fn skopeo_images_indexed_keep_their_digest_and_read_a_small_file_lazily() {
     ]));
     let (_, before) = digest_ref(&reg, "seek/big", "v1");
 
+    // The start-up file is listed for nodes to fetch as they mount.
+    let start_up = d.path().join("start-up.txt");
+    std::fs::write(&start_up, "/m/config.bin\n").unwrap();
     let out = ok(lazycrypt()
-        .args(["index", "--plain-http", "--key"])
+        .args(["index", "--plain-http", "--prioritize"])
+        .arg(&start_up)
+        .arg("--key")
         .arg(&pgp_sec)
         .arg(&image));
     assert!(out.contains("published seek index"), "{out}");
+    assert!(out.contains("(1 prioritized)"), "{out}");
     // The image is the same image: digest, tag, what skopeo reads.
     assert_eq!(digest_ref(&reg, "seek/big", "v1").1, before);
     ok(skopeo().args(["inspect", "--tls-verify=false", &image]));
@@ -112,11 +118,19 @@ fn skopeo_images_indexed_keep_their_digest_and_read_a_small_file_lazily() {
             rsa.private.to_str().unwrap(),
             "--stats",
         ],
-        &[("LAZYCRYPT_LOG", std::path::Path::new("info"))],
+        &[("LAZYCRYPT_LOG", std::path::Path::new("debug"))],
     )
     .unwrap();
+    // Fetched at mount, before any read: reading it then fetches nothing.
+    wait_until(
+        std::time::Duration::from_secs(120),
+        || m.log().contains("prefetched 1 chunks"),
+        || format!("no prefetch: {}", m.log()),
+    );
+    let prefetched = proxy.served();
     assert_eq!(std::fs::read(mnt.join("m/config.bin")).unwrap(), small);
     let served = proxy.served();
+    assert_eq!(served, prefetched, "the prefetched file was fetched again");
     assert!(
         served < 3 << 20,
         "the registry served {served} bytes to read 4 KiB of a 200 MiB indexed image: {}",

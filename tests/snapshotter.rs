@@ -12,7 +12,7 @@ use std::path::Path;
 
 use common::containerd::{Containerd, Daemon, Line};
 use common::snapshots::{Client, code, connect, prepare_labelled};
-use common::{Registry, lazycrypt, ok, run, tmp};
+use common::{Registry, lazycrypt, ok, run, tmp, wait_until};
 use lazycrypt::containerd::proto::snapshots as pb;
 use tonic::Code;
 
@@ -1700,15 +1700,16 @@ fn the_layers_above_are_opened_ahead_of_their_prepare() {
         let (cd, _) = code(prepare_labelled(c, "k0", "", labels(0)).await);
         assert_eq!(cd, Code::AlreadyExists);
         // The two layers above are fetched without being asked for.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while proxy.served() < 3 * (4 << 20) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "only {} bytes served: the layers above were not opened ahead",
-                proxy.served()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_until(
+            std::time::Duration::from_secs(30),
+            || proxy.served() >= 3 * (4 << 20),
+            || {
+                format!(
+                    "only {} bytes served: the layers above were not opened ahead",
+                    proxy.served()
+                )
+            },
+        );
         let before = proxy.served();
         for i in 1..3 {
             let mut l = labels(i);

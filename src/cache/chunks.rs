@@ -198,13 +198,13 @@ impl ChunkCache {
         }
     }
 
-    /// Loads chunks `0..count` of `layer` (its prioritized files) on this
-    /// thread, ahead of the reads that will want them; stops at half the
+    /// Loads `chunks` of `layer` (its prioritized files) on this thread,
+    /// in order, ahead of the reads that will want them; stops at half the
     /// budget, so a large prefetch cannot push out everything else.
-    pub fn warm(&self, layer: &Layer, count: u32) -> io::Result<()> {
+    pub fn warm(&self, layer: &Layer, chunks: &[u32]) -> io::Result<()> {
         let mut loaded = 0u64;
         let half = lock(&self.shared.lru).budget / 2;
-        for c in 0..count.min(layer.chunk_count()) {
+        for &c in chunks.iter().filter(|&&c| c < layer.chunk_count()) {
             let chunk = self.shared.get(layer, c, true)?;
             loaded += chunk.len() as u64;
             if loaded >= half {

@@ -38,8 +38,8 @@ pub struct Args {
     pub force: bool,
     /// A file listing the paths a workload reads first, one per line (as
     /// `encrypt --estargz --prioritize` takes): the checkpoints the index
-    /// can afford go just before their data first, so their first reads
-    /// fetch and inflate little. The image is not changed.
+    /// can afford go just before their data first, and nodes fetch them as
+    /// they mount the layer. The image is not changed.
     #[arg(long, value_name = "FILE")]
     pub prioritize: Option<std::path::PathBuf>,
     /// The image: docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
@@ -264,8 +264,9 @@ fn layer(
         );
     }
     let line = format!(
-        "indexed {} entries, {} checkpoints; artifact blobs {size} bytes ({:.2}% of the layer); {:.2}s, {:.2} GB/s of layer",
+        "indexed {} entries ({} prioritized), {} checkpoints; artifact blobs {size} bytes ({:.2}% of the layer); {:.2}s, {:.2} GB/s of layer",
         built.entry_count(),
+        built.prioritized_count(),
         built.checkpoint_count(),
         100.0 * size as f64 / d.size().max(1) as f64,
         secs,

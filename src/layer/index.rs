@@ -41,10 +41,11 @@ pub trait ChunkSource: Send + Sync {
     /// Bytes fetched from the blob's source so far.
     fn fetched(&self) -> u64;
     /// Brings the blob ranges the image marks for prefetch (eStargz
-    /// prioritized files) into the ciphertext cache, ahead of any read;
-    /// returns how many chunks, from chunk 0 on, they hold.
-    fn prefetch(&self) -> io::Result<u32> {
-        Ok(0)
+    /// prioritized files, a seek index's prioritized entries) into the
+    /// ciphertext cache, ahead of any read; returns the chunks they hold,
+    /// in the order to load them.
+    fn prefetch(&self) -> io::Result<Vec<u32>> {
+        Ok(Vec::new())
     }
     /// Memory the source keeps for serving (checkpoints, digests), which
     /// the chunk cache counts against its budget.
@@ -317,7 +318,7 @@ impl Layer {
     }
 
     /// Fetches what the image marks for prefetch; see [`ChunkSource::prefetch`].
-    pub fn prefetch(&self) -> io::Result<u32> {
+    pub fn prefetch(&self) -> io::Result<Vec<u32>> {
         self.chunks.prefetch()
     }
 

@@ -22,7 +22,9 @@ fn start_prefetch(layer: &Arc<Layer>, cache: &Arc<ChunkCache>) {
         .spawn(move || {
             // Fetched in as few ranges as may be, then decrypted, verified
             // and inflated into memory while the container starts.
-            let r = l.prefetch().and_then(|n| cache.warm(&l, n).map(|_| n));
+            let r = l
+                .prefetch()
+                .and_then(|c| cache.warm(&l, &c).map(|_| c.len()));
             match r {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!("layer {}: prefetched {n} chunks", l.what()),

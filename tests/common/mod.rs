@@ -80,6 +80,16 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, Strin
 }
 
 /// Runs a command that must succeed; returns stdout.
+/// Polls `done` every 50 ms until it holds; fails with `why()` once `limit`
+/// has passed (a bound on a hang, not a timing the test asserts).
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", why());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
     assert!(

@@ -312,7 +312,7 @@ impl ChunkSource for EstargzChunks {
         }
     }
 
-    fn prefetch(&self) -> io::Result<u32> {
+    fn prefetch(&self) -> io::Result<Vec<u32>> {
         let mut at = 0;
         while at < self.prioritized_end {
             let n = PREFETCH_PIECE.min(self.prioritized_end - at);
@@ -324,7 +324,7 @@ impl ChunkSource for EstargzChunks {
             .iter()
             .take_while(|c| c.end <= self.prioritized_end)
             .count();
-        Ok(held as u32)
+        Ok((0..held as u32).collect())
     }
 }
 
@@ -542,7 +542,7 @@ mod tests {
         let opened = mem.fetched.load(Ordering::Relaxed);
         assert_eq!(
             l.prefetch().unwrap(),
-            4,
+            [0, 1, 2, 3],
             "the four prioritized files' chunks"
         );
         let prefetched = mem.fetched.load(Ordering::Relaxed) - opened;

@@ -133,12 +133,19 @@ pub struct Built {
     /// Checkpoints with their windows, raw.
     checkpoints: Vec<(u64, u64, Zeroizing<Vec<u8>>)>,
     entries: Zeroizing<Vec<u8>>,
+    /// Entries named in `first` that hold data, for a node to prefetch.
+    prioritized: Vec<u32>,
 }
 
 impl Built {
     /// Entries indexed.
     pub fn entry_count(&self) -> u32 {
         self.header.entry_count
+    }
+
+    /// Entries a node prefetches at mount.
+    pub fn prioritized_count(&self) -> usize {
+        self.prioritized.len()
     }
 
     /// Inflater checkpoints recorded.
@@ -229,6 +236,11 @@ pub fn build<R: Read>(
     }
     let entries = entries::encode(&nodes, CHUNK).map_err(|e| bad(what, e.to_string()))?;
     let entry_count = nodes.len() as u32;
+    let prioritized: Vec<u32> = (0..entry_count)
+        .zip(&nodes)
+        .filter(|(_, n)| !n.extents.is_empty() && first.contains(&n.entry.name))
+        .map(|(i, _)| i)
+        .collect();
     let mut layer_raw = [0u8; 32];
     hex::decode_to_slice(layer.digest(), &mut layer_raw)
         .map_err(|_| bad(what, "the layer digest is not sha256".into()))?;
@@ -244,11 +256,13 @@ pub fn build<R: Read>(
             checkpoint_count: checkpoints.len() as u32,
             entries_len: entries.len() as u64,
             windows_size: 0,
+            prioritized_count: prioritized.len() as u32,
         },
         spans,
         pieces,
         checkpoints,
         entries,
+        prioritized,
     })
 }
 
@@ -257,9 +271,11 @@ pub fn build<R: Read>(
 /// windows that cost, compressed, at most 1/[`BUDGET_SHARE`] of the
 /// `compressed` layer, placed where reads start. The data starts of the
 /// files named in `first` (a workload's start-up files, `--prioritize`) are
-/// served first: each gets the candidate before it, as far as the budget
-/// goes. Then each file's data start, every [`CANDIDATE`] inside a file and
-/// every [`FAR`] of the stream ask for the candidate before them if the last
+/// served first: the start of each chunk their data touches gets the
+/// candidate before it, as far as the budget goes (a read loads whole
+/// chunks, from the checkpoint at or before the chunk's start). Then the
+/// start of every chunk holding file data and every [`FAR`] of the stream
+/// ask for the candidate before them if the last
 /// checkpoint chosen is at least `t` before; `t` is the least from
 /// [`CANDIDATE`] (to 16 KiB) that keeps within the budget. So over data that
 /// barely repeats (sparse windows) every candidate may be taken; over text,
@@ -275,20 +291,16 @@ pub(crate) fn place(
     if candidates.is_empty() {
         return candidates;
     }
+    // A read loads whole chunks, inflating from the checkpoint at or before
+    // the chunk's start: what a file needs is one there, for each chunk its
+    // data touches, not one just before its first byte.
     let (mut wanted, mut firsts) = (Vec::new(), Vec::new());
     for n in nodes {
-        let Some(e) = n.extents.first() else {
-            continue;
-        };
-        let start = u64::from(e.chunk) * CHUNK + u64::from(e.chunk_offset);
+        let starts = n.extents.iter().map(|e| u64::from(e.chunk) * CHUNK);
         if first.contains(&n.entry.name) {
-            firsts.push(start);
+            firsts.extend(starts.clone());
         }
-        let mut at = start;
-        while at < start + n.entry.size {
-            wanted.push(at);
-            at += CANDIDATE;
-        }
+        wanted.extend(starts);
     }
     let mut at = FAR;
     while at < total {
@@ -296,7 +308,9 @@ pub(crate) fn place(
         at += FAR;
     }
     wanted.sort_unstable();
+    wanted.dedup();
     firsts.sort_unstable();
+    firsts.dedup();
     // From `forced`, adds the candidate before each point of `points` whose
     // nearest chosen checkpoint is at least `t` before it.
     let choose = |points: &[u64], t: u64, forced: &[bool]| -> Vec<bool> {
@@ -427,6 +441,7 @@ pub fn seal(built: &Built, symkey: &[u8], manifest: &Digest, layer: &Digest) -> 
         pieces: built.pieces.clone(),
         checkpoints,
         entries: &built.entries,
+        prioritized: built.prioritized.clone(),
     };
     let payload = padded(&Zeroizing::new(head.write()));
     let record = key.seal(Kind::Head, 0, binding, &payload);
@@ -481,23 +496,28 @@ mod tests {
         sizes.map(|s| 512 + s.div_ceil(512) * 512).sum::<u64>() + 512
     }
 
-    fn nearest_before(built: &Built, at: u64) -> u64 {
-        built
+    /// How far before the start of the chunk holding stream offset `at`
+    /// the nearest checkpoint lies: what a cold read there inflates first.
+    fn behind_chunk(built: &Built, at: u64) -> u64 {
+        let start = at / CHUNK * CHUNK;
+        let nearest = built
             .checkpoints
             .iter()
             .map(|c| c.0)
-            .filter(|&o| o <= at)
+            .filter(|&o| o <= start)
             .max()
-            .unwrap()
+            .unwrap();
+        start - nearest
     }
 
     /// Start-up files named to the indexer get the checkpoints first: ten
-    /// 768 KiB text files (whose windows are dense, about 11 KiB sealed)
-    /// afford 3 windows between them, and the three named each get one just
-    /// before their data.
+    /// 1000 KiB text files (whose windows are dense, about 11 KiB sealed)
+    /// afford a few windows between them, and the three named each get one just
+    /// before the chunk their data starts in.
     #[test]
     fn prioritized_files_get_the_checkpoints_first() {
-        let size = |i: u64| (768 << 10) + i;
+        // Their data starts 64 to 184 KiB into a chunk.
+        let size = |i: u64| (1000 << 10) + i;
         let files: Vec<_> = (0..10)
             .map(|i| (format!("f{i}"), text(size(i) as usize)))
             .collect();
@@ -507,17 +527,54 @@ mod tests {
         assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
         for k in [3, 6, 8] {
             let at = data_start((0..k).map(size));
-            let nearest = nearest_before(&built, at);
-            assert!(
-                at - nearest <= 320 << 10,
-                "f{k} at {at}, checkpoint at {nearest}"
-            );
+            let behind = behind_chunk(&built, at);
+            assert!(behind <= 320 << 10, "f{k} at {at}: {behind} behind");
         }
+    }
+
+    /// A budget for one window, and a start-up file whose data begins
+    /// 200 KiB into its chunk, with block starts every 100 KiB: the window
+    /// goes to the block start before the chunk, which a read of the file
+    /// loads from, not to the one just before its data (which, inside the
+    /// chunk, would serve only the next chunk's reads).
+    #[test]
+    fn a_start_up_files_checkpoint_lies_before_its_chunk() {
+        use crate::layer::stream::gzip::BlockStart;
+        use crate::layer::testing::node;
+
+        let candidates: Vec<BlockStart> = (0..30u64)
+            .map(|i| BlockStart {
+                out: i * (100 << 10),
+                in_bit: i * 8 * (100 << 10) + 3,
+                window: Zeroizing::new(if i == 0 { Vec::new() } else { noise(32 << 10) }),
+            })
+            .collect();
+        let at = 8 * CHUNK + (200 << 10);
+        let mut file = node("app/start.py", "reg");
+        file.entry.size = 10_000;
+        file.extents = vec![crate::layer::index::Extent {
+            file_offset: 0,
+            chunk: (at / CHUNK) as u32,
+            chunk_offset: (at % CHUNK) as u32,
+            len: 10_000,
+        }];
+        let first: HashSet<String> = ["app/start.py".to_string()].into();
+        // One dense window (32 KiB of noise) and a little.
+        let compressed = BUDGET_SHARE * (34 << 10);
+        let chosen = place(candidates, &[file], 3 << 20, compressed, &first);
+        let outs: Vec<u64> = chosen.iter().map(|c| c.out).collect();
+        assert_eq!(
+            outs,
+            [0, 20 * (100 << 10)],
+            "chunk 8 starts at {}",
+            8 * CHUNK
+        );
     }
 
     /// Over data that barely repeats, windows are sparse and cost next to
     /// nothing: twenty 300 KiB files of noise each get a checkpoint before
-    /// their data (whole windows, 32 KiB each, allowed two for all).
+    /// the chunk their data starts in (whole windows, 32 KiB each, allowed
+    /// two for all).
     #[test]
     fn sparse_windows_let_every_file_of_noise_have_a_checkpoint() {
         let size = |i: u64| (300 << 10) + i;
@@ -529,18 +586,15 @@ mod tests {
         assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
         for k in 1..20 {
             let at = data_start((0..k).map(size));
-            let nearest = nearest_before(&built, at);
-            assert!(
-                at - nearest <= 320 << 10,
-                "n{k} at {at}, checkpoint at {nearest}"
-            );
+            let behind = behind_chunk(&built, at);
+            assert!(behind <= 320 << 10, "n{k} at {at}: {behind} behind");
         }
     }
 
     /// Small files that lie 100 KiB before each 2 MiB of the stream:
     /// periodic checkpoints (the first block start 2 MiB after the last) left
     /// each about 1.9 MiB behind its nearest one; placed ones are just before
-    /// each, within the same budget of windows.
+    /// the chunk each starts in, within the same budget of windows.
     #[test]
     fn checkpoints_go_where_files_start_within_the_same_budget() {
         let mut files = Vec::new();
@@ -564,17 +618,8 @@ mod tests {
             })
             .collect();
         for s in starts {
-            let nearest = built
-                .checkpoints
-                .iter()
-                .map(|c| c.0)
-                .filter(|&o| o <= s)
-                .max()
-                .unwrap();
-            assert!(
-                s - nearest <= 320 << 10,
-                "file at {s}, checkpoint at {nearest}"
-            );
+            let behind = behind_chunk(&built, s);
+            assert!(behind <= 320 << 10, "file at {s}: {behind} behind");
         }
     }
 }

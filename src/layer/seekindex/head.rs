@@ -60,6 +60,8 @@ pub struct Header {
     pub checkpoint_count: u32,
     pub entries_len: u64,
     pub windows_size: u64,
+    /// Entries listed for prefetch (§5.6).
+    pub prioritized_count: u32,
 }
 
 /// §5.3: one piece of output.
@@ -99,6 +101,8 @@ pub struct Head<'a> {
     pub checkpoints: Vec<Checkpoint>,
     /// §5.5, not yet parsed.
     pub entries: &'a [u8],
+    /// §5.6: indices of the entries a node fetches at mount, ascending.
+    pub prioritized: Vec<u32>,
 }
 
 /// Why a head payload is refused; one line naming the field.
@@ -219,9 +223,10 @@ impl<'a> Head<'a> {
         if alg != DIGEST_SHA256 {
             return Err(bad(format!("digest algorithm {alg} is not SHA-256 (1)")));
         }
-        if r.take(6, "reserved")?.iter().any(|&b| b != 0) {
+        if r.take(2, "reserved")?.iter().any(|&b| b != 0) {
             return Err(bad("reserved header bytes are not zero"));
         }
+        let prioritized_count = r.u32("prioritized count")?;
         let uncompressed = r.u64("uncompressed size")?;
         let span = r.u32("span size")?;
         let piece = r.u32("piece size")?;
@@ -247,6 +252,11 @@ impl<'a> Head<'a> {
                 "{entry_count} entries, more than {MAX_ENTRIES}"
             )));
         }
+        if prioritized_count > entry_count {
+            return Err(bad(format!(
+                "{prioritized_count} prioritized entries, more than its {entry_count}"
+            )));
+        }
         match (compression, checkpoint_count) {
             (Compression::None, 0) => {}
             (Compression::Gzip, n) if n >= 1 => {}
@@ -267,6 +277,7 @@ impl<'a> Head<'a> {
             checkpoint_count,
             entries_len,
             windows_size,
+            prioritized_count,
         };
 
         let n = r.room(ceil_div(blob_size, span), SPAN_LEN, "span digests")?;
@@ -329,8 +340,20 @@ impl<'a> Head<'a> {
                 ))
             })?;
         let entries = r.take(len, "entries")?;
+
+        let n = r.room(u64::from(prioritized_count), 4, "prioritized entries")?;
+        let mut prioritized: Vec<u32> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = r.u32("prioritized entry")?;
+            if i >= entry_count || prioritized.last().is_some_and(|&p| p >= i) {
+                return Err(bad(format!(
+                    "prioritized entry {i} is out of order or out of range"
+                )));
+            }
+            prioritized.push(i);
+        }
         if payload[r.at..].iter().any(|&b| b != 0) {
-            return Err(bad("the padding after the entries is not zero"));
+            return Err(bad("the padding after the sections is not zero"));
         }
         Ok(Head {
             header,
@@ -338,6 +361,7 @@ impl<'a> Head<'a> {
             pieces,
             checkpoints,
             entries,
+            prioritized,
         })
     }
 
@@ -349,13 +373,15 @@ impl<'a> Head<'a> {
                 + self.spans.len() * SPAN_LEN
                 + self.pieces.len() * PIECE_LEN
                 + self.checkpoints.len() * CHECKPOINT_LEN
-                + self.entries.len(),
+                + self.entries.len()
+                + self.prioritized.len() * 4,
         );
         out.extend_from_slice(&h.layer);
         out.extend_from_slice(&h.blob_size.to_le_bytes());
         out.push(h.compression as u8);
         out.push(DIGEST_SHA256);
-        out.extend_from_slice(&[0; 6]);
+        out.extend_from_slice(&[0; 2]);
+        out.extend_from_slice(&h.prioritized_count.to_le_bytes());
         out.extend_from_slice(&h.uncompressed.to_le_bytes());
         out.extend_from_slice(&h.span.to_le_bytes());
         out.extend_from_slice(&h.piece.to_le_bytes());
@@ -385,6 +411,9 @@ impl<'a> Head<'a> {
             out.extend_from_slice(&len.to_le_bytes());
         }
         out.extend_from_slice(self.entries);
+        for i in &self.prioritized {
+            out.extend_from_slice(&i.to_le_bytes());
+        }
         out
     }
 }
@@ -499,10 +528,11 @@ mod tests {
                 uncompressed: u,
                 span: s,
                 piece: s,
-                entry_count: 1,
+                entry_count: 3,
                 checkpoint_count: 2,
                 entries_len: 5,
                 windows_size: 100,
+                prioritized_count: 2,
             },
             spans: (0..ceil_div(c, s)).map(|i| [i as u8 + 9; 32]).collect(),
             pieces,
@@ -524,6 +554,7 @@ mod tests {
                 },
             ],
             entries: b"entry",
+            prioritized: vec![0, 2],
         }
     }
 
@@ -595,6 +626,15 @@ mod tests {
         let mut h = head();
         h.header.entries_len = 1 << 40;
         assert!(refuse(&h, &e).contains("entries length 1099511627776 runs past"));
+        let mut h = head();
+        h.prioritized = vec![2, 0];
+        assert!(refuse(&h, &e).contains("prioritized entry 0 is out of order"));
+        let mut h = head();
+        h.prioritized = vec![0, 3];
+        assert!(refuse(&h, &e).contains("prioritized entry 3 is out of order or out of range"));
+        let mut h = head();
+        h.header.prioritized_count = 4;
+        assert!(refuse(&h, &e).contains("4 prioritized entries, more than its 3"));
     }
 
     /// Counts that claim more than the payload holds are refused before
@@ -610,6 +650,15 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("checkpoints do not fit")
+        );
+        let mut h = head();
+        h.header.entry_count = MAX_ENTRIES;
+        h.header.prioritized_count = MAX_ENTRIES;
+        assert!(
+            Head::parse(&h.write(), &e)
+                .unwrap_err()
+                .to_string()
+                .contains("prioritized entries do not fit")
         );
         let mut h = head();
         h.header.uncompressed = u64::MAX;
