@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use super::entries;
 use super::head::{Checkpoint, Compression, Head, Header, MAX_INFLATE, Piece, Window};
 use super::seal::{Binding, HeadBlob, IndexKey, Kind, padded};
+use super::serve::SEEK_CHUNK;
 use super::windows;
 use crate::layer::index::{Meter, Node, bad};
 use crate::layer::stream::gzip::{BlockStart, GzReader};
@@ -271,9 +272,10 @@ pub fn build<R: Read>(
 /// windows that cost, compressed, at most 1/[`BUDGET_SHARE`] of the
 /// `compressed` layer, placed where reads start. The data starts of the
 /// files named in `first` (a workload's start-up files, `--prioritize`) are
-/// served first: the start of each chunk their data touches gets the
-/// candidate before it, as far as the budget goes (a read loads whole
-/// chunks, from the checkpoint at or before the chunk's start). Then the
+/// served first: the start of each serving chunk ([`SEEK_CHUNK`]) their
+/// data touches gets the candidate before it, as far as the budget goes (a
+/// read loads whole chunks, from the checkpoint at or before the chunk's
+/// start). Then the
 /// start of every chunk holding file data and every [`FAR`] of the stream
 /// ask for the candidate before them if the last
 /// checkpoint chosen is at least `t` before; `t` is the least from
@@ -296,7 +298,12 @@ pub(crate) fn place(
     // data touches, not one just before its first byte.
     let (mut wanted, mut firsts) = (Vec::new(), Vec::new());
     for n in nodes {
-        let starts = n.extents.iter().map(|e| u64::from(e.chunk) * CHUNK);
+        let Some(e) = n.extents.first() else {
+            continue;
+        };
+        let start = u64::from(e.chunk) * CHUNK + u64::from(e.chunk_offset);
+        let end = start + n.entry.size;
+        let starts = (start / SEEK_CHUNK..end.div_ceil(SEEK_CHUNK)).map(|c| c * SEEK_CHUNK);
         if first.contains(&n.entry.name) {
             firsts.extend(starts.clone());
         }
@@ -499,7 +506,7 @@ mod tests {
     /// How far before the start of the chunk holding stream offset `at`
     /// the nearest checkpoint lies: what a cold read there inflates first.
     fn behind_chunk(built: &Built, at: u64) -> u64 {
-        let start = at / CHUNK * CHUNK;
+        let start = at / SEEK_CHUNK * SEEK_CHUNK;
         let nearest = built
             .checkpoints
             .iter()
@@ -533,7 +540,7 @@ mod tests {
     }
 
     /// A budget for one window, and a start-up file whose data begins
-    /// 200 KiB into its chunk, with block starts every 100 KiB: the window
+    /// 100 KiB into its chunk, with block starts every 100 KiB: the window
     /// goes to the block start before the chunk, which a read of the file
     /// loads from, not to the one just before its data (which, inside the
     /// chunk, would serve only the next chunk's reads).
@@ -549,7 +556,7 @@ mod tests {
                 window: Zeroizing::new(if i == 0 { Vec::new() } else { noise(32 << 10) }),
             })
             .collect();
-        let at = 8 * CHUNK + (200 << 10);
+        let at = 16 * SEEK_CHUNK + (100 << 10);
         let mut file = node("app/start.py", "reg");
         file.entry.size = 10_000;
         file.extents = vec![crate::layer::index::Extent {
@@ -566,8 +573,8 @@ mod tests {
         assert_eq!(
             outs,
             [0, 20 * (100 << 10)],
-            "chunk 8 starts at {}",
-            8 * CHUNK
+            "chunk 16 starts at {}",
+            16 * SEEK_CHUNK
         );
     }
 

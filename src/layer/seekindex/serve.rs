@@ -39,9 +39,13 @@ pub enum SeekError {
 
 /// Tar-stream bytes per chunk a layer served through a seek index is read
 /// in (at least one piece): a cold read of a small file fetches and
-/// inflates up to the end of its chunk, as an eStargz layer's 256 KiB
-/// chunks do. The indexer places checkpoints at these chunks' starts.
-pub const SEEK_CHUNK: u64 = crate::layer::stream::CHUNK;
+/// inflates up to the end of its chunk. Half an eStargz chunk: these lie
+/// on the stream's grid, not a file's, so a read of a file's first 256 KiB
+/// takes three of them (384 KiB) where 256 KiB chunks took two (512 KiB);
+/// 64 KiB ones fetched less still but cost more time in loads than they
+/// saved (docs/benchmarks.md). The indexer places checkpoints at their
+/// starts.
+pub const SEEK_CHUNK: u64 = 128 << 10;
 
 /// A head opened and checked, ready to serve its layer.
 pub struct Unsealed {
@@ -180,6 +184,7 @@ pub fn layer(u: Unsealed, src: Sources, what: &str) -> io::Result<Layer> {
         what: what.to_string(),
         chunk: u.chunk,
         memo: std::sync::Mutex::new(Memo::default()),
+        last_span: std::sync::Mutex::new(None),
         key: u.key,
         header: u.header,
         spans: u.spans,
@@ -198,6 +203,8 @@ struct SeekChunks {
     /// Inflater states at chunk starts reached by earlier loads: a load
     /// goes on from the nearest one rather than from its checkpoint.
     memo: std::sync::Mutex<Memo>,
+    /// The last span read (its blob offset), checked and decrypted.
+    last_span: std::sync::Mutex<Option<(u64, Zeroizing<Vec<u8>>)>>,
     key: IndexKey,
     header: Header,
     spans: Vec<[u8; 32]>,
@@ -277,9 +284,37 @@ impl SeekChunks {
         (lo, hi.max(lo))
     }
 
+    /// Compressed plaintext `[lo, hi)` (whole spans). The last span read is
+    /// kept, decrypted: a load in order begins inside the span where the
+    /// one before it ended, which would otherwise be read, checked and
+    /// decrypted once per chunk.
+    fn read_spans(&self, lo: u64, hi: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+        let kept = match &*crate::sync::lock(&self.last_span) {
+            Some((at, bytes)) if *at == lo && bytes.len() as u64 <= hi - lo => Some(bytes.clone()),
+            _ => None,
+        };
+        let out = match kept {
+            Some(first) if first.len() as u64 == hi - lo => return Ok(first),
+            Some(first) => {
+                let rest = self.read_fresh(lo + first.len() as u64, hi)?;
+                let mut out = Zeroizing::new(Vec::with_capacity((hi - lo) as usize));
+                out.extend_from_slice(&first);
+                out.extend_from_slice(&rest);
+                out
+            }
+            None => self.read_fresh(lo, hi)?,
+        };
+        if hi > lo {
+            let at = (hi - 1) / self.span() * self.span();
+            let last = Zeroizing::new(out[(at - lo) as usize..].to_vec());
+            *crate::sync::lock(&self.last_span) = Some((at, last));
+        }
+        Ok(out)
+    }
+
     /// Ciphertext `[lo, hi)` (whole spans), each span checked against its
     /// digest before it is decrypted; a bad cached copy is fetched once more.
-    fn read_spans(&self, lo: u64, hi: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+    fn read_fresh(&self, lo: u64, hi: u64) -> io::Result<Zeroizing<Vec<u8>>> {
         let blob = &self.src.blob;
         let mut tries = 0;
         loop {
@@ -491,7 +526,7 @@ impl ChunkSource for SeekChunks {
     }
 
     fn resident(&self) -> u64 {
-        self.held + MEMO_BYTES
+        self.held + MEMO_BYTES + self.span()
     }
 
     fn vouched(&self) -> Option<Vouched> {
@@ -776,6 +811,23 @@ mod tests {
         let (name, data) = &files[2 * 4 + 1];
         assert!(l.read_file(name, 0, u64::MAX).unwrap()[..] == data[..]);
         assert!(mem.fetched.load(Relaxed) > blob);
+    }
+
+    /// A file read in order reads each span of its blob range once: the
+    /// span where one chunk's load ended is where the next one's begins.
+    #[test]
+    fn a_file_read_in_order_reads_each_span_once() {
+        let files = [("data.bin", noise(2 << 20, 3)), ("after", noise(70_000, 4))];
+        let f = fixture_with(Compression::Gzip, &files, &Default::default());
+        let (l, blob) = f.open(f.ct.clone()).unwrap();
+        let all = l.read_file("data.bin", 0, u64::MAX).unwrap();
+        assert!(all[..] == files[0].1[..]);
+        let read = blob.fetched.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            read <= f.ct.len() as u64,
+            "{read} bytes read from a blob of {}",
+            f.ct.len()
+        );
     }
 
     #[test]
