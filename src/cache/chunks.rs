@@ -198,20 +198,33 @@ impl ChunkCache {
         }
     }
 
+    /// The most plaintext the cache holds, in bytes.
+    pub fn budget(&self) -> u64 {
+        lock(&self.shared.lru).budget
+    }
+
     /// Loads `chunks` of `layer` (its prioritized files) on this thread,
     /// in order, ahead of the reads that will want them; stops at half the
-    /// budget, so a large prefetch cannot push out everything else.
+    /// budget, so a large prefetch cannot push out everything else. A chunk
+    /// that fails does not stop the others; the first failure is returned.
     pub fn warm(&self, layer: &Layer, chunks: &[u32]) -> io::Result<()> {
         let mut loaded = 0u64;
+        let mut failed = None;
         let half = lock(&self.shared.lru).budget / 2;
         for &c in chunks.iter().filter(|&&c| c < layer.chunk_count()) {
-            let chunk = self.shared.get(layer, c, true)?;
+            let chunk = match self.shared.get(layer, c, true) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
             loaded += chunk.len() as u64;
             if loaded >= half {
                 break;
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Whether `chunk` of `layer` is in memory.

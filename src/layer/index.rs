@@ -31,6 +31,11 @@ pub struct Node {
     pub extents: Vec<Extent>,
 }
 
+/// Prefetched ranges are fetched in requests of at most this size, so that
+/// a read waiting on the prefetch waits for one piece, not the whole region,
+/// and no request's body is larger.
+pub const PREFETCH_PIECE: u64 = 4 << 20;
+
 /// Loads one chunk as plaintext that has been checked against an anchored
 /// digest. Blocking: called from FUSE and read-ahead threads, never from
 /// async code.
@@ -42,9 +47,10 @@ pub trait ChunkSource: Send + Sync {
     fn fetched(&self) -> u64;
     /// Brings the blob ranges the image marks for prefetch (eStargz
     /// prioritized files, a seek index's prioritized entries) into the
-    /// ciphertext cache, ahead of any read; returns the chunks they hold,
-    /// in the order to load them.
-    fn prefetch(&self) -> io::Result<Vec<u32>> {
+    /// ciphertext cache, ahead of any read, in requests of at most
+    /// [`PREFETCH_PIECE`] and no further than about `most` bytes; returns
+    /// the chunks they hold, in the order to load them.
+    fn prefetch(&self, _most: u64) -> io::Result<Vec<u32>> {
         Ok(Vec::new())
     }
     /// Memory the source keeps for serving (checkpoints, digests), which
@@ -318,8 +324,8 @@ impl Layer {
     }
 
     /// Fetches what the image marks for prefetch; see [`ChunkSource::prefetch`].
-    pub fn prefetch(&self) -> io::Result<Vec<u32>> {
-        self.chunks.prefetch()
+    pub fn prefetch(&self, most: u64) -> io::Result<Vec<u32>> {
+        self.chunks.prefetch(most)
     }
 
     /// Reads up to `len` bytes of the regular file `name` from `offset`,

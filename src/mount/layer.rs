@@ -23,7 +23,7 @@ fn start_prefetch(layer: &Arc<Layer>, cache: &Arc<ChunkCache>) {
             // Fetched in as few ranges as may be, then decrypted, verified
             // and inflated into memory while the container starts.
             let r = l
-                .prefetch()
+                .prefetch(cache.budget() / 2)
                 .and_then(|c| cache.warm(&l, &c).map(|_| c.len()));
             match r {
                 Ok(0) => {}

@@ -14,7 +14,7 @@ use super::reader::{MAX_TOC, inflate_chunk, parse_toc, toc_json, toc_offset};
 use super::toc::Toc;
 use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME};
 use crate::crypto::cipher::LayerKey;
-use crate::layer::index::{ChunkSource, Extent, Layer, MAX_CHUNK, Node, bad};
+use crate::layer::index::{ChunkSource, Extent, Layer, MAX_CHUNK, Node, PREFETCH_PIECE, bad};
 use crate::layer::source::{RangeReader, RangeSource};
 use crate::layer::tarmeta::clean;
 use crate::layer::verified::{Sha256Digest, Verified};
@@ -46,10 +46,6 @@ struct EstargzChunks {
     /// Where the prioritized files end (the prefetch landmark's member).
     prioritized_end: u64,
 }
-
-/// Prioritized files are fetched in pieces of this size, so that a read
-/// waiting on the prefetch waits for one piece, not the whole region.
-const PREFETCH_PIECE: u64 = 4 << 20;
 
 /// Opens the layer: fetches the footer and TOC and checks the TOC against
 /// `anchor`. `key` decrypts an encrypted blob; `what` names the layer in
@@ -312,18 +308,15 @@ impl ChunkSource for EstargzChunks {
         }
     }
 
-    fn prefetch(&self) -> io::Result<Vec<u32>> {
+    fn prefetch(&self, most: u64) -> io::Result<Vec<u32>> {
+        let end = self.prioritized_end.min(most);
         let mut at = 0;
-        while at < self.prioritized_end {
-            let n = PREFETCH_PIECE.min(self.prioritized_end - at);
+        while at < end {
+            let n = PREFETCH_PIECE.min(end - at);
             self.src.prepare(at, n)?;
             at += n;
         }
-        let held = self
-            .chunks
-            .iter()
-            .take_while(|c| c.end <= self.prioritized_end)
-            .count();
+        let held = self.chunks.iter().take_while(|c| c.end <= end).count();
         Ok((0..held as u32).collect())
     }
 }
@@ -541,7 +534,7 @@ mod tests {
         .unwrap();
         let opened = mem.fetched.load(Ordering::Relaxed);
         assert_eq!(
-            l.prefetch().unwrap(),
+            l.prefetch(u64::MAX).unwrap(),
             [0, 1, 2, 3],
             "the four prioritized files' chunks"
         );

@@ -13,7 +13,9 @@ use super::head::{Checkpoint, Compression, Expect, Head, HeadError, Header, Piec
 use super::seal::{Binding, HeadBlob, IndexKey, Kind, SealError};
 use super::windows::{self, WindowError};
 use crate::crypto::cipher::LayerKey;
-use crate::layer::index::{ChunkSource, Layer, Meter, Node, Vouched, bad, chunk_buffer};
+use crate::layer::index::{
+    ChunkSource, Layer, Meter, Node, PREFETCH_PIECE, Vouched, bad, chunk_buffer,
+};
 use crate::layer::source::RangeSource;
 use crate::layer::stream::gzip::{GzReader, State};
 use crate::layer::stream::memo::{MEMO_BYTES, Memo};
@@ -563,23 +565,34 @@ impl ChunkSource for SeekChunks {
     /// Fetches the ciphertext, and the windows, that loading the
     /// prioritized entries' chunks needs, in as few ranges as lie near
     /// each other: a run of adjacent chunks needs its spans from the
-    /// checkpoint before its first to the end of its last.
-    fn prefetch(&self) -> io::Result<Vec<u32>> {
+    /// checkpoint before its first to the end of its last. Runs are taken
+    /// in order while the chunks and the ranges they need stay within
+    /// `most` bytes (an index lists what it likes; the node decides what
+    /// it spends).
+    fn prefetch(&self, most: u64) -> io::Result<Vec<u32>> {
         let (mut blob, mut windows) = (Vec::new(), Vec::new());
+        let (mut chunks, mut spent) = (Vec::new(), 0u64);
         for run in self.prefetch.chunk_by(|a, b| a + 1 == *b) {
             let Some((lo, hi)) = self.range_of(run) else {
                 continue;
             };
+            spent = spent
+                .saturating_add(hi - lo)
+                .saturating_add(run.len() as u64 * self.chunk);
+            if spent > most {
+                break;
+            }
             join(&mut blob, lo, hi);
+            chunks.extend_from_slice(run);
             let (start, _) = self.chunk_range(run[0]);
             if let Some(j) = self.plan(start, start + 1).checkpoint
                 && let Window::Stored { offset, len } = self.checkpoints[j].window
             {
-                windows.push((offset, offset + u64::from(len)));
+                windows.push((offset, offset.saturating_add(u64::from(len))));
             }
         }
         for (lo, hi) in blob {
-            self.src.blob.prepare(lo, hi - lo)?;
+            fetch_in_pieces(&*self.src.blob, lo, hi)?;
         }
         if let Some(w) = &self.src.windows {
             // Checkpoints ascend with the chunks; their records may not.
@@ -590,11 +603,23 @@ impl ChunkSource for SeekChunks {
             }
             // A record out of place fails its own load, not the prefetch.
             for (lo, hi) in joined.into_iter().filter(|r| r.0 < w.size()) {
-                w.prepare(lo, hi.min(w.size()) - lo)?;
+                fetch_in_pieces(&**w, lo, hi.min(w.size()))?;
             }
         }
-        Ok(self.prefetch.clone())
+        Ok(chunks)
     }
+}
+
+/// Brings `[lo, hi)` of `src` into its cache in requests of at most
+/// [`PREFETCH_PIECE`].
+fn fetch_in_pieces(src: &dyn RangeSource, lo: u64, hi: u64) -> io::Result<()> {
+    let mut at = lo;
+    while at < hi {
+        let n = PREFETCH_PIECE.min(hi - at);
+        src.prepare(at, n)?;
+        at += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -705,18 +730,28 @@ mod tests {
             }
         }
 
-        fn open(&self, ct: Vec<u8>) -> Result<(Layer, Arc<MemoryRange>), SeekError> {
+        fn unsealed(&self) -> Result<Unsealed, SeekError> {
             let binding = Binding {
                 manifest: &self.manifest,
                 layer: &self.layer,
             };
-            let u = unseal(
+            unseal(
                 &self.head,
                 &self.symkey,
                 binding,
                 &self.expect(),
                 &Unmetered,
-            )?;
+            )
+        }
+
+        /// The entries' names, in index order.
+        fn names(&self) -> Vec<String> {
+            let (l, _) = self.open(self.ct.clone()).unwrap();
+            l.nodes().iter().map(|n| n.entry.name.clone()).collect()
+        }
+
+        fn open(&self, ct: Vec<u8>) -> Result<(Layer, Arc<MemoryRange>), SeekError> {
+            let u = self.unsealed()?;
             let blob = Arc::new(MemoryRange::new(ct));
             let windows = self
                 .windows
@@ -749,20 +784,7 @@ mod tests {
         let picked = [2usize, 7, 11];
         let first = picked.iter().map(|i| format!("lib/m{i:02}.py")).collect();
         let f = fixture_with(Compression::Gzip, &files, &first);
-        let (u, dir) = (
-            unseal(
-                &f.head,
-                &f.symkey,
-                Binding {
-                    manifest: &f.manifest,
-                    layer: &f.layer,
-                },
-                &f.expect(),
-                &Unmetered,
-            )
-            .unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
+        let (u, dir) = (f.unsealed().unwrap(), tempfile::tempdir().unwrap());
         let mem = Arc::new(MemoryRange::new(f.ct.clone()));
         let wmem = Arc::new(MemoryRange::new(f.windows.clone().unwrap()));
         let disk = |name: &str, m: &Arc<MemoryRange>| {
@@ -779,7 +801,13 @@ mod tests {
             layer: f.layer.clone(),
         };
         let l = layer(u, src, "L").unwrap();
-        let chunks = l.prefetch().unwrap();
+        // The node's share bounds what an index's list can make it fetch.
+        assert!(l.prefetch(1).unwrap().is_empty());
+        assert_eq!(
+            (mem.fetched.load(Relaxed), wmem.fetched.load(Relaxed)),
+            (0, 0)
+        );
+        let chunks = l.prefetch(u64::MAX).unwrap();
         let want: Vec<u32> = picked
             .iter()
             .flat_map(|&i| {
@@ -916,14 +944,7 @@ mod tests {
     #[test]
     fn a_prioritized_list_that_breaks_its_rules_is_refused() {
         let f = fixture(Compression::Gzip);
-        let names: Vec<String> = f
-            .open(f.ct.clone())
-            .unwrap()
-            .0
-            .nodes()
-            .iter()
-            .map(|n| n.entry.name.clone())
-            .collect();
+        let names = f.names();
         let at = |name: &str| names.iter().position(|n| n == name).unwrap() as u32;
         let cases: [(Vec<u32>, Option<u32>, String); 4] = [
             (
@@ -963,7 +984,75 @@ mod tests {
             h.prioritized = vec![at("etc/small.conf")];
         });
         let (l, _) = g.open(f.ct.clone()).unwrap();
-        assert_eq!(l.prefetch().unwrap(), [0]);
+        assert_eq!(l.prefetch(u64::MAX).unwrap(), [0]);
+    }
+
+    /// A large prioritized file comes in requests of at most 4 MiB, so no
+    /// request's body is held whole and a read waits for one piece at most.
+    #[test]
+    fn a_large_prioritized_file_is_fetched_in_pieces() {
+        use crate::cache::blobs::DiskRange;
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+        struct Widest(MemoryRange, AtomicU64);
+        impl RangeSource for Widest {
+            fn size(&self) -> u64 {
+                self.0.size()
+            }
+            fn read_into(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+                self.1.fetch_max(buf.len() as u64, Relaxed);
+                self.0.read_into(offset, buf)
+            }
+            fn fetched(&self) -> u64 {
+                self.0.fetched()
+            }
+        }
+        let files = [("big.bin", noise(11 << 20, 5)), ("after", noise(1000, 6))];
+        let first = ["big.bin".to_string()].into();
+        let f = fixture_with(Compression::Gzip, &files, &first);
+        let u = f.unsealed().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let widest = Arc::new(Widest(MemoryRange::new(f.ct.clone()), AtomicU64::new(0)));
+        let src = Sources {
+            blob: Arc::new(DiskRange::open(dir.path(), &f.layer, widest.clone()).unwrap()),
+            windows: f
+                .windows
+                .clone()
+                .map(|w| Arc::new(MemoryRange::new(w)) as Arc<dyn RangeSource>),
+            layer_key: f.key.clone(),
+            manifest: f.manifest.clone(),
+            layer: f.layer.clone(),
+        };
+        let l = layer(u, src, "L").unwrap();
+        // 11 MiB from stream offset 512: 89 chunks of 128 KiB.
+        assert_eq!(l.prefetch(u64::MAX).unwrap().len(), 89);
+        assert!(widest.fetched() >= 11 << 20);
+        assert_eq!(widest.1.load(Relaxed), PREFETCH_PIECE);
+    }
+
+    /// A window record placed at the end of the address space: the
+    /// prefetch leaves it to its load, which refuses it; no overflow.
+    #[test]
+    fn a_window_record_past_any_blob_does_not_upset_the_prefetch() {
+        let f = fixture(Compression::Gzip);
+        let names = f.names();
+        let tail = names.iter().position(|n| n == "z/tail.txt").unwrap() as u32;
+        let g = resealed(&f, |h| {
+            h.header.prioritized_count = 1;
+            h.prioritized = vec![tail];
+            for c in &mut h.checkpoints {
+                if let Window::Stored { offset, .. } = &mut c.window {
+                    *offset = u64::MAX - 10;
+                }
+            }
+        });
+        let (l, _) = g.open(f.ct.clone()).unwrap();
+        assert!(!l.prefetch(u64::MAX).unwrap().is_empty());
+        let e = l.read_file("z/tail.txt", 0, 10).unwrap_err().to_string();
+        assert!(
+            e.contains("its record lies outside the windows blob"),
+            "{e}"
+        );
     }
 
     /// A piece `in_end` before its checkpoint's byte (non-decreasing, last
