@@ -706,7 +706,10 @@ fn a_bad_copy_in_the_ciphertext_cache_is_fetched_again() {
     let big = noise(8 << 20);
     let (enc, k, layer) = skopeo_gzip_image(d.path(), "big.bin", &big);
     let (mnt, state) = (d.path().join("mnt"), d.path().join("state"));
-    let m = mount(&enc, &mnt, &state, &["--key", k.private.to_str().unwrap()]).unwrap();
+    // A 16 MiB cache keeps the first 2 MiB its verified pass read, in
+    // memory; the middle of the layer is read from the ciphertext cache.
+    let key = k.private.to_str().unwrap();
+    let m = mount(&enc, &mnt, &state, &["--key", key, "--cache-size", "16M"]).unwrap();
     let hex = layer.trim_start_matches("sha256:");
     let cached = std::fs::read_dir(state.join("root/blobs/sha256"))
         .unwrap()

@@ -227,6 +227,20 @@ impl ChunkCache {
         failed.map_or(Ok(()), Err)
     }
 
+    /// Takes the chunks `layer` loaded already ([`Layer::take_kept`]) into
+    /// the cache, and gives the bytes they held back to `reserved`, the
+    /// layer's reservation.
+    pub fn adopt(&self, layer: &Layer, reserved: &Reservation) {
+        let (kept, taken) = layer.take_kept();
+        // Given back first: held twice, they would push out other chunks.
+        reserved.give(taken);
+        for (c, v) in kept {
+            if !self.shared.cached(layer.id(), c) {
+                self.shared.insert((layer.id(), c), Arc::new(v));
+            }
+        }
+    }
+
     /// Whether `chunk` of `layer` is in memory.
     pub fn is_cached(&self, layer: &Layer, chunk: u32) -> bool {
         self.shared.cached(layer.id(), chunk)
@@ -444,6 +458,48 @@ mod tests {
             c.get(&layer, k).unwrap();
         }
         assert_eq!(c.stats().held, 3000, "the whole budget again");
+    }
+
+    /// The chunks a whole-blob layer's verified pass read become its first
+    /// cached chunks: reading the layer after its mount loads none, and
+    /// the reservation is left with the index alone. Past 1/8 of the
+    /// budget the rest is not kept.
+    #[test]
+    fn a_whole_blob_layer_starts_with_the_chunks_its_verified_pass_read() {
+        use crate::layer::stream::{self, Compression, Plain, sealed::Scratch};
+        use crate::layer::testing::{noise, tar_of};
+        use std::io::Write as _;
+
+        let data = noise(3 << 20);
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&tar_of(&[("a/data.bin", data.clone())]))
+            .unwrap();
+        let gz = e.finish().unwrap();
+        let scratch = Scratch::new("/nonexistent".into(), u64::MAX);
+        for (budget, kept) in [(64u64 << 20, 13u64), (8 << 20, 4)] {
+            let c = ChunkCache::new(budget, 0);
+            let r = c.reservation();
+            let idx = stream::index(&gz[..], Compression::Gzip, &scratch, "L", &r).unwrap();
+            let src = Arc::new(crate::layer::source::MemoryRange::new(gz.clone()));
+            let layer = Arc::new(stream::layer(idx, Plain::new(src, None), "L").unwrap());
+            let before = r.bytes();
+            c.adopt(&layer, &r);
+            let full = (kept - 1) * stream::CHUNK;
+            assert!(c.stats().held >= full, "{budget}: {:?}", c.stats());
+            assert!(
+                r.bytes() < before,
+                "{budget}: the kept bytes were given back"
+            );
+            for k in 0..kept as u32 {
+                assert!(c.is_cached(&layer, k), "{budget}: chunk {k}");
+            }
+            let got = layer.read_file("a/data.bin", 0, u64::MAX).unwrap();
+            assert!(got[..] == data[..]);
+            for k in 0..kept as u32 {
+                c.get(&layer, k).unwrap();
+            }
+            assert_eq!(c.stats().loaded, 0, "{budget}");
+        }
     }
 
     #[test]

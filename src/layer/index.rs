@@ -53,6 +53,13 @@ pub trait ChunkSource: Send + Sync {
     fn prefetch(&self, _most: u64) -> io::Result<Vec<u32>> {
         Ok(Vec::new())
     }
+    /// Chunks already loaded, checked, that the source holds for the cache
+    /// to take (the whole-blob path keeps those its verified pass read),
+    /// and the bytes of the layer's meter they held, which the taker gives
+    /// back. Empty after the first call.
+    fn take_kept(&self) -> (Vec<(u32, Verified)>, u64) {
+        (Vec::new(), 0)
+    }
     /// Memory the source keeps for serving (checkpoints, digests), which
     /// the chunk cache counts against its budget.
     fn resident(&self) -> u64 {
@@ -321,6 +328,11 @@ impl Layer {
     /// See [`ChunkSource::prepare`].
     pub fn prepare(&self, chunks: &[u32], then: &[u32]) -> io::Result<()> {
         self.chunks.prepare(chunks, then)
+    }
+
+    /// Chunks loaded already, for the cache; see [`ChunkSource::take_kept`].
+    pub fn take_kept(&self) -> (Vec<(u32, Verified)>, u64) {
+        self.chunks.take_kept()
     }
 
     /// Fetches what the image marks for prefetch; see [`ChunkSource::prefetch`].

@@ -69,6 +69,7 @@ impl LayerMount {
         let fail = |e: io::Error| {
             io::Error::new(e.kind(), format!("FUSE mount at {}: {e}", dir.display()))
         };
+        cache.adopt(&layer, &reserved);
         let fs = LayerFs::new(layer.clone(), cache.clone());
         let inodes = fs.inode_count();
         let session = Session::new(fs, dir, &fuse_config()).map_err(fail)?;
@@ -115,6 +116,7 @@ impl LayerMount {
         (&theirs).write_all(&stand_in_init()).map_err(fail)?;
         let mut config = fuse_config();
         config.mount_options.clear();
+        cache.adopt(&layer, &reserved);
         let fs = LayerFs::new(layer.clone(), cache);
         let inodes = fs.inode_count();
         let session =

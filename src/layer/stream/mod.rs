@@ -60,6 +60,8 @@ pub struct Indexed {
     digests: Vec<[u8; 32]>,
     stored: Stored,
     total: u64,
+    /// Chunks 0, 1, … of the stream as the verified pass read them.
+    kept: Kept,
 }
 
 /// Where a chunk's bytes come from after indexing.
@@ -93,6 +95,12 @@ pub const MAX_SPACING: u64 = 256 << 20;
 /// Share of the memory budget one layer's inflater states may hold.
 const STATES_SHARE: u64 = 4;
 
+/// Share of the memory budget one layer may fill, while its blob is
+/// verified, with the tar-stream chunks that pass goes through: they are
+/// the layer's first cached chunks once it is mounted, instead of being
+/// decrypted and inflated again at their first read.
+const KEEP_SHARE: u64 = 8;
+
 /// Indexes the plaintext (still compressed) stream `r` to its end. A zstd
 /// stream's sealed copy goes in `scratch`. What the index holds is taken
 /// from `meter` as it grows; the caller keeps the reservation while the
@@ -107,13 +115,15 @@ pub fn index<R: Read>(
     let wrap = |e: io::Error| bad(what, e.to_string());
     match compression {
         Compression::None => {
-            let (nodes, hasher) = walk(ChunkHasher::new(r, meter, what), what)?;
+            let (nodes, mut hasher) = walk(ChunkHasher::new(r, meter, what).keeping(), what)?;
+            let kept = hasher.take_kept();
             let (digests, total, _) = hasher.finish()?;
             Ok(Indexed {
                 nodes,
                 digests,
                 stored: Stored::Tar,
                 total,
+                kept,
             })
         }
         Compression::Zstd => {
@@ -124,19 +134,22 @@ pub fn index<R: Read>(
                 inner: decoder,
                 sealed,
             };
-            let (nodes, hasher) = walk(ChunkHasher::new(tee, meter, what), what)?;
+            let (nodes, mut hasher) = walk(ChunkHasher::new(tee, meter, what).keeping(), what)?;
+            let kept = hasher.take_kept();
             let (digests, total, tee) = hasher.finish()?;
             Ok(Indexed {
                 nodes,
                 digests,
                 stored: Stored::Sealed(tee.sealed),
                 total,
+                kept,
             })
         }
         Compression::Gzip => {
             let states_room = (meter.budget() / STATES_SHARE / gzip::STATE_BYTES) as usize;
             let gz = GzReader::new(r, Some(STATE_EVERY)).with_max_saved(states_room);
-            let (nodes, hasher) = walk(ChunkHasher::new(gz, meter, what), what)?;
+            let (nodes, mut hasher) = walk(ChunkHasher::new(gz, meter, what).keeping(), what)?;
+            let kept = hasher.take_kept();
             let (digests, total, mut gz) = hasher.finish()?;
             if gz.every().is_some_and(|e| e > MAX_SPACING) {
                 return Err(bad(
@@ -163,6 +176,7 @@ pub fn index<R: Read>(
                 digests,
                 stored: Stored::Gzip(states),
                 total,
+                kept,
             })
         }
     }
@@ -245,6 +259,29 @@ pub(crate) struct ChunkHasher<'m, R> {
     digests: Vec<[u8; 32]>,
     meter: &'m dyn Meter,
     what: &'m str,
+    /// Chunks kept as they are read ([`ChunkHasher::keeping`]).
+    keep: Option<Keeping>,
+}
+
+/// Chunks of a stream kept as it is read, their memory taken from the
+/// meter, up to a share of its budget.
+struct Keeping {
+    kept: Kept,
+    /// The chunk being filled: never grown past [`CHUNK`], so no copy of
+    /// it is left behind unwiped.
+    filling: Zeroizing<Vec<u8>>,
+    /// Bytes the kept chunks may take in all.
+    room: u64,
+    /// Set once a chunk did not fit: the rest of the stream is not kept.
+    full: bool,
+}
+
+/// Chunks 0, 1, … of a tar stream, read by a pass whose caller verified
+/// the blob, and the meter's bytes they hold.
+#[derive(Default)]
+pub struct Kept {
+    chunks: Vec<Zeroizing<Vec<u8>>>,
+    taken: u64,
 }
 
 /// Chunk digests whose memory is taken from the meter at once.
@@ -265,7 +302,46 @@ impl<'m, R: Read> ChunkHasher<'m, R> {
             digests: Vec::new(),
             meter,
             what,
+            keep: None,
         }
+    }
+
+    /// Keeps the stream's chunks as they pass, up to 1/[`KEEP_SHARE`] of
+    /// the meter's budget (a chunk the meter refuses ends the keeping).
+    pub(crate) fn keeping(mut self) -> Self {
+        self.keep = Some(Keeping {
+            kept: Kept::default(),
+            filling: Zeroizing::new(Vec::with_capacity(CHUNK as usize)),
+            room: self.meter.budget() / KEEP_SHARE,
+            full: false,
+        });
+        self
+    }
+
+    /// Ends a chunk being kept: kept if it fits, else keeping stops.
+    fn keep_chunk(&mut self) {
+        let Some(k) = self.keep.as_mut() else { return };
+        let chunk = std::mem::replace(
+            &mut k.filling,
+            Zeroizing::new(Vec::with_capacity(CHUNK as usize)),
+        );
+        let len = chunk.len() as u64;
+        if k.full || len == 0 {
+            return;
+        }
+        if k.kept.taken + len > k.room || !self.meter.take(len) {
+            k.full = true;
+            return;
+        }
+        k.kept.taken += len;
+        k.kept.chunks.push(chunk);
+    }
+
+    /// The chunks kept, the last one partial if the stream ended in it;
+    /// keeping stops.
+    pub(crate) fn take_kept(&mut self) -> Kept {
+        self.keep_chunk();
+        self.keep.take().map(|k| k.kept).unwrap_or_default()
     }
 
     fn push(&mut self) -> io::Result<()> {
@@ -297,6 +373,18 @@ impl<R: Read> Read for ChunkHasher<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let mut data = &buf[..n];
+        let mut rest = data;
+        while !rest.is_empty() {
+            let Some(k) = self.keep.as_mut().filter(|k| !k.full) else {
+                break;
+            };
+            let take = (CHUNK as usize - k.filling.len()).min(rest.len());
+            k.filling.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if k.filling.len() == CHUNK as usize {
+                self.keep_chunk();
+            }
+        }
         while !data.is_empty() {
             let room = (self.unit - self.at % self.unit) as usize;
             let take = room.min(data.len());
@@ -338,6 +426,9 @@ struct StreamChunks {
     total: u64,
     /// Inflater states at chunk starts that earlier loads reached (gzip).
     memo: Mutex<Memo>,
+    /// Chunks the verified pass kept, checked, until the cache takes them;
+    /// and the meter's bytes they held.
+    kept: Mutex<(Vec<(u32, Verified)>, u64)>,
 }
 
 /// The saved state nearest before `offset` of the output (the first is at 0).
@@ -349,6 +440,23 @@ fn state_before(states: &[State], offset: u64) -> usize {
 pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
     let count = u32::try_from(indexed.total.div_ceil(CHUNK))
         .map_err(|_| bad(what, "layer has too many chunks".into()))?;
+    // Bytes the pass read from a blob its caller verified, checked again
+    // against the pieces that pass recorded, as every load is.
+    let mut kept = Vec::with_capacity(indexed.kept.chunks.len());
+    for (c, bytes) in (0u32..).zip(indexed.kept.chunks) {
+        let k0 = (u64::from(c) * CHUNK / PIECE) as usize;
+        let want: Vec<Sha256Digest> = indexed
+            .digests
+            .iter()
+            .skip(k0)
+            .take(bytes.len().div_ceil(PIECE as usize))
+            .map(|d| Sha256Digest(*d))
+            .collect();
+        match Verified::check_pieces(bytes, PIECE as usize, &want) {
+            Ok(v) => kept.push((c, v)),
+            Err(_) => break,
+        }
+    }
     let chunks = StreamChunks {
         plain,
         what: what.to_string(),
@@ -356,6 +464,7 @@ pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
         stored: indexed.stored,
         total: indexed.total,
         memo: Mutex::new(Memo::default()),
+        kept: Mutex::new((kept, indexed.kept.taken)),
     };
     Layer::new(what, indexed.nodes, Box::new(chunks), count)
 }
@@ -425,6 +534,10 @@ fn filled(len: u64, fill: impl FnOnce(&mut [u8]) -> io::Result<()>) -> io::Resul
 }
 
 impl ChunkSource for StreamChunks {
+    fn take_kept(&self) -> (Vec<(u32, Verified)>, u64) {
+        std::mem::take(&mut *crate::sync::lock(&self.kept))
+    }
+
     fn on_disk(&self) -> u64 {
         match &self.stored {
             Stored::Sealed(sealed) => sealed.len(),
@@ -614,6 +727,7 @@ mod tests {
                 stored: Stored::Gzip(states),
                 total: idx.total,
                 memo: Mutex::new(Memo::default()),
+                kept: Mutex::default(),
             }
         };
         let (good, other) = (noise(3 << 20), noise((3 << 20) + 1)[1..].to_vec());
