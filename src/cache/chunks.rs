@@ -131,6 +131,11 @@ impl Meter for Reservation {
     fn budget(&self) -> u64 {
         lock(&self.shared.lru).budget
     }
+
+    fn spare(&self) -> u64 {
+        let l = lock(&self.shared.lru);
+        l.budget.saturating_sub(l.reserved)
+    }
 }
 
 impl Drop for Reservation {
@@ -235,7 +240,12 @@ impl ChunkCache {
         // Given back first: held twice, they would push out other chunks.
         reserved.give(taken);
         for (c, v) in kept {
-            if !self.shared.cached(layer.id(), c) {
+            let fits = {
+                let l = lock(&self.shared.lru);
+                v.len() as u64 + l.reserved <= l.budget
+            };
+            // A chunk nobody asked for does not empty the cache to fit.
+            if fits && !self.shared.cached(layer.id(), c) {
                 self.shared.insert((layer.id(), c), Arc::new(v));
             }
         }
@@ -462,8 +472,12 @@ mod tests {
 
     /// The chunks a whole-blob layer's verified pass read become its first
     /// cached chunks: reading the layer after its mount loads none, and
-    /// the reservation is left with the index alone. Past 1/8 of the
-    /// budget the rest is not kept.
+    /// the reservation, which held them until then, is left with the index
+    /// alone. Past 1/8 of the budget, or with less than half of it left,
+    /// the rest is not kept.
+    /// The last chunk kept may be short.
+    const CHUNK_SLACK: u64 = crate::layer::stream::CHUNK;
+
     #[test]
     fn a_whole_blob_layer_starts_with_the_chunks_its_verified_pass_read() {
         use crate::layer::stream::{self, Compression, Plain, sealed::Scratch};
@@ -476,23 +490,35 @@ mod tests {
             .unwrap();
         let gz = e.finish().unwrap();
         let scratch = Scratch::new("/nonexistent".into(), u64::MAX);
-        for (budget, kept) in [(64u64 << 20, 13u64), (8 << 20, 4)] {
+        // (budget, bytes another layer holds, chunks kept): an eighth of
+        // the budget, and none once less than half of it is left.
+        for (budget, other, kept) in [
+            (64u64 << 20, 0, 13u64),
+            (8 << 20, 0, 4),
+            (8 << 20, 5 << 20, 0),
+        ] {
             let c = ChunkCache::new(budget, 0);
+            let elsewhere = c.reservation();
+            assert!(elsewhere.take(other));
             let r = c.reservation();
             let idx = stream::index(&gz[..], Compression::Gzip, &scratch, "L", &r).unwrap();
             let src = Arc::new(crate::layer::source::MemoryRange::new(gz.clone()));
             let layer = Arc::new(stream::layer(idx, Plain::new(src, None), "L").unwrap());
-            let before = r.bytes();
+            // As opening a layer does: the reservation holds what it keeps.
+            r.set(layer.resident(), "L").unwrap();
+            let with_kept = r.bytes();
             c.adopt(&layer, &r);
-            let full = (kept - 1) * stream::CHUNK;
-            assert!(c.stats().held >= full, "{budget}: {:?}", c.stats());
-            assert!(
-                r.bytes() < before,
-                "{budget}: the kept bytes were given back"
+            assert_eq!(r.bytes(), layer.resident(), "{budget}: the index alone");
+            assert_eq!(
+                with_kept - r.bytes(),
+                c.stats().held,
+                "{budget}: what the cache took was counted until then"
             );
+            assert!(c.stats().held + CHUNK_SLACK >= kept * stream::CHUNK);
             for k in 0..kept as u32 {
                 assert!(c.is_cached(&layer, k), "{budget}: chunk {k}");
             }
+            assert!(!c.is_cached(&layer, kept as u32), "{budget}");
             let got = layer.read_file("a/data.bin", 0, u64::MAX).unwrap();
             assert!(got[..] == data[..]);
             for k in 0..kept as u32 {

@@ -117,6 +117,11 @@ pub trait Meter: Send + Sync {
     fn give(&self, bytes: u64);
     /// The whole budget, for sizing what may be made sparser.
     fn budget(&self) -> u64;
+    /// What the budget has left to take, for what is only worth taking
+    /// while room is plenty.
+    fn spare(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// No budget: for one-shot tools that index a layer and exit.

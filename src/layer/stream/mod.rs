@@ -98,7 +98,9 @@ const STATES_SHARE: u64 = 4;
 /// Share of the memory budget one layer may fill, while its blob is
 /// verified, with the tar-stream chunks that pass goes through: they are
 /// the layer's first cached chunks once it is mounted, instead of being
-/// decrypted and inflated again at their first read.
+/// decrypted and inflated again at their first read. Only while half the
+/// budget is left for what indexes must take (all layers' together), and
+/// counted in the layer's reservation until the cache takes them.
 const KEEP_SHARE: u64 = 8;
 
 /// Indexes the plaintext (still compressed) stream `r` to its end. A zstd
@@ -167,9 +169,15 @@ pub fn index<R: Read>(
             if states.first().is_none_or(|s| s.out_pos != 0) {
                 return Err(wrap(io::Error::other("inflater states are missing")));
             }
-            // With the states the memo may keep while served.
-            if !meter.take(states.len() as u64 * gzip::STATE_BYTES + MEMO_BYTES) {
-                return Err(no_room(what, &format!("{} checkpoints", states.len())));
+            // With the states the memo may keep while served; kept chunks
+            // give way to them.
+            let need = states.len() as u64 * gzip::STATE_BYTES + MEMO_BYTES;
+            let mut kept = kept;
+            if !meter.take(need) {
+                meter.give(std::mem::take(&mut kept).taken);
+                if !meter.take(need) {
+                    return Err(no_room(what, &format!("{} checkpoints", states.len())));
+                }
             }
             Ok(Indexed {
                 nodes,
@@ -309,6 +317,10 @@ impl<'m, R: Read> ChunkHasher<'m, R> {
     /// Keeps the stream's chunks as they pass, up to 1/[`KEEP_SHARE`] of
     /// the meter's budget (a chunk the meter refuses ends the keeping).
     pub(crate) fn keeping(mut self) -> Self {
+        if self.meter.budget() == u64::MAX {
+            // Unmetered (a tool's one-shot index): nothing to cache into.
+            return self;
+        }
         self.keep = Some(Keeping {
             kept: Kept::default(),
             filling: Zeroizing::new(Vec::with_capacity(CHUNK as usize)),
@@ -329,7 +341,8 @@ impl<'m, R: Read> ChunkHasher<'m, R> {
         if k.full || len == 0 {
             return;
         }
-        if k.kept.taken + len > k.room || !self.meter.take(len) {
+        let plenty = self.meter.spare() >= self.meter.budget() / 2 + len;
+        if k.kept.taken + len > k.room || !plenty || !self.meter.take(len) {
             k.full = true;
             return;
         }
@@ -344,9 +357,23 @@ impl<'m, R: Read> ChunkHasher<'m, R> {
         self.keep.take().map(|k| k.kept).unwrap_or_default()
     }
 
+    /// Gives back what kept chunks hold, and keeps no more: what the index
+    /// must take comes first.
+    fn drop_kept(&mut self) {
+        if let Some(k) = self.keep.as_mut() {
+            self.meter.give(std::mem::take(&mut k.kept).taken);
+            k.full = true;
+        }
+    }
+
     fn push(&mut self) -> io::Result<()> {
+        let batch = (DIGEST_BATCH * 32) as u64;
         if self.digests.len().is_multiple_of(DIGEST_BATCH)
-            && !self.meter.take((DIGEST_BATCH * 32) as u64)
+            && !self.meter.take(batch)
+            && !{
+                self.drop_kept();
+                self.meter.take(batch)
+            }
         {
             return Err(no_room(
                 self.what,
@@ -550,7 +577,9 @@ impl ChunkSource for StreamChunks {
             Stored::Gzip(states) => states.len() as u64 * gzip::STATE_BYTES + MEMO_BYTES,
             _ => 0,
         };
-        states + self.digests.len() as u64 * 32
+        // Kept chunks stay counted until the cache takes them.
+        let kept = crate::sync::lock(&self.kept).1;
+        states + self.digests.len() as u64 * 32 + kept
     }
 
     fn load(&self, chunk: u32) -> io::Result<Verified> {
@@ -683,6 +712,16 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.starts_with("layer L: its index ("), "{e}");
+    }
+
+    /// A one-shot tool's unmetered index keeps no chunks: nothing would
+    /// take them, and they would double its memory.
+    #[test]
+    fn an_unmetered_index_keeps_no_chunks() {
+        let gz = gzip(&tar_with(&noise(1 << 20)));
+        let idx = index(&gz[..], Compression::Gzip, &nowhere(), "L", &Unmetered).unwrap();
+        let l = layer(idx, Plain::new(Arc::new(MemoryRange::new(gz)), None), "L").unwrap();
+        assert_eq!(l.take_kept().1, 0);
     }
 
     /// A cold read of a small file inflates only to the end of its 256 KiB
