@@ -56,11 +56,17 @@ fn skopeo_images_indexed_keep_their_digest_and_read_a_small_file_lazily() {
     ]));
     let (_, before) = digest_ref(&reg, "seek/big", "v1");
 
-    // The start-up file is listed for nodes to fetch as they mount.
+    let out = ok(lazycrypt()
+        .args(["index", "--plain-http", "--key"])
+        .arg(&pgp_sec)
+        .arg(&image));
+    assert!(out.contains("published seek index"), "{out}");
+    // Made again with the start-up file listed for nodes to fetch as they
+    // mount: nodes take this newer artifact (the mount below prefetches).
     let start_up = d.path().join("start-up.txt");
     std::fs::write(&start_up, "/m/config.bin\n").unwrap();
     let out = ok(lazycrypt()
-        .args(["index", "--plain-http", "--prioritize"])
+        .args(["index", "--plain-http", "--force", "--prioritize"])
         .arg(&start_up)
         .arg("--key")
         .arg(&pgp_sec)
@@ -82,6 +88,7 @@ fn skopeo_images_indexed_keep_their_digest_and_read_a_small_file_lazily() {
     // the fallback tag, with our artifactType and the image as subject.
     let tag = before.replace(':', "-");
     let listed = registry_json(&reg, "seek/big", &format!("manifests/{tag}"));
+    assert_eq!(listed["manifests"].as_array().unwrap().len(), 2, "{listed}");
     let entry = &listed["manifests"][0];
     assert_eq!(
         entry["artifactType"], "application/vnd.lazycrypt.seek-index.v1",

@@ -18,6 +18,8 @@ pub const HEAD_MEDIA_TYPE: &str = "application/vnd.lazycrypt.seek-index.head.v1"
 pub const WINDOWS_MEDIA_TYPE: &str = "application/vnd.lazycrypt.seek-index.windows.v1";
 /// The annotation naming the image layer a blob indexes.
 pub const LAYER_ANNOTATION: &str = "vnd.lazycrypt.seek-index.layer";
+/// When an artifact was made: nodes take the newest first.
+const CREATED: &str = "org.opencontainers.image.created";
 /// OCI's empty config.
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 pub const EMPTY_CONFIG: &[u8] = b"{}";
@@ -38,6 +40,8 @@ pub struct LayerBlobs {
 pub struct Artifact {
     pub digest: Digest,
     pub layers: HashMap<String, LayerBlobs>,
+    /// Its `org.opencontainers.image.created` (RFC 3339), or empty.
+    pub created: String,
 }
 
 /// One blob to list in a new artifact.
@@ -80,7 +84,7 @@ pub fn write(subject: &RawManifest, blobs: &[Blob], created: &str) -> RawManifes
             "digest": subject.digest.to_string(),
             "size": subject.bytes.len(),
         },
-        "annotations": { "org.opencontainers.image.created": created },
+        "annotations": { CREATED: created },
     });
     let bytes = serde_json::to_vec(&m).expect("json");
     RawManifest {
@@ -161,15 +165,23 @@ pub fn parse(raw: &RawManifest, subject: &Digest) -> Result<Artifact, ArtifactEr
             }
         }
     }
+    let created = m
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(CREATED))
+        .cloned()
+        .unwrap_or_default();
     Ok(Artifact {
         digest: raw.digest.clone(),
         layers,
+        created,
     })
 }
 
-/// The seek index artifacts `source` lists for `subject`, in listing order,
-/// at most [`MAX_CANDIDATES`]; and why each of the others listed was not
-/// taken.
+/// The seek index artifacts `source` lists for `subject`, at most
+/// [`MAX_CANDIDATES`], newest first (by their creation time, then the one
+/// listed later: an index made again with `--force` takes the place of the
+/// one before); and why each of the others listed was not taken.
 pub fn find(
     source: &dyn ImageSource,
     subject: &Digest,
@@ -204,6 +216,11 @@ pub fn find(
             Err(e) => refused.push(e.to_string()),
         }
     }
+    // RFC 3339 times in UTC, as `write` is given them, sort as text; in
+    // the same second, the one listed later (an index's fallback tag lists
+    // a new artifact after the others) first.
+    found.reverse();
+    found.sort_by(|a, b| b.created.cmp(&a.created));
     if listed.len() > MAX_CANDIDATES {
         refused.push(format!(
             "{} seek index artifacts listed; only the first {MAX_CANDIDATES} were read",
