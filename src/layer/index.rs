@@ -31,11 +31,6 @@ pub struct Node {
     pub extents: Vec<Extent>,
 }
 
-/// Prefetched ranges are fetched in requests of at most this size, so that
-/// a read waiting on the prefetch waits for one piece, not the whole region,
-/// and no request's body is larger.
-pub const PREFETCH_PIECE: u64 = 4 << 20;
-
 /// Loads one chunk as plaintext that has been checked against an anchored
 /// digest. Blocking: called from FUSE and read-ahead threads, never from
 /// async code.
@@ -48,7 +43,8 @@ pub trait ChunkSource: Send + Sync {
     /// Brings the blob ranges the image marks for prefetch (eStargz
     /// prioritized files, a seek index's prioritized entries) into the
     /// ciphertext cache, ahead of any read, in requests of at most
-    /// [`PREFETCH_PIECE`] and no further than about `most` bytes; returns
+    /// [`super::source::PREFETCH_PIECE`] and no further than about `most`
+    /// bytes; returns
     /// the chunks they hold, in the order to load them.
     fn prefetch(&self, _most: u64) -> io::Result<Vec<u32>> {
         Ok(Vec::new())

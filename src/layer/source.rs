@@ -41,6 +41,23 @@ pub trait RangeSource: Send + Sync {
     }
 }
 
+/// Prefetched ranges are fetched in requests of at most this size, so that
+/// a read waiting on the prefetch waits for one piece, not the whole region,
+/// and no request's body is larger.
+pub const PREFETCH_PIECE: u64 = 4 << 20;
+
+/// Brings `[lo, hi)` of `src` into its cache in requests of at most
+/// [`PREFETCH_PIECE`].
+pub fn prepare_in_pieces(src: &dyn RangeSource, lo: u64, hi: u64) -> io::Result<()> {
+    let mut at = lo;
+    while at < hi {
+        let n = PREFETCH_PIECE.min(hi - at);
+        src.prepare(at, n)?;
+        at += n;
+    }
+    Ok(())
+}
+
 /// The end of `[offset, offset + len)` if it lies within `size` bytes.
 pub fn range_end(offset: u64, len: u64, size: u64) -> io::Result<u64> {
     offset

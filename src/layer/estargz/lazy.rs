@@ -14,8 +14,8 @@ use super::reader::{MAX_TOC, inflate_chunk, parse_toc, toc_json, toc_offset};
 use super::toc::Toc;
 use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME};
 use crate::crypto::cipher::LayerKey;
-use crate::layer::index::{ChunkSource, Extent, Layer, MAX_CHUNK, Node, PREFETCH_PIECE, bad};
-use crate::layer::source::{RangeReader, RangeSource};
+use crate::layer::index::{ChunkSource, Extent, Layer, MAX_CHUNK, Node, bad};
+use crate::layer::source::{RangeReader, RangeSource, prepare_in_pieces};
 use crate::layer::tarmeta::clean;
 use crate::layer::verified::{Sha256Digest, Verified};
 
@@ -310,12 +310,7 @@ impl ChunkSource for EstargzChunks {
 
     fn prefetch(&self, most: u64) -> io::Result<Vec<u32>> {
         let end = self.prioritized_end.min(most);
-        let mut at = 0;
-        while at < end {
-            let n = PREFETCH_PIECE.min(end - at);
-            self.src.prepare(at, n)?;
-            at += n;
-        }
+        prepare_in_pieces(&*self.src, 0, end)?;
         let held = self.chunks.iter().take_while(|c| c.end <= end).count();
         Ok((0..held as u32).collect())
     }

@@ -503,18 +503,23 @@ mod tests {
         sizes.map(|s| 512 + s.div_ceil(512) * 512).sum::<u64>() + 512
     }
 
-    /// How far before the start of the chunk holding stream offset `at`
-    /// the nearest checkpoint lies: what a cold read there inflates first.
-    fn behind_chunk(built: &Built, at: u64) -> u64 {
-        let start = at / SEEK_CHUNK * SEEK_CHUNK;
-        let nearest = built
-            .checkpoints
-            .iter()
-            .map(|c| c.0)
-            .filter(|&o| o <= start)
-            .max()
-            .unwrap();
-        start - nearest
+    /// `built`'s windows fit `budget`, and a cold read at each stream
+    /// offset of `starts` inflates at most 320 KiB before its chunk (the
+    /// nearest checkpoint at or before the chunk's start).
+    fn assert_placed(built: &Built, budget: u64, starts: impl IntoIterator<Item = u64>) {
+        assert!(window_bytes(built) <= budget, "{}", window_bytes(built));
+        for at in starts {
+            let start = at / SEEK_CHUNK * SEEK_CHUNK;
+            let nearest = built
+                .checkpoints
+                .iter()
+                .map(|c| c.0)
+                .filter(|&o| o <= start)
+                .max()
+                .unwrap();
+            let behind = start - nearest;
+            assert!(behind <= 320 << 10, "data at {at}: {behind} behind");
+        }
     }
 
     /// Start-up files named to the indexer get the checkpoints first: ten
@@ -531,12 +536,8 @@ mod tests {
         let tar = tar_of(&files);
         let first: HashSet<String> = ["f3", "f6", "f8"].map(String::from).into();
         let (built, budget) = built_of(&tar, &first);
-        assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
-        for k in [3, 6, 8] {
-            let at = data_start((0..k).map(size));
-            let behind = behind_chunk(&built, at);
-            assert!(behind <= 320 << 10, "f{k} at {at}: {behind} behind");
-        }
+        let starts = [3, 6, 8].map(|k| data_start((0..k).map(size)));
+        assert_placed(&built, budget, starts);
     }
 
     /// A budget for one window, and a start-up file whose data begins
@@ -590,12 +591,11 @@ mod tests {
             .collect();
         let tar = tar_of(&files);
         let (built, budget) = built_of(&tar, &HashSet::new());
-        assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
-        for k in 1..20 {
-            let at = data_start((0..k).map(size));
-            let behind = behind_chunk(&built, at);
-            assert!(behind <= 320 << 10, "n{k} at {at}: {behind} behind");
-        }
+        assert_placed(
+            &built,
+            budget,
+            (1..20).map(|k| data_start((0..k).map(size))),
+        );
     }
 
     /// Small files that lie 100 KiB before each 2 MiB of the stream:
@@ -613,20 +613,11 @@ mod tests {
         files.push(("tail".into(), noise(300 << 10)));
         let tar = tar_of(&files);
         let (built, budget) = built_of(&tar, &HashSet::new());
-        assert!(window_bytes(&built) <= budget, "{}", window_bytes(&built));
-        let starts: Vec<u64> = (0..4)
-            .map(|i| {
-                let name = format!("small{i}");
-                let at = tar
-                    .windows(name.len())
-                    .position(|w| w == name.as_bytes())
-                    .unwrap();
-                at as u64 + 512
-            })
-            .collect();
-        for s in starts {
-            let behind = behind_chunk(&built, s);
-            assert!(behind <= 320 << 10, "file at {s}: {behind} behind");
-        }
+        let starts = (0..4).map(|i| {
+            let name = format!("small{i}");
+            let at = tar.windows(name.len()).position(|w| w == name.as_bytes());
+            at.unwrap() as u64 + 512
+        });
+        assert_placed(&built, budget, starts);
     }
 }

@@ -13,10 +13,8 @@ use super::head::{Checkpoint, Compression, Expect, Head, HeadError, Header, Piec
 use super::seal::{Binding, HeadBlob, IndexKey, Kind, SealError};
 use super::windows::{self, WindowError};
 use crate::crypto::cipher::LayerKey;
-use crate::layer::index::{
-    ChunkSource, Layer, Meter, Node, PREFETCH_PIECE, Vouched, bad, chunk_buffer,
-};
-use crate::layer::source::RangeSource;
+use crate::layer::index::{ChunkSource, Layer, Meter, Node, Vouched, bad, chunk_buffer};
+use crate::layer::source::{RangeSource, prepare_in_pieces};
 use crate::layer::stream::gzip::{GzReader, State};
 use crate::layer::stream::memo::{MEMO_BYTES, Memo};
 use crate::layer::verified::{Sha256Digest, Verified};
@@ -111,12 +109,12 @@ pub fn unseal(
             return Err(e.into());
         }
     };
-    let prefetch = match prefetch_chunks(&head.prioritized, &nodes) {
-        Ok(p) if meter.take(p.len() as u64 * 4) => p,
-        Ok(_) => {
-            meter.give(held);
-            return Err(SeekError::NoRoom);
-        }
+    let prefetch = prefetch_chunks(&head.prioritized, &nodes).and_then(|p| {
+        let room = meter.take(p.len() as u64 * 4);
+        room.then_some(p).ok_or(SeekError::NoRoom)
+    });
+    let prefetch = match prefetch {
+        Ok(p) => p,
         Err(e) => {
             meter.give(held);
             return Err(e);
@@ -592,7 +590,7 @@ impl ChunkSource for SeekChunks {
             }
         }
         for (lo, hi) in blob {
-            fetch_in_pieces(&*self.src.blob, lo, hi)?;
+            prepare_in_pieces(&*self.src.blob, lo, hi)?;
         }
         if let Some(w) = &self.src.windows {
             // Checkpoints ascend with the chunks; their records may not.
@@ -603,23 +601,11 @@ impl ChunkSource for SeekChunks {
             }
             // A record out of place fails its own load, not the prefetch.
             for (lo, hi) in joined.into_iter().filter(|r| r.0 < w.size()) {
-                fetch_in_pieces(&**w, lo, hi.min(w.size()))?;
+                prepare_in_pieces(&**w, lo, hi.min(w.size()))?;
             }
         }
         Ok(chunks)
     }
-}
-
-/// Brings `[lo, hi)` of `src` into its cache in requests of at most
-/// [`PREFETCH_PIECE`].
-fn fetch_in_pieces(src: &dyn RangeSource, lo: u64, hi: u64) -> io::Result<()> {
-    let mut at = lo;
-    while at < hi {
-        let n = PREFETCH_PIECE.min(hi - at);
-        src.prepare(at, n)?;
-        at += n;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1027,7 +1013,7 @@ mod tests {
         // 11 MiB from stream offset 512: 89 chunks of 128 KiB.
         assert_eq!(l.prefetch(u64::MAX).unwrap().len(), 89);
         assert!(widest.fetched() >= 11 << 20);
-        assert_eq!(widest.1.load(Relaxed), PREFETCH_PIECE);
+        assert_eq!(widest.1.load(Relaxed), crate::layer::source::PREFETCH_PIECE);
     }
 
     /// A window record placed at the end of the address space: the

@@ -282,10 +282,10 @@ impl<R: Read> GzReader<R> {
         let Some(b) = self.blocks.as_mut() else {
             return Vec::new();
         };
-        for p in std::mem::take(&mut b.pending) {
-            let reach = (out_pos - p.out).min(REACH as u64) as usize;
-            if done {
-                b.thin(&p, reach);
+        let pending = std::mem::take(&mut b.pending);
+        if done {
+            for p in pending {
+                b.thin(&p, (out_pos - p.out).min(REACH as u64) as usize);
             }
         }
         std::mem::take(&mut b.points)

@@ -117,9 +117,7 @@ pub fn index<R: Read>(
     let wrap = |e: io::Error| bad(what, e.to_string());
     match compression {
         Compression::None => {
-            let (nodes, mut hasher) = walk(ChunkHasher::new(r, meter, what).keeping(), what)?;
-            let kept = hasher.take_kept();
-            let (digests, total, _) = hasher.finish()?;
+            let (nodes, kept, digests, total, _) = walk_keeping(r, meter, what)?;
             Ok(Indexed {
                 nodes,
                 digests,
@@ -136,9 +134,7 @@ pub fn index<R: Read>(
                 inner: decoder,
                 sealed,
             };
-            let (nodes, mut hasher) = walk(ChunkHasher::new(tee, meter, what).keeping(), what)?;
-            let kept = hasher.take_kept();
-            let (digests, total, tee) = hasher.finish()?;
+            let (nodes, kept, digests, total, tee) = walk_keeping(tee, meter, what)?;
             Ok(Indexed {
                 nodes,
                 digests,
@@ -150,9 +146,7 @@ pub fn index<R: Read>(
         Compression::Gzip => {
             let states_room = (meter.budget() / STATES_SHARE / gzip::STATE_BYTES) as usize;
             let gz = GzReader::new(r, Some(STATE_EVERY)).with_max_saved(states_room);
-            let (nodes, mut hasher) = walk(ChunkHasher::new(gz, meter, what).keeping(), what)?;
-            let kept = hasher.take_kept();
-            let (digests, total, mut gz) = hasher.finish()?;
+            let (nodes, kept, digests, total, mut gz) = walk_keeping(gz, meter, what)?;
             if gz.every().is_some_and(|e| e > MAX_SPACING) {
                 return Err(bad(
                     what,
@@ -188,6 +182,18 @@ pub fn index<R: Read>(
             })
         }
     }
+}
+
+/// What [`walk_keeping`] gives: the entries, the chunks kept, a digest per
+/// [`PIECE`], the stream's length, and the stream.
+type Walked<R> = (Vec<Node>, Kept, Vec<[u8; 32]>, u64, R);
+
+/// [`walk`] over `r` hashed per piece, keeping the chunks it reads.
+fn walk_keeping<R: Read>(r: R, meter: &dyn Meter, what: &str) -> io::Result<Walked<R>> {
+    let (nodes, mut hasher) = walk(ChunkHasher::new(r, meter, what).keeping(), what)?;
+    let kept = hasher.take_kept();
+    let (digests, total, r) = hasher.finish()?;
+    Ok((nodes, kept, digests, total, r))
 }
 
 /// Walks the tar entries, then drains the stream so every byte is hashed
@@ -458,6 +464,13 @@ struct StreamChunks {
     kept: Mutex<(Vec<(u32, Verified)>, u64)>,
 }
 
+/// The digests of the pieces stream bytes `[start, end)` cover (`start` on
+/// a piece's start, `end` > `start`), if there are that many.
+fn piece_digests(digests: &[[u8; 32]], start: u64, end: u64) -> Option<Vec<Sha256Digest>> {
+    let pieces = digests.get((start / PIECE) as usize..=((end - 1) / PIECE) as usize)?;
+    Some(pieces.iter().map(|d| Sha256Digest(*d)).collect())
+}
+
 /// The saved state nearest before `offset` of the output (the first is at 0).
 fn state_before(states: &[State], offset: u64) -> usize {
     states.partition_point(|s| s.out_pos <= offset).max(1) - 1
@@ -471,14 +484,11 @@ pub fn layer(indexed: Indexed, plain: Plain, what: &str) -> io::Result<Layer> {
     // against the pieces that pass recorded, as every load is.
     let mut kept = Vec::with_capacity(indexed.kept.chunks.len());
     for (c, bytes) in (0u32..).zip(indexed.kept.chunks) {
-        let k0 = (u64::from(c) * CHUNK / PIECE) as usize;
-        let want: Vec<Sha256Digest> = indexed
-            .digests
-            .iter()
-            .skip(k0)
-            .take(bytes.len().div_ceil(PIECE as usize))
-            .map(|d| Sha256Digest(*d))
-            .collect();
+        let start = u64::from(c) * CHUNK;
+        let end = start + bytes.len() as u64;
+        let Some(want) = piece_digests(&indexed.digests, start, end) else {
+            break;
+        };
         match Verified::check_pieces(bytes, PIECE as usize, &want) {
             Ok(v) => kept.push((c, v)),
             Err(_) => break,
@@ -588,13 +598,8 @@ impl ChunkSource for StreamChunks {
             return Err(bad(&self.what, format!("no chunk {chunk}")));
         }
         let end = (start + CHUNK).min(self.total);
-        let want: Vec<Sha256Digest> = self
-            .digests
-            .get((start / PIECE) as usize..=((end - 1) / PIECE) as usize)
-            .ok_or_else(|| bad(&self.what, format!("no digests for chunk {chunk}")))?
-            .iter()
-            .map(|d| Sha256Digest(*d))
-            .collect();
+        let want = piece_digests(&self.digests, start, end)
+            .ok_or_else(|| bad(&self.what, format!("no digests for chunk {chunk}")))?;
         // The blob range the chunk comes from: if what the ciphertext cache
         // holds of it fails (to inflate, or its digests), that copy is bad
         // (the blob was verified when it was indexed) and is dropped, so the
