@@ -528,7 +528,7 @@ mod tests {
     /// before the chunk their data starts in.
     #[test]
     fn prioritized_files_get_the_checkpoints_first() {
-        // Their data starts 64 to 184 KiB into a chunk.
+        // Their data starts 59 to 118 KiB into a 128 KiB chunk.
         let size = |i: u64| (1000 << 10) + i;
         let files: Vec<_> = (0..10)
             .map(|i| (format!("f{i}"), text(size(i) as usize)))
