@@ -1984,11 +1984,18 @@ fn seek_indexed_tar_gz_images_run_through_containerd_fetching_a_fraction(line: L
         &[("weights/big.bin", &big)],
     );
     drop(big);
+    // The secret is a start-up file: nodes fetch and load it as they
+    // mount, and the scan below covers that path too.
+    let start_up = d.path().join("start-up.txt");
+    std::fs::write(&start_up, "/data/secret\n").unwrap();
     let said = ok(lazycrypt()
-        .args(["index", "--plain-http", "--key"])
+        .args(["index", "--plain-http", "--prioritize"])
+        .arg(&start_up)
+        .arg("--key")
         .arg(&k.private)
         .arg(&targz));
     assert!(said.contains("published seek index"), "{said}");
+    assert!(said.contains("(1 prioritized)"), "{said}");
     // containerd and lazycrypt reach the registry through a counting proxy.
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
     let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);
@@ -2005,6 +2012,11 @@ fn seek_indexed_tar_gz_images_run_through_containerd_fetching_a_fraction(line: L
         daemon.log()
     );
     assert!(daemon.log().contains("mounted (Seek)"), "{}", daemon.log());
+    wait_until(
+        std::time::Duration::from_secs(60),
+        || daemon.log().contains("prefetched 1 chunks"),
+        || format!("no prefetch: {}", daemon.log()),
+    );
     let served = proxy.served();
     eprintln!(
         "{line:?}: pull and run of a 66 MiB indexed image: the registry served {served} bytes"
