@@ -14,10 +14,11 @@ use crate::crypto::cipher::LayerKey;
 use crate::crypto::envelope::layer_keys;
 use crate::layer::index::Unmetered;
 use crate::layer::seekindex::artifact::{self, ARTIFACT_TYPE, Blob};
-use crate::layer::seekindex::build::{self, SpanDigests, SpanStage};
+use crate::layer::seekindex::build;
 use crate::layer::seekindex::head::{Compression, Expect};
 use crate::layer::seekindex::seal::Binding;
 use crate::layer::seekindex::serve;
+use crate::oci::chain::Chain;
 use crate::oci::digest::{Digest, VerifyingReader};
 use crate::oci::image::Image;
 use crate::oci::platform::Platform;
@@ -202,16 +203,23 @@ fn layer(
         ));
     }
     let started = Instant::now();
-    let spans = Arc::new(Mutex::new(SpanDigests::default()));
+    let spans = Arc::new(Mutex::new(Chain::new(build::SPAN)));
     let raw = src
         .blob(d)
         .with_context(|| format!("fetching layer {what}"))?;
     // The blob's digest pins its bytes (checked at its end, before
-    // anything built from them is sealed): ocicrypt's HMAC, a fourth
-    // SHA-256 pass, adds nothing here.
-    let verified = VerifyingReader::new(raw, d.digest().clone(), Some(d.size()), &what);
+    // anything built from them is sealed): ocicrypt's HMAC, another
+    // SHA-256 pass, adds nothing here. The span digests are the digest's
+    // own chaining values: one pass for both.
+    let verified = VerifyingReader::chained(
+        raw,
+        d.digest().clone(),
+        Some(d.size()),
+        &what,
+        spans.clone(),
+    );
     let key = LayerKey::from_options(&private);
-    let plain = key.decrypt_reader_pinned(verified, vec![Box::new(SpanStage(spans.clone()))]);
+    let plain = key.decrypt_reader_pinned(verified, Vec::new());
     let built = build::build(plain, compression, d.digest(), &spans, &Unmetered, first)?;
     let sealed = build::seal(&built, &private.key()[..], manifest, d.digest());
     // What readers would refuse is not published: the head is opened and

@@ -13,10 +13,10 @@ use zeroize::Zeroizing;
 use super::open::{Blob, OpenOptions};
 use crate::crypto::recipient::KeyRing;
 use crate::layer::index::{Node, Vouched};
-use crate::layer::seekindex::build::SpanDigests;
 use crate::layer::seekindex::check;
 use crate::layer::stream::Compression;
 use crate::oci::Descriptor;
+use crate::oci::chain::Chain;
 use crate::oci::transport::ImageSource;
 
 /// Streams layer `desc` whole (from the ciphertext cache where it is there;
@@ -57,7 +57,7 @@ pub fn diff_id_checking(
         return diff_id(src, desc, ring, opts, rate).map(|d| (d, None));
     };
     let blob = Blob::open(src, desc, ring, opts)?;
-    let spans = Arc::new(Mutex::new(SpanDigests::new(vouched.span)));
+    let spans = Arc::new(Mutex::new(Chain::new(vouched.span)));
     let plain = Throttled::new(blob.whole_tapped(Some(spans.clone()))?, rate);
     let result = check::compare(plain, blob.compression, &spans, vouched, served, &blob.what);
     match &result {

@@ -17,11 +17,11 @@ use crate::layer::estargz::TOC_DIGEST_ANNOTATION;
 use crate::layer::estargz::lazy::{self, Anchor};
 use crate::layer::estargz::reader::toc_json;
 use crate::layer::index::Layer;
-use crate::layer::seekindex::build::{SpanDigests, SpanTap};
 use crate::layer::source::{BlobRange, RangeSource};
 use crate::layer::stream::sealed::Scratch;
 use crate::layer::stream::{self, Compression, Plain};
 use crate::mount::seek::{self, Found, LayerBlob};
+use crate::oci::chain::Chain;
 use crate::oci::digest::VerifyingReader;
 use crate::oci::transport::ImageSource;
 use crate::oci::{Descriptor, media};
@@ -139,11 +139,12 @@ impl Blob {
         self.whole_tapped(None)
     }
 
-    /// [`Blob::whole`], its ciphertext hashed per span into `spans` on the
-    /// way (for the background check of a seek index).
+    /// [`Blob::whole`], its digest's chaining values kept in `spans` on
+    /// the way (the span digests, for the background check of a seek
+    /// index).
     pub(super) fn whole_tapped(
         &self,
-        spans: Option<Arc<std::sync::Mutex<SpanDigests>>>,
+        spans: Option<Arc<std::sync::Mutex<Chain>>>,
     ) -> io::Result<Box<dyn Read + Send>> {
         let raw: Box<dyn Read + Send> = if self.disk.is_complete() {
             Box::new(self.disk.local()?)
@@ -154,16 +155,11 @@ impl Blob {
             };
             Box::new(DiskRange::filling(&self.disk, r))
         };
-        let raw: Box<dyn Read + Send> = match spans {
-            Some(s) => Box::new(SpanTap::new(raw, s)),
-            None => raw,
+        let (digest, size) = (self.desc.digest().clone(), Some(self.desc.size()));
+        let verified = match spans {
+            Some(s) => VerifyingReader::chained(raw, digest, size, &self.what, s),
+            None => VerifyingReader::new(raw, digest, size, &self.what),
         };
-        let verified = VerifyingReader::new(
-            raw,
-            self.desc.digest().clone(),
-            Some(self.desc.size()),
-            &self.what,
-        );
         Ok(match (&self.key, &self.hmac) {
             (Some(k), Some(h)) => Box::new(k.decrypt_reader(verified, h, None, &self.what)),
             _ => Box::new(verified),

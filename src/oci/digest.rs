@@ -1,12 +1,14 @@
 //! `sha256:<hex>` digests: computing and checking them while bytes stream.
 
 use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
 pub use oci_spec::image::Digest;
 
 use super::Error;
+use super::chain::Chain;
 
 /// Parses `sha256:<64 hex>`; other algorithms are refused, as nothing here hashes them.
 pub fn parse(s: &str) -> Result<Digest, Error> {
@@ -69,7 +71,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// A reader that fails at EOF unless the bytes match `expected` digest and size.
 pub struct VerifyingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Hashing,
     len: u64,
     expected: Digest,
     expected_len: Option<u64>,
@@ -87,12 +89,53 @@ impl<R: Read> VerifyingReader<R> {
     ) -> Self {
         VerifyingReader {
             inner,
-            hasher: Sha256::new(),
+            hasher: Hashing::Whole(Sha256::new()),
             len: 0,
             expected,
             expected_len,
             what: what.into(),
             done: false,
+        }
+    }
+
+    /// Hashes into `chain` (which keeps its chaining values: the span
+    /// digests of a seek index) rather than a hasher of its own, so the
+    /// bytes pass through SHA-256 once for both.
+    pub fn chained(
+        inner: R,
+        expected: Digest,
+        expected_len: Option<u64>,
+        what: impl Into<String>,
+        chain: Arc<Mutex<Chain>>,
+    ) -> Self {
+        VerifyingReader {
+            hasher: Hashing::Chained(chain),
+            ..Self::new(inner, expected, expected_len, what)
+        }
+    }
+}
+
+/// Where a [`VerifyingReader`]'s bytes are hashed.
+enum Hashing {
+    Whole(Sha256),
+    Chained(Arc<Mutex<Chain>>),
+}
+
+impl Hashing {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hashing::Whole(h) => h.update(bytes),
+            Hashing::Chained(c) => crate::sync::lock(c).update(bytes),
+        }
+    }
+
+    fn finish(&mut self) -> Digest {
+        match self {
+            Hashing::Whole(h) => from_hasher(std::mem::take(h)),
+            Hashing::Chained(c) => {
+                let raw = crate::sync::lock(c).finish();
+                parse(&format!("sha256:{}", hex::encode(raw))).expect("well-formed digest")
+            }
         }
     }
 }
@@ -123,7 +166,7 @@ impl<R: Read> Read for VerifyingReader<R> {
                 self.what, self.len
             )));
         }
-        let got = from_hasher(std::mem::take(&mut self.hasher));
+        let got = self.hasher.finish();
         if got != self.expected {
             return Err(bad(format!(
                 "{} has digest {got}, want {}",
@@ -160,6 +203,18 @@ mod tests {
             &mut io::sink(),
         )
         .unwrap_err();
+        assert!(e.to_string().contains("has digest"), "{e}");
+        // Chained: the same checks, and the chain keeps the values.
+        let chain = Arc::new(Mutex::new(Chain::new(64)));
+        let long = vec![7u8; 200];
+        let mut r =
+            VerifyingReader::chained(&long[..], of(&long), Some(200), "blob", chain.clone());
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        let (values, len) = crate::sync::lock(&chain).values();
+        assert_eq!((values.len(), len), (4, 200));
+        let chain = Arc::new(Mutex::new(Chain::new(64)));
+        let mut r = VerifyingReader::chained(&long[..], of(b"other"), None, "blob", chain);
+        let e = io::copy(&mut r, &mut io::sink()).unwrap_err();
         assert!(e.to_string().contains("has digest"), "{e}");
         assert!(parse("sha512:00").is_err());
         assert!(parse("sha256:zz").is_err());

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod build;
+pub mod chain;
 pub mod copy;
 pub mod digest;
 pub mod hosts;

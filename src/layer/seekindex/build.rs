@@ -1,14 +1,13 @@
 //! Building a layer's seek index (docs/seek-index.md §8): one pass over the
-//! blob, its ciphertext hashed per span as it arrives ([`SpanTap`]), its
-//! plaintext inflated with block starts recorded, the tar stream hashed per
+//! blob, its digest's chaining values kept per span as it is checked
+//! ([`Chain`]: the span digests), its plaintext inflated with block starts recorded, the tar stream hashed per
 //! piece and walked for its entries; then sealed under the layer key.
 
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rand::RngCore as _;
-use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::entries;
@@ -19,6 +18,7 @@ use super::windows;
 use crate::layer::index::{Meter, Node, bad};
 use crate::layer::stream::gzip::{BlockStart, GzReader};
 use crate::layer::stream::{CHUNK, ChunkHasher, walk};
+use crate::oci::chain::Chain;
 use crate::oci::digest::Digest;
 
 /// Ciphertext bytes per span digest (§8: four disk-cache blocks; a read
@@ -46,84 +46,6 @@ const MAX_CANDIDATES: usize = 2048;
 /// Checkpoints are at most this far apart inside any stretch of the
 /// stream, whatever the files (half of [`MAX_INFLATE`]).
 const FAR: u64 = MAX_INFLATE / 2;
-
-/// SHA-256 of each span (of [`SPAN`] bytes unless told) of a stream, as it
-/// is read.
-pub struct SpanDigests {
-    span: u64,
-    hasher: Sha256,
-    at: u64,
-    digests: Vec<[u8; 32]>,
-}
-
-impl Default for SpanDigests {
-    fn default() -> Self {
-        Self::new(SPAN)
-    }
-}
-
-impl SpanDigests {
-    /// Digests of every `span` bytes (a power of two).
-    pub fn new(span: u32) -> Self {
-        SpanDigests {
-            span: u64::from(span.max(1)),
-            hasher: Sha256::new(),
-            at: 0,
-            digests: Vec::new(),
-        }
-    }
-
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let take = ((self.span - self.at % self.span) as usize).min(data.len());
-            self.hasher.update(&data[..take]);
-            self.at += take as u64;
-            data = &data[take..];
-            if self.at.is_multiple_of(self.span) {
-                self.digests.push(self.hasher.finalize_reset().into());
-            }
-        }
-    }
-
-    /// The digests of every span, the last one partial; and the length.
-    pub fn finish(&mut self) -> (Vec<[u8; 32]>, u64) {
-        if !self.at.is_multiple_of(self.span) {
-            let last = self.hasher.finalize_reset().into();
-            self.digests.push(last);
-        }
-        (std::mem::take(&mut self.digests), self.at)
-    }
-}
-
-/// Hashes the ciphertext passing through it into shared [`SpanDigests`].
-pub struct SpanTap<R> {
-    inner: R,
-    digests: Arc<Mutex<SpanDigests>>,
-}
-
-impl<R> SpanTap<R> {
-    pub fn new(inner: R, digests: Arc<Mutex<SpanDigests>>) -> Self {
-        SpanTap { inner, digests }
-    }
-}
-
-impl<R: Read> Read for SpanTap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        crate::sync::lock(&self.digests).update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// Hashes the ciphertext blocks of a pipeline into shared [`SpanDigests`]
-/// (on the thread that reads them, beside the blob digest).
-pub struct SpanStage(pub Arc<Mutex<SpanDigests>>);
-
-impl crate::pipeline::Stage for SpanStage {
-    fn process(&mut self, block: &mut [u8]) {
-        crate::sync::lock(&self.0).update(block);
-    }
-}
 
 /// A layer's index, built and not yet sealed. Holds plaintext (entries and
 /// windows): wiped on drop.
@@ -169,15 +91,15 @@ pub struct SealedIndex {
 }
 
 /// Indexes a layer from `plain`, its blob's compressed plaintext (its
-/// digest and HMAC verified by the reader at its end), while `spans` is
-/// filled from the same blob's ciphertext. `what` names the layer in
+/// digest verified by the reader at its end), while `spans` hashes the same
+/// blob's ciphertext, keeping a value every [`SPAN`] bytes. `what` names the layer in
 /// errors (its digest). The files named in `first` get checkpoints before
 /// the others ([`place`]).
 pub fn build<R: Read>(
     plain: R,
     compression: Compression,
     layer: &Digest,
-    spans: &Mutex<SpanDigests>,
+    spans: &Mutex<Chain>,
     meter: &dyn Meter,
     first: &HashSet<String>,
 ) -> io::Result<Built> {
@@ -209,7 +131,7 @@ pub fn build<R: Read>(
             (nodes, digests, total, ends, points)
         }
     };
-    let (spans, blob_size) = crate::sync::lock(spans).finish();
+    let (spans, blob_size) = crate::sync::lock(spans).values();
     let mut pieces: Vec<Piece> = digests
         .into_iter()
         .zip(ends)
@@ -474,7 +396,9 @@ mod tests {
         let gz = e.finish().unwrap();
         let budget = gz.len() as u64 / BUDGET_SHARE;
         let layer = crate::oci::digest::of(&gz);
-        let spans = Mutex::new(SpanDigests::default());
+        let mut spans = Chain::new(SPAN);
+        spans.update(&gz);
+        let spans = Mutex::new(spans);
         build(
             &gz[..],
             Compression::Gzip,

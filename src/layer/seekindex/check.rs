@@ -12,11 +12,11 @@ use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
 
-use super::build::SpanDigests;
 use super::entries;
 use crate::layer::index::{Node, Unmetered, Vouched};
 use crate::layer::stream::gzip::GzReader;
 use crate::layer::stream::{CHUNK, ChunkHasher, Compression, walk};
+use crate::oci::chain::Chain;
 
 /// Hashes what passes through it (the tar stream: the diff ID).
 /// Passes at most `left` bytes: a blob that inflates past what the index
@@ -49,14 +49,14 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
-/// Streams `plain` (the layer's compressed plaintext, whose ciphertext
-/// fills `spans` as it is read, made with the vouched span size) to its
-/// end. Returns the diff ID and, if the blob is not what the index said,
+/// Streams `plain` (the layer's compressed plaintext, whose ciphertext's
+/// digest keeps its chaining values in `spans` as it is read, made with
+/// the vouched span size) to its end. Returns the diff ID and, if the blob is not what the index said,
 /// the first difference found (one line, naming no file).
 pub fn compare<R: Read>(
     plain: R,
     compression: Compression,
-    spans: &Mutex<SpanDigests>,
+    spans: &Mutex<Chain>,
     vouched: &Vouched,
     served: &[Node],
     what: &str,
@@ -90,7 +90,7 @@ pub fn compare<R: Read>(
         return Ok((String::new(), Some(longer())));
     }
     let diff_id = format!("sha256:{}", hex::encode(tee.hasher.finalize()));
-    let (got_spans, _) = crate::sync::lock(spans).finish();
+    let (got_spans, _) = crate::sync::lock(spans).values();
     let why = if total != vouched.uncompressed {
         Some(format!(
             "its tar stream is {total} bytes, the seek index said {}",

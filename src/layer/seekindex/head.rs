@@ -24,7 +24,10 @@ const HEADER_LEN: usize = 88;
 const SPAN_LEN: usize = 32;
 const PIECE_LEN: usize = 40;
 const CHECKPOINT_LEN: usize = 36;
-const DIGEST_SHA256: u8 = 1;
+/// Span digests are SHA-256 chaining values (§5.2). Algorithm 1, each
+/// span's own SHA-256, was written before 2026-12-07 and is refused: its
+/// layers are read whole until `lazycrypt index --force` replaces it.
+const DIGEST_SHA256_CHAIN: u8 = 2;
 /// A window record: at least the tag and one byte, at most a window plus
 /// room for its own compression's worst case and the tag.
 const MIN_WINDOW_RECORD: u32 = 17;
@@ -220,8 +223,15 @@ impl<'a> Head<'a> {
             return Err(bad("its compression is not the layer media type's"));
         }
         let alg = r.u8("digest algorithm")?;
-        if alg != DIGEST_SHA256 {
-            return Err(bad(format!("digest algorithm {alg} is not SHA-256 (1)")));
+        if alg != DIGEST_SHA256_CHAIN {
+            return Err(bad(format!(
+                "digest algorithm {alg} is not SHA-256 chaining values (2){}",
+                if alg == 1 {
+                    ": an index from an older lazycrypt (`lazycrypt index --force` replaces it)"
+                } else {
+                    ""
+                }
+            )));
         }
         if r.take(2, "reserved")?.iter().any(|&b| b != 0) {
             return Err(bad("reserved header bytes are not zero"));
@@ -284,6 +294,10 @@ impl<'a> Head<'a> {
         let mut spans = Vec::with_capacity(n);
         for _ in 0..n {
             spans.push(r.digest("span digest")?);
+        }
+        if spans.last().is_some_and(|last| *last != layer) {
+            // The chain ends in the digest that pins the blob.
+            return Err(bad("its last span digest is not the layer digest"));
         }
 
         let n = r.room(ceil_div(uncompressed, piece), PIECE_LEN, "pieces")?;
@@ -379,7 +393,7 @@ impl<'a> Head<'a> {
         out.extend_from_slice(&h.layer);
         out.extend_from_slice(&h.blob_size.to_le_bytes());
         out.push(h.compression as u8);
-        out.push(DIGEST_SHA256);
+        out.push(DIGEST_SHA256_CHAIN);
         out.extend_from_slice(&[0; 2]);
         out.extend_from_slice(&h.prioritized_count.to_le_bytes());
         out.extend_from_slice(&h.uncompressed.to_le_bytes());
@@ -534,7 +548,15 @@ mod tests {
                 windows_size: 100,
                 prioritized_count: 2,
             },
-            spans: (0..ceil_div(c, s)).map(|i| [i as u8 + 9; 32]).collect(),
+            spans: (0..ceil_div(c, s))
+                .map(|i| {
+                    if i + 1 < ceil_div(c, s) {
+                        [i as u8 + 9; 32]
+                    } else {
+                        e.layer
+                    }
+                })
+                .collect(),
             pieces,
             checkpoints: vec![
                 Checkpoint {
@@ -635,6 +657,14 @@ mod tests {
         let mut h = head();
         h.header.prioritized_count = 4;
         assert!(refuse(&h, &e).contains("4 prioritized entries, more than its 3"));
+        let mut h = head();
+        h.spans.last_mut().unwrap()[0] ^= 1;
+        assert!(refuse(&h, &e).contains("its last span digest is not the layer digest"));
+        // An index from before chaining values (algorithm 1).
+        let mut bytes = padded(head().write());
+        bytes[41] = 1;
+        let old = Head::parse(&bytes, &e).unwrap_err().to_string();
+        assert!(old.contains("digest algorithm 1 is not SHA-256 chaining values (2): an index from an older lazycrypt"), "{old}");
     }
 
     /// Counts that claim more than the payload holds are refused before

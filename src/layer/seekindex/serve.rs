@@ -18,6 +18,7 @@ use crate::layer::source::{RangeSource, prepare_in_pieces};
 use crate::layer::stream::gzip::{GzReader, State};
 use crate::layer::stream::memo::{MEMO_BYTES, Memo};
 use crate::layer::verified::{Sha256Digest, Verified};
+use crate::oci::chain;
 use crate::oci::digest::Digest;
 
 /// Why a seek index cannot serve a layer; one line that names no file.
@@ -345,13 +346,19 @@ impl SeekChunks {
     }
 
     /// The first span of `buf` (starting at blob offset `lo`) that does not
-    /// match its digest.
+    /// match its digest: SHA-256's chaining value after it, run from the
+    /// one before it (the last span's is the layer digest, §5.2).
     fn check_spans(&self, lo: u64, buf: &[u8]) -> Result<(), usize> {
         let first = (lo / self.span()) as usize;
         for (n, bytes) in buf.chunks(self.span() as usize).enumerate() {
             let i = first + n;
-            let got: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(bytes).into();
-            if self.spans.get(i) != Some(&got) {
+            let before = i.checked_sub(1).and_then(|j| self.spans.get(j));
+            let got = if i + 1 < self.spans.len() {
+                chain::step(before, bytes)
+            } else {
+                Some(chain::last(before, bytes, self.header.blob_size))
+            };
+            if got.is_none() || self.spans.get(i) != got.as_ref() {
                 return Err(i);
             }
         }
@@ -615,9 +622,10 @@ mod tests {
 
     use super::*;
     use crate::layer::index::Unmetered;
-    use crate::layer::seekindex::build::{self, SpanDigests, SpanTap};
+    use crate::layer::seekindex::build;
     use crate::layer::source::MemoryRange;
     use crate::layer::testing::tar_of;
+    use crate::oci::chain::Chain;
     use crate::oci::digest;
 
     fn noise(n: usize, mut x: u64) -> Vec<u8> {
@@ -687,8 +695,9 @@ mod tests {
         key.apply_at(0, &mut ct);
         let layer = digest::of(&ct);
         let manifest = digest::of(b"the image manifest");
-        let spans = Arc::new(Mutex::new(SpanDigests::default()));
-        io::copy(&mut SpanTap::new(&ct[..], spans.clone()), &mut io::sink()).unwrap();
+        let mut spans = Chain::new(build::SPAN);
+        spans.update(&ct);
+        let spans = Mutex::new(spans);
         let built =
             build::build(&plain[..], compression, &layer, &spans, &Unmetered, first).unwrap();
         let symkey = [9u8; 32];
@@ -893,6 +902,17 @@ mod tests {
             .to_string();
         assert!(
             err.contains("span 0") && err.contains("does not match"),
+            "{err}"
+        );
+        // The last span, checked against the layer digest itself.
+        let mut bad = f.ct.clone();
+        let end = bad.len() - 1;
+        bad[end] ^= 1;
+        let (l, _) = f.open(bad).unwrap();
+        let err = l.read_file("z/tail.txt", 0, 100).unwrap_err().to_string();
+        let last = (f.ct.len() - 1) / (build::SPAN as usize);
+        assert!(
+            err.contains(&format!("span {last} ")) && err.contains("does not match"),
             "{err}"
         );
         // A window record changed: refused.
@@ -1141,8 +1161,9 @@ mod tests {
         let mut plain = f.ct.clone();
         f.key.apply_at(0, &mut plain);
         let run = |v: &Vouched, nodes: &[Node]| {
-            let spans = Arc::new(Mutex::new(SpanDigests::new(v.span)));
-            io::copy(&mut SpanTap::new(&f.ct[..], spans.clone()), &mut io::sink()).unwrap();
+            let mut spans = Chain::new(v.span);
+            spans.update(&f.ct);
+            let spans = Mutex::new(spans);
             compare(&plain[..], Stream::Gzip, &spans, v, nodes, "L").unwrap()
         };
         let want = format!(
