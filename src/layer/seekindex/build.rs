@@ -345,11 +345,26 @@ pub fn seal(built: &Built, symkey: &[u8], manifest: &Digest, layer: &Digest) -> 
     let binding = Binding { manifest, layer };
     let mut windows = windows::Writer::new();
     let mut checkpoints = Vec::with_capacity(built.checkpoints.len());
+    // Windows over data that copies nothing are all zeros (most, over
+    // incompressible data): compressed once.
+    let compress = |w: &[u8]| Zeroizing::new(miniz_oxide::deflate::compress_to_vec(w, 6));
+    let mut zeros: Option<(usize, Zeroizing<Vec<u8>>)> = None;
     for (i, (out, in_bit, window)) in built.checkpoints.iter().enumerate() {
         let kind = if window.is_empty() {
             Window::None
         } else {
-            let raw = Zeroizing::new(miniz_oxide::deflate::compress_to_vec(window, 6));
+            let raw = if window.iter().all(|&b| b == 0) {
+                match &zeros {
+                    Some((n, z)) if *n == window.len() => z.clone(),
+                    _ => {
+                        let z = compress(window);
+                        zeros = Some((window.len(), z.clone()));
+                        z
+                    }
+                }
+            } else {
+                compress(window)
+            };
             let record = key.seal(Kind::Window, i as u64, binding, &raw);
             let (offset, len) = windows.push(&record);
             Window::Stored { offset, len }

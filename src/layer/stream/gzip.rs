@@ -5,7 +5,7 @@
 
 use std::io::{self, Read};
 
-use super::sparse::{MAX_INPUT, Pending, REACH};
+use super::sparse::{MARGIN, MAX_INPUT, Pending, REACH};
 use miniz_oxide::inflate::TINFLStatus;
 use miniz_oxide::inflate::core::inflate_flags::{
     TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY,
@@ -14,6 +14,8 @@ use miniz_oxide::inflate::core::{
     BlockBoundaryState, DecompressorOxide, TINFL_LZ_DICT_SIZE, decompress_with_limit,
 };
 use zeroize::{Zeroize, Zeroizing};
+
+use crate::crypto::wipe::SecretBuf;
 
 /// Where the reader is in the gzip framing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,7 +339,9 @@ impl<R: Read> GzReader<R> {
                     in_bit,
                     partial,
                     window: window.clone(),
-                    input: Default::default(),
+                    // What stored blocks take for the output it waits for:
+                    // grown and wiped only past that.
+                    input: SecretBuf::with_capacity(REACH + MARGIN as usize + (4 << 10)),
                 });
             }
             b.points.push(BlockStart {

@@ -52,6 +52,59 @@ impl Pending {
     /// from the window (directly or through earlier output) differs between
     /// the first two and names its position in the first and third.
     pub fn thinned(&self, reach: usize) -> Option<Zeroizing<Vec<u8>>> {
+        if self.stored_past(reach) {
+            // What the inflations would find, without them: most block
+            // starts over data that does not compress are these.
+            return Some(Zeroizing::new(vec![0u8; self.window.len()]));
+        }
+        self.inflated_thin(reach)
+    }
+
+    /// Whether the blocks starting here are stored and hold at least
+    /// `reach` bytes before any other kind of block: their output is
+    /// literal, and what follows lies too far on to copy from the window
+    /// (RFC 1951 §3.2.4). Zlib's faster levels store incompressible data
+    /// in blocks of about 16 KiB, so several are followed.
+    fn stored_past(&self, reach: usize) -> bool {
+        let shift = (self.in_bit % 8) as usize;
+        // Byte `k` of the stream from `floor(in_bit / 8)`; `input` starts
+        // at `ceil(in_bit / 8)`.
+        let byte = |k: usize| -> Option<u16> {
+            match k {
+                0 => Some(self.partial),
+                _ => self.input.get(k - usize::from(shift > 0)).copied(),
+            }
+            .map(u16::from)
+        };
+        let word = |k: usize| byte(k).zip(byte(k + 1)).map(|(a, b)| a | b << 8);
+        // The next block header's byte and bit.
+        let (mut at, mut bit) = (0usize, shift);
+        let mut stored = 0usize;
+        while stored < reach {
+            let Some(head) = word(at) else {
+                return false;
+            };
+            if (head >> (bit + 1)) & 3 != 0 {
+                return false;
+            }
+            // LEN and NLEN follow the header's three bits, byte-aligned.
+            let k = at + (bit + 3).div_ceil(8);
+            let len = match (word(k), word(k + 2)) {
+                (Some(len), Some(nlen)) if nlen == !len => usize::from(len),
+                _ => return false,
+            };
+            stored += len;
+            if (head >> bit) & 1 == 1 {
+                // The member's last block: the next member starts afresh.
+                return true;
+            }
+            (at, bit) = (k + 4 + len, 0);
+        }
+        true
+    }
+
+    /// [`Pending::thinned`] found by inflating.
+    fn inflated_thin(&self, reach: usize) -> Option<Zeroizing<Vec<u8>>> {
         let w = self.window.len();
         let run = |window: &[u8]| -> Option<Zeroizing<Vec<u8>>> {
             let st = State::at_block(self.in_bit, self.partial, self.out, window)?;
@@ -78,5 +131,69 @@ impl Pending {
             }
         }
         Some(thin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(in_bit: u64, partial: u8, input: &[u8]) -> Pending {
+        let mut buf = SecretBuf::default();
+        buf.extend_from_slice(input);
+        Pending {
+            out: 1 << 20,
+            in_bit,
+            partial,
+            window: Zeroizing::new((0..REACH).map(|k| k as u8 | 1).collect()),
+            input: buf,
+        }
+    }
+
+    /// A stored block's header found at any bit offset, and only one long
+    /// enough with a matching NLEN: the window it gives is all zeros.
+    #[test]
+    fn a_long_stored_block_needs_no_window() {
+        let len = |n: u16| [n.to_le_bytes(), (!n).to_le_bytes()].concat();
+        // At a byte boundary: `partial` is `input[0]`, the header's byte.
+        let mut at0 = vec![0u8];
+        at0.extend(len(40_000));
+        assert!(pending(8 * 100, 0, &at0).stored_past(REACH));
+        // Five bits in: the header ends in the same byte.
+        assert!(pending(8 * 100 + 5, 0b0001_1111, &len(40_000)).stored_past(REACH));
+        // Six bits in: BTYPE's high bit is bit 0 of the next byte.
+        let mut at6 = vec![0u8];
+        at6.extend(len(40_000));
+        assert!(pending(8 * 100 + 6, 0b0011_1111, &at6).stored_past(REACH));
+        let thin = pending(8 * 100 + 6, 0b0011_1111, &at6)
+            .thinned(REACH)
+            .unwrap();
+        assert!(thin.iter().all(|&b| b == 0));
+        // Three stored blocks of 12,000 bytes, the next ones byte-aligned;
+        // two are not enough, nor two and then a compressed block.
+        let mut three = vec![0u8];
+        for _ in 0..3 {
+            three.extend(len(12_000));
+            three.extend(vec![0xa5; 12_000]);
+            three.push(0);
+        }
+        assert!(pending(8 * 100 + 6, 0b0011_1111, &three).stored_past(REACH));
+        let two = &three[..2 * 12_005];
+        assert!(!pending(8 * 100 + 6, 0b0011_1111, two).stored_past(REACH));
+        let mut then_compressed = three.clone();
+        then_compressed[2 * 12_005] = 0b0000_0100;
+        assert!(!pending(8 * 100 + 6, 0b0011_1111, &then_compressed).stored_past(REACH));
+        // A member's last block ends what could copy from the window.
+        let mut last = three.clone();
+        last[12_005] = 0b0000_0001;
+        assert!(pending(8 * 100 + 6, 0b0011_1111, &last).stored_past(REACH));
+        // Too short, NLEN wrong, compressed (BTYPE 1 or 2), or cut off.
+        assert!(!pending(8 * 100 + 5, 0b0001_1111, &len(1000)).stored_past(REACH));
+        let mut wrong = len(40_000);
+        wrong[3] ^= 1;
+        assert!(!pending(8 * 100 + 5, 0b0001_1111, &wrong).stored_past(REACH));
+        assert!(!pending(8 * 100 + 5, 0b1001_1111, &len(40_000)).stored_past(REACH));
+        assert!(!pending(8 * 100 + 5, 0b0101_1111, &len(40_000)).stored_past(REACH));
+        assert!(!pending(8 * 100 + 5, 0b0001_1111, &len(40_000)[..3]).stored_past(REACH));
     }
 }
