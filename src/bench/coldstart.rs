@@ -171,6 +171,10 @@ pub struct WorkloadInfo {
     pub files: usize,
     pub image_bytes: u64,
     pub read_bytes: u64,
+    /// The seek index artifact's blobs path (e) published, in bytes: what
+    /// issue 17's "fetched ≤ 1.5 × read plus the artifact" counts.
+    #[serde(default)]
+    pub artifact_bytes: Option<u64>,
 }
 
 /// Runs the benchmark; results are written to `opts.out` after every run,
@@ -227,9 +231,10 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
             files: w.layers.iter().map(Vec::len).sum::<usize>() + 3,
             image_bytes: g.image_bytes,
             read_bytes: g.read_bytes,
+            artifact_bytes: None,
         });
         // Push each variant the paths need; a failed push fails its paths.
-        let mut pushed: Vec<(&str, Result<String, String>)> = Vec::new();
+        let mut pushed: Vec<(&str, Pushed)> = Vec::new();
         for p in &opts.paths {
             if pushed.iter().any(|(t, _)| *t == p.tag()) {
                 continue;
@@ -245,8 +250,14 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
                 &skopeo_missing,
                 opts,
             );
-            if let Err(e) = &r {
-                res.notes.push(format!("{name}:{}: {e}", p.tag()));
+            match &r {
+                Err(e) => res.notes.push(format!("{name}:{}: {e}", p.tag())),
+                Ok((_, Some(bytes))) => {
+                    if let Some(info) = res.workloads.last_mut() {
+                        info.artifact_bytes = Some(*bytes);
+                    }
+                }
+                Ok(_) => {}
             }
             pushed.push((p.tag(), r));
         }
@@ -258,7 +269,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> io::Result<Results> {
                     .expect("pushed above")
                     .1;
                 let s = match image {
-                    Ok(image) => {
+                    Ok((image, _)) => {
                         let policy = signing.as_ref().filter(|_| p.signed()).map(|s| &*s.policy);
                         sample(opts, &reg, &keys, policy, &w, p, run, image)
                     }
@@ -412,6 +423,10 @@ impl SigningKey {
     }
 }
 
+/// A pushed image's reference, and the bytes of the seek index artifact
+/// published beside it, if one was.
+type Pushed = Result<(String, Option<u64>), String>;
+
 /// Pushes the `tag` variant of the workload image to `registry`.
 fn push(
     g: &Generated,
@@ -421,7 +436,7 @@ fn push(
     signing: Option<&SigningKey>,
     skopeo_missing: &[String],
     opts: &Options,
-) -> Result<String, String> {
+) -> Pushed {
     let dst = format!("{registry}/bench/{}:{tag}", g.workload.name);
     // What stargz's `optimize` records by running the image, the workload
     // declares: its start-up reads.
@@ -501,7 +516,27 @@ fn push(
             ],
         ),
     };
-    r.map(|_| dst).map_err(|e| e.to_string())
+    r.map(|out| (dst, published_bytes(&out)))
+        .map_err(|e| e.to_string())
+}
+
+/// The bytes `lazycrypt index` says it published, summed over its
+/// "published seek index … (N bytes in M blobs)" lines; `None` if none.
+fn published_bytes(out: &str) -> Option<u64> {
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("published seek index"))
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    lines
+        .iter()
+        .map(|l| {
+            let (head, _) = l.rsplit_once(" bytes in ")?;
+            head.rsplit_once('(')?.1.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 /// One cold start: a fresh node, caches dropped, then pull and run until
@@ -685,6 +720,15 @@ fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_artifact_size_is_read_from_what_index_says() {
+        let out = "linux/amd64 layer 0 sha256:ab: indexed 4 entries (0 prioritized), 1 checkpoints; artifact blobs 4152 bytes (1.00% of the layer); 0.01s, 0.00 GB/s of layer\n\
+                   linux/amd64: published seek index sha256:cd for manifest sha256:ef (523262 bytes in 39 blobs)\n\
+                   linux/arm64: published seek index sha256:01 for manifest sha256:23 (1000 bytes in 2 blobs)\n";
+        assert_eq!(published_bytes(out), Some(524262));
+        assert_eq!(published_bytes("nothing published\n"), None);
+    }
 
     /// Images kept in `--work` by a version that made other bytes (gzip
     /// level 1, before the seek index) were used as they were; now their

@@ -185,6 +185,13 @@ pub fn markdown(r: &Results) -> String {
                 " (e) fetched / read = {:.2};",
                 f.median / w.read_bytes.max(1) as f64
             ));
+            if let Some(a) = w.artifact_bytes {
+                line.push_str(&format!(
+                    " (e) artifact {}, fetched beyond it / read = {:.2};",
+                    mib(a),
+                    (f.median - a as f64) / w.read_bytes.max(1) as f64
+                ));
+            }
         }
         if let Some(f) = get(StartPath::A).and_then(|s| s.fetched_bytes) {
             line.push_str(&format!(
@@ -337,6 +344,7 @@ mod tests {
                 files: 10,
                 image_bytes: 100 << 20,
                 read_bytes: 2 << 20,
+                artifact_bytes: None,
             }],
             samples: vec![
                 sample(StartPath::A, 1, Some(100.0)),
