@@ -98,8 +98,8 @@ pub struct Vouched {
     pub piece: u32,
     pub pieces: Vec<[u8; 32]>,
     pub uncompressed: u64,
-    /// The chunk size the served entries' extents were cut in.
-    pub chunk: u64,
+    /// SHA-256 of the entries section the served entries were read from.
+    pub entries: [u8; 32],
 }
 
 /// Counts the memory a layer's index takes as it is built, against a budget

@@ -74,6 +74,16 @@ impl Verified {
         Ok(Verified(bytes))
     }
 
+    /// Bytes `[from, to)` of these: part of a range that was checked
+    /// whole (a file's chunk inside the pieces that verify it). What is
+    /// cut off stays in the buffer's capacity until it is wiped on drop.
+    pub fn within(mut self, from: usize, to: usize) -> Self {
+        let to = to.min(self.0.len());
+        self.0.truncate(to);
+        self.0.drain(..from.min(to));
+        self
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }

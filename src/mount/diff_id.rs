@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::open::{Blob, OpenOptions};
 use crate::crypto::recipient::KeyRing;
-use crate::layer::index::{Node, Vouched};
+use crate::layer::index::Vouched;
 use crate::layer::seekindex::check;
 use crate::layer::stream::Compression;
 use crate::oci::Descriptor;
@@ -42,7 +42,7 @@ pub fn diff_id(
 }
 
 /// [`diff_id`], and for a layer served through a seek index (`vouched`:
-/// what the index vouched for and the entries it served), the first way
+/// what the index vouched for, its entries among it), the first way
 /// the blob differs from what the index said, if any
 /// (docs/seek-index.md §9).
 pub fn diff_id_checking(
@@ -51,15 +51,15 @@ pub fn diff_id_checking(
     ring: &KeyRing,
     opts: &OpenOptions,
     rate: Option<u64>,
-    vouched: Option<(&Vouched, &[Node])>,
+    vouched: Option<&Vouched>,
 ) -> io::Result<(String, Option<String>)> {
-    let Some((vouched, served)) = vouched else {
+    let Some(vouched) = vouched else {
         return diff_id(src, desc, ring, opts, rate).map(|d| (d, None));
     };
     let blob = Blob::open(src, desc, ring, opts)?;
     let spans = Arc::new(Mutex::new(Chain::new(vouched.span)));
     let plain = Throttled::new(blob.whole_tapped(Some(spans.clone()))?, rate);
-    let result = check::compare(plain, blob.compression, &spans, vouched, served, &blob.what);
+    let result = check::compare(plain, blob.compression, &spans, vouched, &blob.what);
     match &result {
         Ok(_) => blob.disk.mark_complete()?,
         Err(_) => blob.disk.forget()?,

@@ -469,17 +469,13 @@ impl Remotes {
         // index vouched for, too (docs/seek-index.md §9).
         let layer = lock(&self.mounts).get(&id).map(|m| m.layer().clone());
         let vouched = layer.as_ref().and_then(|l| l.vouched());
-        let check = vouched
-            .as_ref()
-            .zip(layer.as_ref())
-            .map(|(v, l)| (v, l.nodes()));
         let (actual, why) = crate::mount::diff_id::diff_id_checking(
             src,
             &desc,
             &ring,
             &self.open_options(),
             rate,
-            check,
+            vouched.as_ref(),
         )
         .map_err(|e| layer_error(&e))?;
         Ok(if let Some(why) = why {

@@ -23,9 +23,9 @@ use crate::oci::digest::Digest;
 
 /// Ciphertext bytes per span digest (§8: four disk-cache blocks; a read
 /// over-fetches at most one span at each end).
-pub const SPAN: u32 = 64 << 10;
+pub const SPAN: u32 = 16 << 10;
 /// Tar-stream bytes per piece digest.
-pub const PIECE: u32 = 64 << 10;
+pub const PIECE: u32 = 16 << 10;
 /// Output per checkpoint the writer warns about beyond (four times this):
 /// a whole window costs about the compressed size of 32 KiB of output, so
 /// one per 2 MiB takes 1/64 of the compressed layer.
@@ -36,7 +36,7 @@ pub const SPACING: u64 = 2 << 20;
 const BUDGET_SHARE: u64 = 64;
 
 /// Least output between two block starts kept as candidate checkpoints.
-const CANDIDATE: u64 = 256 << 10;
+const CANDIDATE: u64 = 32 << 10;
 
 /// Most candidates kept while a layer is indexed (with their 32 KiB
 /// windows, 64 MiB): past 512 MiB of output they lie further apart, up to
@@ -194,10 +194,10 @@ pub fn build<R: Read>(
 /// windows that cost, compressed, at most 1/[`BUDGET_SHARE`] of the
 /// `compressed` layer, placed where reads start. The data starts of the
 /// files named in `first` (a workload's start-up files, `--prioritize`) are
-/// served first: the start of each serving chunk ([`SEEK_CHUNK`]) their
-/// data touches gets the candidate before it, as far as the budget goes (a
-/// read loads whole chunks, from the checkpoint at or before the chunk's
-/// start). Then the
+/// served first: the start of each serving chunk ([`SEEK_CHUNK`], cut from
+/// the file's own start) gets the candidate before the piece it begins in,
+/// as far as the budget goes (a read loads whole chunks, from the
+/// checkpoint at or before that piece). Then the
 /// start of every chunk holding file data and every [`FAR`] of the stream
 /// ask for the candidate before them if the last
 /// checkpoint chosen is at least `t` before; `t` is the least from
@@ -224,8 +224,11 @@ pub(crate) fn place(
             continue;
         };
         let start = u64::from(e.chunk) * CHUNK + u64::from(e.chunk_offset);
-        let end = start + n.entry.size;
-        let starts = (start / SEEK_CHUNK..end.div_ceil(SEEK_CHUNK)).map(|c| c * SEEK_CHUNK);
+        // Serving chunks lie on the file's own grid; a load starts at the
+        // piece its chunk begins in.
+        let piece = u64::from(PIECE);
+        let starts = (0..n.entry.size.div_ceil(SEEK_CHUNK))
+            .map(move |m| (start + m * SEEK_CHUNK) / piece * piece);
         if first.contains(&n.entry.name) {
             firsts.extend(starts.clone());
         }
@@ -345,26 +348,11 @@ pub fn seal(built: &Built, symkey: &[u8], manifest: &Digest, layer: &Digest) -> 
     let binding = Binding { manifest, layer };
     let mut windows = windows::Writer::new();
     let mut checkpoints = Vec::with_capacity(built.checkpoints.len());
-    // Windows over data that copies nothing are all zeros (most, over
-    // incompressible data): compressed once.
-    let compress = |w: &[u8]| Zeroizing::new(miniz_oxide::deflate::compress_to_vec(w, 6));
-    let mut zeros: Option<(usize, Zeroizing<Vec<u8>>)> = None;
     for (i, (out, in_bit, window)) in built.checkpoints.iter().enumerate() {
         let kind = if window.is_empty() {
             Window::None
         } else {
-            let raw = if window.iter().all(|&b| b == 0) {
-                match &zeros {
-                    Some((n, z)) if *n == window.len() => z.clone(),
-                    _ => {
-                        let z = compress(window);
-                        zeros = Some((window.len(), z.clone()));
-                        z
-                    }
-                }
-            } else {
-                compress(window)
-            };
+            let raw = Zeroizing::new(miniz_oxide::deflate::compress_to_vec(window, 6));
             let record = key.seal(Kind::Window, i as u64, binding, &raw);
             let (offset, len) = windows.push(&record);
             Window::Stored { offset, len }
@@ -479,24 +467,33 @@ mod tests {
         assert_placed(&built, budget, starts);
     }
 
-    /// A budget for one window, and a start-up file whose data begins
-    /// 100 KiB into its chunk, with block starts every 100 KiB: the window
-    /// goes to the block start before the chunk, which a read of the file
-    /// loads from, not to the one just before its data (which, inside the
-    /// chunk, would serve only the next chunk's reads).
+    /// A budget for one window, a start-up file whose data begins 4 KiB
+    /// into a piece, block starts every 100 KiB and one between the piece's
+    /// start and the file's data: the window goes to the block start before
+    /// the piece, which a read of the file's first chunk loads from (its
+    /// pieces are checked whole), not to the one just before its data.
     #[test]
     fn a_start_up_files_checkpoint_lies_before_its_chunk() {
         use crate::layer::stream::gzip::BlockStart;
         use crate::layer::testing::node;
 
-        let candidates: Vec<BlockStart> = (0..30u64)
-            .map(|i| BlockStart {
-                out: i * (100 << 10),
-                in_bit: i * 8 * (100 << 10) + 3,
-                window: Zeroizing::new(if i == 0 { Vec::new() } else { noise(32 << 10) }),
+        let piece = u64::from(PIECE);
+        let at = 100 * piece + (4 << 10);
+        let mut outs: Vec<u64> = (0..30u64).map(|i| i * (100 << 10)).collect();
+        outs.push(at - (2 << 10));
+        outs.sort_unstable();
+        let candidates: Vec<BlockStart> = outs
+            .iter()
+            .map(|&out| BlockStart {
+                out,
+                in_bit: out * 8 + 3,
+                window: Zeroizing::new(if out == 0 {
+                    Vec::new()
+                } else {
+                    noise(32 << 10)
+                }),
             })
             .collect();
-        let at = 16 * SEEK_CHUNK + (100 << 10);
         let mut file = node("app/start.py", "reg");
         file.entry.size = 10_000;
         file.extents = vec![crate::layer::index::Extent {
@@ -509,13 +506,9 @@ mod tests {
         // One dense window (32 KiB of noise) and a little.
         let compressed = BUDGET_SHARE * (34 << 10);
         let chosen = place(candidates, &[file], 3 << 20, compressed, &first);
-        let outs: Vec<u64> = chosen.iter().map(|c| c.out).collect();
-        assert_eq!(
-            outs,
-            [0, 20 * (100 << 10)],
-            "chunk 16 starts at {}",
-            16 * SEEK_CHUNK
-        );
+        let chosen: Vec<u64> = chosen.iter().map(|c| c.out).collect();
+        let before = (100 * piece) / (100 << 10) * (100 << 10);
+        assert_eq!(chosen, [0, before], "its piece starts at {}", 100 * piece);
     }
 
     /// Over data that barely repeats, windows are sparse and cost next to

@@ -13,7 +13,7 @@ use super::head::{Checkpoint, Compression, Expect, Head, HeadError, Header, Piec
 use super::seal::{Binding, HeadBlob, IndexKey, Kind, SealError};
 use super::windows::{self, WindowError};
 use crate::crypto::cipher::LayerKey;
-use crate::layer::index::{ChunkSource, Layer, Meter, Node, Vouched, bad, chunk_buffer};
+use crate::layer::index::{ChunkSource, Extent, Layer, Meter, Node, Vouched, bad, chunk_buffer};
 use crate::layer::source::{RangeSource, prepare_in_pieces};
 use crate::layer::stream::gzip::{GzReader, State};
 use crate::layer::stream::memo::{MEMO_BYTES, Memo};
@@ -46,12 +46,21 @@ pub enum SeekError {
 /// 64 KiB ones fetched less still but cost more time in loads than they
 /// saved (docs/benchmarks.md). The indexer places checkpoints at their
 /// starts.
-pub const SEEK_CHUNK: u64 = 128 << 10;
+pub const SEEK_CHUNK: u64 = 256 << 10;
+
+/// Each chunk's tar-stream range `[start, end)`, by chunk number.
+type Grid = Vec<(u64, u64)>;
 
 /// A head opened and checked, ready to serve its layer.
 pub struct Unsealed {
     key: IndexKey,
     chunk: u64,
+    /// Each chunk's tar-stream range: every file's data cut from its own
+    /// start (as eStargz's chunks are), so a read of a file's first bytes
+    /// loads no bytes of the file before it.
+    grid: Grid,
+    /// SHA-256 of the entries section, for the background check.
+    entries: [u8; 32],
     header: Header,
     spans: Vec<[u8; 32]>,
     pieces: Vec<Piece>,
@@ -110,6 +119,21 @@ pub fn unseal(
             return Err(e.into());
         }
     };
+    let (nodes, grid) = match file_grid(nodes, chunk) {
+        Some(g) if meter.take(g.1.len() as u64 * 16) => g,
+        Some(_) => {
+            meter.give(held);
+            return Err(SeekError::NoRoom);
+        }
+        None => {
+            meter.give(held);
+            return Err(SeekError::Entries(EntriesError::Malformed(
+                "more chunks than a layer may have".into(),
+            )));
+        }
+    };
+    let held = held + grid.len() as u64 * 16;
+    let entries_digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(head.entries).into();
     let prefetch = prefetch_chunks(&head.prioritized, &nodes).and_then(|p| {
         let room = meter.take(p.len() as u64 * 4);
         room.then_some(p).ok_or(SeekError::NoRoom)
@@ -125,6 +149,8 @@ pub fn unseal(
     Ok(Unsealed {
         key,
         chunk,
+        grid,
+        entries: entries_digest,
         header: head.header,
         spans: head.spans,
         pieces: head.pieces,
@@ -133,6 +159,37 @@ pub fn unseal(
         prefetch,
         held,
     })
+}
+
+/// `nodes` (their extents cut on the stream's grid of `chunk`) with each
+/// file's data cut in chunks of `chunk` from its own start instead, and
+/// every chunk's tar-stream range, numbered in stream order. `None` if
+/// there would be more than `u32` numbers.
+fn file_grid(mut nodes: Vec<Node>, chunk: u64) -> Option<(Vec<Node>, Grid)> {
+    let mut grid: Grid = Vec::new();
+    for n in &mut nodes {
+        let Some(first) = n.extents.first() else {
+            continue;
+        };
+        let offset = u64::from(first.chunk) * chunk + u64::from(first.chunk_offset);
+        let size = n.entry.size;
+        let mut extents = Vec::with_capacity(size.div_ceil(chunk) as usize);
+        let mut at = 0;
+        while at < size {
+            let len = chunk.min(size - at);
+            extents.push(Extent {
+                file_offset: at,
+                chunk: u32::try_from(grid.len()).ok()?,
+                chunk_offset: 0,
+                len: len as u32,
+            });
+            grid.push((offset + at, offset + at + len));
+            at += len;
+        }
+        // Never more than the stream's grid gave: the meter took those.
+        n.extents = extents;
+    }
+    Some((nodes, grid))
 }
 
 /// The chunks the `prioritized` entries' data lies in, each once, in
@@ -179,11 +236,13 @@ pub fn layer(u: Unsealed, src: Sources, what: &str) -> io::Result<Layer> {
             "the windows blob is not the one its head names".into(),
         ));
     }
-    let count = u32::try_from(u.header.uncompressed.div_ceil(u.chunk))
-        .map_err(|_| bad(what, "layer has too many chunks".into()))?;
+    let count =
+        u32::try_from(u.grid.len()).map_err(|_| bad(what, "layer has too many chunks".into()))?;
     let chunks = SeekChunks {
         what: what.to_string(),
         chunk: u.chunk,
+        grid: u.grid,
+        entries: u.entries,
         memo: std::sync::Mutex::new(Memo::default()),
         last_span: std::sync::Mutex::new(None),
         key: u.key,
@@ -201,6 +260,9 @@ pub fn layer(u: Unsealed, src: Sources, what: &str) -> io::Result<Layer> {
 struct SeekChunks {
     what: String,
     chunk: u64,
+    /// Each chunk's tar-stream range ([`Unsealed::grid`]).
+    grid: Grid,
+    entries: [u8; 32],
     /// Inflater states at chunk starts reached by earlier loads: a load
     /// goes on from the nearest one rather than from its checkpoint.
     memo: std::sync::Mutex<Memo>,
@@ -216,6 +278,9 @@ struct SeekChunks {
     held: u64,
     src: Sources,
 }
+
+/// Most spans kept, decrypted, for the next load ([`SeekChunks::keep_spans`]).
+const KEPT_SPANS: u64 = 4;
 
 /// Prefetched ranges closer than this are fetched as one: a request costs
 /// a round trip, 256 KiB about 2 ms at 1 Gbit/s.
@@ -251,10 +316,20 @@ impl SeekChunks {
         u64::from(self.header.piece)
     }
 
-    /// The stream range chunk `c` covers.
+    /// The stream range chunk `c` covers (empty if there is none).
     fn chunk_range(&self, c: u32) -> (u64, u64) {
-        let start = u64::from(c) * self.chunk;
-        (start, (start + self.chunk).min(self.header.uncompressed))
+        self.grid.get(c as usize).copied().unwrap_or((0, 0))
+    }
+
+    /// `[start, end)` widened to the pieces that verify it.
+    fn pieces_of(&self, start: u64, end: u64) -> (u64, u64) {
+        let p = self.piece();
+        (
+            start / p * p,
+            end.div_ceil(p)
+                .saturating_mul(p)
+                .min(self.header.uncompressed),
+        )
     }
 
     /// The ciphertext needed for stream bytes `[start, end)`.
@@ -311,6 +386,22 @@ impl SeekChunks {
             *crate::sync::lock(&self.last_span) = Some((at, last));
         }
         Ok(out)
+    }
+
+    /// Keeps the spans of `buf` (read from blob offset `lo`, checked and
+    /// decrypted) from the one holding blob offset `from` on, if there are
+    /// at most [`KEPT_SPANS`]: the next load in order goes on from the
+    /// inflater state at `from`, inside the last piece this one read.
+    fn keep_spans(&self, lo: u64, buf: &[u8], from: u64) {
+        let at = from / self.span() * self.span();
+        let tail = at
+            .checked_sub(lo)
+            .and_then(|skip| buf.get(usize::try_from(skip).ok()?..));
+        if let Some(tail) =
+            tail.filter(|t| !t.is_empty() && t.len() as u64 <= KEPT_SPANS * self.span())
+        {
+            *crate::sync::lock(&self.last_span) = Some((at, Zeroizing::new(tail.to_vec())));
+        }
     }
 
     /// Ciphertext `[lo, hi)` (whole spans), each span checked against its
@@ -408,8 +499,9 @@ impl SeekChunks {
     }
 
     /// Loads `[start, end)` going on from `st` (an inflater state at or
-    /// before `start`), keeping the states it passes at chunk starts.
-    fn load_on(&self, st: State, start: u64, end: u64) -> io::Result<Loaded> {
+    /// before `start`), keeping the states it passes at chunk starts;
+    /// returns the state at `mark` (a piece start in `[start, end]`).
+    fn load_on(&self, st: State, start: u64, end: u64, mark: u64) -> io::Result<Loaded> {
         let from = st.in_pos;
         let skip = start
             .checked_sub(st.out_pos)
@@ -437,12 +529,20 @@ impl SeekChunks {
                 crate::sync::lock(&self.memo).put(st);
             }
         }
+        let mark = mark.clamp(start, end);
         let mut out = chunk_buffer((end - start) as usize);
-        gz.read_exact(&mut out)?;
-        Ok((out, gz.state()))
+        let (head, tail) = out.split_at_mut((mark - start) as usize);
+        gz.read_exact(head)?;
+        let at_mark = gz.state();
+        gz.read_exact(tail)?;
+        let next = if mark < end { at_mark } else { gz.state() };
+        if let Some(st) = &next {
+            self.keep_spans(lo, &buf, st.in_pos);
+        }
+        Ok((out, next))
     }
 
-    fn load_range(&self, start: u64, end: u64) -> io::Result<Loaded> {
+    fn load_range(&self, start: u64, end: u64, mark: u64) -> io::Result<Loaded> {
         let plan = self.plan(start, end);
         let Some(j) = plan.checkpoint else {
             let (lo, hi) = self.spans_of(plan.from, plan.to);
@@ -457,7 +557,7 @@ impl SeekChunks {
         // is checked by the pieces).
         let near = crate::sync::lock(&self.memo).nearest(start, c.out);
         if let Some(st) = near
-            && let Ok(loaded) = self.load_on(st, start, end)
+            && let Ok(loaded) = self.load_on(st, start, end, mark)
         {
             return Ok(loaded);
         }
@@ -488,13 +588,14 @@ impl SeekChunks {
                 format!("checkpoint {j}: its window is too long"),
             )
         })?;
-        self.load_on(st, start, end).map_err(at_cp)
+        self.load_on(st, start, end, mark).map_err(at_cp)
     }
 
     fn range_of(&self, chunks: &[u32]) -> Option<(u64, u64)> {
         let (first, last) = (*chunks.first()?, *chunks.last()?);
         let (start, _) = self.chunk_range(first);
         let (_, end) = self.chunk_range(last);
+        let (start, end) = self.pieces_of(start, end);
         let plan = self.plan(start, end);
         Some(self.spans_of(plan.from, plan.to))
     }
@@ -506,8 +607,13 @@ impl ChunkSource for SeekChunks {
         if start >= end {
             return Err(bad(&self.what, format!("no chunk {chunk}")));
         }
-        let (bytes, state) = self.load_range(start, end)?;
-        let (k0, k1) = (start / self.piece(), (end - 1) / self.piece());
+        // Pieces are on the stream's grid, chunks on their files': the
+        // pieces around the chunk are loaded and checked, then cut.
+        let (from, to) = self.pieces_of(start, end);
+        // The next chunk of a file read in order loads from the piece this
+        // one ends in: the inflater is kept where that piece begins.
+        let (bytes, state) = self.load_range(from, to, end / self.piece() * self.piece())?;
+        let (k0, k1) = (from / self.piece(), (to - 1) / self.piece());
         let want: Vec<Sha256Digest> = self.pieces[k0 as usize..=k1 as usize]
             .iter()
             .map(|p| Sha256Digest(p.digest))
@@ -525,7 +631,7 @@ impl ChunkSource for SeekChunks {
         if let Some(st) = state {
             crate::sync::lock(&self.memo).put(st);
         }
-        Ok(verified)
+        Ok(verified.within((start - from) as usize, (end - from) as usize))
     }
 
     fn fetched(&self) -> u64 {
@@ -533,7 +639,7 @@ impl ChunkSource for SeekChunks {
     }
 
     fn resident(&self) -> u64 {
-        self.held + MEMO_BYTES + self.span()
+        self.held + MEMO_BYTES + KEPT_SPANS * self.span()
     }
 
     fn vouched(&self) -> Option<Vouched> {
@@ -543,7 +649,7 @@ impl ChunkSource for SeekChunks {
             piece: self.header.piece,
             pieces: self.pieces.iter().map(|p| p.digest).collect(),
             uncompressed: self.header.uncompressed,
-            chunk: self.chunk,
+            entries: self.entries,
         })
     }
 
@@ -581,9 +687,14 @@ impl ChunkSource for SeekChunks {
             let Some((lo, hi)) = self.range_of(run) else {
                 continue;
             };
-            spent = spent
-                .saturating_add(hi - lo)
-                .saturating_add(run.len() as u64 * self.chunk);
+            let held: u64 = run
+                .iter()
+                .map(|&c| {
+                    let (a, b) = self.chunk_range(c);
+                    b - a
+                })
+                .sum();
+            spent = spent.saturating_add(hi - lo).saturating_add(held);
             if spent > most {
                 break;
             }
@@ -915,14 +1026,33 @@ mod tests {
             err.contains(&format!("span {last} ")) && err.contains("does not match"),
             "{err}"
         );
-        // A window record changed: refused.
+        // Window records changed: refused where a read needs one.
         let mut g = fixture_like(&f);
-        let w = g.windows.as_mut().unwrap();
-        let last = w.len() - 1;
-        w[last] ^= 1;
-        let (l, _) = g.open(f.ct.clone()).unwrap();
-        let err = l.read_file("z/tail.txt", 0, 100).unwrap_err().to_string();
-        assert!(err.contains("does not open"), "{err}");
+        for b in g.windows.as_mut().unwrap().iter_mut() {
+            *b ^= 1;
+        }
+        let refused = reads_of_all(&g, "does not open");
+        assert!(refused > 0, "no read needed a window");
+    }
+
+    /// Reads 100 bytes of every file every 64 KiB, each from a layer just
+    /// opened (so from a checkpoint, not from where an earlier read left
+    /// the inflater): each is right or fails with `why`; how many failed.
+    fn reads_of_all(f: &Fixture, why: &str) -> usize {
+        let mut refused = 0;
+        for (name, data) in files() {
+            for at in (0..data.len().saturating_sub(100)).step_by(64 << 10) {
+                let (l, _) = f.open(f.ct.clone()).unwrap();
+                match l.read_file(name, at as u64, 100) {
+                    Ok(b) => assert!(b[..] == data[at..at + 100], "wrong bytes at {at}"),
+                    Err(e) => {
+                        assert!(e.to_string().contains(why), "{e}");
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        refused
     }
 
     /// The fixture's head, opened, edited as a co-recipient of the layer
@@ -1030,8 +1160,8 @@ mod tests {
             layer: f.layer.clone(),
         };
         let l = layer(u, src, "L").unwrap();
-        // 11 MiB from stream offset 512: 89 chunks of 128 KiB.
-        assert_eq!(l.prefetch(u64::MAX).unwrap().len(), 89);
+        // 11 MiB: 44 chunks of 256 KiB, cut from the file's start.
+        assert_eq!(l.prefetch(u64::MAX).unwrap().len(), 44);
         assert!(widest.fetched() >= 11 << 20);
         assert_eq!(widest.1.load(Relaxed), crate::layer::source::PREFETCH_PIECE);
     }
@@ -1042,10 +1172,10 @@ mod tests {
     fn a_window_record_past_any_blob_does_not_upset_the_prefetch() {
         let f = fixture(Compression::Gzip);
         let names = f.names();
-        let tail = names.iter().position(|n| n == "z/tail.txt").unwrap() as u32;
+        let blob = names.iter().position(|n| n == "usr/lib/blob.so").unwrap() as u32;
         let g = resealed(&f, |h| {
             h.header.prioritized_count = 1;
-            h.prioritized = vec![tail];
+            h.prioritized = vec![blob];
             for c in &mut h.checkpoints {
                 if let Window::Stored { offset, .. } = &mut c.window {
                     *offset = u64::MAX - 10;
@@ -1054,11 +1184,8 @@ mod tests {
         });
         let (l, _) = g.open(f.ct.clone()).unwrap();
         assert!(!l.prefetch(u64::MAX).unwrap().is_empty());
-        let e = l.read_file("z/tail.txt", 0, 10).unwrap_err().to_string();
-        assert!(
-            e.contains("its record lies outside the windows blob"),
-            "{e}"
-        );
+        let refused = reads_of_all(&g, "its record lies outside the windows blob");
+        assert!(refused > 0, "no read needed a window");
     }
 
     /// A piece `in_end` before its checkpoint's byte (non-decreasing, last
@@ -1160,20 +1287,20 @@ mod tests {
         let vouched = l.vouched().unwrap();
         let mut plain = f.ct.clone();
         f.key.apply_at(0, &mut plain);
-        let run = |v: &Vouched, nodes: &[Node]| {
+        let run = |v: &Vouched| {
             let mut spans = Chain::new(v.span);
             spans.update(&f.ct);
             let spans = Mutex::new(spans);
-            compare(&plain[..], Stream::Gzip, &spans, v, nodes, "L").unwrap()
+            compare(&plain[..], Stream::Gzip, &spans, v, "L").unwrap()
         };
         let want = format!(
             "sha256:{}",
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(tar_of(&files())))
         );
-        assert_eq!(run(&vouched, l.nodes()), (want.clone(), None));
+        assert_eq!(run(&vouched), (want.clone(), None));
         let mut lying = vouched.clone();
         lying.pieces[3][0] ^= 1;
-        let (d, why) = run(&lying, l.nodes());
+        let (d, why) = run(&lying);
         assert_eq!(d, want);
         assert_eq!(
             why.unwrap(),
@@ -1181,20 +1308,32 @@ mod tests {
         );
         let mut lying = vouched.clone();
         lying.spans[1][0] ^= 1;
-        assert!(
-            run(&lying, l.nodes())
-                .1
-                .unwrap()
-                .contains("ciphertext span 1")
-        );
+        assert!(run(&lying).1.unwrap().contains("ciphertext span 1"));
         // A blob longer than the index said is stopped at that length.
         let mut short = vouched.clone();
         short.uncompressed -= 1 << 20;
-        let (_, why) = run(&short, l.nodes());
+        let (_, why) = run(&short);
         assert!(why.unwrap().contains("longer than"));
-        let mut setuid = l.nodes().to_vec();
-        setuid[0].entry.mode |= 0o4000;
-        assert!(run(&vouched, &setuid).1.unwrap().contains("entries"));
+        // Entries a co-recipient changed (a setuid bit, say): the section
+        // served from is not the one the tar headers make.
+        let setuid = resealed(&f, |h| {
+            let mut nodes = entries::decode(
+                h.entries,
+                h.header.entry_count,
+                h.header.uncompressed,
+                crate::layer::stream::CHUNK,
+                &Unmetered,
+            )
+            .unwrap();
+            nodes[0].entry.mode |= 0o4000;
+            let bytes = entries::encode(&nodes, crate::layer::stream::CHUNK).unwrap();
+            h.header.entries_len = bytes.len() as u64;
+            h.entries = Box::leak(bytes.to_vec().into_boxed_slice());
+        });
+        let (l, _) = setuid.open(f.ct.clone()).unwrap();
+        assert_eq!(l.nodes()[0].entry.mode & 0o4000, 0o4000);
+        let why = run(&l.vouched().unwrap()).1.unwrap();
+        assert!(why.contains("entries"), "{why}");
     }
 
     fn fixture_like(f: &Fixture) -> Fixture {

@@ -19,6 +19,9 @@ pub const REACH: usize = 32 << 10;
 /// compressed bytes gathered hold all the first `REACH` needs.
 pub const MARGIN: u64 = 32 << 10;
 
+/// Most stored block headers [`Pending::stored_verdict`] reads.
+const MAX_STORED_BLOCKS: usize = 16;
+
 /// Most compressed bytes gathered for one window: a stream that produces
 /// its next 64 KiB from more (empty stored blocks, say) keeps that window
 /// whole rather than memory without bound.
@@ -44,7 +47,9 @@ impl Pending {
 
     /// The window with only the bytes the next `REACH` bytes of output copy
     /// from (`reach`: the output there is, if the stream ends sooner), or
-    /// `None` if the gathered input does not produce that much.
+    /// `None` if the gathered input does not produce that much. Empty if
+    /// that output copies nothing from it: the block needs no history, as
+    /// a gzip member's first does not.
     ///
     /// Three inflations tell them: with each window byte replaced by the low
     /// byte of its position, by that byte inverted, and by the high byte of
@@ -55,7 +60,7 @@ impl Pending {
         if self.stored_past(reach) {
             // What the inflations would find, without them: most block
             // starts over data that does not compress are these.
-            return Some(Zeroizing::new(vec![0u8; self.window.len()]));
+            return Some(Zeroizing::new(Vec::new()));
         }
         self.inflated_thin(reach)
     }
@@ -66,6 +71,12 @@ impl Pending {
     /// (RFC 1951 §3.2.4). Zlib's faster levels store incompressible data
     /// in blocks of about 16 KiB, so several are followed.
     fn stored_past(&self, reach: usize) -> bool {
+        self.stored_verdict(reach) == Some(true)
+    }
+
+    /// [`Pending::stored_past`] as soon as the input gathered tells: `None`
+    /// while the block headers it needs are still to come.
+    pub fn stored_verdict(&self, reach: usize) -> Option<bool> {
         let shift = (self.in_bit % 8) as usize;
         // Byte `k` of the stream from `floor(in_bit / 8)`; `input` starts
         // at `ceil(in_bit / 8)`.
@@ -80,27 +91,31 @@ impl Pending {
         // The next block header's byte and bit.
         let (mut at, mut bit) = (0usize, shift);
         let mut stored = 0usize;
-        while stored < reach {
-            let Some(head) = word(at) else {
-                return false;
-            };
+        for _ in 0..MAX_STORED_BLOCKS {
+            if stored >= reach {
+                return Some(true);
+            }
+            let head = word(at)?;
             if (head >> (bit + 1)) & 3 != 0 {
-                return false;
+                return Some(false);
             }
             // LEN and NLEN follow the header's three bits, byte-aligned.
             let k = at + (bit + 3).div_ceil(8);
-            let len = match (word(k), word(k + 2)) {
-                (Some(len), Some(nlen)) if nlen == !len => usize::from(len),
-                _ => return false,
-            };
-            stored += len;
+            let (len, nlen) = (word(k)?, word(k + 2)?);
+            if nlen != !len {
+                return Some(false);
+            }
+            stored += usize::from(len);
             if (head >> bit) & 1 == 1 {
                 // The member's last block: the next member starts afresh.
-                return true;
+                return Some(true);
             }
-            (at, bit) = (k + 4 + len, 0);
+            (at, bit) = (k + 4 + usize::from(len), 0);
         }
-        true
+        // Blocks this short (empty ones, say) are left to the inflations:
+        // the verdict is asked again as input arrives, so its work is
+        // bounded.
+        Some(stored >= reach)
     }
 
     /// [`Pending::thinned`] found by inflating.
@@ -124,13 +139,20 @@ impl Pending {
         let high: Vec<u8> = (0..w).map(|k| (k >> 8) as u8).collect();
         let (a, b, c) = (run(&low)?, run(&inverted)?, run(&high)?);
         let mut thin = Zeroizing::new(vec![0u8; w]);
+        let mut copied = false;
         for i in 0..reach {
             if a[i] != b[i] {
                 let k = usize::from(a[i]) | usize::from(c[i]) << 8;
                 *thin.get_mut(k)? = self.window[k];
+                copied = true;
             }
         }
-        Some(thin)
+        // Not "all zeros": a copied byte may be zero.
+        Some(if copied {
+            thin
+        } else {
+            Zeroizing::new(Vec::new())
+        })
     }
 }
 
@@ -168,7 +190,7 @@ mod tests {
         let thin = pending(8 * 100 + 6, 0b0011_1111, &at6)
             .thinned(REACH)
             .unwrap();
-        assert!(thin.iter().all(|&b| b == 0));
+        assert!(thin.is_empty());
         // Three stored blocks of 12,000 bytes, the next ones byte-aligned;
         // two are not enough, nor two and then a compressed block.
         let mut three = vec![0u8];
