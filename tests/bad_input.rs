@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
 
 struct Fixture {
-    dir: tempfile::TempDir,
+    dir: Tmp,
     plain: String,
     enc: String,
     key: RsaKeys,

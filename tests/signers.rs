@@ -25,7 +25,7 @@ const SIMPLESIGNING_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+js
 /// An encrypted eStargz image pushed to `REPO:v1` and signed by cosign in
 /// one format; a second cosign key that did not sign it.
 struct Signed {
-    d: tempfile::TempDir,
+    d: Tmp,
     reg: Registry,
     repo: String,
     reference: String,

@@ -42,12 +42,40 @@ use sha2::{Digest, Sha256};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lazycrypt");
 
-/// A temporary directory that lives as long as the value.
-pub fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
+/// A temporary directory that lives as long as the value. Whatever is
+/// still mounted under it when it goes (the tmpfs uppers of containers a
+/// test's daemon left running, FUSE layers of a test that failed half-way)
+/// is detached first, so no test leaves mounts behind.
+pub struct Tmp(tempfile::TempDir);
+
+impl std::ops::Deref for Tmp {
+    type Target = tempfile::TempDir;
+    fn deref(&self) -> &tempfile::TempDir {
+        &self.0
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let dir = self.0.path().to_string_lossy().into_owned();
+        let mounted = std::fs::read_to_string("/proc/self/mounts")
+            .map(|m| {
+                m.lines()
+                    .any(|l| l.split(' ').nth(1).is_some_and(|p| p.starts_with(&dir)))
+            })
+            .unwrap_or(false);
+        if mounted {
+            containerd::unmount_under(self.0.path());
+        }
+    }
+}
+
+/// A temporary directory that lives as long as the value ([`Tmp`]).
+pub fn tmp() -> Tmp {
+    Tmp(tempfile::Builder::new()
         .prefix("lazycrypt-test-")
         .tempdir()
-        .expect("tempdir")
+        .expect("tempdir"))
 }
 
 /// Runs a command, returning its output; panics only if it cannot start.
@@ -436,7 +464,7 @@ pub fn free_port() -> u16 {
 pub struct Registry {
     pub addr: String,
     child: Child,
-    _dir: tempfile::TempDir,
+    _dir: Tmp,
 }
 
 impl Registry {
