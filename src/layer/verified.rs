@@ -74,14 +74,15 @@ impl Verified {
         Ok(Verified(bytes))
     }
 
-    /// Bytes `[from, to)` of these: part of a range that was checked
-    /// whole (a file's chunk inside the pieces that verify it). What is
-    /// cut off stays in the buffer's capacity until it is wiped on drop.
-    pub fn within(mut self, from: usize, to: usize) -> Self {
-        let to = to.min(self.0.len());
-        self.0.truncate(to);
-        self.0.drain(..from.min(to));
-        self
+    /// Bytes `[from, to)` of these (part of a range that was checked
+    /// whole: a file's chunk inside the pieces that verify it), in a buffer
+    /// of their own size (the cache counts lengths); `None` if the range
+    /// is not inside them. The whole buffer is wiped as it drops.
+    pub fn within(self, from: usize, to: usize) -> Option<Self> {
+        let part = self.0.get(from..to)?;
+        let mut out = super::index::chunk_buffer(part.len());
+        out.copy_from_slice(part);
+        Some(Verified(out))
     }
 
     pub fn bytes(&self) -> &[u8] {

@@ -62,6 +62,9 @@ pub struct Header {
     pub entry_count: u32,
     pub checkpoint_count: u32,
     pub entries_len: u64,
+    /// The entries section is deflated (RFC 1951) §5.5 bytes, not the
+    /// bytes themselves (header byte 42).
+    pub entries_deflated: bool,
     pub windows_size: u64,
     /// Entries listed for prefetch (§5.6).
     pub prioritized_count: u32,
@@ -233,7 +236,12 @@ impl<'a> Head<'a> {
                 }
             )));
         }
-        if r.take(2, "reserved")?.iter().any(|&b| b != 0) {
+        let entries_deflated = match r.u8("entries encoding")? {
+            0 => false,
+            1 => true,
+            e => return Err(bad(format!("entries encoding {e} is not 0 or 1"))),
+        };
+        if r.u8("reserved")? != 0 {
             return Err(bad("reserved header bytes are not zero"));
         }
         let prioritized_count = r.u32("prioritized count")?;
@@ -286,6 +294,7 @@ impl<'a> Head<'a> {
             entry_count,
             checkpoint_count,
             entries_len,
+            entries_deflated,
             windows_size,
             prioritized_count,
         };
@@ -394,7 +403,8 @@ impl<'a> Head<'a> {
         out.extend_from_slice(&h.blob_size.to_le_bytes());
         out.push(h.compression as u8);
         out.push(DIGEST_SHA256_CHAIN);
-        out.extend_from_slice(&[0; 2]);
+        out.push(u8::from(h.entries_deflated));
+        out.push(0);
         out.extend_from_slice(&h.prioritized_count.to_le_bytes());
         out.extend_from_slice(&h.uncompressed.to_le_bytes());
         out.extend_from_slice(&h.span.to_le_bytes());
@@ -545,6 +555,7 @@ mod tests {
                 entry_count: 3,
                 checkpoint_count: 2,
                 entries_len: 5,
+                entries_deflated: false,
                 windows_size: 100,
                 prioritized_count: 2,
             },

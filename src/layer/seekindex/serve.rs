@@ -38,14 +38,12 @@ pub enum SeekError {
     Prioritized(u32),
 }
 
-/// Tar-stream bytes per chunk a layer served through a seek index is read
-/// in (at least one piece): a cold read of a small file fetches and
-/// inflates up to the end of its chunk. Half an eStargz chunk: these lie
-/// on the stream's grid, not a file's, so a read of a file's first 256 KiB
-/// takes three of them (384 KiB) where 256 KiB chunks took two (512 KiB);
-/// 64 KiB ones fetched less still but cost more time in loads than they
-/// saved (docs/benchmarks.md). The indexer places checkpoints at their
-/// starts.
+/// Most tar-stream bytes per chunk a layer served through a seek index is
+/// read in (at least one piece), cut from each file's own start as
+/// eStargz's chunks are: a read of a file's first 256 KiB loads one chunk,
+/// a small file's chunk is the file. (On the stream's grid, 128 KiB had
+/// fetched the least; cut per file, 256 KiB does: docs/benchmarks.md.)
+/// The indexer places checkpoints before the pieces they begin in.
 pub const SEEK_CHUNK: u64 = 256 << 10;
 
 /// Each chunk's tar-stream range `[start, end)`, by chunk number.
@@ -105,8 +103,15 @@ pub fn unseal(
         return Err(SeekError::NoRoom);
     }
     let chunk = SEEK_CHUNK.max(u64::from(head.header.piece));
+    let plain_entries = match entries_bytes(&head) {
+        Ok(e) => e,
+        Err(e) => {
+            meter.give(held);
+            return Err(e);
+        }
+    };
     let nodes = entries::decode(
-        head.entries,
+        &plain_entries,
         head.header.entry_count,
         head.header.uncompressed,
         chunk,
@@ -119,21 +124,23 @@ pub fn unseal(
             return Err(e.into());
         }
     };
-    let (nodes, grid) = match file_grid(nodes, chunk) {
-        Some(g) if meter.take(g.1.len() as u64 * 16) => g,
-        Some(_) => {
-            meter.give(held);
-            return Err(SeekError::NoRoom);
-        }
-        None => {
-            meter.give(held);
-            return Err(SeekError::Entries(EntriesError::Malformed(
-                "more chunks than a layer may have".into(),
-            )));
-        }
+    // The file grid never has more chunks than the stream's grid had
+    // extents: its table is taken from the meter before it is made.
+    let most: usize = nodes.iter().map(|n| n.extents.len()).sum();
+    let table = most as u64 * std::mem::size_of::<(u64, u64)>() as u64;
+    if !meter.take(table) {
+        meter.give(held);
+        return Err(SeekError::NoRoom);
+    }
+    let held = held + table;
+    let Some((nodes, grid)) = file_grid(nodes, chunk, most) else {
+        meter.give(held);
+        return Err(SeekError::Entries(EntriesError::Malformed(
+            "more chunks than a layer may have".into(),
+        )));
     };
-    let held = held + grid.len() as u64 * 16;
-    let entries_digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(head.entries).into();
+    let entries_digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&plain_entries).into();
+    drop(plain_entries);
     let prefetch = prefetch_chunks(&head.prioritized, &nodes).and_then(|p| {
         let room = meter.take(p.len() as u64 * 4);
         room.then_some(p).ok_or(SeekError::NoRoom)
@@ -161,12 +168,38 @@ pub fn unseal(
     })
 }
 
+/// Most bytes a deflated entries section may inflate to (§5.1 byte 42):
+/// 64 times what it takes in the head, and 64 MiB in all.
+const MAX_ENTRIES_INFLATED: usize = 64 << 20;
+
+/// The entries section's §5.5 bytes: as stored, or inflated within
+/// [`MAX_ENTRIES_INFLATED`] (a bomb is refused, not allocated). Plaintext
+/// names: wiped on drop.
+fn entries_bytes(head: &Head<'_>) -> Result<Zeroizing<Vec<u8>>, SeekError> {
+    if !head.header.entries_deflated {
+        return Ok(Zeroizing::new(head.entries.to_vec()));
+    }
+    let limit = head
+        .entries
+        .len()
+        .saturating_mul(64)
+        .saturating_add(64 << 10)
+        .min(MAX_ENTRIES_INFLATED);
+    miniz_oxide::inflate::decompress_to_vec_with_limit(head.entries, limit)
+        .map(Zeroizing::new)
+        .map_err(|_| {
+            SeekError::Entries(EntriesError::Malformed(format!(
+                "the deflated entries section does not inflate to at most {limit} bytes"
+            )))
+        })
+}
+
 /// `nodes` (their extents cut on the stream's grid of `chunk`) with each
 /// file's data cut in chunks of `chunk` from its own start instead, and
 /// every chunk's tar-stream range, numbered in stream order. `None` if
 /// there would be more than `u32` numbers.
-fn file_grid(mut nodes: Vec<Node>, chunk: u64) -> Option<(Vec<Node>, Grid)> {
-    let mut grid: Grid = Vec::new();
+fn file_grid(mut nodes: Vec<Node>, chunk: u64, most: usize) -> Option<(Vec<Node>, Grid)> {
+    let mut grid: Grid = Vec::with_capacity(most);
     for n in &mut nodes {
         let Some(first) = n.extents.first() else {
             continue;
@@ -412,6 +445,12 @@ impl SeekChunks {
         loop {
             blob.prepare(lo, hi - lo)?;
             let mut buf = Zeroizing::new(blob.read_range(lo, hi - lo)?);
+            if buf.len() as u64 != hi - lo {
+                return Err(bad(
+                    &self.what,
+                    format!("blob offset {lo}: {} bytes read of {}", buf.len(), hi - lo),
+                ));
+            }
             match self.check_spans(lo, &buf) {
                 Ok(()) => {
                     self.src.layer_key.apply_at(lo, &mut buf);
@@ -631,7 +670,9 @@ impl ChunkSource for SeekChunks {
         if let Some(st) = state {
             crate::sync::lock(&self.memo).put(st);
         }
-        Ok(verified.within((start - from) as usize, (end - from) as usize))
+        verified
+            .within((start - from) as usize, (end - from) as usize)
+            .ok_or_else(|| bad(&self.what, format!("chunk {chunk} came back short")))
     }
 
     fn fetched(&self) -> u64 {
@@ -700,7 +741,9 @@ impl ChunkSource for SeekChunks {
             }
             join(&mut blob, lo, hi);
             chunks.extend_from_slice(run);
-            let (start, _) = self.chunk_range(run[0]);
+            // A load starts at the piece its first chunk begins in.
+            let (start, end) = self.chunk_range(run[0]);
+            let (start, _) = self.pieces_of(start, end);
             if let Some(j) = self.plan(start, start + 1).checkpoint
                 && let Window::Stored { offset, len } = self.checkpoints[j].window
             {
@@ -1055,6 +1098,37 @@ mod tests {
         refused
     }
 
+    /// A deflated entries section that inflates far past its size (a bomb)
+    /// is refused before it is allocated whole.
+    #[test]
+    fn a_deflated_entries_bomb_is_refused() {
+        let f = fixture(Compression::Gzip);
+        let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; 16 << 20], 6);
+        let g = resealed(&f, |h| {
+            h.header.entries_deflated = true;
+            h.header.entries_len = bomb.len() as u64;
+            h.entries = Box::leak(bomb.clone().into_boxed_slice());
+        });
+        let e = g.open(f.ct.clone()).err().unwrap().to_string();
+        assert!(e.contains("does not inflate to at most"), "{e}");
+    }
+
+    /// Checkpoints a co-recipient (or a writer's bug) says need no history
+    /// where the data after them does copy from it: reads through them
+    /// fail their pieces' check, never give other bytes.
+    #[test]
+    fn a_checkpoint_without_the_window_it_needs_fails_reads_not_bytes() {
+        let f = fixture(Compression::Gzip);
+        let g = resealed(&f, |h| {
+            for c in &mut h.checkpoints {
+                c.window = Window::None;
+                c.window_len = 0;
+            }
+        });
+        let refused = reads_of_all(&g, "does not match its seek index's piece digests");
+        assert!(refused > 0, "no read needed a window");
+    }
+
     /// The fixture's head, opened, edited as a co-recipient of the layer
     /// key could, and sealed again under the same salt.
     fn resealed(f: &Fixture, edit: impl FnOnce(&mut Head<'_>)) -> Fixture {
@@ -1317,8 +1391,9 @@ mod tests {
         // Entries a co-recipient changed (a setuid bit, say): the section
         // served from is not the one the tar headers make.
         let setuid = resealed(&f, |h| {
+            let raw = entries_bytes(h).unwrap();
             let mut nodes = entries::decode(
-                h.entries,
+                &raw,
                 h.header.entry_count,
                 h.header.uncompressed,
                 crate::layer::stream::CHUNK,
@@ -1328,6 +1403,7 @@ mod tests {
             nodes[0].entry.mode |= 0o4000;
             let bytes = entries::encode(&nodes, crate::layer::stream::CHUNK).unwrap();
             h.header.entries_len = bytes.len() as u64;
+            h.header.entries_deflated = false;
             h.entries = Box::leak(bytes.to_vec().into_boxed_slice());
         });
         let (l, _) = setuid.open(f.ct.clone()).unwrap();

@@ -78,12 +78,14 @@ impl Pending {
     /// while the block headers it needs are still to come.
     pub fn stored_verdict(&self, reach: usize) -> Option<bool> {
         let shift = (self.in_bit % 8) as usize;
-        // Byte `k` of the stream from `floor(in_bit / 8)`; `input` starts
-        // at `ceil(in_bit / 8)`.
+        // Byte `k` of the stream from `floor(in_bit / 8)`: `partial` when
+        // the block starts inside it (else `partial` is not that byte),
+        // then `input`, which starts at `ceil(in_bit / 8)`.
         let byte = |k: usize| -> Option<u16> {
-            match k {
-                0 => Some(self.partial),
-                _ => self.input.get(k - usize::from(shift > 0)).copied(),
+            match (shift, k) {
+                (0, k) => self.input.get(k).copied(),
+                (_, 0) => Some(self.partial),
+                (_, k) => self.input.get(k - 1).copied(),
             }
             .map(u16::from)
         };
@@ -177,10 +179,16 @@ mod tests {
     #[test]
     fn a_long_stored_block_needs_no_window() {
         let len = |n: u16| [n.to_le_bytes(), (!n).to_le_bytes()].concat();
-        // At a byte boundary: `partial` is `input[0]`, the header's byte.
+        // At a byte boundary the header is `input[0]`; `partial` is not
+        // that byte (the inflater passes 0).
         let mut at0 = vec![0u8];
         at0.extend(len(40_000));
         assert!(pending(8 * 100, 0, &at0).stored_past(REACH));
+        // A fixed-Huffman block there whose next bytes happen to look like
+        // LEN and NLEN is no stored block (it was once read from `partial`).
+        let mut fixed = vec![0b0000_0010u8];
+        fixed.extend(len(40_000));
+        assert!(!pending(8 * 100, 0, &fixed).stored_past(REACH));
         // Five bits in: the header ends in the same byte.
         assert!(pending(8 * 100 + 5, 0b0001_1111, &len(40_000)).stored_past(REACH));
         // Six bits in: BTYPE's high bit is bit 0 of the next byte.
