@@ -1656,33 +1656,85 @@ fn a_cri_pull_mounts_encrypted_layers_lazily(line: Line) {
     daemon.stop();
 }
 
-#[test]
-fn the_layers_above_are_opened_ahead_of_their_prepare() {
-    let d = tmp();
-    let reg = Registry::start();
-    // Three layers of 4 MiB each, encrypted by skopeo as tar.gz: each is
-    // fetched whole, verified and indexed when it is opened.
+/// Three layers of 4 MiB each, encrypted by skopeo as tar.gz (each is
+/// fetched whole, verified and indexed when it is opened), pushed as
+/// `multi/app:v1`: its reference, manifest digest, layers, chain IDs and
+/// key.
+fn three_layer_image(
+    d: &Path,
+    reg: &Registry,
+) -> (String, String, Vec<String>, Vec<String>, common::RsaKeys) {
     let mut layer_dirs = Vec::new();
     for i in 0..3 {
-        let l = d.path().join(format!("l{i}"));
+        let l = d.join(format!("l{i}"));
         std::fs::create_dir_all(&l).unwrap();
         std::fs::write(l.join(format!("f{i}")), common::noise(4 << 20)).unwrap();
         std::fs::write(l.join(format!("t{i}")), format!("layer {i}\n")).unwrap();
         layer_dirs.push(l);
     }
-    let plain = format!("oci:{}:plain", d.path().join("img").display());
+    let plain = format!("oci:{}:plain", d.join("img").display());
     let mut build = lazycrypt();
     build.arg("build");
     for l in &layer_dirs {
         build.arg("--layer").arg(l);
     }
     ok(build.args(["--", &plain]));
-    let k = common::rsa_keys(d.path(), "k");
+    let k = common::rsa_keys(d, "k");
     let image = reg.image("multi/app:v1");
     let recipient = format!("jwe:{}", k.public.display());
     common::skopeo_encrypt(&plain, &image, &[recipient], None);
     let (manifest, layers) = manifest_and_layers(&image);
     let chain = chains(&image);
+    (image, manifest, layers, chain, k)
+}
+
+/// Every layer of an image reads its manifest (tens of KiB with ocicrypt's
+/// wrapped keys in each layer's annotations): the daemon reads it once.
+#[test]
+fn an_images_layers_read_its_manifest_once() {
+    let d = tmp();
+    let reg = Registry::start();
+    let (_, manifest, layers, chain, k) = three_layer_image(d.path(), &reg);
+    let proxy = common::faults::FaultProxy::start(&reg.addr);
+    let name = format!("{}/multi/app:v1", proxy.addr);
+    let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);
+    let daemon = Daemon::start_with(d.path(), &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        for i in 0..3 {
+            // containerd's labels alone: each Prepare resolves its layer.
+            let mut l = layer_labels(&chain[i], &name, &manifest, &layers[i]);
+            l.insert("containerd.io/snapshot.ref".into(), chain[i].clone());
+            let parent = if i == 0 {
+                String::new()
+            } else {
+                chain[i - 1].clone()
+            };
+            let r = c
+                .prepare(pb::PrepareSnapshotRequest {
+                    key: format!("k{i}"),
+                    parent,
+                    labels: l,
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(code(r).0, Code::AlreadyExists);
+        }
+    });
+    let reads = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.contains(&format!("/manifests/{manifest}")))
+        .count();
+    assert_eq!(reads, 1, "{:#?}", proxy.requests());
+    daemon.stop();
+}
+
+#[test]
+fn the_layers_above_are_opened_ahead_of_their_prepare() {
+    let d = tmp();
+    let reg = Registry::start();
+    let (_, manifest, layers, chain, k) = three_layer_image(d.path(), &reg);
     let proxy = common::mounts::CountingProxy::start(&reg.addr);
     let name = format!("{}/multi/app:v1", proxy.addr);
     let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);

@@ -204,6 +204,10 @@ pub struct Remotes {
     opening: Mutex<HashMap<String, (Instant, Opening)>>,
     /// Seek indexes found per image manifest, for a while.
     seek_found: Mutex<HashMap<String, (Instant, SeekCell)>>,
+    /// Image manifests read (checked against their digests), for a while:
+    /// every layer of an image reads its manifest, which with ocicrypt's
+    /// wrapped keys in each layer's annotations is tens of KiB.
+    manifests: Mutex<HashMap<String, (Instant, Arc<ImageManifest>)>>,
     /// Where zstd layers' sealed copies go, under their disk budget.
     scratch: Scratch,
     keeper: Option<Keeper>,
@@ -226,6 +230,10 @@ type SeekCell = Arc<OnceLock<Arc<Found>>>;
 /// How long a layer opened ahead waits for the Prepare that wants it
 /// before it is dropped, with the memory its index holds.
 const OPENED_AHEAD_TTL: Duration = Duration::from_secs(600);
+
+/// Image manifests kept at most ([`Remotes::manifests`]; a node runs a few
+/// images at a time, and a manifest is at most `MAX_MANIFEST`).
+const MAX_MANIFESTS_KEPT: usize = 32;
 
 /// Largest image config read to find a layer's diff ID.
 const MAX_CONFIG: u64 = 8 << 20;
@@ -275,6 +283,7 @@ impl Remotes {
             late: KeyedLocks::default(),
             opening: Mutex::new(HashMap::new()),
             seek_found: Mutex::new(HashMap::new()),
+            manifests: Mutex::new(HashMap::new()),
             keeper,
             inherited: Mutex::new(inherited),
         }
@@ -374,8 +383,29 @@ impl Remotes {
 
     /// The manifest `remote` names, read (and checked against its digest)
     /// from its image's registry.
-    fn manifest(&self, remote: &Remote) -> Result<(Arc<dyn ImageSource>, ImageManifest)> {
+    fn manifest(&self, remote: &Remote) -> Result<(Arc<dyn ImageSource>, Arc<ImageManifest>)> {
         let src = self.source(&remote.image)?;
+        let key = opening_key(&remote.image, &remote.manifest, "");
+        let now = Instant::now();
+        {
+            let mut m = lock(&self.manifests);
+            m.retain(|_, (at, _)| now.duration_since(*at) < OPENED_AHEAD_TTL);
+            if let Some((_, found)) = m.get(&key) {
+                return Ok((src, found.clone()));
+            }
+        }
+        // Read without the lock held: two layers asking at once may both
+        // read it, one keeps it.
+        let found = Arc::new(self.read_manifest(&*src, remote)?);
+        let mut m = lock(&self.manifests);
+        if m.len() >= MAX_MANIFESTS_KEPT {
+            m.clear();
+        }
+        m.insert(key, (now, found.clone()));
+        Ok((src, found))
+    }
+
+    fn read_manifest(&self, src: &dyn ImageSource, remote: &Remote) -> Result<ImageManifest> {
         let want = crate::oci::digest::parse(&remote.manifest)
             .map_err(|e| Error::invalid(format!("manifest digest {}: {e}", remote.manifest)))?;
         let mdesc = Descriptor::new(oci_spec::image::MediaType::ImageManifest, 0, want);
@@ -385,13 +415,12 @@ impl Remotes {
                 format!("manifest {} of {}: {e}", remote.manifest, remote.image),
             )
         })?;
-        let m: ImageManifest = serde_json::from_slice(&raw.bytes).map_err(|e| {
+        serde_json::from_slice(&raw.bytes).map_err(|e| {
             Error::invalid(format!(
                 "manifest {} of {}: {e}",
                 remote.manifest, remote.image
             ))
-        })?;
-        Ok((src, m))
+        })
     }
 
     /// Finds the layer's descriptor in its manifest; fills `remote.descriptor`.
