@@ -30,7 +30,12 @@ pub fn of(bytes: &[u8]) -> Digest {
 
 /// The digest a finished hasher computed.
 pub fn from_hasher(h: Sha256) -> Digest {
-    parse(&format!("sha256:{}", hex::encode(h.finalize()))).expect("well-formed digest")
+    from_raw(h.finalize().into())
+}
+
+/// The digest whose raw SHA-256 is `raw`.
+fn from_raw(raw: [u8; 32]) -> Digest {
+    parse(&format!("sha256:{}", hex::encode(raw))).expect("well-formed digest")
 }
 
 /// A writer that counts and hashes what passes through it.
@@ -132,10 +137,7 @@ impl Hashing {
     fn finish(&mut self) -> Digest {
         match self {
             Hashing::Whole(h) => from_hasher(std::mem::take(h)),
-            Hashing::Chained(c) => {
-                let raw = crate::sync::lock(c).finish();
-                parse(&format!("sha256:{}", hex::encode(raw))).expect("well-formed digest")
-            }
+            Hashing::Chained(c) => from_raw(crate::sync::lock(c).finish()),
         }
     }
 }

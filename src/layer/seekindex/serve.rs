@@ -414,9 +414,7 @@ impl SeekChunks {
             None => self.read_fresh(lo, hi)?,
         };
         if hi > lo {
-            let at = (hi - 1) / self.span() * self.span();
-            let last = Zeroizing::new(out[(at - lo) as usize..].to_vec());
-            *crate::sync::lock(&self.last_span) = Some((at, last));
+            self.keep_spans(lo, &out, hi - 1);
         }
         Ok(out)
     }

@@ -182,6 +182,19 @@ impl Blocks {
         }
     }
 
+    /// The pending points `pick` chooses, the others left waiting (no
+    /// allocation when it chooses none, as on most calls).
+    fn take_pending(&mut self, pick: impl Fn(&Pending) -> bool) -> Vec<Pending> {
+        if !self.pending.iter().any(&pick) {
+            return Vec::new();
+        }
+        let (picked, waiting) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| pick(p));
+        self.pending = waiting;
+        picked
+    }
+
     /// A pending point that gathered too much input: its window whole.
     fn keep_whole(&mut self, p: Pending) {
         if let Ok(i) = self.points.binary_search_by_key(&p.out, |q| q.out) {
@@ -464,29 +477,14 @@ impl<R: Read> GzReader<R> {
                 p.input
                     .extend_from_slice(&self.input[self.in_at..self.in_at + n]);
             }
-            if b.pending.iter().any(|p| p.input.len() > MAX_INPUT) {
-                let (over, waiting) = std::mem::take(&mut b.pending)
-                    .into_iter()
-                    .partition::<Vec<_>, _>(|p| p.input.len() > MAX_INPUT);
-                b.pending = waiting;
-                for p in over {
-                    b.keep_whole(p);
-                }
+            for p in b.take_pending(|p| p.input.len() > MAX_INPUT) {
+                b.keep_whole(p);
             }
             // Windows behind stored blocks are thinned (to nothing) as soon
             // as their headers are in, rather than gathering the input
             // for three inflations that would find nothing.
-            if b.pending
-                .iter()
-                .any(|p| p.stored_verdict(REACH) == Some(true))
-            {
-                let (done, waiting) = std::mem::take(&mut b.pending)
-                    .into_iter()
-                    .partition::<Vec<_>, _>(|p| p.stored_verdict(REACH) == Some(true));
-                b.pending = waiting;
-                for p in done {
-                    b.thin(p, REACH);
-                }
+            for p in b.take_pending(|p| p.stored_verdict(REACH) == Some(true)) {
+                b.thin(p, REACH);
             }
         }
         self.in_at += n;
@@ -580,14 +578,8 @@ impl<R: Read> GzReader<R> {
                         b.piece_ends.push(self.st.in_pos);
                     }
                     let out_pos = self.st.out_pos;
-                    if b.pending.first().is_some_and(|p| p.ready(out_pos)) {
-                        let (ready, waiting) = std::mem::take(&mut b.pending)
-                            .into_iter()
-                            .partition::<Vec<_>, _>(|p| p.ready(out_pos));
-                        b.pending = waiting;
-                        for p in ready {
-                            b.thin(p, REACH);
-                        }
+                    for p in b.take_pending(|p| p.ready(out_pos)) {
+                        b.thin(p, REACH);
                     }
                 }
                 match status {
