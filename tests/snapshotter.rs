@@ -425,6 +425,15 @@ fn read_through(opts: &str, target: &Path, file: &str) -> String {
     got.unwrap()
 }
 
+/// A counter on the daemon's metrics page at `addr`.
+fn metric(addr: &str, name: &str) -> u64 {
+    let page = common::http_get(addr, "/metrics");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing: {page}"))
+}
+
 fn fuse_mounts_under(dir: &Path) -> usize {
     std::fs::read_to_string("/proc/self/mounts")
         .unwrap()
@@ -472,8 +481,14 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
         let (cd, _) = code(prepare_labelled(c, "x2", "", layer_labels(l.as_str(), &name, &manifest, &layer)).await);
         assert_eq!(cd, Code::AlreadyExists);
 
-        // A container over it: its upper layer is on a tmpfs.
+        // A container over it: its upper layer is on a tmpfs. Its Prepare
+        // does not unwrap the layer's key again: the same key files
+        // unwrapped it when the layer was opened.
+        let unwraps = || metric(&metrics_addr, "lazycrypt_key_unwraps_total");
+        let before = unwraps();
+        assert!(before >= 1);
         let m = prepare(c, "c1", l.as_str()).await.unwrap();
+        assert_eq!(unwraps(), before, "c1's Prepare unwrapped the key again");
         let opts = m[0].split(' ').nth(2).unwrap().to_string();
         let upper = opts.split(',').find_map(|o| o.strip_prefix("upperdir=")).unwrap();
         let snap_dir = Path::new(upper).parent().unwrap();
@@ -494,6 +509,16 @@ fn a_named_encrypted_layer_is_mounted_lazily_and_each_container_needs_a_key() {
         assert!(count("lazycrypt_chunks_decrypted_total") >= 1, "{page}");
         assert!(count("lazycrypt_fuse_read_seconds_count") >= 1, "{page}");
         assert!(count("lazycrypt_fetched_bytes_total") > 0, "{page}");
+
+        // The key file replaced by another key: the next container is
+        // refused, although the same layer was authorized before.
+        let other = common::rsa_keys(d.path(), "other");
+        std::fs::copy(&other.private, keys.join("k.pem")).unwrap();
+        let (cd, msg) = code(prepare(c, "c2", l.as_str()).await);
+        assert_eq!(cd, Code::PermissionDenied, "{msg}");
+        std::fs::copy(&k.private, keys.join("k.pem")).unwrap();
+        prepare(c, "c2", l.as_str()).await.unwrap();
+        remove(c, "c2").await.unwrap();
 
         // Key removed: the next container is refused; the layer stays.
         std::fs::remove_file(keys.join("k.pem")).unwrap();

@@ -2,6 +2,7 @@
 //! key that unwraps them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -115,6 +116,20 @@ enum Miss {
     Provider(String),
 }
 
+/// Layer keys this process unwrapped or tried to, each with private-key
+/// operations or keyprovider calls.
+pub static UNWRAPS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether [`unwrap`] answers the same for `annotations` whenever the ring
+/// has the same [`KeyRing::fingerprint`]: true unless a configured
+/// keyprovider would be asked, which may answer otherwise next time.
+pub fn repeatable(annotations: &HashMap<String, String>, ring: &KeyRing) -> bool {
+    schemes(annotations).iter().all(|s| {
+        s.strip_prefix("provider.")
+            .is_none_or(|name| ring.provider(name).is_none())
+    })
+}
+
 /// Unwraps a layer's private options: every entry of every scheme is tried,
 /// with every key and configured keyprovider, and the first that yields
 /// valid private options wins. A malformed entry or a failing provider only
@@ -125,6 +140,7 @@ pub fn unwrap(
     ring: &KeyRing,
     layer: &str,
 ) -> Result<PrivateOptions, Error> {
+    UNWRAPS.fetch_add(1, Ordering::Relaxed);
     let schemes = schemes(annotations);
     if schemes.is_empty() {
         return Err(Error::Malformed(format!(
@@ -177,17 +193,21 @@ fn unwrap_entry(
     };
     let json = match scheme {
         "jwe" => {
-            let private: Vec<_> = ring.private.iter().collect();
+            let private: Vec<_> = ring.private_keys().iter().collect();
             keyed(jwe::unwrap(&raw, &private), private.len())?
         }
         "pkcs7" => {
-            let private: Vec<_> = ring.private.iter().collect();
-            let certs: Vec<_> = ring.certs.iter().collect();
+            let private: Vec<_> = ring.private_keys().iter().collect();
+            let certs: Vec<_> = ring.certificates().iter().collect();
             let pairs = if certs.is_empty() { 0 } else { private.len() };
             keyed(pkcs7::unwrap(&raw, &certs, &private), pairs)?
         }
         "pgp" => {
-            let keys: Vec<_> = ring.pgp.iter().map(|(k, pw)| (k, pw.as_str())).collect();
+            let keys: Vec<_> = ring
+                .pgp_keys()
+                .iter()
+                .map(|(k, pw)| (k, pw.as_str()))
+                .collect();
             keyed(pgp::unwrap(&raw, &keys), keys.len())?
         }
         s => match s.strip_prefix("provider.") {
@@ -308,10 +328,11 @@ mod tests {
     fn every_entry_is_tried_and_the_failure_is_classified_by_what_was_met() {
         let (ours, our_pub) = p256();
         let (_, their_pub) = p256();
-        let ring = KeyRing {
-            private: vec![ours],
-            ..Default::default()
-        };
+        let mut ring = KeyRing::default();
+        ring.add(
+            crate::crypto::KeyMaterial::Private(ours),
+            &zeroize::Zeroizing::new(String::new()),
+        );
         let garbage = B64.encode("not json");
         let jwe_key = format!("{KEYS_PREFIX}jwe");
         let pkcs7_key = format!("{KEYS_PREFIX}pkcs7");
@@ -384,10 +405,11 @@ mod tests {
     #[test]
     fn entries_past_the_cap_are_not_tried() {
         let (ours, our_pub) = p256();
-        let ring = KeyRing {
-            private: vec![ours],
-            ..Default::default()
-        };
+        let mut ring = KeyRing::default();
+        ring.add(
+            crate::crypto::KeyMaterial::Private(ours),
+            &zeroize::Zeroizing::new(String::new()),
+        );
         let garbage = B64.encode("not json");
         let mut entries = vec![garbage; MAX_ENTRIES_PER_SCHEME];
         entries.push(jwe_entry(&our_pub));

@@ -140,13 +140,38 @@ impl KeyArg {
     /// Reads and parses the file; refuses private key material in a file
     /// that others could change or (unless `readable` allows it) read.
     pub fn load(&self, readable: ReadableKeys) -> Result<Vec<KeyMaterial>, Error> {
+        self.read(readable).map(|f| f.keys)
+    }
+
+    /// [`KeyArg::load`], with the digest of what was read.
+    pub fn read(&self, readable: ReadableKeys) -> Result<KeyFile, Error> {
         let (data, meta) = read_key_file(&self.path)
             .map_err(|e| Error::BadKey(format!("{}: {e}", self.path.display())))?;
-        let keys = parse_key_file(&data, self.password.as_deref().map(|s| s.as_str()))
+        let password = self.password.as_deref().map(|s| s.as_str());
+        let keys = parse_key_file(&data, password)
             .map_err(|e| Error::BadKey(format!("{}: {e}", self.path.display())))?;
         check_protected(&self.path, &meta, &keys, readable)?;
-        Ok(keys)
+        Ok(KeyFile {
+            keys,
+            digest: file_digest(&data, password),
+        })
     }
+}
+
+/// The keys one file held, and the SHA-256 of its bytes and password: two
+/// files with the same digest hold keys that open the same layers.
+pub struct KeyFile {
+    pub keys: Vec<KeyMaterial>,
+    pub digest: [u8; 32],
+}
+
+fn file_digest(data: &[u8], password: Option<&str>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((data.len() as u64).to_be_bytes());
+    h.update(data);
+    h.update(password.unwrap_or("").as_bytes());
+    h.finalize().into()
 }
 
 /// The file's bytes and the metadata of the very file read (through any
@@ -599,7 +624,7 @@ fn parse_jwk(d: &[u8]) -> Result<KeyMaterial, String> {
 /// Files that hold no usable key (or need a password) are skipped; a file
 /// with private key material that is not protected (see the module
 /// documentation) fails the whole load, so that the operator sees why.
-pub fn load_dir(dir: &Path, readable: ReadableKeys) -> Result<Vec<KeyMaterial>, Error> {
+pub fn load_dir(dir: &Path, readable: ReadableKeys) -> Result<Vec<KeyFile>, Error> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -613,7 +638,10 @@ pub fn load_dir(dir: &Path, readable: ReadableKeys) -> Result<Vec<KeyMaterial>, 
                 match parse_key_file(&data, None) {
                     Ok(keys) => {
                         check_protected(&p, &meta, &keys, readable)?;
-                        out.extend(keys);
+                        out.push(KeyFile {
+                            keys,
+                            digest: file_digest(&data, None),
+                        });
                     }
                     Err(err) => tracing::debug!("skipping {}: {err}", p.display()),
                 }
@@ -811,7 +839,13 @@ mod tests {
             e.starts_with("UNPROTECTED PRIVATE KEY FILE: permissions 0644 for "),
             "{e}"
         );
-        let secret = |keys: Vec<KeyMaterial>| keys.iter().filter(|k| k.is_secret()).count();
+        let secret = |files: Vec<KeyFile>| {
+            files
+                .iter()
+                .flat_map(|f| &f.keys)
+                .filter(|k| k.is_secret())
+                .count()
+        };
         // Reached three ways: the timestamped dir, `..data` and the top link.
         assert_eq!(secret(load_dir(d.path(), ReadableKeys::Allow).unwrap()), 3);
         chmod(&key, 0o600);

@@ -324,8 +324,8 @@ mod tests {
     use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
 
     use super::*;
-    use crate::crypto::KeyRing;
     use crate::crypto::envelope::{self, KEYS_PREFIX};
+    use crate::crypto::{KeyMaterial, KeyRing};
 
     fn keypair() -> (RsaPrivateKey, Certificate) {
         let k = RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
@@ -405,12 +405,13 @@ mod tests {
                 b
             }),
         ];
+        let none = zeroize::Zeroizing::new(String::new());
         let mut ring = KeyRing::default();
-        ring.private.push(key);
-        ring.certs.push(cert.clone());
+        ring.add(KeyMaterial::Private(key), &none);
+        ring.add(KeyMaterial::Certificate(cert.clone()), &none);
         let mut errors = Vec::new();
         for (what, blob) in &blobs {
-            let got = unwrap(blob, &[&ring.certs[0]], &[&ring.private[0]]);
+            let got = unwrap(blob, &[&ring.certificates()[0]], &[&ring.private_keys()[0]]);
             assert!(matches!(got, Ok(None)), "{what}: {got:?}");
             let ann = HashMap::from([(format!("{KEYS_PREFIX}pkcs7"), B64.encode(blob))]);
             let e = envelope::unwrap(&ann, &ring, "L").err().unwrap();
@@ -420,8 +421,11 @@ mod tests {
         // Holding a key that is no recipient at all ends the same way.
         let (stranger, stranger_cert) = keypair();
         let mut ring2 = KeyRing::default();
-        ring2.private.push(PrivateKey::Rsa(Box::new(stranger)));
-        ring2.certs.push(stranger_cert);
+        ring2.add(
+            KeyMaterial::Private(PrivateKey::Rsa(Box::new(stranger))),
+            &none,
+        );
+        ring2.add(KeyMaterial::Certificate(stranger_cert), &none);
         let ann = HashMap::from([(format!("{KEYS_PREFIX}pkcs7"), B64.encode(&good))]);
         let e = envelope::unwrap(&ann, &ring2, "L").err().unwrap();
         errors.push((&"not a recipient", e.to_string()));

@@ -107,14 +107,20 @@ impl Default for KeyOptions {
 /// keyproviders of `$OCICRYPT_KEYPROVIDER_CONFIG`.
 #[derive(Default)]
 pub struct KeyRing {
-    pub private: Vec<PrivateKey>,
-    pub certs: Vec<Certificate>,
-    pub pgp: Vec<(SignedSecretKey, Zeroizing<String>)>,
+    // Private, so that keys come in through `add` or a file read, and the
+    // fingerprint always tells what the ring holds.
+    private: Vec<PrivateKey>,
+    certs: Vec<Certificate>,
+    pgp: Vec<(SignedSecretKey, Zeroizing<String>)>,
     /// Every keyprovider named here is asked to unwrap its own
     /// `provider.NAME` entries, as ocicrypt asks every configured provider.
     pub provider_config: Option<ProviderConfig>,
     /// Whether `--key` files with private keys may be readable by others.
     pub readable_keys: ReadableKeys,
+    /// The digests of the key files read, for [`KeyRing::fingerprint`].
+    files: Vec<[u8; 32]>,
+    /// Whether keys were added that no file read vouches for.
+    unfiled: bool,
 }
 
 impl KeyRing {
@@ -141,11 +147,36 @@ impl KeyRing {
         }
         if let Some(d) = dir {
             let none = Zeroizing::new(String::new());
-            for k in super::keys::load_dir(d, opts.readable_keys)? {
-                ring.add(k, &none);
+            for f in super::keys::load_dir(d, opts.readable_keys)? {
+                ring.add_file(f, &none);
             }
         }
         Ok(ring)
+    }
+
+    /// What the ring's keys are, as the files they were read from: two
+    /// rings with the same fingerprint unwrap the same layer keys, unless
+    /// a keyprovider is asked. `None` when keys were added that were not
+    /// read from a file.
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        if self.unfiled {
+            return None;
+        }
+        let mut files = self.files.clone();
+        files.sort_unstable();
+        let mut h = Sha256::new();
+        for f in &files {
+            h.update(f);
+        }
+        Some(h.finalize().into())
+    }
+
+    fn add_file(&mut self, f: super::keys::KeyFile, password: &Zeroizing<String>) {
+        self.files.push(f.digest);
+        for k in f.keys {
+            self.add_material(k, password);
+        }
     }
 
     /// Adds one `--key` argument: `FILE[:pass=…]` or `provider:NAME`. Every
@@ -161,20 +192,37 @@ impl KeyRing {
             .password
             .clone()
             .unwrap_or_else(|| Zeroizing::new(String::new()));
-        for k in ka.load(self.readable_keys)? {
-            self.add(k, &pw);
-        }
+        let f = ka.read(self.readable_keys)?;
+        self.add_file(f, &pw);
         Ok(())
     }
 
     /// Adds parsed key material; public keys add nothing to decrypt with.
     pub fn add(&mut self, k: KeyMaterial, password: &Zeroizing<String>) {
+        self.unfiled = true;
+        self.add_material(k, password);
+    }
+
+    fn add_material(&mut self, k: KeyMaterial, password: &Zeroizing<String>) {
         match k {
             KeyMaterial::Private(p) => self.private.push(p),
             KeyMaterial::Certificate(c) => self.certs.push(c),
             KeyMaterial::PgpSecret(s) => self.pgp.push((*s, password.clone())),
             KeyMaterial::Public(_) | KeyMaterial::PgpPublic(_) => {}
         }
+    }
+
+    pub fn private_keys(&self) -> &[PrivateKey] {
+        &self.private
+    }
+
+    pub fn certificates(&self) -> &[Certificate] {
+        &self.certs
+    }
+
+    /// PGP secret keys, each with the password it was given with.
+    pub fn pgp_keys(&self) -> &[(SignedSecretKey, Zeroizing<String>)] {
+        &self.pgp
     }
 
     /// The configured keyprovider called `name`, if any.
@@ -194,5 +242,60 @@ impl KeyRing {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+
+    use super::*;
+
+    fn key_file(p: &Path) {
+        let pem = p256::SecretKey::random(&mut rand::rngs::OsRng)
+            .to_pkcs8_pem(LineEnding::LF)
+            .unwrap();
+        std::fs::write(p, pem.as_bytes()).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    fn ring(dir: &Path) -> KeyRing {
+        KeyRing::load(&[], Some(dir), KeyOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_the_key_files_only() {
+        let d = tempfile::tempdir().unwrap();
+        key_file(&d.path().join("a.pem"));
+        key_file(&d.path().join("b.pem"));
+        let first = ring(d.path()).fingerprint().unwrap();
+        assert_eq!(ring(d.path()).fingerprint(), Some(first), "read again");
+
+        // Another key in place of one, a key removed, a key added.
+        let b = std::fs::read(d.path().join("b.pem")).unwrap();
+        key_file(&d.path().join("b.pem"));
+        let replaced = ring(d.path()).fingerprint().unwrap();
+        assert_ne!(replaced, first);
+        std::fs::remove_file(d.path().join("b.pem")).unwrap();
+        let removed = ring(d.path()).fingerprint().unwrap();
+        assert!(removed != first && removed != replaced);
+        std::fs::write(d.path().join("b.pem"), &b).unwrap();
+        std::fs::set_permissions(
+            d.path().join("b.pem"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        assert_eq!(ring(d.path()).fingerprint(), Some(first), "b is back");
+
+        // Keys that came from no file leave the ring without a fingerprint.
+        let mut r = ring(d.path());
+        let k = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        r.add(
+            KeyMaterial::Private(PrivateKey::P256(k)),
+            &Zeroizing::new(String::new()),
+        );
+        assert_eq!(r.fingerprint(), None);
     }
 }

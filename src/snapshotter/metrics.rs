@@ -34,7 +34,7 @@ pub fn render(store: &Store) -> String {
     } else {
         c.hits as f64 / lookups as f64
     };
-    let simple: [(&str, &str, &str, String); 8] = [
+    let simple: [(&str, &str, &str, String); 9] = [
         (
             "lazycrypt_fetched_bytes_total",
             "counter",
@@ -82,6 +82,14 @@ pub fn render(store: &Store) -> String {
             "gauge",
             "Layers mounted lazily (FUSE).",
             remote.mounts.to_string(),
+        ),
+        (
+            "lazycrypt_key_unwraps_total",
+            "counter",
+            "Layer keys unwrapped (or tried) with private keys or keyproviders.",
+            crate::crypto::envelope::UNWRAPS
+                .load(Ordering::Relaxed)
+                .to_string(),
         ),
     ];
     for (name, kind, help, value) in simple {

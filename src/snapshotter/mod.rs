@@ -1,6 +1,7 @@
 //! The containerd remote snapshotter: the snapshots gRPC service, its
 //! metadata, and the snapshot semantics behind it.
 
+pub mod authorized;
 pub mod checks;
 pub mod config;
 pub mod cri_keychain;

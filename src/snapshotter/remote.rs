@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::authorized::Authorized;
 use super::error::{Error, Result};
 use super::meta::{DiffId, Remote};
 use super::verdicts::Verdicts;
 use crate::cache::chunks::{ChunkCache, Reservation};
-use crate::crypto::envelope::layer_keys;
+use crate::crypto::envelope::{self, layer_keys};
 use crate::crypto::recipient::KeyRing;
 use crate::layer::index::Layer;
 use crate::layer::stream::sealed::Scratch;
@@ -216,6 +217,8 @@ pub struct Remotes {
     inherited: Mutex<HashMap<PathBuf, OwnedFd>>,
     /// The signature policy's recent verdicts, if there is a policy.
     verdicts: Option<Verdicts>,
+    /// Layers these key files unwrapped, not unwrapped again by each start.
+    authorized: Authorized,
 }
 
 /// An opened layer, how it is served, its remote with the descriptor, and
@@ -284,6 +287,7 @@ impl Remotes {
             opening: Mutex::new(HashMap::new()),
             seek_found: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
+            authorized: Authorized::default(),
             keeper,
             inherited: Mutex::new(inherited),
         }
@@ -695,6 +699,15 @@ impl Remotes {
             seek.as_deref(),
         )
         .map_err(|e| layer_error(&e))?;
+        // Opening unwrapped its key: the container start that follows
+        // need not unwrap it again.
+        let annotations = desc.annotations().clone().unwrap_or_default();
+        if media::is_encrypted(desc.media_type().as_ref())
+            && envelope::repeatable(&annotations, &ring)
+            && let Some(f) = ring.fingerprint()
+        {
+            self.authorized.note(&remote.descriptor, f);
+        }
         Ok((Arc::new(layer), mode, remote, reserved))
     }
 
@@ -833,24 +846,41 @@ impl Remotes {
         self.verdicts.is_some()
     }
 
-    /// Whether a container may start from the layer now: its image must
-    /// satisfy the signature policy (a recent verdict, or a new one), and,
-    /// if it is encrypted, a key on this node must unwrap it.
-    pub fn authorize(&self, remote: &Remote) -> Result<()> {
-        self.verify(remote)?;
-        let desc = descriptor(remote)?;
-        if !media::is_encrypted(desc.media_type().as_ref()) {
-            return Ok(());
-        }
-        let annotations = desc.annotations().clone().unwrap_or_default();
-        layer_keys(&annotations, &self.ring()?, &remote.layer)
-            .map(|_| ())
-            .map_err(|e| {
+    /// Whether a container may start from `layers` now: each image must
+    /// satisfy the signature policy (a recent verdict, or a new one), and a
+    /// key on this node must unwrap every encrypted layer. A layer these
+    /// very key files unwrapped before is not unwrapped again
+    /// ([`Authorized`]).
+    pub fn authorize(&self, layers: &[&Remote]) -> Result<()> {
+        let mut ring = None;
+        for remote in layers {
+            self.verify(remote)?;
+            let desc = descriptor(remote)?;
+            if !media::is_encrypted(desc.media_type().as_ref()) {
+                continue;
+            }
+            let ring = match &mut ring {
+                Some(r) => r,
+                None => ring.insert(self.ring()?),
+            };
+            let annotations = desc.annotations().clone().unwrap_or_default();
+            let kept = ring
+                .fingerprint()
+                .filter(|_| envelope::repeatable(&annotations, ring));
+            if kept.is_some_and(|f| self.authorized.holds(&remote.descriptor, &f)) {
+                continue;
+            }
+            layer_keys(&annotations, ring, &remote.layer).map_err(|e| {
                 Error::new(
                     tonic::Code::PermissionDenied,
                     format!("you are not authorized to use this image: {e}"),
                 )
-            })
+            })?;
+            if let Some(f) = kept {
+                self.authorized.note(&remote.descriptor, f);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -424,9 +424,7 @@ impl Store {
         refuse_poisoned(&chain)?;
         let remotes: Vec<&Remote> = chain.iter().filter_map(|r| r.remote.as_ref()).collect();
         // A view is read by a container too (`ctr run --read-only`).
-        for r in &remotes {
-            self.remotes.authorize(r)?;
-        }
+        self.remotes.authorize(&remotes)?;
         self.ensure_mounted(&chain)?;
         let tmpfs = kind == Kind::Active && !remotes.is_empty() && self.upper.tmpfs;
         let now = SystemTime::now();
