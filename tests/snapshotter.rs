@@ -1384,9 +1384,12 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted(line
     let d = tmp();
     let reg = Registry::start();
     let marker = "LZALIVE7c1e9";
-    // Several chunks, none read before the kill.
-    let big = common::data::noise(6 << 20);
-    let big_sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big));
+    // Several chunks, none read before the kill: one file per round, since
+    // a file read once stays in the page cache of a layer held whole.
+    let bigs = [common::data::noise(6 << 20), common::data::noise(4 << 20)];
+    let sums = bigs
+        .each_ref()
+        .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b)));
     let big2 = common::data::noise(3 << 20);
     let big2_sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big2));
     let (_, k) = encrypted_pair(
@@ -1394,7 +1397,11 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted(line
         &reg,
         "alive",
         marker,
-        &[("data/big", &big), ("data/big2", &big2[..])],
+        &[
+            ("data/big0", &bigs[0]),
+            ("data/big1", &bigs[1]),
+            ("data/big2", &big2[..]),
+        ],
     );
     // The daemon reaches the registry through a proxy that can hold back
     // its answers.
@@ -1432,7 +1439,7 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted(line
     }
     let layers = fuse_mounts_under(&daemon.root);
 
-    for round in 0..2 {
+    for (round, sum) in sums.iter().enumerate() {
         daemon.kill();
         // With no daemon, a first read of the big file waits in the kernel's
         // queue instead of failing.
@@ -1441,7 +1448,7 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted(line
                 exec(
                     &format!("alive{i}"),
                     &format!("sum{round}"),
-                    &["/bin/busybox", "sha256sum", "/data/big"],
+                    &["/bin/busybox", "sha256sum", &format!("/data/big{round}")],
                 )
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -1469,7 +1476,7 @@ fn running_containers_keep_reading_while_the_daemon_is_killed_and_restarted(line
             let o = w.wait_with_output().unwrap();
             let out = String::from_utf8_lossy(&o.stdout);
             assert!(
-                o.status.success() && out.starts_with(&big_sum),
+                o.status.success() && out.starts_with(sum.as_str()),
                 "{out} {}",
                 String::from_utf8_lossy(&o.stderr)
             );
@@ -2124,5 +2131,79 @@ fn seek_indexed_tar_gz_images_run_through_containerd_fetching_a_fraction(line: L
     );
     common::mounts::assert_not_at_rest(d.path(), &marker, &daemon.log());
     drop(ctd);
+    daemon.stop();
+}
+
+/// A layer's mount is asked once what cannot change: a name it lacks
+/// (overlayfs looks every name a container touches up in each lower layer),
+/// an xattr of a layer that has none (overlayfs asks each directory it
+/// passes whether it is opaque, each exec asks for file capabilities), and
+/// an open of a layer held whole on this node.
+#[test]
+fn a_layer_mount_is_asked_once_what_cannot_change() {
+    let d = tmp();
+    let reg = Registry::start();
+    let (image, manifest, layers, chain, k) = three_layer_image(d.path(), &reg);
+    let name = image.trim_start_matches("docker://").to_string();
+    let (_keys, mut args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    args.extend(["--metrics".to_string(), metrics_addr.clone()]);
+    let daemon = Daemon::start_with(d.path(), &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        let l = layer_labels(&chain[0], &name, &manifest, &layers[0]);
+        assert_eq!(
+            code(prepare_labelled(c, "k0", "", l).await).0,
+            Code::AlreadyExists
+        );
+    });
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let root = daemon.root.to_string_lossy().to_string();
+    let mnt = mounts
+        .lines()
+        .filter(|l| l.contains("fuse") && l.contains(&root))
+        .find_map(|l| l.split(' ').nth(1))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no layer mount under {root}: {mounts}"));
+    let asked = |op: &str| {
+        metric(
+            &metrics_addr,
+            &format!("lazycrypt_fuse_requests_total{{op=\"{op}\"}}"),
+        )
+    };
+
+    let before = asked("lookup");
+    for _ in 0..3 {
+        assert!(std::fs::symlink_metadata(mnt.join("absent")).is_err());
+    }
+    assert_eq!(asked("lookup"), before + 1, "a missing name");
+
+    let file = mnt.join("t0");
+    let c = std::ffi::CString::new(file.to_string_lossy().as_bytes()).unwrap();
+    let before = asked("getxattr");
+    for _ in 0..3 {
+        let mut v = [0u8; 64];
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                c"security.capability".as_ptr(),
+                v.as_mut_ptr().cast(),
+                v.len(),
+            )
+        };
+        assert_eq!(n, -1);
+    }
+    assert_eq!(
+        asked("getxattr"),
+        before + 1,
+        "an xattr of a layer without any"
+    );
+
+    let before = asked("open");
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(&file).unwrap(), b"layer 0\n");
+    }
+    assert_eq!(asked("open"), before + 1, "opens of a layer held whole");
     daemon.stop();
 }

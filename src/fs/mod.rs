@@ -4,6 +4,7 @@
 
 pub mod ahead;
 pub mod latency;
+pub mod requests;
 pub mod tree;
 
 use std::ffi::OsStr;
@@ -68,6 +69,38 @@ pub struct LayerFs {
     cache: Arc<ChunkCache>,
     /// Each inode's reads so far, to spot sequential readers.
     runs: Vec<Runs>,
+    /// Whether any entry has an xattr. Without any, the first getxattr
+    /// answers ENOSYS and the kernel asks this mount no more: overlayfs
+    /// asks each lower directory it passes whether it is opaque, and every
+    /// exec asks for file capabilities, a round trip each.
+    xattrs: bool,
+    /// Whether every chunk is on this node: each open would answer the
+    /// kernel's default (page cache kept), so the first answers ENOSYS and
+    /// the kernel sends no more opens or releases.
+    no_open: bool,
+}
+
+/// What a negative lookup says, cached by the kernel for [`TTL`]: a
+/// layer's tree never changes, and overlayfs looks every name a container
+/// touches up in each lower layer until it finds it.
+fn absent() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
 }
 
 impl LayerFs {
@@ -79,11 +112,15 @@ impl LayerFs {
     pub fn new(layer: Arc<Layer>, cache: Arc<ChunkCache>) -> Self {
         let tree = Tree::build(layer.nodes(), layer.what());
         let runs = (0..tree.inodes.len()).map(|_| Runs::default()).collect();
+        let xattrs = tree.inodes.iter().any(|i| !i.xattrs.is_empty());
+        let no_open = layer.is_local();
         LayerFs {
             layer,
             tree,
             cache,
             runs,
+            xattrs,
+            no_open,
         }
     }
 
@@ -302,6 +339,7 @@ impl Filesystem for LayerFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        requests::note(requests::Op::Lookup);
         let child = match self.inode(parent).map(|p| &p.kind) {
             Ok(Kind::Dir(kids)) => kids.get(name),
             Ok(_) => return reply.error(Errno::ENOTDIR),
@@ -309,11 +347,12 @@ impl Filesystem for LayerFs {
         };
         match child.and_then(|c| Some((c, self.tree.get(c)?))) {
             Some((c, i)) => reply.entry(&TTL, &self.attr(c, i), Generation(0)),
-            None => reply.error(Errno::ENOENT),
+            None => reply.entry(&TTL, &absent(), Generation(0)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        requests::note(requests::Op::Getattr);
         match self.inode(ino) {
             Ok(i) => reply.attr(&TTL, &self.attr(ino.0, i)),
             Err(e) => reply.error(e),
@@ -329,8 +368,12 @@ impl Filesystem for LayerFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        requests::note(requests::Op::Open);
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
+        }
+        if self.no_open {
+            return reply.error(Errno::ENOSYS);
         }
         match self.inode(ino) {
             Ok(
@@ -355,6 +398,7 @@ impl Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        requests::note(requests::Op::Read);
         match self.inode(ino).map(|i| &i.kind) {
             Ok(Kind::File(node)) => {
                 let started = std::time::Instant::now();
@@ -385,6 +429,7 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        requests::note(requests::Op::Readdir);
         let kids = match self.inode(ino).map(|i| &i.kind) {
             Ok(Kind::Dir(kids)) => kids,
             Ok(_) => return reply.error(Errno::ENOTDIR),
@@ -407,6 +452,7 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        requests::note(requests::Op::Readdir);
         let kids = match self.inode(ino).map(|i| &i.kind) {
             Ok(Kind::Dir(kids)) => kids,
             Ok(_) => return reply.error(Errno::ENOTDIR),
@@ -422,6 +468,10 @@ impl Filesystem for LayerFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        requests::note(requests::Op::Getxattr);
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.inode(ino).map(|i| i.xattrs.get(name)) {
             Ok(Some(v)) => xattr_reply(v, size, reply),
             Ok(None) => reply.error(Errno::NO_XATTR),
@@ -430,6 +480,7 @@ impl Filesystem for LayerFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        requests::note(requests::Op::Listxattr);
         match self.inode(ino) {
             Ok(i) => {
                 let mut list = Vec::new();

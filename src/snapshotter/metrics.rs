@@ -107,6 +107,19 @@ pub fn render(store: &Store) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP lazycrypt_fuse_requests_total FUSE requests the layer mounts answered, by \
+         kind.\n# TYPE lazycrypt_fuse_requests_total counter"
+    );
+    for op in crate::fs::requests::Op::ALL {
+        let _ = writeln!(
+            out,
+            "lazycrypt_fuse_requests_total{{op=\"{}\"}} {}",
+            op.name(),
+            crate::fs::requests::count(op)
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP lazycrypt_diff_id_checks_total Lazily mounted layers hashed whole against \
          the diff ID their image claims, by result (mismatch: the layer was poisoned).\n\
          # TYPE lazycrypt_diff_id_checks_total counter"
