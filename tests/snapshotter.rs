@@ -1721,45 +1721,43 @@ fn three_layer_image(
 }
 
 /// Every layer of an image reads its manifest (tens of KiB with ocicrypt's
-/// wrapped keys in each layer's annotations): the daemon reads it once.
+/// wrapped keys in each layer's annotations): the daemon reads it once,
+/// whether each Prepare resolves its own layer (containerd's labels alone)
+/// or the layers above are opened ahead, several at once beside the first
+/// layer's own open (the image-layers label).
 #[test]
 fn an_images_layers_read_its_manifest_once() {
-    let d = tmp();
-    let reg = Registry::start();
-    let (_, manifest, layers, chain, k) = three_layer_image(d.path(), &reg);
-    let proxy = common::faults::FaultProxy::start(&reg.addr);
-    let name = format!("{}/multi/app:v1", proxy.addr);
-    let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);
-    let daemon = Daemon::start_with(d.path(), &args);
-    rt().block_on(async {
-        let c = &mut connect(&daemon.socket).await;
-        for i in 0..3 {
-            // containerd's labels alone: each Prepare resolves its layer.
-            let mut l = layer_labels(&chain[i], &name, &manifest, &layers[i]);
-            l.insert("containerd.io/snapshot.ref".into(), chain[i].clone());
-            let parent = if i == 0 {
-                String::new()
-            } else {
-                chain[i - 1].clone()
-            };
-            let r = c
-                .prepare(pb::PrepareSnapshotRequest {
-                    key: format!("k{i}"),
-                    parent,
-                    labels: l,
-                    ..Default::default()
-                })
-                .await;
-            assert_eq!(code(r).0, Code::AlreadyExists);
-        }
-    });
-    let reads = proxy
-        .requests()
-        .iter()
-        .filter(|r| r.contains(&format!("/manifests/{manifest}")))
-        .count();
-    assert_eq!(reads, 1, "{:#?}", proxy.requests());
-    daemon.stop();
+    for ahead in [false, true] {
+        let d = tmp();
+        let reg = Registry::start();
+        let (_, manifest, layers, chain, k) = three_layer_image(d.path(), &reg);
+        let proxy = common::faults::FaultProxy::start(&reg.addr);
+        let name = format!("{}/multi/app:v1", proxy.addr);
+        let (_keys, args) = common::keys_dir_args(d.path(), &k.private, &proxy.addr);
+        let daemon = Daemon::start_with(d.path(), &args);
+        rt().block_on(async {
+            let c = &mut connect(&daemon.socket).await;
+            for i in 0..3 {
+                let mut l = layer_labels(&chain[i], &name, &manifest, &layers[i]);
+                if ahead {
+                    l.insert(
+                        "containerd.io/snapshot/lazycrypt.image-layers".into(),
+                        layers[i..].join(","),
+                    );
+                }
+                let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
+                let (cd, msg) = code(prepare_labelled(c, &format!("k{i}"), parent, l).await);
+                assert_eq!(cd, Code::AlreadyExists, "{msg}");
+            }
+        });
+        let reads = proxy
+            .requests()
+            .iter()
+            .filter(|r| r.contains(&format!("/manifests/{manifest}")))
+            .count();
+        assert_eq!(reads, 1, "ahead: {ahead}: {:#?}", proxy.requests());
+        daemon.stop();
+    }
 }
 
 #[test]

@@ -16,6 +16,7 @@ use super::error::{Error, Result};
 use super::meta::{DiffId, Remote};
 use super::verdicts::Verdicts;
 use crate::cache::chunks::{ChunkCache, Reservation};
+use crate::cache::flight::SingleFlight;
 use crate::crypto::envelope::{self, layer_keys};
 use crate::crypto::recipient::KeyRing;
 use crate::layer::index::Layer;
@@ -209,6 +210,8 @@ pub struct Remotes {
     /// every layer of an image reads its manifest, which with ocicrypt's
     /// wrapped keys in each layer's annotations is tens of KiB.
     manifests: Mutex<HashMap<String, (Instant, Arc<ImageManifest>)>>,
+    /// Manifest reads under way, shared by the layers that ask meanwhile.
+    manifest_reads: SingleFlight<String, Result<Arc<ImageManifest>>>,
     /// Where zstd layers' sealed copies go, under their disk budget.
     scratch: Scratch,
     keeper: Option<Keeper>,
@@ -287,6 +290,7 @@ impl Remotes {
             opening: Mutex::new(HashMap::new()),
             seek_found: Mutex::new(HashMap::new()),
             manifests: Mutex::new(HashMap::new()),
+            manifest_reads: SingleFlight::default(),
             authorized: Authorized::default(),
             keeper,
             inherited: Mutex::new(inherited),
@@ -398,14 +402,22 @@ impl Remotes {
                 return Ok((src, found.clone()));
             }
         }
-        // Read without the lock held: two layers asking at once may both
-        // read it, one keeps it.
-        let found = Arc::new(self.read_manifest(&*src, remote)?);
-        let mut m = lock(&self.manifests);
-        if m.len() >= MAX_MANIFESTS_KEPT {
-            m.clear();
-        }
-        m.insert(key, (now, found.clone()));
+        // Read without the lock held, once for all the layers that ask at
+        // the same time (the layers of an image are opened together), and
+        // kept before the read ends so that no later layer reads it again.
+        let read = || {
+            let found = Arc::new(self.read_manifest(&*src, remote)?);
+            let mut m = lock(&self.manifests);
+            if m.len() >= MAX_MANIFESTS_KEPT {
+                m.clear();
+            }
+            m.insert(key.clone(), (now, found.clone()));
+            Ok(found)
+        };
+        let found = self
+            .manifest_reads
+            .run(key.clone(), || Ok(read()))
+            .map_err(|e| Error::internal(format!("manifest {}: {e}", remote.manifest)))??;
         Ok((src, found))
     }
 
