@@ -2132,6 +2132,36 @@ fn seek_indexed_tar_gz_images_run_through_containerd_fetching_a_fraction(line: L
     daemon.stop();
 }
 
+/// A daemon with metrics (at the address returned) serving the first `n`
+/// layers of [`three_layer_image`], each prepared on the one below with
+/// containerd's labels.
+fn three_layers_served(d: &Path, n: usize) -> (Daemon, String, Registry) {
+    let reg = Registry::start();
+    let (image, manifest, layers, chain, k) = three_layer_image(d, &reg);
+    let name = image.trim_start_matches("docker://").to_string();
+    let (_keys, mut args) = common::keys_dir_args(d, &k.private, &reg.addr);
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    args.extend(["--metrics".to_string(), metrics_addr.clone()]);
+    let daemon = Daemon::start_with(d, &args);
+    rt().block_on(async {
+        let c = &mut connect(&daemon.socket).await;
+        for i in 0..n {
+            let l = layer_labels(&chain[i], &name, &manifest, &layers[i]);
+            let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
+            let (cd, msg) = code(prepare_labelled(c, &format!("k{i}"), parent, l).await);
+            assert_eq!(cd, Code::AlreadyExists, "{msg}");
+        }
+    });
+    // Each mount warms lookups in the background and logs a line when done
+    // (a bounded wait: without it, what the tests count is what fails).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while daemon.log().matches("lookups warmed").count() < n && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (daemon, metrics_addr, reg)
+}
+
 /// A layer's mount is asked once what cannot change: a name it lacks
 /// (overlayfs looks every name a container touches up in each lower layer),
 /// an xattr of a layer that has none (overlayfs asks each directory it
@@ -2140,21 +2170,7 @@ fn seek_indexed_tar_gz_images_run_through_containerd_fetching_a_fraction(line: L
 #[test]
 fn a_layer_mount_is_asked_once_what_cannot_change() {
     let d = tmp();
-    let reg = Registry::start();
-    let (image, manifest, layers, chain, k) = three_layer_image(d.path(), &reg);
-    let name = image.trim_start_matches("docker://").to_string();
-    let (_keys, mut args) = common::keys_dir_args(d.path(), &k.private, &reg.addr);
-    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
-    args.extend(["--metrics".to_string(), metrics_addr.clone()]);
-    let daemon = Daemon::start_with(d.path(), &args);
-    rt().block_on(async {
-        let c = &mut connect(&daemon.socket).await;
-        let l = layer_labels(&chain[0], &name, &manifest, &layers[0]);
-        assert_eq!(
-            code(prepare_labelled(c, "k0", "", l).await).0,
-            Code::AlreadyExists
-        );
-    });
+    let (daemon, metrics_addr, _reg) = three_layers_served(d.path(), 1);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let root = daemon.root.to_string_lossy().to_string();
     let mnt = mounts
@@ -2203,5 +2219,53 @@ fn a_layer_mount_is_asked_once_what_cannot_change() {
         assert_eq!(std::fs::read(&file).unwrap(), b"layer 0\n");
     }
     assert_eq!(asked("open"), before + 1, "opens of a layer held whole");
+    daemon.stop();
+}
+
+/// When a layer is mounted on others, the kernel is made to learn in the
+/// background which names each lacks that another has, and which of the
+/// runtime's mount points none has: the lookups overlayfs makes at the
+/// first container's start find their answers cached.
+#[test]
+fn lookups_a_container_will_make_are_answered_before_it_starts() {
+    let d = tmp();
+    let (daemon, metrics_addr, _reg) = three_layers_served(d.path(), 3);
+    // Each layer's own file says which mount is which (the names looked
+    // up here are left out below).
+    let root = daemon.root.to_string_lossy().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let mut by_layer = [None, None, None];
+    for m in mounts
+        .lines()
+        .filter(|l| l.contains("fuse") && l.contains(&root))
+        .filter_map(|l| l.split(' ').nth(1))
+    {
+        let m = std::path::PathBuf::from(m);
+        if let Some(i) = (0..3).find(|i| m.join(format!("t{i}")).exists()) {
+            by_layer[i] = Some(m);
+        }
+    }
+    let by_layer = by_layer.map(|m| m.expect("a mount per layer"));
+    let lookups = || {
+        metric(
+            &metrics_addr,
+            "lazycrypt_fuse_requests_total{op=\"lookup\"}",
+        )
+    };
+    let before = lookups();
+    for (i, missing) in [
+        (0, "f2"),
+        (0, "t1"),
+        (1, "f2"),
+        (2, "f0"),
+        (2, "f1"),
+        (1, "f0"),
+        (0, "proc"),
+        (2, "dev"),
+        (1, "etc/hostname"),
+    ] {
+        assert!(std::fs::symlink_metadata(by_layer[i].join(missing)).is_err());
+    }
+    assert_eq!(lookups(), before, "lookups reached the daemon");
     daemon.stop();
 }

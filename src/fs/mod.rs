@@ -109,6 +109,11 @@ impl LayerFs {
         self.tree.inodes.len() as u64
     }
 
+    /// The tree served.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
     pub fn new(layer: Arc<Layer>, cache: Arc<ChunkCache>) -> Self {
         let tree = Tree::build(layer.nodes(), layer.what());
         let runs = (0..tree.inodes.len()).map(|_| Runs::default()).collect();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 
 use super::sys;
+use super::warm::Names;
 use crate::cache::chunks::{ChunkCache, Reservation};
 use crate::fs::{LayerFs, MAX_READ, ReadAhead};
 use crate::layer::index::Layer;
@@ -53,6 +54,8 @@ pub struct LayerMount {
     _reserved: Arc<Reservation>,
     /// Inodes of the mounted tree, numbered from 1.
     inodes: u64,
+    /// Its directories' names, for warming lookups.
+    names: Arc<Names>,
 }
 
 impl LayerMount {
@@ -72,6 +75,7 @@ impl LayerMount {
         cache.adopt(&layer, &reserved);
         let fs = LayerFs::new(layer.clone(), cache.clone());
         let inodes = fs.inode_count();
+        let names = Arc::new(Names::of(fs.tree()));
         let session = Session::new(fs, dir, &fuse_config()).map_err(fail)?;
         let conn = session.as_fd().try_clone_to_owned().map_err(fail)?;
         let session = session.spawn().map_err(fail)?;
@@ -87,6 +91,7 @@ impl LayerMount {
             conn,
             resumed: false,
             inodes,
+            names,
         })
     }
 
@@ -119,6 +124,7 @@ impl LayerMount {
         cache.adopt(&layer, &reserved);
         let fs = LayerFs::new(layer.clone(), cache);
         let inodes = fs.inode_count();
+        let names = Arc::new(Names::of(fs.tree()));
         let session =
             Session::from_fd(fs, OwnedFd::from(ours), SessionACL::All, config).map_err(fail)?;
         let slot = session.as_fd().as_raw_fd();
@@ -141,6 +147,7 @@ impl LayerMount {
             conn,
             resumed: true,
             inodes,
+            names,
         })
     }
 
@@ -157,6 +164,11 @@ impl LayerMount {
     /// How many inodes the mounted tree has.
     pub fn inodes(&self) -> u64 {
         self.inodes
+    }
+
+    /// Its directories' names, for warming lookups ([`super::warm`]).
+    pub fn names(&self) -> &Arc<Names> {
+        &self.names
     }
 
     /// The layer served.

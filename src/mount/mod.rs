@@ -8,3 +8,4 @@ pub mod open;
 pub mod seek;
 pub mod session;
 pub mod sys;
+pub mod warm;

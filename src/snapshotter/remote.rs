@@ -25,6 +25,7 @@ use crate::mount::keeper::Keeper;
 use crate::mount::layer::LayerMount;
 use crate::mount::open::{Mode, OpenOptions, open_layer};
 use crate::mount::seek::Found;
+use crate::mount::warm::{self, Names};
 use crate::oci::reference::RegistryRef;
 use crate::oci::registry::RegistryOptions;
 use crate::oci::transport::ImageSource;
@@ -222,6 +223,9 @@ pub struct Remotes {
     verdicts: Option<Verdicts>,
     /// Layers these key files unwrapped, not unwrapped again by each start.
     authorized: Authorized,
+    /// Taken by each warming of lookups ([`Remotes::warm_lookups`]), so
+    /// that the layers of a pull warm one after another.
+    warming: Arc<Mutex<()>>,
 }
 
 /// An opened layer, how it is served, its remote with the descriptor, and
@@ -292,6 +296,7 @@ impl Remotes {
             manifests: Mutex::new(HashMap::new()),
             manifest_reads: SingleFlight::default(),
             authorized: Authorized::default(),
+            warming: Arc::default(),
             keeper,
             inherited: Mutex::new(inherited),
         }
@@ -769,6 +774,37 @@ impl Remotes {
                     }
                 }
             });
+        }
+    }
+
+    /// Has the kernel learn, in the background, the names snapshot `id`'s
+    /// layer and the mounted layers below it (`lowers`, nearest first) lack
+    /// where the other has them ([`crate::mount::warm`]): the first
+    /// container on them finds those answers cached.
+    pub fn warm_lookups(&self, id: u64, lowers: &[u64]) {
+        let (dirs, names): (Vec<PathBuf>, Vec<_>) = {
+            let m = lock(&self.mounts);
+            if !m.contains_key(&id) {
+                return;
+            }
+            std::iter::once(&id)
+                .chain(lowers)
+                .filter_map(|i| m.get(i))
+                .map(|l| (l.dir().to_path_buf(), l.names().clone()))
+                .unzip()
+        };
+        let one_at_a_time = Arc::clone(&self.warming);
+        let spawned = std::thread::Builder::new()
+            .name("lazycrypt-warm".into())
+            .spawn(move || {
+                let _turn = lock(&one_at_a_time);
+                let lowers: Vec<&Names> = names[1..].iter().map(|n| &**n).collect();
+                let todo = warm::lookups(&names[0], &lowers, warm::MAX_LOOKUPS);
+                let n = warm::warm(&dirs, &todo);
+                tracing::debug!("{}: {n} lookups warmed", dirs[0].display());
+            });
+        if let Err(e) = spawned {
+            tracing::debug!("lookups not warmed: {e}");
         }
     }
 

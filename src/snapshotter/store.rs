@@ -562,6 +562,14 @@ impl Store {
                 }
                 self.checks
                     .push(&target, id, Instant::now() + self.diff_id.delay, false);
+                if let Ok(chain) = self.chain(parent) {
+                    let lowers: Vec<u64> = chain
+                        .iter()
+                        .filter(|r| r.remote.is_some())
+                        .map(|r| r.id)
+                        .collect();
+                    self.remotes.warm_lookups(id, &lowers);
+                }
                 exists()
             }
             Err(e) => {
