@@ -377,7 +377,8 @@ impl Filesystem for LayerFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        if self.no_open {
+        // A poisoned layer answers EIO, never what stops the kernel asking.
+        if self.no_open && !self.layer.is_poisoned() {
             return reply.error(Errno::ENOSYS);
         }
         match self.inode(ino) {
@@ -474,7 +475,7 @@ impl Filesystem for LayerFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         requests::note(requests::Op::Getxattr);
-        if !self.xattrs {
+        if !self.xattrs && !self.layer.is_poisoned() {
             return reply.error(Errno::ENOSYS);
         }
         match self.inode(ino).map(|i| i.xattrs.get(name)) {

@@ -10,18 +10,25 @@
 //! answers (negative entries, for the entry timeout) and overlayfs finds
 //! them there.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::fs::tree::{Kind, ROOT, Tree};
 
-/// Most names a layer's [`Names`] keep; directories past them (in
-/// breadth-first order) are not warmed.
-pub const MAX_NAMES: usize = 65_536;
+/// Most bytes a layer's [`Names`] keep (its directories' paths and their
+/// entries' names); directories past them, in breadth-first order, are not
+/// warmed.
+pub const MAX_NAME_BYTES: usize = 1 << 20;
 
 /// Most lookups one mount warms, shallow directories first.
 pub const MAX_LOOKUPS: usize = 16_384;
+
+/// Most bytes of paths one mount's lookups take while they are listed.
+pub const MAX_LOOKUP_BYTES: usize = 4 << 20;
+
+/// What one name costs beyond its bytes (its `OsString`).
+const NAME_OVERHEAD: usize = 24;
 
 /// A layer's directories, breadth first, each with its entries' names in
 /// order.
@@ -32,7 +39,7 @@ pub struct Names {
 }
 
 impl Names {
-    /// The names of `tree`'s directories, up to [`MAX_NAMES`].
+    /// The names of `tree`'s directories, up to [`MAX_NAME_BYTES`].
     pub fn of(tree: &Tree) -> Names {
         let mut names = Names::default();
         let mut queue = std::collections::VecDeque::from([(PathBuf::new(), ROOT)]);
@@ -41,10 +48,16 @@ impl Names {
             let Some(Kind::Dir(d)) = tree.get(ino).map(|i| &i.kind) else {
                 continue;
             };
-            if kept + d.len() > MAX_NAMES {
+            // The path is kept twice: in the list and as the map's key.
+            let cost = 2 * (path.as_os_str().len() + NAME_OVERHEAD)
+                + d.from(0)
+                    .iter()
+                    .map(|(n, _)| n.len() + NAME_OVERHEAD)
+                    .sum::<usize>();
+            if kept + cost > MAX_NAME_BYTES {
                 break;
             }
-            kept += d.len();
+            kept += cost;
             let mut kids = Vec::with_capacity(d.len());
             for (name, child) in d.from(0) {
                 if matches!(tree.get(*child).map(|i| &i.kind), Some(Kind::Dir(_))) {
@@ -95,21 +108,38 @@ pub fn lookups(top: &Names, lowers: &[&Names], max: usize) -> Vec<(usize, PathBu
             out.push((0, missing));
         }
     }
+    // Bounded as it grows, not once built: a chain of many layers, each
+    // with a large directory the others lack, must not list them all first.
+    let mut bytes: usize = out.iter().map(|(_, p)| p.as_os_str().len()).sum();
+    let full = |n: usize, bytes: usize| n >= max || bytes >= MAX_LOOKUP_BYTES;
     for (dir, ours) in &top.dirs {
-        let mut missing_here: Vec<&OsString> = Vec::new();
+        let cost = |n: &OsString| dir.as_os_str().len() + 1 + n.len();
+        let mut missing_here: BTreeSet<&OsString> = BTreeSet::new();
+        let mut missing_bytes = 0;
         for (i, lower) in lowers.iter().enumerate() {
             let Some(theirs) = lower.dir(dir) else {
                 continue;
             };
             let (only_ours, only_theirs) = apart(ours, theirs);
-            out.extend(only_ours.into_iter().map(|n| (i + 1, dir.join(n))));
-            missing_here.extend(only_theirs);
+            for n in only_ours {
+                if full(out.len() + missing_here.len(), bytes + missing_bytes) {
+                    break;
+                }
+                bytes += cost(n);
+                out.push((i + 1, dir.join(n)));
+            }
+            for n in only_theirs {
+                if full(out.len() + missing_here.len(), bytes + missing_bytes) {
+                    break;
+                }
+                if missing_here.insert(n) {
+                    missing_bytes += cost(n);
+                }
+            }
         }
-        missing_here.sort_unstable();
-        missing_here.dedup();
+        bytes += missing_bytes;
         out.extend(missing_here.into_iter().map(|n| (0, dir.join(n))));
-        if out.len() >= max {
-            out.truncate(max);
+        if full(out.len(), bytes) {
             break;
         }
     }
@@ -238,6 +268,23 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(lookups(&top, &[&l1, &l2], 11).len(), 11, "bounded");
         assert_eq!(lookups(&top, &[], 100).len(), 8);
+    }
+
+    #[test]
+    fn many_layers_lacking_a_large_directory_list_no_more_than_the_bound() {
+        let kids: Vec<String> = (0..5000).map(|i| format!("n{i:05}")).collect();
+        let kids: Vec<&str> = kids.iter().map(String::as_str).collect();
+        let big = names(&[("", &["d"]), ("d", &kids)]);
+        let empty = names(&[("", &["d"]), ("d", &[])]);
+        let lowers: Vec<&Names> = std::iter::repeat_n(&empty, 50).collect();
+        assert_eq!(lookups(&big, &lowers, 1000).len(), 1000);
+        // The other way round, each name is looked up once in the top.
+        let got = lookups(&empty, &[&big, &big, &big], 100_000);
+        assert_eq!(
+            got.len(),
+            6 + 5000,
+            "proc, dev, sys, run, tmp and etc, then d/*"
+        );
     }
 
     #[test]
