@@ -151,10 +151,7 @@ impl KeyArg {
         let keys = parse_key_file(&data, password)
             .map_err(|e| Error::BadKey(format!("{}: {e}", self.path.display())))?;
         check_protected(&self.path, &meta, &keys, readable)?;
-        Ok(KeyFile {
-            keys,
-            digest: file_digest(&data, password),
-        })
+        Ok(KeyFile::new(keys, &data, password))
     }
 }
 
@@ -165,13 +162,19 @@ pub struct KeyFile {
     pub digest: [u8; 32],
 }
 
-fn file_digest(data: &[u8], password: Option<&str>) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update((data.len() as u64).to_be_bytes());
-    h.update(data);
-    h.update(password.unwrap_or("").as_bytes());
-    h.finalize().into()
+impl KeyFile {
+    /// `keys`, parsed from a file's bytes `data` with `password`.
+    fn new(keys: Vec<KeyMaterial>, data: &[u8], password: Option<&str>) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((data.len() as u64).to_be_bytes());
+        h.update(data);
+        h.update(password.unwrap_or("").as_bytes());
+        KeyFile {
+            keys,
+            digest: h.finalize().into(),
+        }
+    }
 }
 
 /// The file's bytes and the metadata of the very file read (through any
@@ -638,10 +641,7 @@ pub fn load_dir(dir: &Path, readable: ReadableKeys) -> Result<Vec<KeyFile>, Erro
                 match parse_key_file(&data, None) {
                     Ok(keys) => {
                         check_protected(&p, &meta, &keys, readable)?;
-                        out.push(KeyFile {
-                            keys,
-                            digest: file_digest(&data, None),
-                        });
+                        out.push(KeyFile::new(keys, &data, None));
                     }
                     Err(err) => tracing::debug!("skipping {}: {err}", p.display()),
                 }

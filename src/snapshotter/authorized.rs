@@ -13,6 +13,10 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use crate::crypto::envelope;
+use crate::crypto::recipient::KeyRing;
+use crate::oci::{Descriptor, media};
+
 /// Most descriptors kept; past it all are forgotten at once (each costs one
 /// unwrap again), so the memory stays bounded without an eviction order.
 pub const MAX_KEPT: usize = 4096;
@@ -39,6 +43,17 @@ impl Authorized {
         }
         kept.insert(id(descriptor), ring);
     }
+}
+
+/// The fingerprint an unwrap of `desc`'s key with `ring` is kept under:
+/// none for a layer that is not encrypted, for a ring holding keys read
+/// from no file, or where a keyprovider would be asked.
+pub fn kept_under(desc: &Descriptor, ring: &KeyRing) -> Option<[u8; 32]> {
+    let none = HashMap::new();
+    let annotations = desc.annotations().as_ref().unwrap_or(&none);
+    (media::is_encrypted(desc.media_type().as_ref()) && envelope::repeatable(annotations, ring))
+        .then(|| ring.fingerprint())
+        .flatten()
 }
 
 fn id(descriptor: &str) -> [u8; 32] {

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::authorized::Authorized;
+use super::authorized::{self, Authorized};
 use super::error::{Error, Result};
 use super::meta::{DiffId, Remote};
 use super::verdicts::Verdicts;
 use crate::cache::chunks::{ChunkCache, Reservation};
 use crate::cache::flight::SingleFlight;
-use crate::crypto::envelope::{self, layer_keys};
+use crate::crypto::envelope::layer_keys;
 use crate::crypto::recipient::KeyRing;
 use crate::layer::index::Layer;
 use crate::layer::stream::sealed::Scratch;
@@ -718,11 +718,7 @@ impl Remotes {
         .map_err(|e| layer_error(&e))?;
         // Opening unwrapped its key: the container start that follows
         // need not unwrap it again.
-        let annotations = desc.annotations().clone().unwrap_or_default();
-        if media::is_encrypted(desc.media_type().as_ref())
-            && envelope::repeatable(&annotations, &ring)
-            && let Some(f) = ring.fingerprint()
-        {
+        if let Some(f) = authorized::kept_under(&desc, &ring) {
             self.authorized.note(&remote.descriptor, f);
         }
         Ok((Arc::new(layer), mode, remote, reserved))
@@ -911,13 +907,11 @@ impl Remotes {
                 Some(r) => r,
                 None => ring.insert(self.ring()?),
             };
-            let annotations = desc.annotations().clone().unwrap_or_default();
-            let kept = ring
-                .fingerprint()
-                .filter(|_| envelope::repeatable(&annotations, ring));
+            let kept = authorized::kept_under(&desc, ring);
             if kept.is_some_and(|f| self.authorized.holds(&remote.descriptor, &f)) {
                 continue;
             }
+            let annotations = desc.annotations().clone().unwrap_or_default();
             layer_keys(&annotations, ring, &remote.layer).map_err(|e| {
                 Error::new(
                     tonic::Code::PermissionDenied,
