@@ -288,6 +288,20 @@ mod tests {
     }
 
     #[test]
+    fn long_names_end_the_list_at_its_byte_bound() {
+        let kids: Vec<String> = (0..5000)
+            .map(|i| format!("{i:05}{}", "x".repeat(1000)))
+            .collect();
+        let kids: Vec<&str> = kids.iter().map(String::as_str).collect();
+        let big = names(&[("", &["d"]), ("d", &kids)]);
+        let empty = names(&[("", &["d"]), ("d", &[])]);
+        let got = lookups(&big, &[&empty], 100_000);
+        let bytes: usize = got.iter().map(|(_, p)| p.as_os_str().len()).sum();
+        assert!(got.len() < 5000, "{} lookups", got.len());
+        assert!(bytes <= MAX_LOOKUP_BYTES + 1100, "{bytes} bytes");
+    }
+
+    #[test]
     fn nothing_is_looked_up_outside_its_mount() {
         let d = tempfile::tempdir().unwrap();
         let mounts = [d.path().to_path_buf()];
