@@ -201,23 +201,29 @@ fn open_unreserved(
     // Where a layer is not said to be eStargz, only the footer's own bytes
     // are asked for: the cache would fetch its last block, which the
     // whole-blob fetch that most such layers get then fetches again.
-    let footer_from: &dyn RangeSource =
-        if anchor.is_some() || opts.allow_unverified_lazy || blob.disk.is_complete() {
-            &*blob.disk
-        } else {
-            &*blob.remote
-        };
+    let footer_local = anchor.is_some() || opts.allow_unverified_lazy || blob.disk.is_complete();
+    let footer_from: &dyn RangeSource = if footer_local {
+        &*blob.disk
+    } else {
+        &*blob.remote
+    };
+    // Such a layer that no seek index lists is fetched whole whatever its
+    // footer says: the whole fetch is asked for first, so its bytes are
+    // already on the link during the footer's round trip.
+    let listed = seek.is_some_and(|f| f.lists(&blob.what));
+    let mut early = if blob.compression == Compression::Gzip && !footer_local && !listed {
+        Some(blob.whole()?)
+    } else {
+        None
+    };
+    let mut whole = || early.take().map_or_else(|| blob.whole(), Ok);
     if blob.compression == Compression::Gzip && lazy::has_footer(footer_from, blob.key.as_ref())? {
         let (anchor, mode) = match anchor {
             Some(a) => (Anchor::Toc(a), Mode::Lazy),
             None if opts.allow_unverified_lazy => (Anchor::Unverified, Mode::Unverified),
             None => {
-                let toc = verify_whole_keeping_toc(
-                    &blob.disk,
-                    blob.whole()?,
-                    blob.key.as_ref(),
-                    &blob.what,
-                )?;
+                let toc =
+                    verify_whole_keeping_toc(&blob.disk, whole()?, blob.key.as_ref(), &blob.what)?;
                 (Anchor::Toc(toc), Mode::VerifiedEstargz)
             }
         };
@@ -243,7 +249,7 @@ fn open_unreserved(
             ),
         }
     }
-    let mut r = blob.whole()?;
+    let mut r = whole()?;
     let indexed = stream::index(
         &mut r,
         blob.compression,
@@ -328,6 +334,95 @@ mod tests {
     use super::*;
     use crate::layer::estargz::writer::convert;
     use crate::layer::source::MemoryRange;
+
+    /// An ImageSource of one blob, noting each request in order.
+    struct Recording {
+        blob: Vec<u8>,
+        asked: std::sync::Mutex<Vec<&'static str>>,
+    }
+
+    impl ImageSource for Recording {
+        fn root(&self) -> Result<crate::oci::transport::RawManifest, crate::oci::Error> {
+            Err(crate::oci::Error::NotFound("no manifests".into()))
+        }
+        fn manifest(
+            &self,
+            _: &Descriptor,
+        ) -> Result<crate::oci::transport::RawManifest, crate::oci::Error> {
+            self.root()
+        }
+        fn blob(&self, _: &Descriptor) -> Result<Box<dyn Read + Send>, crate::oci::Error> {
+            self.asked.lock().unwrap().push("whole");
+            Ok(Box::new(io::Cursor::new(self.blob.clone())))
+        }
+        fn blob_range(
+            &self,
+            _: &Descriptor,
+            offset: u64,
+            len: u64,
+        ) -> Result<Vec<u8>, crate::oci::Error> {
+            self.asked.lock().unwrap().push("range");
+            let end = (offset + len).min(self.blob.len() as u64) as usize;
+            Ok(self.blob[offset as usize..end].to_vec())
+        }
+    }
+
+    /// Opens `blob`, a tar+gzip layer no TOC annotation anchors and no
+    /// seek index lists: how it is served, and the requests it made.
+    fn open_unanchored(blob: Vec<u8>) -> (Mode, Vec<&'static str>) {
+        let dir = tempfile::tempdir().unwrap();
+        let desc = Descriptor::new(
+            oci_spec::image::MediaType::ImageLayerGzip,
+            blob.len() as u64,
+            crate::oci::digest::of(&blob),
+        );
+        let src = Arc::new(Recording {
+            blob,
+            asked: Default::default(),
+        });
+        let opts = OpenOptions {
+            cache_dir: dir.path().join("blobs"),
+            scratch: Scratch::new(dir.path().join("scratch"), 1 << 30),
+            allow_unverified_lazy: false,
+        };
+        let cache = crate::cache::chunks::ChunkCache::new(1 << 30, 0);
+        let reserved = cache.reservation();
+        let (_, mode) = open_layer(
+            src.clone(),
+            &desc,
+            &KeyRing::default(),
+            &opts,
+            &reserved,
+            None,
+        )
+        .unwrap();
+        let asked = src.asked.lock().unwrap().clone();
+        (mode, asked)
+    }
+
+    /// A layer that will be fetched whole asks for its whole blob before
+    /// its footer's bytes: the footer's round trip (a few ms of registry
+    /// latency, at each layer's start) no longer holds the blob back. An
+    /// eStargz one found so by its footer is verified from that same fetch.
+    #[test]
+    fn a_layer_fetched_whole_is_asked_for_before_its_footer() {
+        let tar = crate::layer::testing::tar_of(&[("a.txt", b"hello".to_vec())]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &tar).unwrap();
+        let (mode, asked) = open_unanchored(gz.finish().unwrap());
+        assert_eq!(mode, Mode::Indexed);
+        assert_eq!(asked, ["whole", "range"]);
+
+        let (estargz, _) = convert(&tar[..], Vec::new(), 1 << 20).unwrap();
+        let (mode, asked) = open_unanchored(estargz);
+        assert_eq!(mode, Mode::VerifiedEstargz);
+        assert_eq!(asked.first(), Some(&"whole"), "{asked:?}");
+        assert_eq!(
+            asked.iter().filter(|a| **a == "whole").count(),
+            1,
+            "{asked:?}"
+        );
+    }
 
     /// The TOC of a blob verified whole is anchored to what the verified
     /// stream carried: if the cache file changes afterwards (another

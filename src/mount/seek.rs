@@ -36,6 +36,11 @@ impl Found {
         }
     }
 
+    /// Whether an artifact found indexes layer `what` (its digest).
+    pub fn lists(&self, what: &str) -> bool {
+        self.artifacts.iter().any(|a| a.layers.contains_key(what))
+    }
+
     /// Lists and reads the artifacts `src` has for `manifest`. A failure
     /// is kept as a reason, never an error: the layers fall back.
     pub fn find(src: &dyn ImageSource, manifest: &Digest) -> Self {
