@@ -127,6 +127,24 @@ pub async fn register(client: &mut Client, r: &Resolved, snapshotter: &str) -> R
 }
 
 async fn register_leased(client: &Client, r: &Resolved, snapshotter: &str) -> Result<usize> {
+    // The first Prepare starts the layers' downloads, the pull's long part.
+    // Storing the small blobs first delayed it by about 20 ms (measured):
+    // containerd commits each write, as each Prepare, in its metadata
+    // database one at a time. They are stored while the layers above the
+    // first are prepared, under the lease; the image is named once both
+    // are done.
+    let first = prepare_layers(client, r, snapshotter, 0..1).await?;
+    let (_, rest) = tokio::try_join!(
+        write_metadata(client, r, snapshotter),
+        prepare_layers(client, r, snapshotter, 1..r.layers.len())
+    )?;
+    name_image(client, r).await?;
+    Ok(first + rest)
+}
+
+/// Stores the image's index, manifest and config, labelled for containerd's
+/// garbage collector.
+async fn write_metadata(client: &Client, r: &Resolved, snapshotter: &str) -> Result<()> {
     let top = r.chain.last().cloned().unwrap_or_default();
     // What each blob references, for containerd's garbage collector.
     let mut manifest_labels = HashMap::from([(
@@ -164,11 +182,27 @@ async fn register_leased(client: &Client, r: &Resolved, snapshotter: &str) -> Re
         )]);
         write_blob(client, r.root.digest.as_ref(), &r.root.bytes, index_labels).await?;
     }
+    Ok(())
+}
 
+/// Prepares layers `which` (bottom first), each on the one below, with
+/// lazycrypt's labels; returns how many lazycrypt mounted.
+async fn prepare_layers(
+    client: &Client,
+    r: &Resolved,
+    snapshotter: &str,
+    which: std::ops::Range<usize>,
+) -> Result<usize> {
     let mut sc = snapshots::snapshots_client::SnapshotsClient::new(client.channel.clone());
     let image_ref = r.name.clone();
     let mut mounted = 0;
-    for (i, layer) in r.layers.iter().enumerate() {
+    for (i, layer) in r
+        .layers
+        .iter()
+        .enumerate()
+        .take(which.end)
+        .skip(which.start)
+    {
         let parent = if i == 0 {
             String::new()
         } else {
@@ -221,7 +255,11 @@ async fn register_leased(client: &Client, r: &Resolved, snapshotter: &str) -> Re
         .map_err(|e| anyhow!("layer {i} ({}): {}", layer.digest(), e.message()))?;
         mounted += 1;
     }
+    Ok(mounted)
+}
 
+/// Names the image (or points the name at it again).
+async fn name_image(client: &Client, r: &Resolved) -> Result<()> {
     let mut ic = images::images_client::ImagesClient::new(client.channel.clone());
     let image = images::Image {
         name: r.name.clone(),
@@ -252,7 +290,7 @@ async fn register_leased(client: &Client, r: &Resolved, snapshotter: &str) -> Re
         }
         Err(e) => bail!("containerd: creating image {}: {}", r.name, e.message()),
     }
-    Ok(mounted)
+    Ok(())
 }
 
 /// This layer's digest and those above it, comma-separated, as many as fit
