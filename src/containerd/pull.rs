@@ -1,8 +1,8 @@
 //! `lazycrypt pull`, the `ctr-remote rpull` equivalent: resolves an image
-//! in its registry, stores its index, manifest and config in containerd's
-//! content store (layers are never downloaded), prepares every layer
-//! through containerd's snapshots service with the labels that make
-//! lazycrypt mount it lazily, and names the image, so `ctr run
+//! in its registry, prepares every layer through containerd's snapshots
+//! service with the labels that make lazycrypt mount it lazily, stores the
+//! image's index, manifest and config in containerd's content store meanwhile
+//! (layers are never downloaded), and names the image, so `ctr run
 //! --snapshotter lazycrypt` starts it.
 
 use std::collections::HashMap;
@@ -101,7 +101,8 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 }
 
 /// Registers `r` with containerd through `client`, its layers prepared by
-/// `snapshotter`. Returns how many layers were newly mounted.
+/// `snapshotter`. Returns how many layers it has mounted (now or by an
+/// earlier pull).
 pub async fn register(client: &mut Client, r: &Resolved, snapshotter: &str) -> Result<usize> {
     // A lease keeps what we write from the garbage collector until the
     // image record names it; it expires by itself if we die half-way.
@@ -134,10 +135,14 @@ async fn register_leased(client: &Client, r: &Resolved, snapshotter: &str) -> Re
     // first are prepared, under the lease; the image is named once both
     // are done.
     let first = prepare_layers(client, r, snapshotter, 0..1).await?;
-    let (_, rest) = tokio::try_join!(
+    // Both settle before the caller deletes the lease: a call cancelled
+    // half-way could still be completed by containerd outside it.
+    let (stored, rest) = tokio::join!(
         write_metadata(client, r, snapshotter),
         prepare_layers(client, r, snapshotter, 1..r.layers.len())
-    )?;
+    );
+    let rest = rest?;
+    stored?;
     name_image(client, r).await?;
     Ok(first + rest)
 }
@@ -186,7 +191,8 @@ async fn write_metadata(client: &Client, r: &Resolved, snapshotter: &str) -> Res
 }
 
 /// Prepares layers `which` (bottom first), each on the one below, with
-/// lazycrypt's labels; returns how many lazycrypt mounted.
+/// lazycrypt's labels; returns how many of them lazycrypt has mounted (now
+/// or by an earlier pull).
 async fn prepare_layers(
     client: &Client,
     r: &Resolved,

@@ -208,8 +208,11 @@ fn open_unreserved(
         &*blob.remote
     };
     // Such a layer that no seek index lists is fetched whole whatever its
-    // footer says: the whole fetch is asked for first, so its bytes are
-    // already on the link during the footer's round trip.
+    // footer says: the whole fetch is asked for first, and the footer's
+    // round trip made while its answer streams in (an encrypted layer's is
+    // read and decrypted meanwhile). Should the footer's request fail, the
+    // error is returned once that reader has stopped (an encrypted layer's
+    // pump ends its current read first).
     let listed = seek.is_some_and(|f| f.lists(&blob.what));
     let mut early = if blob.compression == Compression::Gzip && !footer_local && !listed {
         Some(blob.whole()?)
@@ -339,6 +342,8 @@ mod tests {
     struct Recording {
         blob: Vec<u8>,
         asked: std::sync::Mutex<Vec<&'static str>>,
+        /// Ranges are refused, as by a registry that fails them.
+        no_ranges: bool,
     }
 
     impl ImageSource for Recording {
@@ -362,6 +367,9 @@ mod tests {
             len: u64,
         ) -> Result<Vec<u8>, crate::oci::Error> {
             self.asked.lock().unwrap().push("range");
+            if self.no_ranges {
+                return Err(crate::oci::Error::Registry("ranges refused".into()));
+            }
             let end = (offset + len).min(self.blob.len() as u64) as usize;
             Ok(self.blob[offset as usize..end].to_vec())
         }
@@ -369,7 +377,7 @@ mod tests {
 
     /// Opens `blob`, a tar+gzip layer no TOC annotation anchors and no
     /// seek index lists: how it is served, and the requests it made.
-    fn open_unanchored(blob: Vec<u8>) -> (Mode, Vec<&'static str>) {
+    fn open_unanchored(blob: Vec<u8>, no_ranges: bool) -> (io::Result<Mode>, Vec<&'static str>) {
         let dir = tempfile::tempdir().unwrap();
         let desc = Descriptor::new(
             oci_spec::image::MediaType::ImageLayerGzip,
@@ -379,6 +387,7 @@ mod tests {
         let src = Arc::new(Recording {
             blob,
             asked: Default::default(),
+            no_ranges,
         });
         let opts = OpenOptions {
             cache_dir: dir.path().join("blobs"),
@@ -387,7 +396,7 @@ mod tests {
         };
         let cache = crate::cache::chunks::ChunkCache::new(1 << 30, 0);
         let reserved = cache.reservation();
-        let (_, mode) = open_layer(
+        let mode = open_layer(
             src.clone(),
             &desc,
             &KeyRing::default(),
@@ -395,7 +404,7 @@ mod tests {
             &reserved,
             None,
         )
-        .unwrap();
+        .map(|(_, mode)| mode);
         let asked = src.asked.lock().unwrap().clone();
         (mode, asked)
     }
@@ -403,19 +412,26 @@ mod tests {
     /// A layer that will be fetched whole asks for its whole blob before
     /// its footer's bytes: the footer's round trip (a few ms of registry
     /// latency, at each layer's start) no longer holds the blob back. An
-    /// eStargz one found so by its footer is verified from that same fetch.
+    /// eStargz one found so by its footer is verified from that same fetch;
+    /// a failed footer request fails the open with its own error.
     #[test]
     fn a_layer_fetched_whole_is_asked_for_before_its_footer() {
         let tar = crate::layer::testing::tar_of(&[("a.txt", b"hello".to_vec())]);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut gz, &tar).unwrap();
-        let (mode, asked) = open_unanchored(gz.finish().unwrap());
-        assert_eq!(mode, Mode::Indexed);
+        let gz = gz.finish().unwrap();
+        let (mode, asked) = open_unanchored(gz.clone(), false);
+        assert_eq!(mode.unwrap(), Mode::Indexed);
+        assert_eq!(asked, ["whole", "range"]);
+
+        let (mode, asked) = open_unanchored(gz, true);
+        let e = mode.unwrap_err().to_string();
+        assert!(e.contains("ranges refused"), "{e}");
         assert_eq!(asked, ["whole", "range"]);
 
         let (estargz, _) = convert(&tar[..], Vec::new(), 1 << 20).unwrap();
-        let (mode, asked) = open_unanchored(estargz);
-        assert_eq!(mode, Mode::VerifiedEstargz);
+        let (mode, asked) = open_unanchored(estargz, false);
+        assert_eq!(mode.unwrap(), Mode::VerifiedEstargz);
         assert_eq!(asked.first(), Some(&"whole"), "{asked:?}");
         assert_eq!(
             asked.iter().filter(|a| **a == "whole").count(),
