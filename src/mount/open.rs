@@ -375,15 +375,21 @@ mod tests {
         }
     }
 
-    /// Opens `blob`, a tar+gzip layer no TOC annotation anchors and no
-    /// seek index lists: how it is served, and the requests it made.
-    fn open_unanchored(blob: Vec<u8>, no_ranges: bool) -> (io::Result<Mode>, Vec<&'static str>) {
+    /// Opens `blob`, a tar+gzip layer no TOC annotation anchors and (unless
+    /// `listed`) no seek index lists: how it is served, and the requests it
+    /// made.
+    fn open_unanchored(
+        blob: Vec<u8>,
+        no_ranges: bool,
+        listed: bool,
+    ) -> (io::Result<Mode>, Vec<&'static str>) {
         let dir = tempfile::tempdir().unwrap();
         let desc = Descriptor::new(
             oci_spec::image::MediaType::ImageLayerGzip,
             blob.len() as u64,
             crate::oci::digest::of(&blob),
         );
+        let found = Found::listing(crate::oci::digest::of(b"manifest"), desc.digest().as_ref());
         let src = Arc::new(Recording {
             blob,
             asked: Default::default(),
@@ -402,7 +408,7 @@ mod tests {
             &KeyRing::default(),
             &opts,
             &reserved,
-            None,
+            listed.then_some(&found),
         )
         .map(|(_, mode)| mode);
         let asked = src.asked.lock().unwrap().clone();
@@ -420,17 +426,23 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut gz, &tar).unwrap();
         let gz = gz.finish().unwrap();
-        let (mode, asked) = open_unanchored(gz.clone(), false);
+        let (mode, asked) = open_unanchored(gz.clone(), false, false);
         assert_eq!(mode.unwrap(), Mode::Indexed);
         assert_eq!(asked, ["whole", "range"]);
 
-        let (mode, asked) = open_unanchored(gz, true);
+        // One a seek index lists may never need its whole blob: it is
+        // asked for only after the index was tried.
+        let (mode, asked) = open_unanchored(gz.clone(), false, true);
+        assert_eq!(mode.unwrap(), Mode::Indexed);
+        assert_eq!(asked, ["range", "whole"]);
+
+        let (mode, asked) = open_unanchored(gz, true, false);
         let e = mode.unwrap_err().to_string();
         assert!(e.contains("ranges refused"), "{e}");
         assert_eq!(asked, ["whole", "range"]);
 
         let (estargz, _) = convert(&tar[..], Vec::new(), 1 << 20).unwrap();
-        let (mode, asked) = open_unanchored(estargz, false);
+        let (mode, asked) = open_unanchored(estargz, false, false);
         assert_eq!(mode.unwrap(), Mode::VerifiedEstargz);
         assert_eq!(asked.first(), Some(&"whole"), "{asked:?}");
         assert_eq!(

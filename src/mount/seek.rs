@@ -36,6 +36,32 @@ impl Found {
         }
     }
 
+    /// One artifact found, listing layer `what` with a head of no bytes.
+    #[cfg(test)]
+    pub(crate) fn listing(manifest: Digest, what: &str) -> Self {
+        let head = crate::oci::Descriptor::new(
+            oci_spec::image::MediaType::Other(artifact::HEAD_MEDIA_TYPE.into()),
+            0,
+            digest::of(b""),
+        );
+        let layers = [(
+            what.to_string(),
+            artifact::LayerBlobs {
+                head,
+                windows: None,
+            },
+        )];
+        Found {
+            manifest,
+            artifacts: vec![Artifact {
+                digest: digest::of(b"artifact"),
+                layers: layers.into_iter().collect(),
+                created: String::new(),
+            }],
+            refused: Vec::new(),
+        }
+    }
+
     /// Whether an artifact found indexes layer `what` (its digest).
     pub fn lists(&self, what: &str) -> bool {
         self.artifacts.iter().any(|a| a.layers.contains_key(what))
